@@ -1,0 +1,1 @@
+//! Keel consensus node (work in progress).

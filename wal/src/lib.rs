@@ -1,0 +1,1 @@
+//! Keel write-ahead log (work in progress).
