@@ -123,6 +123,15 @@ impl Payload for Vec<u8> {
     }
 }
 
+impl<const N: usize> Payload for [u8; N] {
+    fn encoded_len(&self) -> usize {
+        N
+    }
+    fn encode_into(&self, out: &mut [u8]) {
+        out.copy_from_slice(self);
+    }
+}
+
 impl<T: Payload + ?Sized> Payload for &T {
     fn encoded_len(&self) -> usize {
         (**self).encoded_len()

@@ -173,9 +173,15 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
     // Whatever stopped the scan, a valid frame further on means the log was damaged in
     // the middle, which no crash explains.
     if let Some(found) = find_valid_frame(bytes, off + 1, seq, frame_bytes_max) {
-        let what = reason.clone().unwrap_or_else(|| "zeroed data".into());
+        let (what, offset) = match &scan.header {
+            HeaderState::Zero => ("zeroed segment header".to_string(), 0),
+            _ => (
+                reason.clone().unwrap_or_else(|| "zeroed data".into()),
+                off as u64,
+            ),
+        };
         scan.damage = Some(Damage::Corrupt {
-            offset: off as u64,
+            offset,
             reason: format!("{what}, yet a valid frame follows at offset {found}"),
         });
         return scan;
