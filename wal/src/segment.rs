@@ -1,0 +1,307 @@
+//! Segment files: names, creation off the hot path, and read access for readers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::format::{self, FRAME_HEADER_BYTES, FrameInfo, Lsn};
+
+const SEGMENT_SUFFIX: &str = ".wal";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// A frame is indexed when it starts at least this many bytes after the last indexed one,
+/// which bounds both the index's memory and the bytes scanned to find a record.
+pub(crate) const INDEX_STRIDE_BYTES: u64 = 64 << 10;
+
+/// The path of segment `seq` in `dir`.
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}{SEGMENT_SUFFIX}"))
+}
+
+/// The sequence number in a segment file name, if `name` is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, sorted by sequence number. Leftover temporary files (a
+/// crash while creating a segment) are removed when `clean` is set.
+pub fn list_segments(dir: &Path, clean: bool) -> Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = parse_segment_name(name) {
+            segments.push((seq, entry.path()));
+        } else if clean && name.ends_with(TMP_SUFFIX) {
+            fs::remove_file(entry.path()).map_err(|e| Error::io("removing", entry.path(), e))?;
+        }
+    }
+    segments.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(segments)
+}
+
+/// Makes directory entries (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Opens a segment for the writer: `O_DIRECT` when asked and supported, `O_DSYNC` when
+/// the backend needs it. Returns the file and whether it is `O_DIRECT`.
+pub(crate) fn open_for_write(path: &Path, direct: bool, dsync: bool) -> Result<(File, bool)> {
+    let sync_flag = if dsync { libc::O_DSYNC } else { 0 };
+    if direct {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | sync_flag)
+            .open(path)
+        {
+            Ok(file) => return Ok((file, true)),
+            // Filesystems without O_DIRECT (tmpfs) refuse it with EINVAL.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(Error::io("opening segment", path, e)),
+        }
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(sync_flag)
+        .open(path)
+        .map_err(|e| Error::io("opening segment", path, e))?;
+    Ok((file, false))
+}
+
+/// Creates segment `seq` filled with zeros, durably, under its final name.
+///
+/// The zeros are real writes, not `fallocate`: writing into unwritten extents would make
+/// every later `fdatasync` a journalled metadata update. The file is built under a
+/// temporary name and renamed, so a crash never leaves a short segment behind.
+pub fn create_zeroed(dir: &Path, seq: u64, bytes: u64) -> Result<PathBuf> {
+    let path = segment_path(dir, seq);
+    let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating segment", &tmp, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = (bytes - at).min(zeros.len() as u64);
+        let n = usize::try_from(n).expect("at most 1 MiB");
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| Error::io("zero-filling segment", &tmp, e))?;
+        at += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("syncing segment", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Overwrites `[from, to)` of a file with zeros and makes it durable.
+pub(crate) fn zero_range(path: &Path, from: u64, to: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening segment", path, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from((to - at).min(zeros.len() as u64)).expect("at most 1 MiB");
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| Error::io("zeroing", path, e))?;
+        at += n as u64;
+    }
+    file.sync_data().map_err(|e| Error::io("syncing", path, e))
+}
+
+/// Maps a whole segment read-only.
+pub(crate) fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
+    // SAFETY: the log never writes to a segment through this mapping, and never writes
+    // the part of a segment a reader may look at (below the durable end) again except
+    // during truncation, which first removes the segment from readers' view.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping segment", path, e))
+}
+
+/// How readers reach a segment's bytes: sealed segments through a map, the active one
+/// through `pread` (its durable end moves while it is read).
+pub(crate) enum SegmentBytes {
+    Mapped(Mmap),
+    Active(File),
+}
+
+/// What readers know of one segment.
+pub(crate) struct SegmentView {
+    pub(crate) seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) first_lsn: Lsn,
+    pub(crate) bytes: SegmentBytes,
+    /// Byte offset one past the last durable frame.
+    end_off: AtomicU64,
+    /// Position one past the last durable record. Stored after `index` and `end_off`, so
+    /// a reader that sees a record position also sees the frames that hold it.
+    end_lsn: AtomicU64,
+    /// Sparse index of (first lsn, offset) of frames, ascending, one every
+    /// [`INDEX_STRIDE_BYTES`]; the first entry is the first frame.
+    index: Mutex<Vec<(Lsn, u64)>>,
+    frame_bytes_max: usize,
+}
+
+impl SegmentView {
+    pub(crate) fn new(
+        seq: u64,
+        path: PathBuf,
+        first_lsn: Lsn,
+        bytes: SegmentBytes,
+        end: (u64, Lsn),
+        index: Vec<(Lsn, u64)>,
+        frame_bytes_max: usize,
+    ) -> SegmentView {
+        SegmentView {
+            seq,
+            path,
+            first_lsn,
+            bytes,
+            end_off: AtomicU64::new(end.0),
+            end_lsn: AtomicU64::new(end.1),
+            index: Mutex::new(index),
+            frame_bytes_max,
+        }
+    }
+
+    /// Opens the active segment for reading with `pread`.
+    pub(crate) fn open_active(path: &Path) -> Result<SegmentBytes> {
+        let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
+        Ok(SegmentBytes::Active(file))
+    }
+
+    pub(crate) fn end_lsn(&self) -> Lsn {
+        self.end_lsn.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn end_off(&self) -> u64 {
+        self.end_off.load(Ordering::Acquire)
+    }
+
+    /// Records that frames up to `end_off` (ending at `end_lsn`) are durable, with the
+    /// sparse index entries of the new frames.
+    pub(crate) fn extend(&self, end_off: u64, end_lsn: Lsn, new_index: &[(Lsn, u64)]) {
+        if !new_index.is_empty() {
+            let mut index = self.index.lock().expect("index lock");
+            for &entry in new_index {
+                let due = index
+                    .last()
+                    .is_none_or(|&(_, off)| entry.1 >= off + INDEX_STRIDE_BYTES);
+                if due {
+                    index.push(entry);
+                }
+            }
+        }
+        self.end_off.store(end_off, Ordering::Release);
+        self.end_lsn.store(end_lsn, Ordering::Release);
+    }
+
+    pub(crate) fn index_snapshot(&self) -> Vec<(Lsn, u64)> {
+        self.index.lock().expect("index lock").clone()
+    }
+
+    /// The offset of an indexed frame at or before the one holding `lsn`.
+    pub(crate) fn seek(&self, lsn: Lsn) -> u64 {
+        let index = self.index.lock().expect("index lock");
+        let at = index.partition_point(|&(first, _)| first <= lsn);
+        if at == 0 {
+            format::SEGMENT_HEADER_BYTES as u64
+        } else {
+            index[at - 1].1
+        }
+    }
+
+    /// Reads and verifies the frame at `offset`, which must lie below the durable end.
+    /// Returns the frame's bytes and what it holds.
+    pub(crate) fn frame_at(&self, offset: u64) -> Result<(FrameBytes<'_>, FrameInfo)> {
+        let end = self.end_off();
+        let corrupt = |reason: String| Error::Corruption {
+            path: self.path.clone(),
+            offset,
+            reason,
+        };
+        if offset >= end {
+            return Err(corrupt(format!("read past the durable end {end}")));
+        }
+        let avail = usize::try_from(end - offset).map_err(|_| corrupt("offset".into()))?;
+        let start = usize::try_from(offset).map_err(|_| corrupt("offset".into()))?;
+        match &self.bytes {
+            SegmentBytes::Mapped(map) => {
+                let bytes = map
+                    .get(start..start + avail)
+                    .ok_or_else(|| corrupt("segment shorter than its durable end".into()))?;
+                let info = format::decode_frame(bytes, self.seq, self.frame_bytes_max)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                Ok((FrameBytes::Borrowed(&bytes[..info.len]), info))
+            }
+            SegmentBytes::Active(file) => {
+                let mut header = [0u8; FRAME_HEADER_BYTES];
+                file.read_exact_at(&mut header, offset)
+                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
+                let len = format::read_u32(&header, 4) as usize;
+                if len < FRAME_HEADER_BYTES || len > avail || len > self.frame_bytes_max {
+                    return Err(corrupt(format!("frame length {len} out of bounds")));
+                }
+                let mut frame = vec![0u8; len];
+                file.read_exact_at(&mut frame, offset)
+                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
+                let info = format::decode_frame(&frame, self.seq, self.frame_bytes_max)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                Ok((FrameBytes::Owned(frame), info))
+            }
+        }
+    }
+}
+
+/// A verified frame's bytes, borrowed from a map or read into memory.
+pub(crate) enum FrameBytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FrameBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FrameBytes::Borrowed(b) => b,
+            FrameBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Reads the whole of a small file region with `pread` (used for the tail block).
+pub(crate) fn read_at(path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
+    file.read_exact_at(buf, offset)
+        .map_err(|e| Error::io("reading segment", path, e))
+}
+
+/// Removes a file, treating "already gone" as done (recovery may repeat a removal).
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
+}

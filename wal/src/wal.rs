@@ -1,0 +1,1219 @@
+//! The log: group commit, the writer thread, segment rolls, truncation and purge.
+//!
+//! # Group commit
+//!
+//! Appenders encode their frame straight into the *filling* batch, an aligned buffer,
+//! under one short lock, and then wait. A single writer thread takes the filling batch
+//! (leaving a fresh one behind, so the next batch fills while this one is written),
+//! writes it with one durable write, and wakes the appenders of that batch. Each write
+//! covers whole blocks: it starts at the block holding the previous write's end, so that
+//! block's already-durable bytes are written again with the new ones.
+//!
+//! # Bounds
+//!
+//! One filling batch (at most `batch_bytes_max` bytes and `queue_appends_max` appends),
+//! at most [`SEALED_BATCHES_MAX`] batches waiting behind a segment roll, and one batch in
+//! flight. An appender that finds no room waits (a thread on a condition variable, a task
+//! with its waker) until the writer takes the filling batch.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use crate::aligned::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BLOCK_BYTES, FRAME_HEADER_BYTES, Lsn, Payload, RECORD_PREFIX_BYTES, SEGMENT_HEADER_BYTES,
+    SegmentHeader,
+};
+use crate::io::{BlockingIo, WriteIo};
+use crate::marker::{PurgeIntent, TruncateIntent};
+use crate::options::{Backend, SEGMENT_BYTES_MAX, WalOptions};
+use crate::reader::WalIter;
+use crate::recovery::{self, RecoveryProgress, RecoveryReport};
+use crate::segment::{self, INDEX_STRIDE_BYTES, SegmentBytes, SegmentView};
+use crate::stats::{Stats, WalStats};
+
+/// Most batches that may wait behind a segment roll.
+pub const SEALED_BATCHES_MAX: usize = 2;
+
+/// Frames are read back with this bound: the largest segment. Options may change
+/// between opens, so the current `batch_bytes_max` cannot be the bound for old frames.
+const FRAME_READ_MAX: usize = 1 << 31;
+const _: () = assert!(FRAME_READ_MAX as u64 == SEGMENT_BYTES_MAX);
+
+/// Where an append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the first record; the others follow consecutively.
+    pub first_lsn: Lsn,
+    /// Number of records.
+    pub count: u32,
+    /// Segment holding the frame.
+    pub segment: u64,
+    /// Byte offset of the frame in its segment.
+    pub offset: u64,
+}
+
+impl Appended {
+    /// Position one past the last record.
+    pub fn end_lsn(&self) -> Lsn {
+        self.first_lsn + u64::from(self.count)
+    }
+}
+
+/// What a user can learn about one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Sequence number.
+    pub seq: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Position of its first record.
+    pub first_lsn: Lsn,
+    /// Position one past its last durable record.
+    pub end_lsn: Lsn,
+    /// Bytes of durable frames, header included.
+    pub bytes: u64,
+}
+
+/// One group-commit batch: frames for one segment, in an aligned buffer.
+struct Batch {
+    id: u64,
+    seq: u64,
+    capacity: u64,
+    /// File offset of `buf[0]`, a multiple of [`BLOCK_BYTES`].
+    file_offset: u64,
+    buf: AlignedBuf,
+    /// Bytes used in `buf`.
+    len: usize,
+    /// Bytes at the start of `buf` that were there before this batch: the partial block
+    /// of the previous write, or the segment header.
+    prefix: usize,
+    appends: u64,
+    records: u64,
+    end_lsn: Lsn,
+    /// Sparse-index entries for frames in this batch.
+    index: Vec<(Lsn, u64)>,
+    /// This batch starts a new segment (its first block is the header).
+    new_segment: bool,
+    /// The segment is full after this batch.
+    seals: bool,
+}
+
+impl Batch {
+    fn end_offset(&self) -> u64 {
+        self.file_offset + self.len as u64
+    }
+    fn payload(&self) -> usize {
+        self.len - self.prefix
+    }
+}
+
+struct State {
+    poisoned: Option<String>,
+    closing: bool,
+    /// Appends are held back while a truncation runs.
+    paused: bool,
+    fill: Batch,
+    sealed: VecDeque<Batch>,
+    writing: bool,
+    next_lsn: Lsn,
+    next_batch_id: u64,
+    /// Every batch with an id up to this one is durable.
+    durable_batch_id: u64,
+    next_seg_seq: u64,
+    /// The next frame at or after this offset of the active segment goes into the index.
+    index_next_off: u64,
+    pool: Vec<AlignedBuf>,
+    durable_wakers: Vec<(u64, Waker)>,
+    space_wakers: Vec<Waker>,
+}
+
+struct Spares {
+    state: Mutex<SpareState>,
+    cond: Condvar,
+}
+
+struct SpareState {
+    next_seq: u64,
+    ready: Option<(u64, PathBuf)>,
+    error: Option<String>,
+    stop: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: WalOptions,
+    backend_name: &'static str,
+    state: Mutex<State>,
+    /// Appenders waiting for room in the filling batch.
+    space: Condvar,
+    /// The writer waiting for a batch.
+    work: Condvar,
+    /// Appenders waiting for their batch to be durable, and maintenance waiting for quiet.
+    durable: Condvar,
+    segments: RwLock<Vec<Arc<SegmentView>>>,
+    spares: Spares,
+    stats: Stats,
+    maintenance: Mutex<()>,
+    _lock: File,
+}
+
+/// A segmented write-ahead log. Share it between threads with `Arc<Wal>`; appends from
+/// all of them are coalesced into group commits.
+pub struct Wal {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn lock_err<T>(_: T) -> Error {
+    Error::Poisoned {
+        cause: "a thread panicked while holding the log's lock".into(),
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`, recovering what is there.
+    pub fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal> {
+        Wal::open_with_progress(dir, opts, &mut |_| {}).map(|(wal, _)| wal)
+    }
+
+    /// Like [`Wal::open`], reporting recovery progress once per segment, and returning what
+    /// recovery found.
+    pub fn open_with_progress(
+        dir: impl AsRef<Path>,
+        opts: WalOptions,
+        progress: &mut dyn FnMut(RecoveryProgress),
+    ) -> Result<(Wal, RecoveryReport)> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        let io = make_io(&opts)?;
+        let recovered =
+            recovery::recover(&dir, opts.recovery_mode, FRAME_READ_MAX, false, progress)?;
+        let report = recovered.report.clone();
+
+        let mut views = Vec::with_capacity(recovered.segments.len());
+        let last = recovered.segments.len().checked_sub(1);
+        for (i, s) in recovered.segments.iter().enumerate() {
+            let bytes = if Some(i) == last {
+                SegmentView::open_active(&s.path)?
+            } else {
+                SegmentBytes::Mapped(segment::map(&s.path)?)
+            };
+            views.push(Arc::new(SegmentView::new(
+                s.seq,
+                s.path.clone(),
+                s.first_lsn,
+                bytes,
+                (s.end_off, s.end_lsn),
+                s.index.clone(),
+                FRAME_READ_MAX,
+            )));
+        }
+
+        // A spare left by an earlier run is reused if it has the configured size.
+        let mut spare_ready = None;
+        if let Some((seq, path, len)) = recovered.spare {
+            if len == opts.segment_bytes {
+                spare_ready = Some((seq, path));
+            } else {
+                segment::remove_if_present(&path)?;
+            }
+        }
+        let mut next_seg_seq = recovered.next_seq;
+        let buf_bytes = opts.batch_bytes_max + 2 * BLOCK_BYTES;
+        let (fill, index_next_off) = match recovered.segments.last() {
+            Some(s) => {
+                // Continue the last segment: its partial last block is rewritten with the
+                // next write, so load it.
+                let file_offset = format::align_down_u64(s.end_off);
+                let prefix = usize::try_from(s.end_off - file_offset).expect("below a block");
+                let mut buf = AlignedBuf::zeroed(buf_bytes);
+                if prefix > 0 {
+                    segment::read_at(&s.path, &mut buf.as_mut_slice()[..prefix], file_offset)?;
+                }
+                let capacity = format::align_down_u64(s.capacity);
+                let next_index = s
+                    .index
+                    .last()
+                    .map_or(SEGMENT_HEADER_BYTES as u64, |&(_, at)| {
+                        at + INDEX_STRIDE_BYTES
+                    });
+                let batch = Batch {
+                    id: 1,
+                    seq: s.seq,
+                    capacity,
+                    file_offset,
+                    buf,
+                    len: prefix,
+                    prefix,
+                    appends: 0,
+                    records: 0,
+                    end_lsn: s.end_lsn,
+                    index: Vec::new(),
+                    new_segment: false,
+                    seals: false,
+                };
+                (batch, next_index)
+            }
+            None => {
+                let seq = next_seg_seq;
+                next_seg_seq += 1;
+                let batch = new_segment_batch(
+                    AlignedBuf::zeroed(buf_bytes),
+                    1,
+                    seq,
+                    opts.segment_bytes,
+                    report.next_lsn,
+                );
+                (batch, SEGMENT_HEADER_BYTES as u64)
+            }
+        };
+        let state = State {
+            poisoned: None,
+            closing: false,
+            paused: false,
+            fill,
+            sealed: VecDeque::new(),
+            writing: false,
+            next_lsn: report.next_lsn,
+            next_batch_id: 2,
+            durable_batch_id: 0,
+            next_seg_seq,
+            index_next_off,
+            pool: Vec::new(),
+            durable_wakers: Vec::new(),
+            space_wakers: Vec::new(),
+        };
+        let spare_next = spare_ready
+            .as_ref()
+            .map_or(recovered.next_seq, |(seq, _)| *seq);
+        let inner = Arc::new(Inner {
+            dir,
+            backend_name: io.name(),
+            state: Mutex::new(state),
+            space: Condvar::new(),
+            work: Condvar::new(),
+            durable: Condvar::new(),
+            segments: RwLock::new(views),
+            spares: Spares {
+                state: Mutex::new(SpareState {
+                    next_seq: spare_next,
+                    ready: spare_ready,
+                    error: None,
+                    stop: false,
+                }),
+                cond: Condvar::new(),
+            },
+            stats: Stats::default(),
+            maintenance: Mutex::new(()),
+            _lock: lock,
+            opts,
+        });
+        let writer = {
+            let shared = inner.clone();
+            std::thread::Builder::new()
+                .name("keel-wal-writer".into())
+                .spawn(move || writer_loop(&shared, io))
+                .map_err(|e| Error::io("spawning writer thread", &inner.dir, e))?
+        };
+        let preparer = {
+            let shared = inner.clone();
+            std::thread::Builder::new()
+                .name("keel-wal-prepare".into())
+                .spawn(move || preparer_loop(&shared))
+                .map_err(|e| Error::io("spawning preparer thread", &inner.dir, e))?
+        };
+        Ok((
+            Wal {
+                inner,
+                threads: vec![writer, preparer],
+            },
+            report,
+        ))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &WalOptions {
+        &self.inner.opts
+    }
+
+    /// Appends `records` as one atomic frame and returns once they are durable.
+    pub fn append<P: Payload>(&self, records: &[P]) -> Result<Appended> {
+        let frame_len = self.inner.check(records)?;
+        let inner = &*self.inner;
+        let mut st = inner.state.lock().map_err(lock_err)?;
+        let (id, appended) = loop {
+            if let Some(placed) = inner.try_place(&mut st, records, frame_len)? {
+                break placed;
+            }
+            st = inner.space.wait(st).map_err(lock_err)?;
+        };
+        inner.work.notify_one();
+        loop {
+            if let Some(result) = durable_outcome(&st, id) {
+                return result.map(|()| appended);
+            }
+            st = inner.durable.wait(st).map_err(lock_err)?;
+        }
+    }
+
+    /// Appends `records` as one atomic frame; the future resolves once they are durable.
+    /// It never blocks the calling thread, so any async runtime can drive it.
+    pub fn append_async<'a, P: Payload>(&'a self, records: &'a [P]) -> AppendFuture<'a, P> {
+        AppendFuture {
+            inner: &self.inner,
+            records,
+            frame_len: None,
+            placed: None,
+        }
+    }
+
+    /// Reads the record at `lsn`.
+    pub fn read(&self, lsn: Lsn) -> Result<Vec<u8>> {
+        let mut iter = self.iter_from(lsn)?;
+        match iter.next() {
+            Some(record) => Ok(record?.data),
+            None => Err(self.out_of_range(lsn)),
+        }
+    }
+
+    /// Iterates durable records from `lsn` up to the durable end at the time of the call.
+    pub fn iter_from(&self, lsn: Lsn) -> Result<WalIter> {
+        let views = self.inner.segments.read().map_err(lock_err)?.clone();
+        let first = views.first().map_or(lsn, |v| v.first_lsn);
+        let end = views.last().map_or(lsn, |v| v.end_lsn());
+        if lsn < first || lsn > end {
+            return Err(Error::OutOfRange {
+                lsn,
+                first,
+                next: end,
+            });
+        }
+        Ok(WalIter::new(views, lsn, end))
+    }
+
+    /// All durable records, oldest first.
+    pub fn iter(&self) -> Result<WalIter> {
+        self.iter_from(self.first_lsn())
+    }
+
+    /// Position of the oldest record still in the log.
+    pub fn first_lsn(&self) -> Lsn {
+        let views = self.inner.segments.read().expect("segment list lock");
+        match views.first() {
+            Some(v) => v.first_lsn,
+            None => self.next_lsn(),
+        }
+    }
+
+    /// Position one past the last durable record.
+    pub fn next_lsn(&self) -> Lsn {
+        let views = self.inner.segments.read().expect("segment list lock");
+        match views.last() {
+            Some(v) => v.end_lsn(),
+            None => self.inner.state.lock().map_or(1, |st| st.next_lsn),
+        }
+    }
+
+    /// The segments that hold records, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let views = self.inner.segments.read().expect("segment list lock");
+        views
+            .iter()
+            .map(|v| SegmentInfo {
+                seq: v.seq,
+                path: v.path.clone(),
+                first_lsn: v.first_lsn,
+                end_lsn: v.end_lsn(),
+                bytes: v.end_off(),
+            })
+            .collect()
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> WalStats {
+        self.inner.stats.snapshot(self.inner.backend_name)
+    }
+
+    /// The backend doing the writes: `uring` or `blocking`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend_name
+    }
+
+    /// Drops every record after `lsn` (keeps `..= lsn`); the next append gets `lsn + 1`.
+    ///
+    /// Crash-atomic: an intent file is written first and recovery completes it. Appends
+    /// wait while it runs. `lsn` may be `first_lsn() - 1` to empty the log.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
+        let inner = &*self.inner;
+        let _maintenance = inner.maintenance.lock().map_err(lock_err)?;
+        let mut st = inner.quiesce()?;
+        let result = inner.truncate_locked(&mut st, lsn);
+        if let Err(e) = &result {
+            if !matches!(e, Error::OutOfRange { .. }) {
+                inner.poison(&mut st, format!("truncation failed: {e}"));
+            }
+        }
+        st.paused = false;
+        drop(st);
+        inner.space.notify_all();
+        inner.wake_space_tasks();
+        result
+    }
+
+    /// Removes whole segments all of whose records lie below `lsn`. The segment being
+    /// written is never removed. Returns the number of segments removed. Crash-atomic.
+    pub fn purge_before(&self, lsn: Lsn) -> Result<usize> {
+        let inner = &*self.inner;
+        let _maintenance = inner.maintenance.lock().map_err(lock_err)?;
+        let remove: Vec<u64> = {
+            let views = inner.segments.read().map_err(lock_err)?;
+            views
+                .windows(2)
+                .take_while(|pair| pair[1].first_lsn <= lsn)
+                .map(|pair| pair[0].seq)
+                .collect()
+        };
+        if remove.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut views = inner.segments.write().map_err(lock_err)?;
+            views.retain(|v| !remove.contains(&v.seq));
+        }
+        PurgeIntent {
+            remove: remove.clone(),
+        }
+        .run(&inner.dir)?;
+        Ok(remove.len())
+    }
+
+    fn out_of_range(&self, lsn: Lsn) -> Error {
+        Error::OutOfRange {
+            lsn,
+            first: self.first_lsn(),
+            next: self.next_lsn(),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.closing = true;
+        }
+        self.inner.work.notify_all();
+        if let Ok(mut sp) = self.inner.spares.state.lock() {
+            sp.stop = true;
+        }
+        self.inner.spares.cond.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The outcome for batch `id`, once there is one.
+fn durable_outcome(st: &State, id: u64) -> Option<Result<()>> {
+    if st.durable_batch_id >= id {
+        Some(Ok(()))
+    } else {
+        st.poisoned.as_ref().map(|cause| {
+            Err(Error::Poisoned {
+                cause: cause.clone(),
+            })
+        })
+    }
+}
+
+fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn: Lsn) -> Batch {
+    SegmentHeader {
+        seq,
+        first_lsn: lsn,
+    }
+    .encode(buf.as_mut_slice());
+    Batch {
+        id,
+        seq,
+        capacity,
+        file_offset: 0,
+        buf,
+        len: SEGMENT_HEADER_BYTES,
+        prefix: SEGMENT_HEADER_BYTES,
+        appends: 0,
+        records: 0,
+        end_lsn: lsn,
+        index: Vec::new(),
+        new_segment: true,
+        seals: false,
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock file", &path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked { path });
+    }
+    Ok(file)
+}
+
+fn make_io(opts: &WalOptions) -> Result<Box<dyn WriteIo>> {
+    #[cfg(target_os = "linux")]
+    {
+        match opts.backend {
+            Backend::Blocking => {}
+            Backend::Uring => {
+                let io = crate::io::UringIo::new(opts.sync)
+                    .map_err(|e| Error::io("setting up io_uring", "io_uring", e))?;
+                return Ok(Box::new(io));
+            }
+            Backend::Auto => {
+                if let Ok(io) = crate::io::UringIo::new(opts.sync) {
+                    return Ok(Box::new(io));
+                }
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    if opts.backend == Backend::Uring {
+        return Err(Error::InvalidOptions("io_uring needs Linux".into()));
+    }
+    Ok(Box::new(BlockingIo { sync: opts.sync }))
+}
+
+impl Inner {
+    /// Checks an append's sizes and returns its frame length.
+    fn check<P: Payload>(&self, records: &[P]) -> Result<usize> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max = self.opts.record_bytes_max;
+        let mut body = 0usize;
+        for record in records {
+            let len = record.encoded_len();
+            if len > max {
+                return Err(Error::RecordTooLarge { len, max });
+            }
+            body = body.saturating_add(RECORD_PREFIX_BYTES + len);
+        }
+        let frame = format::align_up(
+            FRAME_HEADER_BYTES.saturating_add(body).min(usize::MAX - 8),
+            format::FRAME_ALIGN,
+        );
+        if frame > self.opts.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: frame,
+                max: self.opts.batch_bytes_max,
+            });
+        }
+        Ok(frame)
+    }
+
+    fn take_buf(&self, st: &mut State) -> AlignedBuf {
+        st.pool
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.opts.batch_bytes_max + 2 * BLOCK_BYTES))
+    }
+
+    /// Encodes the frame into the filling batch if there is room: `Some((batch id, where))`,
+    /// or `None` when the caller must wait for room.
+    fn try_place<P: Payload>(
+        &self,
+        st: &mut State,
+        records: &[P],
+        frame_len: usize,
+    ) -> Result<Option<(u64, Appended)>> {
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        if st.paused {
+            return Ok(None);
+        }
+        if st.fill.end_offset() + frame_len as u64 > st.fill.capacity {
+            // Roll to a new segment; the full one is written first.
+            if st.sealed.len() >= SEALED_BATCHES_MAX {
+                return Ok(None);
+            }
+            let seq = st.next_seg_seq;
+            let buf = self.take_buf(st);
+            let id = st.next_batch_id;
+            let fresh = new_segment_batch(buf, id, seq, self.opts.segment_bytes, st.next_lsn);
+            st.next_seg_seq += 1;
+            st.next_batch_id += 1;
+            let mut full = std::mem::replace(&mut st.fill, fresh);
+            full.seals = true;
+            st.sealed.push_back(full);
+            st.index_next_off = SEGMENT_HEADER_BYTES as u64;
+        }
+        let fill = &mut st.fill;
+        let full = fill.appends > 0
+            && (fill.payload() + frame_len > self.opts.batch_bytes_max
+                || fill.appends >= self.opts.queue_appends_max as u64);
+        if full {
+            return Ok(None);
+        }
+        let offset = fill.end_offset();
+        let first_lsn = st.next_lsn;
+        format::encode_frame(
+            &mut fill.buf.as_mut_slice()[fill.len..fill.len + frame_len],
+            fill.seq,
+            first_lsn,
+            records,
+        );
+        let count = u32::try_from(records.len()).expect("bounded by batch_bytes_max");
+        fill.len += frame_len;
+        fill.appends += 1;
+        fill.records += u64::from(count);
+        fill.end_lsn = first_lsn + u64::from(count);
+        if offset >= st.index_next_off {
+            fill.index.push((first_lsn, offset));
+            st.index_next_off = offset + INDEX_STRIDE_BYTES;
+        }
+        st.next_lsn = fill.end_lsn;
+        Ok(Some((
+            fill.id,
+            Appended {
+                first_lsn,
+                count,
+                segment: fill.seq,
+                offset,
+            },
+        )))
+    }
+
+    /// Takes the next batch to write, leaving a continuation behind when it takes the
+    /// filling batch. `None` when there is nothing to do.
+    fn next_batch(&self, st: &mut State) -> Option<Batch> {
+        if let Some(batch) = st.sealed.pop_front() {
+            return Some(batch);
+        }
+        if st.fill.appends == 0 {
+            return None;
+        }
+        let buf = self.take_buf(st);
+        let id = st.next_batch_id;
+        st.next_batch_id += 1;
+        let fill = &st.fill;
+        let end = fill.end_offset();
+        let file_offset = format::align_down_u64(end);
+        let prefix = usize::try_from(end - file_offset).expect("below a block");
+        let from = usize::try_from(file_offset - fill.file_offset).expect("inside the batch");
+        let mut next = Batch {
+            id,
+            seq: fill.seq,
+            capacity: fill.capacity,
+            file_offset,
+            buf,
+            len: prefix,
+            prefix,
+            appends: 0,
+            records: 0,
+            end_lsn: fill.end_lsn,
+            index: Vec::new(),
+            new_segment: false,
+            seals: false,
+        };
+        next.buf.as_mut_slice()[..prefix].copy_from_slice(&fill.buf.as_slice()[from..fill.len]);
+        Some(std::mem::replace(&mut st.fill, next))
+    }
+
+    fn poison(&self, st: &mut State, cause: String) {
+        if st.poisoned.is_none() {
+            st.poisoned = Some(cause);
+        }
+        for (_, waker) in st.durable_wakers.drain(..) {
+            waker.wake();
+        }
+        for waker in st.space_wakers.drain(..) {
+            waker.wake();
+        }
+        self.durable.notify_all();
+        self.space.notify_all();
+    }
+
+    fn wake_space_tasks(&self) {
+        let wakers = match self.state.lock() {
+            Ok(mut st) => std::mem::take(&mut st.space_wakers),
+            Err(_) => return,
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Holds appends back and waits until every accepted append is durable.
+    fn quiesce(&self) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.state.lock().map_err(lock_err)?;
+        st.paused = true;
+        while st.fill.appends > 0 || !st.sealed.is_empty() || st.writing {
+            if let Some(cause) = &st.poisoned {
+                let cause = cause.clone();
+                st.paused = false;
+                return Err(Error::Poisoned { cause });
+            }
+            self.work.notify_one();
+            st = self.durable.wait(st).map_err(lock_err)?;
+        }
+        if let Some(cause) = &st.poisoned {
+            let cause = cause.clone();
+            st.paused = false;
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(st)
+    }
+
+    fn truncate_locked(&self, st: &mut State, lsn: Lsn) -> Result<()> {
+        let views = self.segments.read().map_err(lock_err)?.clone();
+        let first = views.first().map_or(st.next_lsn, |v| v.first_lsn);
+        let end = st.next_lsn;
+        let keep_end = lsn.saturating_add(1);
+        if keep_end >= end {
+            return Ok(());
+        }
+        if keep_end < first {
+            return Err(Error::OutOfRange {
+                lsn,
+                first,
+                next: end,
+            });
+        }
+        // The segment holding the first record to drop.
+        let at = views
+            .partition_point(|v| v.first_lsn <= keep_end)
+            .saturating_sub(1);
+        let view = &views[at];
+        let mut offset = view.seek(keep_end);
+        let mut replacement = Vec::new();
+        let mut kept_frame = None;
+        while offset < view.end_off() {
+            let (bytes, info) = view.frame_at(offset)?;
+            if info.end_lsn() <= keep_end {
+                offset += info.len as u64;
+                continue;
+            }
+            if info.first_lsn < keep_end {
+                // The cut falls inside this frame: keep its first records as a shorter frame.
+                let keep = usize::try_from(keep_end - info.first_lsn).expect("below count");
+                let records: Vec<&[u8]> = format::frame_records(&bytes, info.count)
+                    .take(keep)
+                    .collect();
+                replacement = vec![0u8; format::frame_len(records.iter().map(|r| r.len()))];
+                format::encode_frame(&mut replacement, view.seq, info.first_lsn, &records);
+                kept_frame = Some(info.first_lsn);
+            }
+            break;
+        }
+        let dirty_end = format::align_up_u64(view.end_off()).min(view_capacity(view)?);
+        let intent = TruncateIntent {
+            seq: view.seq,
+            offset,
+            dirty_end,
+            replacement,
+            remove: views[at + 1..].iter().map(|v| v.seq).collect(),
+        };
+        intent.run(&self.dir)?;
+
+        // Readers now see the cut segment as the active one, through pread.
+        let new_end = offset + intent.replacement.len() as u64;
+        let mut index: Vec<(Lsn, u64)> = view
+            .index_snapshot()
+            .into_iter()
+            .filter(|&(_, off)| off < offset)
+            .collect();
+        if let Some(first_lsn) = kept_frame {
+            if index
+                .last()
+                .is_none_or(|&(_, off)| offset >= off + INDEX_STRIDE_BYTES)
+            {
+                index.push((first_lsn, offset));
+            }
+        }
+        let next_index = index
+            .last()
+            .map_or(SEGMENT_HEADER_BYTES as u64, |&(_, off)| {
+                off + INDEX_STRIDE_BYTES
+            });
+        let active = Arc::new(SegmentView::new(
+            view.seq,
+            view.path.clone(),
+            view.first_lsn,
+            SegmentView::open_active(&view.path)?,
+            (new_end, keep_end),
+            index,
+            FRAME_READ_MAX,
+        ));
+        {
+            let mut list = self.segments.write().map_err(lock_err)?;
+            list.truncate(at);
+            list.push(active);
+        }
+        // The next write continues the cut segment from its new end.
+        let file_offset = format::align_down_u64(new_end);
+        let prefix = usize::try_from(new_end - file_offset).expect("below a block");
+        let mut buf = self.take_buf(st);
+        if prefix > 0 {
+            segment::read_at(&view.path, &mut buf.as_mut_slice()[..prefix], file_offset)?;
+        }
+        let id = st.next_batch_id;
+        st.next_batch_id += 1;
+        let old = std::mem::replace(
+            &mut st.fill,
+            Batch {
+                id,
+                seq: view.seq,
+                capacity: view_capacity(view)?,
+                file_offset,
+                buf,
+                len: prefix,
+                prefix,
+                appends: 0,
+                records: 0,
+                end_lsn: keep_end,
+                index: Vec::new(),
+                new_segment: false,
+                seals: false,
+            },
+        );
+        self.recycle(st, old);
+        st.next_lsn = keep_end;
+        st.index_next_off = next_index;
+        Ok(())
+    }
+
+    fn recycle(&self, st: &mut State, batch: Batch) {
+        let mut buf = batch.buf;
+        let used = format::align_up(batch.len, BLOCK_BYTES).min(buf.capacity());
+        buf.as_mut_slice()[..used].fill(0);
+        if st.pool.len() < SEALED_BATCHES_MAX + 2 {
+            st.pool.push(buf);
+        }
+    }
+}
+
+fn view_capacity(view: &SegmentView) -> Result<u64> {
+    let len = std::fs::metadata(&view.path)
+        .map_err(|e| Error::io("reading metadata", &view.path, e))?
+        .len();
+    Ok(format::align_down_u64(len))
+}
+
+/// The writer thread: takes batches in order and makes each durable with one write.
+fn writer_loop(inner: &Inner, mut io: Box<dyn WriteIo>) {
+    let mut current: Option<(u64, File)> = None;
+    loop {
+        let batch = {
+            let Ok(mut st) = inner.state.lock() else {
+                return;
+            };
+            let batch = loop {
+                if st.poisoned.is_some() {
+                    return;
+                }
+                if let Some(batch) = inner.next_batch(&mut st) {
+                    break batch;
+                }
+                if st.closing {
+                    return;
+                }
+                st = match inner.work.wait(st) {
+                    Ok(st) => st,
+                    Err(_) => return,
+                };
+            };
+            st.writing = true;
+            let wakers = std::mem::take(&mut st.space_wakers);
+            drop(st);
+            inner.space.notify_all();
+            for waker in wakers {
+                waker.wake();
+            }
+            batch
+        };
+        let result = write_batch(inner, io.as_mut(), &mut current, &batch);
+        let Ok(mut st) = inner.state.lock() else {
+            return;
+        };
+        st.writing = false;
+        match result {
+            Ok(()) => {
+                st.durable_batch_id = batch.id;
+                let ready: Vec<Waker> = {
+                    let mut ready = Vec::new();
+                    st.durable_wakers.retain(|(id, waker)| {
+                        if *id <= batch.id {
+                            ready.push(waker.clone());
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    ready
+                };
+                inner.recycle(&mut st, batch);
+                drop(st);
+                inner.durable.notify_all();
+                for waker in ready {
+                    waker.wake();
+                }
+            }
+            Err(e) => {
+                inner.poison(&mut st, e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+fn write_batch(
+    inner: &Inner,
+    io: &mut dyn WriteIo,
+    current: &mut Option<(u64, File)>,
+    batch: &Batch,
+) -> Result<()> {
+    if current.as_ref().is_none_or(|(seq, _)| *seq != batch.seq) {
+        let path = if batch.new_segment {
+            take_spare(inner, batch.seq)?
+        } else {
+            segment::segment_path(&inner.dir, batch.seq)
+        };
+        let (file, _direct) =
+            segment::open_for_write(&path, inner.opts.direct_io, io.needs_dsync_open())?;
+        *current = Some((batch.seq, file));
+    }
+    let (_, file) = current.as_ref().expect("opened above");
+    if batch.appends > 0 {
+        let write_len = format::align_up(batch.len, BLOCK_BYTES);
+        let bytes = &batch.buf.as_slice()[..write_len];
+        let path = || segment::segment_path(&inner.dir, batch.seq);
+        if let Some(faults) = &inner.opts.faults {
+            faults
+                .check_write()
+                .map_err(|e| Error::io("writing segment", path(), e))?;
+        }
+        io.write_at(file, bytes, batch.file_offset)
+            .map_err(|e| Error::io("writing segment", path(), e))?;
+        inner.stats.record_flush(
+            batch.appends,
+            batch.records,
+            batch.payload() as u64,
+            write_len as u64,
+        );
+        publish(inner, batch)?;
+    }
+    if batch.seals {
+        seal(inner, batch.seq)?;
+    }
+    Ok(())
+}
+
+/// Makes a durable batch visible to readers.
+fn publish(inner: &Inner, batch: &Batch) -> Result<()> {
+    let mut views = inner.segments.write().map_err(lock_err)?;
+    match views.last() {
+        Some(view) if view.seq == batch.seq => {
+            view.extend(batch.end_offset(), batch.end_lsn, &batch.index);
+        }
+        _ => {
+            let path = segment::segment_path(&inner.dir, batch.seq);
+            let first_lsn = batch.end_lsn - batch.records;
+            let view = SegmentView::new(
+                batch.seq,
+                path.clone(),
+                first_lsn,
+                SegmentView::open_active(&path)?,
+                (batch.end_offset(), batch.end_lsn),
+                batch.index.clone(),
+                FRAME_READ_MAX,
+            );
+            views.push(Arc::new(view));
+        }
+    }
+    Ok(())
+}
+
+/// Switches a full segment's readers to a read-only map.
+fn seal(inner: &Inner, seq: u64) -> Result<()> {
+    let mut views = inner.segments.write().map_err(lock_err)?;
+    if let Some(slot) = views.iter_mut().find(|v| v.seq == seq) {
+        let map = segment::map(&slot.path)?;
+        let sealed = SegmentView::new(
+            slot.seq,
+            slot.path.clone(),
+            slot.first_lsn,
+            SegmentBytes::Mapped(map),
+            (slot.end_off(), slot.end_lsn()),
+            slot.index_snapshot(),
+            FRAME_READ_MAX,
+        );
+        *slot = Arc::new(sealed);
+    }
+    Ok(())
+}
+
+fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
+    let mut sp = inner.spares.state.lock().map_err(lock_err)?;
+    let mut waited = false;
+    loop {
+        if let Some(cause) = &sp.error {
+            return Err(Error::Poisoned {
+                cause: format!("preparing a segment failed: {cause}"),
+            });
+        }
+        match &sp.ready {
+            Some((ready, _)) if *ready == seq => {
+                let (_, path) = sp.ready.take().expect("checked");
+                sp.next_seq = seq + 1;
+                inner.spares.cond.notify_all();
+                inner
+                    .stats
+                    .segments_created
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if waited {
+                    inner
+                        .stats
+                        .spare_waits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(path);
+            }
+            Some((ready, _)) => {
+                return Err(Error::Poisoned {
+                    cause: format!("segment {seq} wanted but segment {ready} was prepared"),
+                });
+            }
+            None if sp.stop => return Err(Error::Closed),
+            None => {
+                waited = true;
+                sp = inner.spares.cond.wait(sp).map_err(lock_err)?;
+            }
+        }
+    }
+}
+
+/// The preparer thread: keeps one zero-filled segment ready, off the hot path.
+fn preparer_loop(inner: &Inner) {
+    loop {
+        let seq = {
+            let Ok(mut sp) = inner.spares.state.lock() else {
+                return;
+            };
+            while !sp.stop && (sp.ready.is_some() || sp.error.is_some()) {
+                sp = match inner.spares.cond.wait(sp) {
+                    Ok(sp) => sp,
+                    Err(_) => return,
+                };
+            }
+            if sp.stop {
+                return;
+            }
+            sp.next_seq
+        };
+        let result = segment::create_zeroed(&inner.dir, seq, inner.opts.segment_bytes);
+        let Ok(mut sp) = inner.spares.state.lock() else {
+            return;
+        };
+        match result {
+            Ok(path) => sp.ready = Some((seq, path)),
+            Err(e) => sp.error = Some(e.to_string()),
+        }
+        inner.spares.cond.notify_all();
+    }
+}
+
+/// The future of [`Wal::append_async`].
+pub struct AppendFuture<'a, P> {
+    inner: &'a Inner,
+    records: &'a [P],
+    frame_len: Option<usize>,
+    placed: Option<(u64, Appended)>,
+}
+
+impl<P: Payload> Future for AppendFuture<'_, P> {
+    type Output = Result<Appended>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let inner = this.inner;
+        let frame_len = match this.frame_len {
+            Some(len) => len,
+            None => match inner.check(this.records) {
+                Ok(len) => *this.frame_len.insert(len),
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+        };
+        let mut st = match inner.state.lock() {
+            Ok(st) => st,
+            Err(e) => return Poll::Ready(Err(lock_err(e))),
+        };
+        let (id, appended) = match this.placed {
+            Some(placed) => placed,
+            None => match inner.try_place(&mut st, this.records, frame_len) {
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(Some(placed)) => {
+                    this.placed = Some(placed);
+                    inner.work.notify_one();
+                    placed
+                }
+                Ok(None) => {
+                    register(&mut st.space_wakers, cx.waker());
+                    return Poll::Pending;
+                }
+            },
+        };
+        if let Some(result) = durable_outcome(&st, id) {
+            return Poll::Ready(result.map(|()| appended));
+        }
+        match st
+            .durable_wakers
+            .iter_mut()
+            .find(|(_, w)| w.will_wake(cx.waker()))
+        {
+            Some(slot) => slot.0 = slot.0.min(id),
+            None => st.durable_wakers.push((id, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
+fn register(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.backend_name)
+            .finish_non_exhaustive()
+    }
+}
