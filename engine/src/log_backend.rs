@@ -38,6 +38,12 @@ pub struct SegmentSpan {
 
 /// A write-ahead log as the engine needs it. See the module documentation for the contract.
 pub trait LogBackend {
+    /// Checks, without writing, that `append(records)` would not be rejected for its size or
+    /// shape. A failure here is a plain rejection: the caller is not poisoned.
+    fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
+        let _ = records;
+        Ok(())
+    }
     /// Appends `records` atomically and durably; returns the LSN of the first.
     fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError>;
     /// The payload of the record at `lsn`.

@@ -81,12 +81,16 @@ pub struct SnapshotMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogStoreOptions {
     /// Most entry payload bytes kept in memory across all groups. Default 64 MiB.
+    ///
+    /// Entry and batch limits must also fit the log's own (for `keel_wal`, the defaults do:
+    /// its `record_bytes_max` is 2 MiB and `batch_bytes_max` 4 MiB); an append the log would
+    /// reject is refused before anything is written.
     pub cache_bytes_max: usize,
     /// Most entries kept in the cache, whatever their size. Default 1,048,576.
     pub cache_entries_max: usize,
-    /// Largest entry payload accepted, in bytes. Default 8 MiB.
+    /// Largest entry payload accepted, in bytes. Default 1 MiB.
     pub entry_bytes_max: usize,
-    /// Largest write batch (sum of encoded records), in bytes. Default 64 MiB.
+    /// Largest write batch (sum of encoded records), in bytes. Default 3 MiB.
     pub batch_bytes_max: usize,
     /// Live segments beyond which `maintain` rewrites lagging groups. Default 16.
     pub segments_live_max: usize,
@@ -99,8 +103,8 @@ impl Default for LogStoreOptions {
         LogStoreOptions {
             cache_bytes_max: 64 << 20,
             cache_entries_max: 1 << 20,
-            entry_bytes_max: 8 << 20,
-            batch_bytes_max: 64 << 20,
+            entry_bytes_max: 1 << 20,
+            batch_bytes_max: 3 << 20,
             segments_live_max: 16,
             progress_records_interval: 100_000,
         }
@@ -558,7 +562,7 @@ impl WriteBatch {
 }
 
 /// The multi-group raft log store. See the module documentation.
-pub struct LogStore<B: LogBackend> {
+pub struct LogStore<B: LogBackend = keel_wal::Wal> {
     log: B,
     state: State,
     options: LogStoreOptions,
@@ -821,6 +825,7 @@ impl<B: LogBackend> LogStore<B> {
             });
         }
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        self.log.check_append(&refs).map_err(log_err("append"))?;
         let first = match self.log.append(&refs) {
             Ok(first) => first,
             Err(source) => {
