@@ -11,6 +11,7 @@ use keel_engine::{
     Entry, HardState, LogBackend, LogStore, LogStoreError, LogStoreOptions, MemLog, SnapshotMeta,
     WriteBatch,
 };
+use keel_wal::{Wal, WalOptions};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug, Default)]
@@ -95,7 +96,7 @@ fn open(log: &MemLog) -> LogStore<MemLog> {
     LogStore::open(log.clone(), options(), &mut |_| {}).expect("recovery")
 }
 
-fn check(store: &LogStore<MemLog>, model: &BTreeMap<u64, GroupModel>) {
+fn check<B: LogBackend>(store: &LogStore<B>, model: &BTreeMap<u64, GroupModel>) {
     for (&g, m) in model {
         assert_eq!(store.first_index(g), m.first(), "group {g} first");
         assert_eq!(store.last_index(g), m.last(), "group {g} last");
@@ -120,96 +121,174 @@ fn check(store: &LogStore<MemLog>, model: &BTreeMap<u64, GroupModel>) {
     }
 }
 
+/// Runs `steps` against a store; `reopen` drops the store it is given (if any) and opens a
+/// new one over the same log, which is how a restart is simulated.
+fn run_model<B: LogBackend>(
+    steps: Vec<Step>,
+    mut reopen: impl FnMut(Option<LogStore<B>>) -> LogStore<B>,
+) -> Result<(), TestCaseError> {
+    let mut store = reopen(None);
+    let mut model: BTreeMap<u64, GroupModel> = BTreeMap::new();
+    let mut payload = 0u32;
+    for s in steps {
+        match s {
+            Step::Batch(ops) => {
+                let mut batch = WriteBatch::new();
+                let mut next = model.clone();
+                for (g, op) in ops {
+                    let m = next.entry(g).or_default();
+                    match op {
+                        GroupOp::Append { back, n, bump } => {
+                            let start = (m.last() + 1).saturating_sub(back).max(1);
+                            let base = m.entries.last().map_or(m.compacted.1, |e| e.term) + bump;
+                            let es: Vec<Entry> = (0..n)
+                                .map(|i| {
+                                    payload += 1;
+                                    Entry {
+                                        index: start + i,
+                                        term: base,
+                                        data: payload
+                                            .to_le_bytes()
+                                            .repeat(1 + (payload % 3) as usize),
+                                    }
+                                })
+                                .collect();
+                            m.append(&es);
+                            batch.append(g, es);
+                        }
+                        GroupOp::HardState(c) => {
+                            let hs = HardState {
+                                term: c / 10,
+                                vote: c % 3,
+                                commit: c,
+                            };
+                            m.hs = hs;
+                            batch.set_hard_state(g, hs);
+                        }
+                        GroupOp::ApplySnapshot { ahead } => {
+                            let index = m.last() + ahead;
+                            if m.snapshot.as_ref().is_some_and(|s| s.index >= index) {
+                                continue;
+                            }
+                            let meta = SnapshotMeta {
+                                index,
+                                term: 50,
+                                conf_state: vec![1, 2],
+                            };
+                            m.entries.clear();
+                            m.compacted = (index, 50);
+                            m.snapshot = Some(meta.clone());
+                            batch.apply_snapshot(g, meta);
+                        }
+                        GroupOp::SetSnapshot => {
+                            let index = m.compacted.0;
+                            if m.snapshot.as_ref().is_some_and(|s| s.index > index) {
+                                continue;
+                            }
+                            let meta = SnapshotMeta {
+                                index,
+                                term: m.compacted.1,
+                                conf_state: vec![],
+                            };
+                            m.snapshot = Some(meta.clone());
+                            batch.set_snapshot(g, meta);
+                        }
+                    }
+                }
+                store.write(batch).unwrap();
+                model = next;
+            }
+            Step::Compact { group, keep } => {
+                let Some(m) = model.get_mut(&group) else {
+                    continue;
+                };
+                let to = m.last().saturating_sub(keep);
+                if to <= m.compacted.0 {
+                    prop_assert!(
+                        matches!(
+                            store.compact(group, to),
+                            Err(LogStoreError::Compacted { .. })
+                        ),
+                        "compact below the compaction point must fail"
+                    );
+                    continue;
+                }
+                store.compact(group, to).unwrap();
+                let n = (to - m.compacted.0) as usize;
+                m.compacted = (to, m.entries[n - 1].term);
+                m.entries.drain(..n);
+            }
+            Step::Maintain => {
+                let MaintenanceReport { segments_after, .. } = store.maintain().unwrap();
+                // After a rewrite nothing older than the newest `segments_live_max`
+                // segments is pinned, so at most that many plus the rewrite's own remain.
+                prop_assert!(segments_after <= options().segments_live_max + 2 + model.len());
+            }
+            Step::Restart => {
+                store = reopen(Some(store));
+            }
+        }
+        check(&store, &model);
+    }
+    // A final restart after everything must give the same state.
+    let store = reopen(Some(store));
+    check(&store, &model);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
     fn log_store_matches_model(steps in prop::collection::vec(step(), 1..50)) {
         let log = MemLog::new(4);
-        let mut store = open(&log);
-        let mut model: BTreeMap<u64, GroupModel> = BTreeMap::new();
-        let mut payload = 0u32;
-        for s in steps {
-            match s {
-                Step::Batch(ops) => {
-                    let mut batch = WriteBatch::new();
-                    let mut next = model.clone();
-                    for (g, op) in ops {
-                        let m = next.entry(g).or_default();
-                        match op {
-                            GroupOp::Append { back, n, bump } => {
-                                let start = (m.last() + 1).saturating_sub(back).max(1);
-                                let base = m.entries.last().map_or(m.compacted.1, |e| e.term) + bump;
-                                let es: Vec<Entry> = (0..n).map(|i| {
-                                    payload += 1;
-                                    Entry { index: start + i, term: base,
-                                        data: payload.to_le_bytes().repeat(1 + (payload % 3) as usize) }
-                                }).collect();
-                                m.append(&es);
-                                batch.append(g, es);
-                            }
-                            GroupOp::HardState(c) => {
-                                let hs = HardState { term: c / 10, vote: c % 3, commit: c };
-                                m.hs = hs;
-                                batch.set_hard_state(g, hs);
-                            }
-                            GroupOp::ApplySnapshot { ahead } => {
-                                let index = m.last() + ahead;
-                                if m.snapshot.as_ref().is_some_and(|s| s.index >= index) {
-                                    continue;
-                                }
-                                let meta = SnapshotMeta { index, term: 50, conf_state: vec![1, 2] };
-                                m.entries.clear();
-                                m.compacted = (index, 50);
-                                m.snapshot = Some(meta.clone());
-                                batch.apply_snapshot(g, meta);
-                            }
-                            GroupOp::SetSnapshot => {
-                                let index = m.compacted.0;
-                                if m.snapshot.as_ref().is_some_and(|s| s.index > index) {
-                                    continue;
-                                }
-                                let meta = SnapshotMeta { index, term: m.compacted.1, conf_state: vec![] };
-                                m.snapshot = Some(meta.clone());
-                                batch.set_snapshot(g, meta);
-                            }
-                        }
-                    }
-                    store.write(batch).unwrap();
-                    model = next;
+        run_model(steps, |old| {
+            drop(old);
+            open(&log)
+        })?;
+    }
+}
+
+/// WAL options with the smallest segments, so that a few steps roll, purge and rewrite.
+fn tiny_wal() -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 * 1024,
+        record_bytes_max: 4 * 1024,
+        batch_bytes_max: 60 * 1024,
+        ..WalOptions::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// The same model over the real write-ahead log, reopened from disk at every restart.
+    #[test]
+    fn log_store_over_the_wal_matches_model(
+        steps in prop::collection::vec(step(), 1..40),
+        filler in 0usize..3,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LogStoreOptions { batch_bytes_max: 50 * 1024, entry_bytes_max: 4000, ..options() };
+        let mut first = true;
+        run_model(steps, |old| {
+            drop(old);
+            let wal = Wal::open(dir.path(), tiny_wal()).unwrap();
+            let mut store = LogStore::open(wal, opts.clone(), &mut |_| {}).unwrap();
+            // Pad the log with a filler group so that segments roll now and then.
+            if first {
+                first = false;
+                for i in 0..filler as u64 * 20 {
+                    let mut b = WriteBatch::new();
+                    b.append(99, vec![Entry { index: i + 1, term: 1, data: vec![0; 3000] }]);
+                    store.write(b).unwrap();
                 }
-                Step::Compact { group, keep } => {
-                    let Some(m) = model.get_mut(&group) else { continue };
-                    let to = m.last().saturating_sub(keep);
-                    if to <= m.compacted.0 {
-                        prop_assert!(
-                            matches!(store.compact(group, to), Err(LogStoreError::Compacted { .. })),
-                            "compact below the compaction point must fail"
-                        );
-                        continue;
-                    }
-                    store.compact(group, to).unwrap();
-                    let n = (to - m.compacted.0) as usize;
-                    m.compacted = (to, m.entries[n - 1].term);
-                    m.entries.drain(..n);
-                }
-                Step::Maintain => {
-                    let MaintenanceReport { segments_after, .. } = store.maintain().unwrap();
-                    // After a rewrite nothing older than the newest `segments_live_max`
-                    // segments is pinned, so at most that many plus the rewrite's own remain.
-                    prop_assert!(segments_after <= options().segments_live_max + 2 + model.len());
-                }
-                Step::Restart => {
-                    drop(store);
-                    store = open(&log);
+                if filler > 0 {
+                    store.compact(99, filler as u64 * 20).unwrap();
                 }
             }
-            check(&store, &model);
-        }
-        // A final restart after everything must give the same state.
-        drop(store);
-        let store = open(&log);
-        check(&store, &model);
+            store
+        })?;
     }
 }
 
@@ -391,4 +470,79 @@ fn a_corrupt_record_is_reported_with_its_lsn() {
         Err(LogStoreError::Corrupt { lsn: 3, .. }) => {}
         other => panic!("expected corruption at lsn 3, got {other:?}"),
     }
+}
+
+#[test]
+fn a_lagging_group_is_rewritten_over_the_wal_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogStoreOptions {
+        batch_bytes_max: 50 * 1024,
+        entry_bytes_max: 4000,
+        ..options()
+    };
+    let open_wal = || {
+        let wal = Wal::open(dir.path(), tiny_wal()).unwrap();
+        LogStore::open(wal, opts.clone(), &mut |_| {}).unwrap()
+    };
+    let mut s = open_wal();
+    let mut b = WriteBatch::new();
+    b.append(1, entries(1..4, 1)).set_hard_state(
+        1,
+        HardState {
+            term: 1,
+            vote: 2,
+            commit: 3,
+        },
+    );
+    s.write(b).unwrap();
+    // Group 2 writes ~600 KiB and compacts as it goes; group 1 stays idle and pins segment 0.
+    for i in 1..200u64 {
+        let mut b = WriteBatch::new();
+        b.append(
+            2,
+            vec![Entry {
+                index: i,
+                term: 1,
+                data: vec![1; 3000],
+            }],
+        );
+        s.write(b).unwrap();
+        if i % 20 == 0 {
+            s.compact(2, i - 5).unwrap();
+            // Truncate a conflicting suffix now and then, as a new leader would.
+            let mut b = WriteBatch::new();
+            b.append(
+                2,
+                vec![Entry {
+                    index: i,
+                    term: 2,
+                    data: vec![2; 3000],
+                }],
+            );
+            s.write(b).unwrap();
+        }
+    }
+    s.purge().unwrap();
+    let before = s.log().segments().len();
+    assert!(before > 8, "group 1 should pin old segments, got {before}");
+    let report = s.maintain().unwrap();
+    assert_eq!(report.rewritten, vec![(1, 3)]);
+    assert!(
+        report.segments_after <= options().segments_live_max + 1,
+        "{report:?}"
+    );
+    drop(s);
+    let s = open_wal();
+    assert_eq!(s.entries(1, 1, 4, u64::MAX).unwrap(), entries(1..4, 1));
+    assert_eq!(
+        s.hard_state(1),
+        HardState {
+            term: 1,
+            vote: 2,
+            commit: 3
+        }
+    );
+    assert_eq!(s.last_index(2), 199);
+    assert_eq!(s.term(2, 180).unwrap(), 2);
+    assert_eq!(s.first_index(2), 176);
 }
