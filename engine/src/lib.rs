@@ -6,8 +6,10 @@
 //! - [`log_store`], [`log_record`], [`log_backend`]: the multi-group raft log store over a
 //!   log seam, with an in-memory log for tests.
 //! - [`db`]: [`Db`], the standalone durable store (memtable + its own WAL + checkpoints).
+//! - [`bench`]: the load generator behind `keel bench engine`.
 //! - [`checkpoint`]: the memtable on disk (format documented byte by byte there).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod db;
 pub mod log_backend;
