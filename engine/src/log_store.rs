@@ -339,6 +339,10 @@ pub struct MaintenanceReport {
     /// Groups whose state and live entries were rewritten forward, with the number of
     /// entries rewritten. The caller should ask these groups to compact (snapshot) soon.
     pub rewritten: Vec<(GroupId, u64)>,
+    /// Lagging groups whose live entries are too large to rewrite in one append
+    /// (`batch_bytes_max`): they keep pinning old segments until they compact, which the
+    /// caller must ask of them now.
+    pub must_compact: Vec<GroupId>,
 }
 
 /// The in-memory side of the store, apart from the log, so recovery can fill it while the
@@ -1026,8 +1030,11 @@ impl<B: LogBackend> LogStore<B> {
                 .map(|(id, _)| *id)
                 .collect();
             for group in lagging {
-                let n = self.rewrite_group(group)?;
-                report.rewritten.push((group, n));
+                match self.rewrite_group(group) {
+                    Ok(n) => report.rewritten.push((group, n)),
+                    Err(LogStoreError::BatchTooLarge { .. }) => report.must_compact.push(group),
+                    Err(e) => return Err(e),
+                }
             }
             self.purge()?;
         }

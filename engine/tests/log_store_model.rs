@@ -546,3 +546,42 @@ fn a_lagging_group_is_rewritten_over_the_wal_and_survives_restart() {
     assert_eq!(s.term(2, 180).unwrap(), 2);
     assert_eq!(s.first_index(2), 176);
 }
+
+#[test]
+fn a_lagging_group_too_large_to_rewrite_is_reported_for_compaction() {
+    let log = MemLog::new(4);
+    let opts = LogStoreOptions {
+        batch_bytes_max: 200,
+        entry_bytes_max: 100,
+        segments_live_max: 2,
+        ..options()
+    };
+    let mut s = LogStore::open(log, opts, &mut |_| {}).unwrap();
+    let mut b = WriteBatch::new();
+    b.append(1, entries(1..2, 1));
+    s.write(b).unwrap();
+    for i in 1..4 {
+        let mut b = WriteBatch::new();
+        b.append(
+            1,
+            vec![Entry {
+                index: i + 1,
+                term: 1,
+                data: vec![0; 90],
+            }],
+        );
+        s.write(b).unwrap();
+    }
+    for i in 1..30 {
+        let mut b = WriteBatch::new();
+        b.append(2, entries(i..i + 1, 1));
+        s.write(b).unwrap();
+        s.compact(2, i).unwrap();
+    }
+    let report = s.maintain().unwrap();
+    assert_eq!(report.must_compact, vec![1]);
+    assert!(report.rewritten.is_empty());
+    s.compact(1, 4).unwrap();
+    let report = s.maintain().unwrap();
+    assert!(report.segments_after <= 3, "{report:?}");
+}
