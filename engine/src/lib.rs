@@ -27,7 +27,7 @@
 //!   [`MemLog`] for tests). Read API shaped like etcd-raft's `Storage`.
 //! - [`db`], [`txn_codec`]: [`Db`], the standalone durable store (memtable + its own WAL +
 //!   background checkpoints), with group commit.
-//! - [`bench`]: the load generator behind `keel bench engine`.
+//! - [`bench`](mod@bench): the load generator behind `keel bench engine`.
 //!
 //! # Invariants
 //!
