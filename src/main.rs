@@ -1,2 +1,46 @@
-//! The `keel` command-line tool.
-fn main() {}
+//! The `keel` command-line tool: benchmarks and log inspection.
+
+mod bench;
+mod debug;
+mod wal_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keel: a replicated, durable key-value storage engine.
+#[derive(Parser)]
+#[command(name = "keel", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a benchmark (on a temporary directory unless --dir is given).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Inspect a write-ahead log directory.
+    #[command(subcommand)]
+    Wal(wal_cmd::WalCommand),
+    /// Helpers for Keel's own tests (crash tests drive these).
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Wal(cmd) => wal_cmd::run(cmd),
+        Command::Debug(cmd) => debug::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

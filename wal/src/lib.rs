@@ -33,11 +33,13 @@ mod stats;
 mod wal;
 
 pub use error::{Error, FrameError, Result};
-pub use format::{Lsn, Payload};
+pub use format::{Lsn, Payload, SegmentHeader};
 pub use io::Faults;
 pub use options::{Backend, RecoveryMode, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WalOptions};
 pub use reader::{Record, WalIter};
-pub use recovery::{RecoveryProgress, RecoveryReport, verify};
+pub use recovery::{
+    FrameSummary, RecoveryProgress, RecoveryReport, SegmentSummary, inspect, verify,
+};
 pub use segment::{list_segments, parse_segment_name, segment_path};
 pub use stats::{HISTOGRAM_BUCKETS, Histogram, WalStats};
 pub use wal::{AppendFuture, Appended, SEALED_BATCHES_MAX, SegmentInfo, Wal};

@@ -343,14 +343,120 @@ pub(crate) fn recover(
     })
 }
 
-/// Checks a log without changing it: the report, or the first problem found.
-pub fn verify(dir: &Path, frame_bytes_max: usize) -> Result<RecoveryReport> {
+/// Checks a log without changing it: the report, or the first problem found (naming the
+/// segment file and offset). A torn tail counts as a problem here, although opening the
+/// log in the default mode would repair it.
+pub fn verify(dir: &Path) -> Result<RecoveryReport> {
     let recovered = recover(
         dir,
         RecoveryMode::AbsoluteConsistency,
-        frame_bytes_max,
+        FRAME_READ_MAX,
         true,
         &mut |_| {},
     )?;
     Ok(recovered.report)
+}
+
+/// Frames are read back with this bound, the largest segment: options may change between
+/// opens, so the current `batch_bytes_max` cannot bound frames written earlier.
+pub(crate) const FRAME_READ_MAX: usize = 1 << 31;
+const _: () = assert!(FRAME_READ_MAX as u64 == crate::options::SEGMENT_BYTES_MAX);
+
+/// One frame as [`inspect`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameSummary {
+    /// Byte offset in the segment.
+    pub offset: u64,
+    /// Position of the first record.
+    pub first_lsn: Lsn,
+    /// Lengths of its records.
+    pub record_lens: Vec<usize>,
+    /// Bytes of the frame.
+    pub len: usize,
+}
+
+/// One segment as [`inspect`] sees it.
+#[derive(Clone, Debug)]
+pub struct SegmentSummary {
+    /// Sequence number from the file name.
+    pub seq: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// File length.
+    pub file_bytes: u64,
+    /// The header: `Ok(None)` for a never-written (spare) segment.
+    pub header: std::result::Result<Option<SegmentHeader>, String>,
+    /// Frames that verified, in order.
+    pub frames: Vec<FrameSummary>,
+    /// Where and why the scan stopped before the end of written data, if it did.
+    pub problem: Option<(u64, String)>,
+}
+
+/// Lists every segment and every frame that verifies, without changing anything; for
+/// `keel wal dump`.
+pub fn inspect(dir: &Path) -> Result<Vec<SegmentSummary>> {
+    let mut out = Vec::new();
+    for (seq, path) in segment::list_segments(dir, false)? {
+        let map = segment::map(&path)?;
+        let header = if map.len() < SEGMENT_HEADER_BYTES {
+            Err(format!(
+                "file is {} bytes, shorter than the header",
+                map.len()
+            ))
+        } else {
+            SegmentHeader::decode(&map)
+        };
+        let mut frames = Vec::new();
+        let mut problem = None;
+        if let Ok(Some(h)) = &header {
+            let mut off = SEGMENT_HEADER_BYTES;
+            let mut lsn = h.first_lsn;
+            loop {
+                match format::decode_frame(&map[off..], seq, FRAME_READ_MAX) {
+                    Ok(info) => {
+                        let frame = &map[off..off + info.len];
+                        if info.first_lsn != lsn {
+                            problem = Some((
+                                off as u64,
+                                format!(
+                                    "frame starts at {} but {lsn} was expected",
+                                    info.first_lsn
+                                ),
+                            ));
+                            break;
+                        }
+                        frames.push(FrameSummary {
+                            offset: off as u64,
+                            first_lsn: info.first_lsn,
+                            record_lens: format::frame_records(frame, info.count)
+                                .map(<[u8]>::len)
+                                .collect(),
+                            len: info.len,
+                        });
+                        lsn = info.end_lsn();
+                        off += info.len;
+                    }
+                    Err(FrameError::Empty) => {
+                        if map[off..].iter().any(|&b| b != 0) {
+                            problem = Some((off as u64, "non-zero bytes after the end".into()));
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        problem = Some((off as u64, e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        out.push(SegmentSummary {
+            seq,
+            path,
+            file_bytes: map.len() as u64,
+            header,
+            frames,
+            problem,
+        });
+    }
+    Ok(out)
 }

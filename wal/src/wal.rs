@@ -34,19 +34,14 @@ use crate::format::{
 };
 use crate::io::{BlockingIo, WriteIo};
 use crate::marker::{PurgeIntent, TruncateIntent};
-use crate::options::{Backend, SEGMENT_BYTES_MAX, WalOptions};
+use crate::options::{Backend, WalOptions};
 use crate::reader::WalIter;
-use crate::recovery::{self, RecoveryProgress, RecoveryReport};
+use crate::recovery::{self, FRAME_READ_MAX, RecoveryProgress, RecoveryReport};
 use crate::segment::{self, INDEX_STRIDE_BYTES, SegmentBytes, SegmentView};
 use crate::stats::{Stats, WalStats};
 
 /// Most batches that may wait behind a segment roll.
 pub const SEALED_BATCHES_MAX: usize = 2;
-
-/// Frames are read back with this bound: the largest segment. Options may change
-/// between opens, so the current `batch_bytes_max` cannot be the bound for old frames.
-const FRAME_READ_MAX: usize = 1 << 31;
-const _: () = assert!(FRAME_READ_MAX as u64 == SEGMENT_BYTES_MAX);
 
 /// Where an append landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +157,7 @@ struct Inner {
     segments: RwLock<Vec<Arc<SegmentView>>>,
     spares: Spares,
     stats: Stats,
+    writer_io: Mutex<WriterIo>,
     maintenance: Mutex<()>,
     _lock: File,
 }
@@ -315,6 +311,7 @@ impl Wal {
                 cond: Condvar::new(),
             },
             stats: Stats::default(),
+            writer_io: Mutex::new(WriterIo { io, current: None }),
             maintenance: Mutex::new(()),
             _lock: lock,
             opts,
@@ -323,7 +320,7 @@ impl Wal {
             let shared = inner.clone();
             std::thread::Builder::new()
                 .name("keel-wal-writer".into())
-                .spawn(move || writer_loop(&shared, io))
+                .spawn(move || writer_loop(&shared))
                 .map_err(|e| Error::io("spawning writer thread", &inner.dir, e))?
         };
         let preparer = {
@@ -363,10 +360,15 @@ impl Wal {
             }
             st = inner.space.wait(st).map_err(lock_err)?;
         };
-        inner.work.notify_one();
         loop {
             if let Some(result) = durable_outcome(&st, id) {
                 return result.map(|()| appended);
+            }
+            // No write in flight: write the batch from this thread rather than hand it to
+            // the writer thread and back, which costs two context switches.
+            if !st.writing && has_work(&st) {
+                st = inner.write_round(st)?;
+                continue;
             }
             st = inner.durable.wait(st).map_err(lock_err)?;
         }
@@ -925,70 +927,94 @@ fn view_capacity(view: &SegmentView) -> Result<u64> {
     Ok(format::align_down_u64(len))
 }
 
-/// The writer thread: takes batches in order and makes each durable with one write.
-fn writer_loop(inner: &Inner, mut io: Box<dyn WriteIo>) {
-    let mut current: Option<(u64, File)> = None;
+/// The writer thread: writes batches nobody else is writing. Blocking appenders write
+/// their own batch when no write is in flight (see [`Inner::write_round`]); this thread
+/// serves async appenders and picks up work left when an appender's own batch is done.
+fn writer_loop(inner: &Inner) {
+    let Ok(mut st) = inner.state.lock() else {
+        return;
+    };
     loop {
-        let batch = {
-            let Ok(mut st) = inner.state.lock() else {
-                return;
-            };
-            let batch = loop {
-                if st.poisoned.is_some() {
-                    return;
-                }
-                if let Some(batch) = inner.next_batch(&mut st) {
-                    break batch;
-                }
-                if st.closing {
-                    return;
-                }
-                st = match inner.work.wait(st) {
-                    Ok(st) => st,
-                    Err(_) => return,
-                };
-            };
-            st.writing = true;
-            let wakers = std::mem::take(&mut st.space_wakers);
-            drop(st);
-            inner.space.notify_all();
-            for waker in wakers {
-                waker.wake();
-            }
-            batch
-        };
-        let result = write_batch(inner, io.as_mut(), &mut current, &batch);
-        let Ok(mut st) = inner.state.lock() else {
+        if st.poisoned.is_some() {
             return;
+        }
+        if !st.writing && has_work(&st) {
+            st = match inner.write_round(st) {
+                Ok(st) => st,
+                Err(_) => return,
+            };
+            continue;
+        }
+        if st.closing && !st.writing {
+            return;
+        }
+        st = match inner.work.wait(st) {
+            Ok(st) => st,
+            Err(_) => return,
         };
+    }
+}
+
+fn has_work(st: &State) -> bool {
+    !st.sealed.is_empty() || st.fill.appends > 0
+}
+
+/// The writer's I/O: the backend and the open segment. Only the thread that set
+/// `State::writing` locks it, so it is never contended.
+struct WriterIo {
+    io: Box<dyn WriteIo>,
+    current: Option<(u64, File)>,
+}
+
+impl Inner {
+    /// Writes the next batch. The caller holds the state lock, no write is in flight and
+    /// there is work; the lock is released during the write and held again on return.
+    fn write_round<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        let batch = self
+            .next_batch(&mut st)
+            .expect("the caller checked has_work");
+        st.writing = true;
+        let space_wakers = std::mem::take(&mut st.space_wakers);
+        drop(st);
+        self.space.notify_all();
+        for waker in space_wakers {
+            waker.wake();
+        }
+        let result = match self.writer_io.lock() {
+            Ok(mut w) => {
+                let w = &mut *w;
+                write_batch(self, w.io.as_mut(), &mut w.current, &batch)
+            }
+            Err(e) => Err(lock_err(e)),
+        };
+        let mut st = self.state.lock().map_err(lock_err)?;
         st.writing = false;
         match result {
             Ok(()) => {
                 st.durable_batch_id = batch.id;
-                let ready: Vec<Waker> = {
-                    let mut ready = Vec::new();
-                    st.durable_wakers.retain(|(id, waker)| {
-                        if *id <= batch.id {
-                            ready.push(waker.clone());
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                    ready
-                };
-                inner.recycle(&mut st, batch);
-                drop(st);
-                inner.durable.notify_all();
+                let mut ready = Vec::new();
+                st.durable_wakers.retain(|(id, waker)| {
+                    if *id <= batch.id {
+                        ready.push(waker.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                self.recycle(&mut st, batch);
+                self.durable.notify_all();
+                if has_work(&st) || st.closing {
+                    // More arrived meanwhile: make sure someone writes it even if every
+                    // appender waiting now was already served.
+                    self.work.notify_one();
+                }
                 for waker in ready {
                     waker.wake();
                 }
             }
-            Err(e) => {
-                inner.poison(&mut st, e.to_string());
-                return;
-            }
+            Err(e) => self.poison(&mut st, e.to_string()),
         }
+        Ok(st)
     }
 }
 
@@ -1179,7 +1205,9 @@ impl<P: Payload> Future for AppendFuture<'_, P> {
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(Some(placed)) => {
                     this.placed = Some(placed);
-                    inner.work.notify_one();
+                    if !st.writing {
+                        inner.work.notify_one();
+                    }
                     placed
                 }
                 Ok(None) => {
