@@ -69,7 +69,8 @@ pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointR
 pub use db::{Db, DbError, DbOptions, DbRecovery, DbStats};
 pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
 pub use log_store::{
-    Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, WriteBatch,
+    Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,
+    WriteBatch,
 };
 pub use memtable::{KvError, KvLimits, Memtable};
 pub use revision::{KeyMeta, KeyValue};

@@ -232,6 +232,9 @@ pub enum LogStoreError {
     /// An earlier append failed, so memory and log may disagree; reopen to recover.
     #[error("log store poisoned by an earlier failed append; reopen it")]
     Poisoned,
+    /// A staged write is still waiting for [`LogStore::complete`].
+    #[error("a staged write is in flight; complete it first")]
+    WriteInFlight,
     /// Inconsistent options.
     #[error("invalid log store options: {reason}")]
     InvalidOptions {
@@ -565,12 +568,34 @@ impl WriteBatch {
     }
 }
 
+/// A validated, encoded batch waiting for the caller to append it (see [`LogStore::stage`]).
+#[derive(Debug)]
+pub struct StagedWrite {
+    records: Vec<LogRecord>,
+    encoded: Vec<Vec<u8>>,
+}
+
+impl StagedWrite {
+    /// The payloads to append, in order, as one atomic log append.
+    pub fn payloads(&self) -> &[Vec<u8>] {
+        &self.encoded
+    }
+
+    /// Whether there is nothing to append (the batch changed nothing); then skip the append
+    /// and pass any LSN to `complete`.
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+    }
+}
+
 /// The multi-group raft log store. See the module documentation.
 pub struct LogStore<B: LogBackend = keel_wal::Wal> {
     log: B,
     state: State,
     options: LogStoreOptions,
     poisoned: bool,
+    /// Whether a staged write awaits `complete`.
+    in_flight: bool,
 }
 
 impl<B: LogBackend> std::fmt::Debug for LogStore<B> {
@@ -649,6 +674,7 @@ impl<B: LogBackend> LogStore<B> {
             state,
             options,
             poisoned: false,
+            in_flight: false,
         })
     }
 
@@ -807,19 +833,19 @@ impl<B: LogBackend> LogStore<B> {
         }
     }
 
+    /// Checks that the store accepts writes: not poisoned, no staged write in flight.
     fn check_poison(&self) -> Result<(), LogStoreError> {
         if self.poisoned {
             Err(LogStoreError::Poisoned)
+        } else if self.in_flight {
+            Err(LogStoreError::WriteInFlight)
         } else {
             Ok(())
         }
     }
 
-    /// Writes `records` in one append and applies them. A failed append poisons the store.
-    fn commit(&mut self, records: Vec<LogRecord>) -> Result<(), LogStoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    /// Encodes `records` and checks them against the store's and the log's limits.
+    fn prepare(&self, records: Vec<LogRecord>) -> Result<StagedWrite, LogStoreError> {
         let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
         let bytes: usize = encoded.iter().map(Vec::len).sum();
         if bytes > self.options.batch_bytes_max {
@@ -828,9 +854,24 @@ impl<B: LogBackend> LogStore<B> {
                 max: self.options.batch_bytes_max,
             });
         }
-        let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-        self.log.check_append(&refs).map_err(log_err("append"))?;
-        let first = match self.log.append(&refs) {
+        if !encoded.is_empty() {
+            let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            self.log.check_append(&refs).map_err(log_err("append"))?;
+        }
+        Ok(StagedWrite { records, encoded })
+    }
+
+    /// Applies a prepared write once the log has placed it at `outcome` (its first LSN), or
+    /// poisons the store if the append failed.
+    fn finish(
+        &mut self,
+        staged: StagedWrite,
+        outcome: Result<u64, BackendError>,
+    ) -> Result<(), LogStoreError> {
+        if staged.records.is_empty() {
+            return Ok(());
+        }
+        let first = match outcome {
             Ok(first) => first,
             Err(source) => {
                 self.poisoned = true;
@@ -840,7 +881,7 @@ impl<B: LogBackend> LogStore<B> {
                 });
             }
         };
-        for (i, rec) in records.into_iter().enumerate() {
+        for (i, rec) in staged.records.into_iter().enumerate() {
             if let Err(e) = self.state.apply(first + i as u64, rec, false) {
                 // Validation should have made this impossible; memory no longer matches the log.
                 self.poisoned = true;
@@ -850,10 +891,51 @@ impl<B: LogBackend> LogStore<B> {
         Ok(())
     }
 
+    /// Writes `records` in one append and applies them. A failed append poisons the store.
+    fn commit(&mut self, records: Vec<LogRecord>) -> Result<(), LogStoreError> {
+        let staged = self.prepare(records)?;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[u8]> = staged.encoded.iter().map(Vec::as_slice).collect();
+        let outcome = self.log.append(&refs);
+        self.finish(staged, outcome)
+    }
+
+    /// Validates and encodes a batch for an append the caller performs itself — typically
+    /// `Wal::append_async` from an async runtime, where a blocking `write` would stall the
+    /// core. Hand the outcome to [`LogStore::complete`]. Until then the store refuses other
+    /// writes ([`LogStoreError::WriteInFlight`]), so log order stays apply order; reads
+    /// keep working and do not see the staged batch.
+    pub fn stage(&mut self, batch: WriteBatch) -> Result<StagedWrite, LogStoreError> {
+        self.check_poison()?;
+        let records = self.batch_records(batch)?;
+        let staged = self.prepare(records)?;
+        self.in_flight = !staged.is_empty();
+        Ok(staged)
+    }
+
+    /// Finishes a staged write: `outcome` is the first LSN the log gave its payloads, or the
+    /// log's error (which poisons the store).
+    pub fn complete(
+        &mut self,
+        staged: StagedWrite,
+        outcome: Result<u64, BackendError>,
+    ) -> Result<(), LogStoreError> {
+        self.in_flight = false;
+        self.finish(staged, outcome)
+    }
+
     /// Writes a batch touching any number of groups as one atomic log append. The batch is
     /// validated first; a rejected batch writes nothing.
     pub fn write(&mut self, batch: WriteBatch) -> Result<(), LogStoreError> {
         self.check_poison()?;
+        let records = self.batch_records(batch)?;
+        self.commit(records)
+    }
+
+    /// Validates a batch against the current state and turns it into log records.
+    fn batch_records(&self, batch: WriteBatch) -> Result<Vec<LogRecord>, LogStoreError> {
         /// What validation needs to know of a group as the batch goes.
         struct View {
             first: u64,
@@ -945,7 +1027,7 @@ impl<B: LogBackend> LogStore<B> {
                 }
             }
         }
-        self.commit(records)
+        Ok(records)
     }
 
     /// Drops `group`'s entries up to and including `to`. `to` must be above the current
