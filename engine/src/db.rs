@@ -159,6 +159,20 @@ pub enum DbError {
     },
 }
 
+/// Replayed records between two progress reports during recovery.
+const REPLAY_PROGRESS_RECORDS: u64 = 100_000;
+
+/// How far the replay of the log has come while a store opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbReplayProgress {
+    /// Records replayed so far.
+    pub records: u64,
+    /// LSN of the last record replayed.
+    pub lsn: u64,
+    /// LSN one past the last record of the log.
+    pub end_lsn: u64,
+}
+
 /// What recovery found when the store was opened.
 #[derive(Debug, Default)]
 pub struct DbRecovery {
@@ -254,6 +268,16 @@ impl Db {
     /// Opens (creating if needed) the store in `dir` and recovers it: the newest valid
     /// checkpoint, then every later log record.
     pub fn open(dir: impl AsRef<Path>, options: DbOptions) -> Result<Db, DbError> {
+        Db::open_with_progress(dir, options, &mut |_| {})
+    }
+
+    /// [`Db::open`], calling `progress` every 100,000 replayed log records and once at the end,
+    /// so that a caller can show how far the recovery of a large log is.
+    pub fn open_with_progress(
+        dir: impl AsRef<Path>,
+        options: DbOptions,
+        progress: &mut dyn FnMut(DbReplayProgress),
+    ) -> Result<Db, DbError> {
         options.validate()?;
         let dir = dir.as_ref();
         let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
@@ -296,7 +320,19 @@ impl Db {
             })?;
             memtable.set_applied_index(record.lsn);
             recovery.replayed_records += 1;
+            if recovery.replayed_records % REPLAY_PROGRESS_RECORDS == 0 {
+                progress(DbReplayProgress {
+                    records: recovery.replayed_records,
+                    lsn: record.lsn,
+                    end_lsn: log_next,
+                });
+            }
         }
+        progress(DbReplayProgress {
+            records: recovery.replayed_records,
+            lsn: memtable.applied_index(),
+            end_lsn: log_next,
+        });
         let durable = Durable {
             revision: memtable.revision(),
             index: memtable.applied_index(),

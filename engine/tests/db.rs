@@ -342,3 +342,43 @@ fn readers_see_monotonic_revisions_and_whole_batches_while_writers_run() {
     }
     assert_eq!(db.revision().unwrap(), 240);
 }
+
+#[test]
+fn every_checkpoint_corrupt_after_a_purge_is_an_error_not_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for round in 0..6u8 {
+            for i in 0..60u8 {
+                db.put(&[b'k', i], &[round; 200]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+    }
+    for e in fs::read_dir(dir.path().join("checkpoints")).unwrap() {
+        let path = e.unwrap().path();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, bytes).unwrap();
+    }
+    match Db::open(dir.path(), small()) {
+        Err(DbError::LogGap { log_first, .. }) => assert!(log_first > 1),
+        other => panic!("expected a log gap error, got {other:?}"),
+    }
+}
+
+#[test]
+fn recovery_reports_replay_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        db.batch(vec![Op::put("a", "1"), Op::put("b", "2")])
+            .unwrap();
+        db.put(b"c", b"3").unwrap();
+    }
+    let mut reports = Vec::new();
+    let db = Db::open_with_progress(dir.path(), small(), &mut |p| reports.push(p)).unwrap();
+    assert_eq!(db.revision().unwrap(), 2);
+    let last = reports.last().unwrap();
+    assert_eq!((last.records, last.lsn, last.end_lsn), (2, 2, 3));
+}
