@@ -70,7 +70,7 @@ fn checkpoint(c: &mut Criterion) {
     g.bench_function("mapped_get_from_100k", |b| {
         b.iter(|| {
             i = (i + 7919) % 100_000;
-            black_box(r.get(&i.to_be_bytes()).map(|e| e.value.len()))
+            black_box(r.get(&i.to_be_bytes()).expect("get").map(|e| e.value.len()))
         })
     });
     g.finish();

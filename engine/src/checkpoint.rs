@@ -547,49 +547,68 @@ impl CheckpointReader {
         })
     }
 
-    /// The `i`-th entry in key order. `i` must be below `len()`.
-    pub fn entry(&self, i: usize) -> EntryRef<'_> {
+    /// The `i`-th entry in key order, or an error if `i >= len()` or the entry does not
+    /// decode. Opening verified every entry, so the latter means the file changed under the
+    /// map (which the store never does); it is reported rather than trusted.
+    pub fn entry(&self, i: usize) -> Result<EntryRef<'_>, CheckpointError> {
         let b = self.bytes();
-        let at = self.table_entry(b, i);
-        // Verified in `parse`: every table entry points at a well-formed entry.
-        usize::try_from(at)
+        let bad = |reason: String| CheckpointError::Corrupt {
+            path: self.path.clone(),
+            offset: (self.table_offset + 8 * i.min(self.entry_count)) as u64,
+            reason,
+        };
+        if i >= self.entry_count {
+            return Err(bad(format!("entry {i} of {}", self.entry_count)));
+        }
+        usize::try_from(self.table_entry(b, i))
             .ok()
             .and_then(|at| self.entry_at(b, at))
-            .expect("checkpoint verified at open")
+            .ok_or_else(|| bad(format!("entry {i} no longer decodes (file changed?)")))
     }
 
     /// Position of the first entry whose key is `>= key`.
-    pub fn lower_bound(&self, key: &[u8]) -> usize {
+    pub fn lower_bound(&self, key: &[u8]) -> Result<usize, CheckpointError> {
         let (mut lo, mut hi) = (0, self.entry_count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.entry(mid).key < key {
+            if self.entry(mid)?.key < key {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        lo
+        Ok(lo)
     }
 
     /// The entry for `key`, by binary search over the offset table.
-    pub fn get(&self, key: &[u8]) -> Option<EntryRef<'_>> {
-        let i = self.lower_bound(key);
-        (i < self.entry_count)
-            .then(|| self.entry(i))
-            .filter(|e| e.key == key)
+    pub fn get(&self, key: &[u8]) -> Result<Option<EntryRef<'_>>, CheckpointError> {
+        let i = self.lower_bound(key)?;
+        if i == self.entry_count {
+            return Ok(None);
+        }
+        let e = self.entry(i)?;
+        Ok((e.key == key).then_some(e))
     }
 
-    /// Entries with keys in `[start, end)` (`end = None`: to the last key), in order.
+    /// Entries with keys in `[start, end)` (`end = None`: to the last key), in order. An
+    /// entry that fails to decode ends the scan with its error.
     pub fn scan<'a>(
         &'a self,
         start: &[u8],
         end: Option<&'a [u8]>,
-    ) -> impl Iterator<Item = EntryRef<'a>> + 'a {
-        let first = self.lower_bound(start);
-        (first..self.entry_count)
-            .map(move |i| self.entry(i))
-            .take_while(move |e| end.is_none_or(|end| e.key < end))
+    ) -> impl Iterator<Item = Result<EntryRef<'a>, CheckpointError>> + 'a {
+        let (first, error) = match self.lower_bound(start) {
+            Ok(first) => (first, None),
+            Err(e) => (self.entry_count, Some(e)),
+        };
+        error
+            .map(Err)
+            .into_iter()
+            .chain((first..self.entry_count).map(move |i| self.entry(i)))
+            .take_while(move |e| match e {
+                Ok(e) => end.is_none_or(|end| e.key < end),
+                Err(_) => true,
+            })
     }
 
     /// Loads the whole checkpoint into a memtable with the given limits.
@@ -599,7 +618,9 @@ impl CheckpointReader {
             self.meta.revision,
             self.meta.index,
             (0..self.entry_count).map(|i| {
-                let e = self.entry(i);
+                let e = self
+                    .entry(i)
+                    .map_err(|e| RestoreError::Source(Box::new(e)))?;
                 Ok(KeyValue {
                     key: e.key.to_vec(),
                     value: e.value.to_vec(),

@@ -45,8 +45,8 @@ proptest! {
         prop_assert_eq!(contents(&back), contents(&m));
         prop_assert_eq!(back.revision(), m.revision());
         prop_assert_eq!(back.applied_index(), 77);
-        prop_assert_eq!(r.get(&probe).map(|e| e.value.to_vec()), m.get(&probe).map(|kv| kv.value));
-        let scanned: Vec<Vec<u8>> = r.scan(&probe, Some(&end)).map(|e| e.key.to_vec()).collect();
+        prop_assert_eq!(r.get(&probe).unwrap().map(|e| e.value.to_vec()), m.get(&probe).map(|kv| kv.value));
+        let scanned: Vec<Vec<u8>> = r.scan(&probe, Some(&end)).map(|e| e.unwrap().key.to_vec()).collect();
         let want: Vec<Vec<u8>> = m.iter().map(|(k, ..)| k.to_vec())
             .filter(|k| k.as_slice() >= probe.as_slice() && k.as_slice() < end.as_slice()).collect();
         prop_assert_eq!(scanned, want);
@@ -135,7 +135,8 @@ fn install_verifies_received_bytes() {
     assert!(cd.install(broken).is_err());
     assert!(cd.list().unwrap().is_empty());
     let r = cd.install(bytes).unwrap();
-    assert_eq!(r.get(b"x").unwrap().value, b"y");
+    assert_eq!(r.get(b"x").unwrap().unwrap().value, b"y");
+    assert!(r.entry(1).is_err(), "out of range is an error, not a panic");
     assert_eq!(cd.list().unwrap()[0].0, 5);
 }
 
