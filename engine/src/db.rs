@@ -427,7 +427,7 @@ impl Db {
         let resp = self.txn(Txn::batch(vec![Op::delete(key)]))?;
         Ok(matches!(
             resp.responses.first(),
-            Some(OpResponse::DeleteRange { deleted: 1.. })
+            Some(OpResponse::DeleteRange { deleted: 1.., .. })
         ))
     }
 

@@ -233,7 +233,7 @@ impl Memtable {
         let resp = self.txn(&Txn::batch(vec![Op::delete(key)]))?;
         Ok(matches!(
             resp.responses.first(),
-            Some(OpResponse::DeleteRange { deleted: 1.. })
+            Some(OpResponse::DeleteRange { deleted: 1.., .. })
         ))
     }
 
@@ -257,12 +257,12 @@ impl Memtable {
         }
         for op in txn.success.iter().chain(&txn.failure) {
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value, .. } => {
                     self.check_key(key)?;
                     self.check_value(value)?;
                     bytes += key.len() + value.len();
                 }
-                Op::DeleteRange { start, end } => {
+                Op::DeleteRange { start, end, .. } => {
                     self.check_key(start)?;
                     bytes += start.len();
                     if let RangeEnd::Exclusive(e) = end {
@@ -306,15 +306,30 @@ impl Memtable {
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let resp = match op {
-                Op::Put { key, value } => {
+                Op::Put {
+                    key,
+                    value,
+                    prev_kv,
+                } => {
                     changed = true;
-                    let prev = self.put_at(key, value, new_revision);
-                    OpResponse::Put { prev }
+                    let (prev, old) = self.put_at(key, value, new_revision);
+                    OpResponse::Put {
+                        prev,
+                        prev_kv: old.filter(|_| *prev_kv).map(|value| KeyValue {
+                            key: key.clone(),
+                            value,
+                            meta: prev,
+                        }),
+                    }
                 }
-                Op::DeleteRange { start, end } => {
-                    let deleted = self.delete_range_at(start, end);
+                Op::DeleteRange {
+                    start,
+                    end,
+                    prev_kv,
+                } => {
+                    let (deleted, prev_kvs) = self.delete_range_at(start, end, *prev_kv);
                     changed |= deleted > 0;
-                    OpResponse::DeleteRange { deleted }
+                    OpResponse::DeleteRange { deleted, prev_kvs }
                 }
                 Op::Range(r) => {
                     let mut resp = self.range_unchecked(r);
@@ -429,14 +444,15 @@ impl Memtable {
         }
     }
 
-    fn put_at(&mut self, key: &[u8], value: &[u8], revision: u64) -> KeyMeta {
+    /// Writes the key; returns its previous metadata and value (moved out, not copied).
+    fn put_at(&mut self, key: &[u8], value: &[u8], revision: u64) -> (KeyMeta, Option<Vec<u8>>) {
         match self.map.get_mut(key) {
             Some(s) => {
                 let prev = s.meta;
                 self.data_bytes = self.data_bytes - s.value.len() as u64 + value.len() as u64;
-                s.value = value.to_vec();
+                let old = std::mem::replace(&mut s.value, value.to_vec());
                 s.meta = prev.after_write(revision);
-                prev
+                (prev, Some(old))
             }
             None => {
                 self.data_bytes += (key.len() + value.len()) as u64;
@@ -447,12 +463,18 @@ impl Memtable {
                         meta: KeyMeta::ABSENT.after_write(revision),
                     },
                 );
-                KeyMeta::ABSENT
+                (KeyMeta::ABSENT, None)
             }
         }
     }
 
-    fn delete_range_at(&mut self, start: &[u8], end: &RangeEnd) -> u64 {
+    /// Deletes the keys of a range; returns how many, and the removed key-values if `want`.
+    fn delete_range_at(
+        &mut self,
+        start: &[u8],
+        end: &RangeEnd,
+        want: bool,
+    ) -> (u64, Vec<KeyValue>) {
         let keys: Vec<Vec<u8>> = match end {
             RangeEnd::Single => {
                 if self.map.contains_key(start) {
@@ -467,12 +489,21 @@ impl Memtable {
                 .map(|(k, _)| k.clone())
                 .collect(),
         };
-        for k in &keys {
-            if let Some(s) = self.map.remove(k) {
+        let deleted = keys.len() as u64;
+        let mut prev = Vec::new();
+        for k in keys {
+            if let Some(s) = self.map.remove(&k) {
                 self.data_bytes -= (k.len() + s.value.len()) as u64;
+                if want {
+                    prev.push(KeyValue {
+                        key: k,
+                        value: s.value,
+                        meta: s.meta,
+                    });
+                }
             }
         }
-        keys.len() as u64
+        (deleted, prev)
     }
 
     fn range_unchecked(&self, req: &RangeRequest) -> RangeResponse {

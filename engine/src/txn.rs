@@ -123,6 +123,8 @@ pub enum Op {
         key: Vec<u8>,
         /// The value.
         value: Vec<u8>,
+        /// Return the key's previous value (etcd `prev_kv`).
+        prev_kv: bool,
     },
     /// Delete every key of a range.
     DeleteRange {
@@ -130,6 +132,8 @@ pub enum Op {
         start: Vec<u8>,
         /// Where the range ends.
         end: RangeEnd,
+        /// Return the deleted keys with their values (etcd `prev_kv`).
+        prev_kv: bool,
     },
     /// Read a range; sees the writes of the earlier operations of the same transaction.
     Range(RangeRequest),
@@ -141,6 +145,7 @@ impl Op {
         Op::Put {
             key: key.into(),
             value: value.into(),
+            prev_kv: false,
         }
     }
 
@@ -149,7 +154,27 @@ impl Op {
         Op::DeleteRange {
             start: key.into(),
             end: RangeEnd::Single,
+            prev_kv: false,
         }
+    }
+
+    /// A delete of every key in `[start, end)`.
+    pub fn delete_range(start: impl Into<Vec<u8>>, end: RangeEnd) -> Op {
+        Op::DeleteRange {
+            start: start.into(),
+            end,
+            prev_kv: false,
+        }
+    }
+
+    /// The same put or delete, asking for the previous key-values in the response (etcd
+    /// `prev_kv`); a read is returned unchanged.
+    pub fn with_prev_kv(mut self) -> Op {
+        match &mut self {
+            Op::Put { prev_kv, .. } | Op::DeleteRange { prev_kv, .. } => *prev_kv = true,
+            Op::Range(_) => {}
+        }
+        self
     }
 
     /// Whether the operation may change the store.
@@ -165,11 +190,15 @@ pub enum OpResponse {
     Put {
         /// Metadata of the key before the put.
         prev: KeyMeta,
+        /// The previous key-value, when asked with `prev_kv` and the key existed.
+        prev_kv: Option<KeyValue>,
     },
     /// A delete; how many keys it removed.
     DeleteRange {
         /// Number of keys removed.
         deleted: u64,
+        /// The removed key-values, when asked with `prev_kv`.
+        prev_kvs: Vec<KeyValue>,
     },
     /// A read.
     Range(RangeResponse),

@@ -11,8 +11,8 @@
 //!     u8 target (0 value, 1 version, 2 create revision, 3 mod revision),
 //!     then bytes value (target 0) or u64 (targets 1-3)
 //! u32 success op count, then each op; u32 failure op count, then each op. An op is:
-//!     u8 0 put:          bytes key, bytes value
-//!     u8 1 delete range: bytes start, end
+//!     u8 0 put:          bytes key, bytes value, u8 flags (1 prev_kv)
+//!     u8 1 delete range: bytes start, end, u8 flags (1 prev_kv)
 //!     u8 2 range:        bytes start, end, u64 limit, u8 flags (1 keys only, 2 count only)
 //! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
 //! ```
@@ -44,15 +44,25 @@ fn put_ops(out: &mut Vec<u8>, ops: &[Op]) {
     out.extend_from_slice(&n.to_le_bytes());
     for op in ops {
         match op {
-            Op::Put { key, value } => {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
                 out.push(0);
                 put_bytes(out, key);
                 put_bytes(out, value);
+                out.push(u8::from(*prev_kv));
             }
-            Op::DeleteRange { start, end } => {
+            Op::DeleteRange {
+                start,
+                end,
+                prev_kv,
+            } => {
                 out.push(1);
                 put_bytes(out, start);
                 put_end(out, end);
+                out.push(u8::from(*prev_kv));
             }
             Op::Range(r) => {
                 out.push(2);
@@ -145,6 +155,13 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    fn flag(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            f => Err(format!("bad flags {f}")),
+        }
+    }
     fn end(&mut self) -> Result<RangeEnd, String> {
         match self.u8()? {
             0 => Ok(RangeEnd::Single),
@@ -161,10 +178,12 @@ impl<'a> Reader<'a> {
                 0 => Op::Put {
                     key: self.bytes()?,
                     value: self.bytes()?,
+                    prev_kv: self.flag()?,
                 },
                 1 => Op::DeleteRange {
                     start: self.bytes()?,
                     end: self.end()?,
+                    prev_kv: self.flag()?,
                 },
                 2 => {
                     let start = self.bytes()?;

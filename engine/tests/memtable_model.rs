@@ -61,7 +61,7 @@ impl Model {
         let mut changed = false;
         for op in if ok { &t.success } else { &t.failure } {
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value, .. } => {
                     changed = true;
                     let e = self
                         .map
@@ -71,7 +71,7 @@ impl Model {
                     e.2 = rev;
                     e.3 += 1;
                 }
-                Op::DeleteRange { start, end } => {
+                Op::DeleteRange { start, end, .. } => {
                     let before = self.map.len();
                     self.map.retain(|k, _| !Self::in_range(k, start, end));
                     changed |= self.map.len() != before;
@@ -101,7 +101,7 @@ fn end() -> impl Strategy<Value = RangeEnd> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::put(k, v)),
-        2 => (key(), end()).prop_map(|(start, end)| Op::DeleteRange { start, end }),
+        2 => (key(), end(), any::<bool>()).prop_map(|(start, end, prev_kv)| Op::DeleteRange { start, end, prev_kv }),
         1 => (key(), end()).prop_map(|(start, end)| Op::Range(RangeRequest {
             start, end, limit: 0, keys_only: false, count_only: false })),
     ]
@@ -270,4 +270,88 @@ fn revisions_follow_etcd_rules() {
     }
     assert!(m.txn(&cas(4)).unwrap().succeeded);
     assert_eq!(m.get(b"a").unwrap().value, b"cas");
+}
+
+#[test]
+fn prev_kv_returns_what_was_overwritten_or_deleted() {
+    let mut m = Memtable::new(KvLimits::default()).unwrap();
+    m.put(b"a", b"1").unwrap();
+    m.put(b"b", b"2").unwrap();
+    let r = m
+        .txn(&Txn::batch(vec![
+            Op::put("a", "10").with_prev_kv(),
+            Op::put("new", "x").with_prev_kv(),
+            Op::put("b", "20"),
+        ]))
+        .unwrap();
+    match &r.responses[..] {
+        [
+            OpResponse::Put {
+                prev_kv: Some(a), ..
+            },
+            OpResponse::Put {
+                prev_kv: None,
+                prev: KeyMeta::ABSENT,
+            },
+            OpResponse::Put {
+                prev_kv: None,
+                prev,
+            },
+        ] => {
+            assert_eq!(
+                (a.key.as_slice(), a.value.as_slice(), a.meta.version),
+                (&b"a"[..], &b"1"[..], 1)
+            );
+            assert_eq!(prev.mod_revision, 2);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let r = m
+        .txn(&Txn::batch(vec![
+            Op::delete_range("a", RangeEnd::Exclusive(b"c".to_vec())).with_prev_kv(),
+        ]))
+        .unwrap();
+    match &r.responses[..] {
+        [
+            OpResponse::DeleteRange {
+                deleted: 2,
+                prev_kvs,
+            },
+        ] => {
+            let got: Vec<_> = prev_kvs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (b"a".to_vec(), b"10".to_vec()),
+                    (b"b".to_vec(), b"20".to_vec())
+                ]
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The log encoding of a transaction round-trips, and decoding any byte string returns
+    /// an error or a transaction, never a panic.
+    #[test]
+    fn txn_codec_round_trips_and_rejects_garbage(
+        compares in prop::collection::vec(compare(), 0..3),
+        success in prop::collection::vec(op().prop_map(|o| if o.is_write() { o.with_prev_kv() } else { o }), 0..4),
+        failure in prop::collection::vec(op(), 0..3),
+        garbage in prop::collection::vec(any::<u8>(), 0..64),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let txn = Txn { compares, success, failure };
+        let bytes = keel_engine::txn_codec::encode_txn(&txn);
+        prop_assert_eq!(keel_engine::txn_codec::decode_txn(&bytes).unwrap(), txn);
+        let cut = cut.index(bytes.len());
+        prop_assert!(keel_engine::txn_codec::decode_txn(&bytes[..cut]).is_err());
+        let _ = keel_engine::txn_codec::decode_txn(&garbage);
+    }
 }
