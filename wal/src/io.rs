@@ -16,13 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) trait WriteIo: Send {
     /// Writes `buf` at `offset`; see the module documentation.
     fn write_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Whether segment files must be opened `O_DSYNC` for writes to be durable.
-    fn needs_dsync_open(&self) -> bool;
+    /// Whether the log is synced: segment files are then opened `O_DSYNC`, so that a
+    /// plain `pwrite` from an appender that writes its own batch is durable too.
+    fn synced(&self) -> bool;
     /// The backend's name, as reported in statistics and benchmarks.
     fn name(&self) -> &'static str;
 }
 
-/// The portable backend: `pwrite` on a file opened `O_DSYNC` (when synced).
+/// The portable backend: `pwrite` on a file opened `O_DSYNC` (when synced). Every backend
+/// opens segments `O_DSYNC` when synced, so appenders that write their own batch use
+/// `pwrite` whatever the backend.
 pub(crate) struct BlockingIo {
     pub(crate) sync: bool,
 }
@@ -31,7 +34,7 @@ impl WriteIo for BlockingIo {
     fn write_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         file.write_all_at(buf, offset)
     }
-    fn needs_dsync_open(&self) -> bool {
+    fn synced(&self) -> bool {
         self.sync
     }
     fn name(&self) -> &'static str {
@@ -40,10 +43,11 @@ impl WriteIo for BlockingIo {
 }
 
 /// The io_uring backend: `IORING_OP_WRITE` with `RWF_DSYNC` (when synced) on an
-/// `O_DIRECT` file, which the kernel completes inline instead of punting to a worker.
+/// `O_DIRECT` file, which the kernel completes inline instead of punting to a worker. The
+/// ring is single-issuer with deferred task work: only the writer thread uses it.
 #[cfg(target_os = "linux")]
 pub(crate) struct UringIo {
-    ring: io_uring::IoUring,
+    ring: Option<io_uring::IoUring>,
     sync: bool,
 }
 
@@ -52,7 +56,18 @@ impl UringIo {
     /// Sets up a ring and checks that the kernel executes requests on it (a seccomp
     /// profile may allow `io_uring_setup` yet refuse `io_uring_enter`).
     pub(crate) fn new(sync: bool) -> io::Result<UringIo> {
-        let mut ring = io_uring::IoUring::new(8)?;
+        // Probe with a throwaway ring. The ring that writes is created by the writer
+        // thread on its first write: measured here, completions reached a thread other
+        // than the ring's creator up to a scheduler tick late.
+        Self::ring()?;
+        Ok(UringIo { ring: None, sync })
+    }
+
+    fn ring() -> io::Result<io_uring::IoUring> {
+        let mut ring: io_uring::IoUring = io_uring::IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(8)?;
         let nop = io_uring::opcode::Nop::new().build().user_data(7);
         // SAFETY: a NOP references no memory.
         unsafe { ring.submission().push(&nop) }
@@ -65,7 +80,7 @@ impl UringIo {
         if cqe.result() < 0 {
             return Err(io::Error::from_raw_os_error(-cqe.result()));
         }
-        Ok(UringIo { ring, sync })
+        Ok(ring)
     }
 }
 
@@ -74,6 +89,10 @@ impl WriteIo for UringIo {
     fn write_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let flags = if self.sync { libc::RWF_DSYNC } else { 0 };
+        let ring = match &mut self.ring {
+            Some(ring) => ring,
+            None => self.ring.insert(Self::ring()?),
+        };
         let mut done = 0usize;
         while done < buf.len() {
             let rest = &buf[done..];
@@ -89,15 +108,15 @@ impl WriteIo for UringIo {
             .user_data(1);
             // SAFETY: `rest` stays borrowed, and so alive and unmoved, until the completion
             // for this request is reaped below; only one request is in flight at a time.
-            unsafe { self.ring.submission().push(&sqe) }
+            unsafe { ring.submission().push(&sqe) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             let cqe = loop {
-                match self.ring.submit_and_wait(1) {
+                match ring.submit_and_wait(1) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
-                if let Some(cqe) = self.ring.completion().next() {
+                if let Some(cqe) = ring.completion().next() {
                     break cqe;
                 }
             };
@@ -118,8 +137,8 @@ impl WriteIo for UringIo {
         }
         Ok(())
     }
-    fn needs_dsync_open(&self) -> bool {
-        false
+    fn synced(&self) -> bool {
+        self.sync
     }
     fn name(&self) -> &'static str {
         "uring"

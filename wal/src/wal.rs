@@ -138,6 +138,9 @@ struct Spares {
 
 struct SpareState {
     next_seq: u64,
+    /// The next segment is wanted: the active one is half full, or a roll is waiting.
+    /// Preparing it only then keeps the zero-filling away from start-up and spreads it.
+    wanted: bool,
     ready: Option<(u64, PathBuf)>,
     error: Option<String>,
     stop: bool,
@@ -152,8 +155,11 @@ struct Inner {
     space: Condvar,
     /// The writer waiting for a batch.
     work: Condvar,
-    /// Appenders waiting for their batch to be durable, and maintenance waiting for quiet.
-    durable: Condvar,
+    /// Appenders waiting for their batch to be durable, by batch parity: a finished write
+    /// wakes only the appenders of its own batch, not those of the batch filling behind it.
+    durable: [Condvar; 2],
+    /// Maintenance waiting for every accepted append to be durable.
+    idle: Condvar,
     segments: RwLock<Vec<Arc<SegmentView>>>,
     spares: Spares,
     stats: Stats,
@@ -299,11 +305,13 @@ impl Wal {
             state: Mutex::new(state),
             space: Condvar::new(),
             work: Condvar::new(),
-            durable: Condvar::new(),
+            durable: [Condvar::new(), Condvar::new()],
+            idle: Condvar::new(),
             segments: RwLock::new(views),
             spares: Spares {
                 state: Mutex::new(SpareState {
                     next_seq: spare_next,
+                    wanted: false,
                     ready: spare_ready,
                     error: None,
                     stop: false,
@@ -367,10 +375,10 @@ impl Wal {
             // No write in flight: write the batch from this thread rather than hand it to
             // the writer thread and back, which costs two context switches.
             if !st.writing && has_work(&st) {
-                st = inner.write_round(st)?;
+                st = inner.write_round(st, Writer::Appender)?;
                 continue;
             }
-            st = inner.durable.wait(st).map_err(lock_err)?;
+            st = inner.durable[parity(id)].wait(st).map_err(lock_err)?;
         }
     }
 
@@ -757,7 +765,10 @@ impl Inner {
         for waker in st.space_wakers.drain(..) {
             waker.wake();
         }
-        self.durable.notify_all();
+        for cond in &self.durable {
+            cond.notify_all();
+        }
+        self.idle.notify_all();
         self.space.notify_all();
     }
 
@@ -782,7 +793,7 @@ impl Inner {
                 return Err(Error::Poisoned { cause });
             }
             self.work.notify_one();
-            st = self.durable.wait(st).map_err(lock_err)?;
+            st = self.idle.wait(st).map_err(lock_err)?;
         }
         if let Some(cause) = &st.poisoned {
             let cause = cause.clone();
@@ -939,7 +950,7 @@ fn writer_loop(inner: &Inner) {
             return;
         }
         if !st.writing && has_work(&st) {
-            st = match inner.write_round(st) {
+            st = match inner.write_round(st, Writer::Thread) {
                 Ok(st) => st,
                 Err(_) => return,
             };
@@ -953,6 +964,10 @@ fn writer_loop(inner: &Inner) {
             Err(_) => return,
         };
     }
+}
+
+fn parity(batch_id: u64) -> usize {
+    usize::from(batch_id % 2 == 1)
 }
 
 fn has_work(st: &State) -> bool {
@@ -969,7 +984,11 @@ struct WriterIo {
 impl Inner {
     /// Writes the next batch. The caller holds the state lock, no write is in flight and
     /// there is work; the lock is released during the write and held again on return.
-    fn write_round<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    fn write_round<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        who: Writer,
+    ) -> Result<MutexGuard<'a, State>> {
         let batch = self
             .next_batch(&mut st)
             .expect("the caller checked has_work");
@@ -983,7 +1002,7 @@ impl Inner {
         let result = match self.writer_io.lock() {
             Ok(mut w) => {
                 let w = &mut *w;
-                write_batch(self, w.io.as_mut(), &mut w.current, &batch)
+                write_batch(self, w.io.as_mut(), &mut w.current, &batch, who)
             }
             Err(e) => Err(lock_err(e)),
         };
@@ -1001,8 +1020,10 @@ impl Inner {
                         true
                     }
                 });
+                let id = batch.id;
                 self.recycle(&mut st, batch);
-                self.durable.notify_all();
+                self.durable[parity(id)].notify_all();
+                self.idle.notify_all();
                 if has_work(&st) || st.closing {
                     // More arrived meanwhile: make sure someone writes it even if every
                     // appender waiting now was already served.
@@ -1018,11 +1039,25 @@ impl Inner {
     }
 }
 
+/// Who performs a write round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// The writer thread: writes through the backend (io_uring or pwrite).
+    Thread,
+    /// A blocking appender writing its own batch because no write was in flight. It is
+    /// blocked anyway, so it makes the `pwrite` itself on the `O_DSYNC` file: handing the
+    /// batch to the writer thread and back would cost two context switches. (Measured
+    /// here, a ring shared between threads also delivered completions up to a scheduler
+    /// tick late, so the ring stays with the writer thread that created it.)
+    Appender,
+}
+
 fn write_batch(
     inner: &Inner,
     io: &mut dyn WriteIo,
     current: &mut Option<(u64, File)>,
     batch: &Batch,
+    who: Writer,
 ) -> Result<()> {
     if current.as_ref().is_none_or(|(seq, _)| *seq != batch.seq) {
         let path = if batch.new_segment {
@@ -1030,8 +1065,7 @@ fn write_batch(
         } else {
             segment::segment_path(&inner.dir, batch.seq)
         };
-        let (file, _direct) =
-            segment::open_for_write(&path, inner.opts.direct_io, io.needs_dsync_open())?;
+        let (file, _direct) = segment::open_for_write(&path, inner.opts.direct_io, io.synced())?;
         *current = Some((batch.seq, file));
     }
     let (_, file) = current.as_ref().expect("opened above");
@@ -1044,8 +1078,13 @@ fn write_batch(
                 .check_write()
                 .map_err(|e| Error::io("writing segment", path(), e))?;
         }
-        io.write_at(file, bytes, batch.file_offset)
-            .map_err(|e| Error::io("writing segment", path(), e))?;
+        let written = match who {
+            Writer::Thread => io.write_at(file, bytes, batch.file_offset),
+            Writer::Appender => {
+                std::os::unix::fs::FileExt::write_all_at(file, bytes, batch.file_offset)
+            }
+        };
+        written.map_err(|e| Error::io("writing segment", path(), e))?;
         inner.stats.record_flush(
             batch.appends,
             batch.records,
@@ -1053,6 +1092,9 @@ fn write_batch(
             write_len as u64,
         );
         publish(inner, batch)?;
+        if batch.end_offset() > batch.capacity / 2 {
+            want_spare(inner);
+        }
     }
     if batch.seals {
         seal(inner, batch.seq)?;
@@ -1117,6 +1159,7 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
             Some((ready, _)) if *ready == seq => {
                 let (_, path) = sp.ready.take().expect("checked");
                 sp.next_seq = seq + 1;
+                sp.wanted = false;
                 inner.spares.cond.notify_all();
                 inner
                     .stats
@@ -1138,8 +1181,20 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
             None if sp.stop => return Err(Error::Closed),
             None => {
                 waited = true;
+                sp.wanted = true;
+                inner.spares.cond.notify_all();
                 sp = inner.spares.cond.wait(sp).map_err(lock_err)?;
             }
+        }
+    }
+}
+
+/// Asks the preparer for the next segment (cheap when already asked).
+fn want_spare(inner: &Inner) {
+    if let Ok(mut sp) = inner.spares.state.lock() {
+        if !sp.wanted && sp.ready.is_none() {
+            sp.wanted = true;
+            inner.spares.cond.notify_all();
         }
     }
 }
@@ -1151,7 +1206,7 @@ fn preparer_loop(inner: &Inner) {
             let Ok(mut sp) = inner.spares.state.lock() else {
                 return;
             };
-            while !sp.stop && (sp.ready.is_some() || sp.error.is_some()) {
+            while !sp.stop && (sp.ready.is_some() || sp.error.is_some() || !sp.wanted) {
                 sp = match inner.spares.cond.wait(sp) {
                     Ok(sp) => sp,
                     Err(_) => return,
