@@ -12,6 +12,12 @@ use keel_engine::{
 use keel_wal::WalOptions;
 use proptest::prelude::*;
 
+/// `Db` is shared across threads; the log store moves between them (the node's storage
+/// pipeline owns it on one thread at a time).
+const fn assert_send_sync<T: Send + Sync>() {}
+const _: () = assert_send_sync::<Db>();
+const _: () = assert_send_sync::<keel_engine::LogStore>();
+
 /// Small segments and limits so that tests roll segments, checkpoint and purge quickly.
 fn small() -> DbOptions {
     DbOptions {
