@@ -381,6 +381,16 @@ impl State {
     /// was purged restore the invariant, and `LogStore::open` checks it at the end.
     fn apply(&mut self, lsn: u64, rec: LogRecord, recovering: bool) -> Result<(), LogStoreError> {
         let group = rec.group();
+        if let LogRecord::Remove { .. } = rec {
+            if let Some(g) = self.groups.remove(&group) {
+                for s in g.entries {
+                    if let Some(d) = s.data {
+                        self.cache_bytes -= d.len();
+                    }
+                }
+            }
+            return Ok(());
+        }
         let g = self.groups.entry(group).or_default();
         if g.broken.is_some() && !matches!(rec, LogRecord::Reset { .. }) {
             return Ok(());
@@ -466,6 +476,8 @@ impl State {
                 g.snapshot = Some(meta);
                 g.snapshot_lsn = Some(lsn);
             }
+            // Handled before the group is looked up.
+            LogRecord::Remove { .. } => {}
             LogRecord::Reset {
                 index,
                 term,
@@ -1048,6 +1060,16 @@ impl<B: LogBackend> LogStore<B> {
             index: to,
             term,
         }])
+    }
+
+    /// Removes `group` and all its state (its replica was destroyed): it no longer pins any
+    /// segment, and afterwards reads as a new group.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), LogStoreError> {
+        self.check_poison()?;
+        if self.group(group).is_none() {
+            return Ok(());
+        }
+        self.commit(vec![LogRecord::Remove { group }])
     }
 
     /// The oldest LSN any group still needs (`next_lsn` when none needs any).

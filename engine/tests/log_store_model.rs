@@ -61,6 +61,7 @@ enum GroupOp {
 enum Step {
     Batch(Vec<(u64, GroupOp)>),
     Compact { group: u64, keep: u64 },
+    Remove(u64),
     Maintain,
     Restart,
 }
@@ -78,6 +79,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => prop::collection::vec((0u64..4, group_op()), 1..4).prop_map(Step::Batch),
         2 => (0u64..4, 0u64..3).prop_map(|(group, keep)| Step::Compact { group, keep }),
+        1 => (0u64..4).prop_map(Step::Remove),
         1 => Just(Step::Maintain),
         1 => Just(Step::Restart),
     ]
@@ -217,6 +219,11 @@ fn run_model<B: LogBackend>(
                 let n = (to - m.compacted.0) as usize;
                 m.compacted = (to, m.entries[n - 1].term);
                 m.entries.drain(..n);
+            }
+            Step::Remove(group) => {
+                store.remove_group(group).unwrap();
+                // A removed group reads as a new one.
+                model.insert(group, GroupModel::default());
             }
             Step::Maintain => {
                 let MaintenanceReport { segments_after, .. } = store.maintain().unwrap();
@@ -584,4 +591,45 @@ fn a_lagging_group_too_large_to_rewrite_is_reported_for_compaction() {
     s.compact(1, 4).unwrap();
     let report = s.maintain().unwrap();
     assert!(report.segments_after <= 3, "{report:?}");
+}
+
+#[test]
+fn a_removed_group_stops_pinning_and_stays_removed_after_restart() {
+    let log = MemLog::new(4);
+    let mut s = open(&log);
+    let mut b = WriteBatch::new();
+    b.append(1, entries(1..4, 1)).set_hard_state(
+        1,
+        HardState {
+            term: 1,
+            vote: 1,
+            commit: 3,
+        },
+    );
+    s.write(b).unwrap();
+    for i in 1..40 {
+        let mut b = WriteBatch::new();
+        b.append(2, entries(i..i + 1, 1));
+        s.write(b).unwrap();
+        s.compact(2, i).unwrap();
+    }
+    s.purge().unwrap();
+    assert!(log.segments().len() > 10);
+    s.remove_group(1).unwrap();
+    let before = log.segments().len();
+    s.purge().unwrap();
+    assert!(log.segments().len() < before, "removal unpinned nothing");
+    assert_eq!(s.groups().collect::<Vec<_>>(), vec![2]);
+    drop(s);
+    let mut s = open(&log);
+    assert_eq!((s.first_index(1), s.last_index(1)), (1, 0));
+    assert_eq!(s.hard_state(1), HardState::default());
+    // The group can start again from scratch.
+    let mut b = WriteBatch::new();
+    b.append(1, entries(1..2, 5));
+    s.write(b).unwrap();
+    drop(s);
+    let s = open(&log);
+    assert_eq!(s.term(1, 1).unwrap(), 5);
+    assert_eq!(s.last_index(2), 39);
 }
