@@ -64,6 +64,12 @@ pub struct DbOptions {
     /// Whether a background thread writes checkpoints. Default true; when false, only
     /// [`Db::checkpoint`] writes them.
     pub background_checkpoints: bool,
+    /// Most key and value bytes the store holds (all data lives in memory). A transaction
+    /// whose puts would take the store past it is refused with [`DbError::StoreFull`];
+    /// deletes are always accepted so that space can be freed. The check counts a put's
+    /// full size even when it overwrites, and concurrent writers may overshoot by one group
+    /// commit, so it is a quota, not an exact bound. Default 2 GiB (etcd's default quota).
+    pub data_bytes_max: u64,
 }
 
 impl Default for DbOptions {
@@ -78,6 +84,7 @@ impl Default for DbOptions {
             checkpoints_kept: 2,
             group_commit_txns_max: 512,
             background_checkpoints: true,
+            data_bytes_max: 2 << 30,
         }
     }
 }
@@ -144,6 +151,16 @@ pub enum DbError {
         log_first: u64,
         /// Next LSN of the log.
         log_next: u64,
+    },
+    /// The store holds `data_bytes_max` bytes already; delete something first.
+    #[error("store full: {used} bytes held, the put needs {needed} more, data_bytes_max = {max}")]
+    StoreFull {
+        /// Key and value bytes held now.
+        used: u64,
+        /// Key and value bytes the transaction's puts add.
+        needed: u64,
+        /// The quota.
+        max: u64,
     },
     /// An earlier log write failed; reopen the store to recover what was durable.
     #[error("store poisoned by an earlier failure: {cause}")]
@@ -443,6 +460,23 @@ impl Db {
         {
             let m = self.inner.memtable.read().map_err(lock_poisoned)?;
             m.validate_txn(&txn)?;
+            let needed: u64 = txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => (key.len() + value.len()) as u64,
+                    _ => 0,
+                })
+                .sum();
+            let max = self.inner.options.data_bytes_max;
+            if needed > 0 && m.data_bytes().saturating_add(needed) > max {
+                return Err(DbError::StoreFull {
+                    used: m.data_bytes(),
+                    needed,
+                    max,
+                });
+            }
         }
         self.inner.submit(txn)
     }

@@ -388,3 +388,26 @@ fn recovery_reports_replay_progress() {
     let last = reports.last().unwrap();
     assert_eq!((last.records, last.lsn, last.end_lsn), (2, 2, 3));
 }
+
+#[test]
+fn the_data_quota_refuses_puts_but_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        data_bytes_max: 1000,
+        ..small()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..9u8 {
+        db.put(&[i], &[0; 99]).unwrap();
+    }
+    assert!(matches!(
+        db.put(b"x", &[0; 200]),
+        Err(DbError::StoreFull {
+            used: 900,
+            needed: 201,
+            max: 1000
+        })
+    ));
+    assert!(db.delete(&[0]).unwrap());
+    db.put(b"x", &[0; 150]).unwrap();
+}
