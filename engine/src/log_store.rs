@@ -29,11 +29,16 @@
 //! # Recovery
 //!
 //! [`LogStore::open`] scans the log from its first live record and rebuilds every group's index
-//! by applying each record exactly as it was applied when written. Because the scan may start in
-//! the middle of a group's history (older segments were purged), a group whose first surviving
-//! record is an entry begins with an unknown prefix; the later `Compact` or `Reset` record that
-//! made the purge possible fixes it, and a group whose prefix is still unknown at the end is
-//! reported as corruption rather than guessed.
+//! by applying each record as it was applied when written. The scan may start in the middle
+//! of a group's history (older segments were purged), so it also meets records that only made
+//! sense with what came before: entries later truncated or compacted away, or records a
+//! rewrite's `Reset` superseded. An entry that does not follow the group's entries restarts
+//! them at its index; a compaction that goes backwards marks the group broken until a
+//! `Reset`. Every record the group still needed when the log was purged is there, so once
+//! the scan ends the group must be whole again: entries starting right after the compaction
+//! point and no broken mark. Anything else is reported as corruption rather than guessed.
+//! Because each group pins its own records, whole segments can be purged with no other
+//! bookkeeping, and a rewrite or purge interrupted by a crash leaves a log that recovers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
