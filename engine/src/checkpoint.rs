@@ -742,6 +742,19 @@ impl CheckpointDir {
         Ok((None, skipped))
     }
 
+    /// Renames a checkpoint that failed verification to `<name>.corrupt`: it stays on disk
+    /// for inspection but no longer counts as a checkpoint, so retention and log purging,
+    /// which go by the names of the checkpoints present, can never keep it in place of a
+    /// good one.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf, CheckpointError> {
+        let mut target = path.as_os_str().to_owned();
+        target.push(".corrupt");
+        let target = PathBuf::from(target);
+        fs::rename(path, &target).map_err(io_err("rename", path))?;
+        sync_parent(&target)?;
+        Ok(target)
+    }
+
     /// Deletes all but the newest `keep` checkpoints, and fsyncs the directory.
     pub fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
         let list = self.list()?;

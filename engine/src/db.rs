@@ -195,7 +195,8 @@ pub struct DbReplayProgress {
 pub struct DbRecovery {
     /// Index of the checkpoint loaded, if any.
     pub checkpoint_index: Option<u64>,
-    /// Newer checkpoints that failed verification and were skipped, with the reason.
+    /// Newer checkpoints that failed verification, with the reason; each was renamed to
+    /// `<name>.corrupt` so that it is kept for inspection but never used or counted.
     pub skipped_checkpoints: Vec<(PathBuf, String)>,
     /// Log records replayed after the checkpoint.
     pub replayed_records: u64,
@@ -301,10 +302,12 @@ impl Db {
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
         let mut recovery = DbRecovery::default();
         let (newest, skipped) = checkpoints.newest_valid()?;
-        recovery.skipped_checkpoints = skipped
-            .into_iter()
-            .map(|s| (s.path, s.error.to_string()))
-            .collect();
+        for s in skipped {
+            checkpoints.quarantine(&s.path)?;
+            recovery
+                .skipped_checkpoints
+                .push((s.path, s.error.to_string()));
+        }
         let mut memtable = match &newest {
             Some(r) => {
                 recovery.checkpoint_index = Some(r.meta().index);

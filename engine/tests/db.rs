@@ -129,6 +129,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
     let rec = db.recovery();
     assert_eq!(rec.skipped_checkpoints.len(), 1);
     assert_eq!(&rec.skipped_checkpoints[0].0, newest);
+    assert!(!newest.exists(), "the corrupt checkpoint is quarantined");
     assert!(rec.skipped_checkpoints[0].1.contains("checksum"), "{rec:?}");
     assert_eq!(rec.checkpoint_index, Some(40));
     assert_eq!(
@@ -410,4 +411,52 @@ fn the_data_quota_refuses_puts_but_not_deletes() {
     ));
     assert!(db.delete(&[0]).unwrap());
     db.put(b"x", &[0; 150]).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_with_higher_indexes_are_quarantined_not_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for i in 0..50u8 {
+            db.put(&[i], &[i; 100]).unwrap();
+        }
+        db.checkpoint().unwrap().unwrap();
+    }
+    // Two damaged files that sort after every real checkpoint.
+    let ckpt = dir.path().join("checkpoints");
+    for index in [u64::MAX - 1, u64::MAX] {
+        fs::write(
+            ckpt.join(format!("checkpoint-{index:020}.ckpt")),
+            b"garbage",
+        )
+        .unwrap();
+    }
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        assert_eq!(db.recovery().skipped_checkpoints.len(), 2);
+        // Retention keeps two checkpoints and purges the log below the older: had the
+        // garbage files counted, the only good checkpoint would have been deleted.
+        for round in 0..3u8 {
+            for i in 0..50u8 {
+                db.put(&[i], &[round; 100]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+    }
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert!(db.recovery().skipped_checkpoints.is_empty());
+    assert_eq!(db.revision().unwrap(), 200);
+    assert_eq!(db.get(&[7]).unwrap().unwrap().value, vec![2; 100]);
+    let corrupt = fs::read_dir(&ckpt)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".corrupt")
+        })
+        .count();
+    assert_eq!(corrupt, 2);
 }
