@@ -298,8 +298,10 @@ impl Db {
     ) -> Result<Db, DbError> {
         options.validate()?;
         let dir = dir.as_ref();
-        let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
+        // The WAL takes the directory's lock: open it first, so that a second opener fails
+        // before it touches the checkpoint directory (which removes temporary files).
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
+        let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
         let mut recovery = DbRecovery::default();
         let (newest, skipped) = checkpoints.newest_valid()?;
         for s in skipped {

@@ -460,3 +460,15 @@ fn corrupt_checkpoints_with_higher_indexes_are_quarantined_not_retained() {
         .count();
     assert_eq!(corrupt, 2);
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    db.put(b"k", b"v").unwrap();
+    assert!(matches!(
+        Db::open(dir.path(), small()),
+        Err(DbError::Wal(keel_wal::Error::Locked { .. }))
+    ));
+    assert_eq!(db.get(b"k").unwrap().unwrap().value, b"v");
+}
