@@ -652,7 +652,9 @@ pub struct CheckpointDir {
 
 impl CheckpointDir {
     /// Opens (creating if needed) a checkpoint directory and removes temporary files left by
-    /// a crash during a write: they were never published, so nothing refers to them.
+    /// a crash during a write: they were never published, so nothing refers to them. The
+    /// directory has no lock of its own: open it only while holding the owner's lock (`Db`
+    /// holds its WAL's), or a second opener could remove a write in progress.
     pub fn open(dir: &Path) -> Result<CheckpointDir, CheckpointError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
