@@ -47,6 +47,18 @@ use crate::revision::KeyValue;
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
 use crate::txn_codec::{decode_txn, encode_txn};
 
+/// What opening a store does with a checkpoint that fails verification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointRecovery {
+    /// Report it in [`DbRecovery::skipped_checkpoints`], quarantine it (`<name>.corrupt`) and
+    /// recover from the newest older one that verifies plus the log after it (the log is kept
+    /// from the oldest retained checkpoint for this). The default.
+    #[default]
+    FallBack,
+    /// Refuse to open: return the verification error and change nothing on disk.
+    Strict,
+}
+
 /// Options of a [`Db`].
 #[derive(Clone, Debug)]
 pub struct DbOptions {
@@ -70,6 +82,9 @@ pub struct DbOptions {
     /// full size even when it overwrites, and concurrent writers may overshoot by one group
     /// commit, so it is a quota, not an exact bound. Default 2 GiB (etcd's default quota).
     pub data_bytes_max: u64,
+    /// What to do with a checkpoint that fails verification. Default
+    /// [`CheckpointRecovery::FallBack`].
+    pub checkpoint_recovery: CheckpointRecovery,
 }
 
 impl Default for DbOptions {
@@ -85,6 +100,7 @@ impl Default for DbOptions {
             group_commit_txns_max: 512,
             background_checkpoints: true,
             data_bytes_max: 2 << 30,
+            checkpoint_recovery: CheckpointRecovery::FallBack,
         }
     }
 }
@@ -303,7 +319,10 @@ impl Db {
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
         let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
         let mut recovery = DbRecovery::default();
-        let (newest, skipped) = checkpoints.newest_valid()?;
+        let (newest, mut skipped) = checkpoints.newest_valid()?;
+        if options.checkpoint_recovery == CheckpointRecovery::Strict && !skipped.is_empty() {
+            return Err(DbError::Checkpoint(skipped.swap_remove(0).error));
+        }
         for s in skipped {
             checkpoints.quarantine(&s.path)?;
             recovery

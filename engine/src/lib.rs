@@ -110,7 +110,7 @@ pub mod txn_codec;
 mod wal_backend;
 
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
-pub use db::{Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
+pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
 pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
 pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,

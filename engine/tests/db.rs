@@ -125,6 +125,19 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
     bytes[mid] ^= 0xff;
     fs::write(newest, bytes).unwrap();
 
+    // The strict policy refuses to open and leaves the file where it is.
+    let strict = DbOptions {
+        checkpoint_recovery: keel_engine::CheckpointRecovery::Strict,
+        ..small()
+    };
+    assert!(matches!(
+        Db::open(dir.path(), strict),
+        Err(DbError::Checkpoint(
+            keel_engine::CheckpointError::Corrupt { .. }
+        ))
+    ));
+    assert!(newest.exists());
+
     let db = Db::open(dir.path(), small()).unwrap();
     let rec = db.recovery();
     assert_eq!(rec.skipped_checkpoints.len(), 1);
