@@ -156,3 +156,21 @@ fn restore_enforces_the_limits_in_force() {
         Err(CheckpointError::Restore { .. })
     ));
 }
+
+#[test]
+fn a_failed_publish_reports_the_error_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CheckpointDir::open(dir.path()).unwrap();
+    let m = store(&[(b"a".to_vec(), b"1".to_vec())], 3);
+    // A directory where the checkpoint should go makes the rename fail.
+    fs::create_dir(cd.path_for(3)).unwrap();
+    match cd.write(&m, 1, b"") {
+        Err(CheckpointError::Io { op: "rename", .. }) => {}
+        other => panic!("expected a rename error, got {other:?}"),
+    }
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}

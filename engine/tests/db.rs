@@ -485,3 +485,22 @@ fn a_second_open_of_the_same_directory_fails_cleanly() {
     ));
     assert_eq!(db.get(b"k").unwrap().unwrap().value, b"v");
 }
+
+#[test]
+fn a_failed_checkpoint_does_not_stop_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    db.put(b"a", b"1").unwrap();
+    let blocker = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("checkpoint-{:020}.ckpt", 1));
+    fs::create_dir(&blocker).unwrap();
+    assert!(matches!(db.checkpoint(), Err(DbError::Checkpoint(_))));
+    db.put(b"b", b"2").unwrap();
+    fs::remove_dir(&blocker).unwrap();
+    assert_eq!(db.checkpoint().unwrap().unwrap().index, 2);
+    drop(db);
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.get(b"b").unwrap().unwrap().value, b"2");
+}
