@@ -264,6 +264,10 @@ struct Inner {
     queue_cv: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
+    /// Copy of `Durable::revision` for lock-free reads; written under the `durable` lock.
+    durable_revision: AtomicU64,
+    /// Set (under the `durable` lock) when `Durable::poison` is.
+    poisoned: AtomicBool,
     /// Serializes checkpoint writers (background thread and `Db::checkpoint`).
     checkpoint_lock: Mutex<Option<u64>>,
     log_bytes_since_checkpoint: AtomicU64,
@@ -374,6 +378,7 @@ impl Db {
             lsn: memtable.applied_index(),
             end_lsn: log_next,
         });
+        let durable_revision = memtable.revision();
         let durable = Durable {
             revision: memtable.revision(),
             index: memtable.applied_index(),
@@ -389,6 +394,8 @@ impl Db {
             queue_cv: Condvar::new(),
             durable: Mutex::new(durable),
             durable_cv: Condvar::new(),
+            durable_revision: AtomicU64::new(durable_revision),
+            poisoned: AtomicBool::new(false),
             log_bytes_since_checkpoint: AtomicU64::new(0),
             txns_logged: AtomicU64::new(0),
             log_appends: AtomicU64::new(0),
@@ -538,6 +545,9 @@ impl Drop for Db {
 
 impl Inner {
     fn check_poison(&self) -> Result<(), DbError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let d = self.durable.lock().map_err(lock_poisoned)?;
         match &d.poison {
             Some(cause) => Err(DbError::Poisoned {
@@ -549,6 +559,14 @@ impl Inner {
 
     /// Waits until every transaction up to `revision` is durable.
     fn wait_durable(&self, revision: u64) -> Result<(), DbError> {
+        // Fast path for reads of durable data, without the lock: a revision at or below the
+        // durable one stays durable whatever happens later. A poisoned store takes the slow
+        // path so that every call reports the poison.
+        if !self.poisoned.load(Ordering::Acquire)
+            && self.durable_revision.load(Ordering::Acquire) >= revision
+        {
+            return Ok(());
+        }
         let mut d = self.durable.lock().map_err(lock_poisoned)?;
         loop {
             if let Some(cause) = &d.poison {
@@ -691,9 +709,11 @@ impl Inner {
             match &failure {
                 Some(cause) => {
                     d.poison.get_or_insert_with(|| cause.clone());
+                    self.poisoned.store(true, Ordering::Release);
                 }
                 None => {
                     d.revision = revision;
+                    self.durable_revision.store(revision, Ordering::Release);
                     if !records.is_empty() {
                         d.index = first_lsn + records.len() as u64 - 1;
                     }
