@@ -670,3 +670,43 @@ fn a_removed_group_stops_pinning_and_stays_removed_after_restart() {
     assert_eq!(s.term(1, 1).unwrap(), 5);
     assert_eq!(s.last_index(2), 39);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Recovery over arbitrary records (valid ones mixed with garbage) returns a store or an
+    /// error, and never panics.
+    #[test]
+    fn recovery_over_garbage_never_panics(
+        records in prop::collection::vec(
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                (0u64..3, 0u64..6, 0u64..3).prop_map(|(g, i, t)| {
+                    let mut r = vec![1u8];
+                    for v in [g, i, t] {
+                        r.extend_from_slice(&v.to_le_bytes());
+                    }
+                    r
+                }),
+                (0u64..3, 0u64..6).prop_map(|(g, i)| {
+                    let mut r = vec![3u8];
+                    for v in [g, i, 1] {
+                        r.extend_from_slice(&v.to_le_bytes());
+                    }
+                    r
+                }),
+            ],
+            0..30,
+        ),
+    ) {
+        let mut log = MemLog::new(4);
+        for r in &records {
+            log.append(&[r.as_slice()]).unwrap();
+        }
+        if let Ok(s) = LogStore::open(log, options(), &mut |_| {}) {
+            for g in s.groups().collect::<Vec<_>>() {
+                let _ = s.entries(g, s.first_index(g), s.last_index(g) + 1, u64::MAX);
+            }
+        }
+    }
+}
