@@ -119,6 +119,6 @@ pub use log_store::{
 pub use memtable::{KvError, KvLimits, Memtable};
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
-    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse, Txn,
-    TxnResponse,
+    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
+    RangeSort, RevisionFilter, SortOrder, SortTarget, Txn, TxnResponse,
 };

@@ -180,6 +180,8 @@ fn concurrent_writers_are_coalesced_into_shared_flushes() {
             limit: 0,
             keys_only: true,
             count_only: false,
+            filter: Default::default(),
+            sort: None,
         })
         .unwrap();
     assert_eq!(all.count, 400);
