@@ -22,9 +22,10 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
@@ -96,6 +97,10 @@ struct Batch {
     end_lsn: Lsn,
     /// Sparse-index entries for frames in this batch.
     index: Vec<(Lsn, u64)>,
+    /// Blocking appenders waiting for this batch, unparked once it is durable. Each wakes
+    /// without touching the state lock, so a finished write wakes exactly its own appenders
+    /// and they do not queue on the lock one after another.
+    waiters: Vec<Thread>,
     /// This batch starts a new segment (its first block is the header).
     new_segment: bool,
     /// The segment is full after this batch.
@@ -155,9 +160,10 @@ struct Inner {
     space: Condvar,
     /// The writer waiting for a batch.
     work: Condvar,
-    /// Appenders waiting for their batch to be durable, by batch parity: a finished write
-    /// wakes only the appenders of its own batch, not those of the batch filling behind it.
-    durable: [Condvar; 2],
+    /// `State::durable_batch_id`, readable without the lock by parked appenders.
+    durable_id: AtomicU64,
+    /// Set with `State::poisoned`, readable without the lock.
+    poisoned: AtomicBool,
     /// Maintenance waiting for every accepted append to be durable.
     idle: Condvar,
     segments: RwLock<Vec<Arc<SegmentView>>>,
@@ -262,6 +268,7 @@ impl Wal {
                     records: 0,
                     end_lsn: s.end_lsn,
                     index: Vec::new(),
+                    waiters: Vec::new(),
                     new_segment: false,
                     seals: false,
                 };
@@ -305,7 +312,8 @@ impl Wal {
             state: Mutex::new(state),
             space: Condvar::new(),
             work: Condvar::new(),
-            durable: [Condvar::new(), Condvar::new()],
+            durable_id: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
             idle: Condvar::new(),
             segments: RwLock::new(views),
             spares: Spares {
@@ -368,17 +376,24 @@ impl Wal {
             }
             st = inner.space.wait(st).map_err(lock_err)?;
         };
+        st.fill.waiters.push(std::thread::current());
+        // No write in flight: write the batch from this thread rather than hand it to the
+        // writer thread and back, which costs two context switches.
+        if !st.writing && has_work(&st) {
+            st = inner.write_round(st, Writer::Appender)?;
+        }
+        drop(st);
         loop {
-            if let Some(result) = durable_outcome(&st, id) {
-                return result.map(|()| appended);
+            if inner.durable_id.load(Ordering::Acquire) >= id {
+                return Ok(appended);
             }
-            // No write in flight: write the batch from this thread rather than hand it to
-            // the writer thread and back, which costs two context switches.
-            if !st.writing && has_work(&st) {
-                st = inner.write_round(st, Writer::Appender)?;
-                continue;
+            if inner.poisoned.load(Ordering::Acquire) {
+                let st = inner.state.lock().map_err(lock_err)?;
+                if let Some(result) = durable_outcome(&st, id) {
+                    return result.map(|()| appended);
+                }
             }
-            st = inner.durable[parity(id)].wait(st).map_err(lock_err)?;
+            std::thread::park();
         }
     }
 
@@ -569,6 +584,7 @@ fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn:
         records: 0,
         end_lsn: lsn,
         index: Vec::new(),
+        waiters: Vec::new(),
         new_segment: true,
         seals: false,
     }
@@ -748,6 +764,7 @@ impl Inner {
             records: 0,
             end_lsn: fill.end_lsn,
             index: Vec::new(),
+            waiters: Vec::new(),
             new_segment: false,
             seals: false,
         };
@@ -759,14 +776,16 @@ impl Inner {
         if st.poisoned.is_none() {
             st.poisoned = Some(cause);
         }
+        self.poisoned.store(true, Ordering::Release);
+        let sealed = st.sealed.iter_mut().flat_map(|b| b.waiters.drain(..));
+        for thread in sealed.chain(st.fill.waiters.drain(..)).collect::<Vec<_>>() {
+            thread.unpark();
+        }
         for (_, waker) in st.durable_wakers.drain(..) {
             waker.wake();
         }
         for waker in st.space_wakers.drain(..) {
             waker.wake();
-        }
-        for cond in &self.durable {
-            cond.notify_all();
         }
         self.idle.notify_all();
         self.space.notify_all();
@@ -911,6 +930,7 @@ impl Inner {
                 records: 0,
                 end_lsn: keep_end,
                 index: Vec::new(),
+                waiters: Vec::new(),
                 new_segment: false,
                 seals: false,
             },
@@ -966,10 +986,6 @@ fn writer_loop(inner: &Inner) {
     }
 }
 
-fn parity(batch_id: u64) -> usize {
-    usize::from(batch_id % 2 == 1)
-}
-
 fn has_work(st: &State) -> bool {
     !st.sealed.is_empty() || st.fill.appends > 0
 }
@@ -989,7 +1005,7 @@ impl Inner {
         mut st: MutexGuard<'a, State>,
         who: Writer,
     ) -> Result<MutexGuard<'a, State>> {
-        let batch = self
+        let mut batch = self
             .next_batch(&mut st)
             .expect("the caller checked has_work");
         st.writing = true;
@@ -1011,6 +1027,7 @@ impl Inner {
         match result {
             Ok(()) => {
                 st.durable_batch_id = batch.id;
+                self.durable_id.store(batch.id, Ordering::Release);
                 let mut ready = Vec::new();
                 st.durable_wakers.retain(|(id, waker)| {
                     if *id <= batch.id {
@@ -1020,9 +1037,11 @@ impl Inner {
                         true
                     }
                 });
-                let id = batch.id;
+                let waiters = std::mem::take(&mut batch.waiters);
                 self.recycle(&mut st, batch);
-                self.durable[parity(id)].notify_all();
+                for thread in waiters {
+                    thread.unpark();
+                }
                 self.idle.notify_all();
                 if has_work(&st) || st.closing {
                     // More arrived meanwhile: make sure someone writes it even if every
@@ -1033,7 +1052,12 @@ impl Inner {
                     waker.wake();
                 }
             }
-            Err(e) => self.poison(&mut st, e.to_string()),
+            Err(e) => {
+                self.poison(&mut st, e.to_string());
+                for thread in batch.waiters.drain(..) {
+                    thread.unpark();
+                }
+            }
         }
         Ok(st)
     }
