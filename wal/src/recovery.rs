@@ -197,6 +197,34 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
     scan
 }
 
+/// What [`scan_segment_bytes`] found in one segment's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Frames that verified, from the start.
+    pub frames: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Offset one past the last verified frame.
+    pub end_offset: u64,
+    /// Why the bytes after the end are not clean, if they are not: `(offset, reason,
+    /// is_corruption)`; not corruption means a torn tail.
+    pub damage: Option<(u64, String, bool)>,
+}
+
+/// Scans one segment's bytes the way recovery does, without files; for fuzzing and tools.
+pub fn scan_segment_bytes(bytes: &[u8], seq: u64) -> ScanSummary {
+    let scan = scan_segment(bytes, seq, FRAME_READ_MAX);
+    ScanSummary {
+        frames: scan.frames,
+        records: scan.records,
+        end_offset: scan.end_off,
+        damage: scan.damage.map(|d| match d {
+            Damage::Corrupt { offset, reason } => (offset, reason, true),
+            Damage::Torn { offset, reason, .. } => (offset, reason, false),
+        }),
+    }
+}
+
 /// The first offset at or after `from` (rounded up to [`FRAME_ALIGN`]) where a frame
 /// verifies, if any.
 fn find_valid_frame(bytes: &[u8], from: usize, seq: u64, frame_bytes_max: usize) -> Option<usize> {
