@@ -1,1 +1,80 @@
-//! Keel storage engine: a multi-group raft log store and a memtable key-value store (work in progress).
+//! Keel storage engine: a multi-group raft log store, a memtable key-value store with
+//! etcd-style revisions, checkpoints, and a standalone durable store.
+//!
+//! # Bird's-eye view
+//!
+//! ```text
+//!  keel-node (consensus)                        embedded users
+//!        │ entries, hard states, snapshots            │ get/put/delete/range/txn
+//!        ▼                                            ▼
+//!  LogStore<B = Wal> ── one WAL, many groups     Db ── Memtable + its own Wal
+//!        │                                            │        │
+//!        │   Memtable (state machine) ◄── apply ──────┘        ▼
+//!        │        │                                     CheckpointDir
+//!        ▼        ▼                                     (checkpoint-<index>.ckpt, mmap)
+//!  LogBackend (trait) ── keel_wal::Wal | MemLog (tests)
+//! ```
+//!
+//! # Code map
+//!
+//! - [`revision`], [`txn`], [`memtable`]: the key-value state machine — ordered map, etcd
+//!   revisions, ranges, transactions with compares, size limits ([`KvLimits`]).
+//! - [`checkpoint`]: the memtable as an immutable sorted file (format documented byte by
+//!   byte there), verified on open and read through a memory map; [`CheckpointDir`] picks
+//!   the newest valid one. A checkpoint file is also what a raft snapshot carries.
+//! - [`log_store`], [`log_record`], [`log_backend`]: the multi-group raft log store over a
+//!   log seam ([`LogBackend`], implemented for `keel_wal::Wal` and by the in-memory
+//!   [`MemLog`] for tests). Read API shaped like etcd-raft's `Storage`.
+//! - [`db`], [`txn_codec`]: [`Db`], the standalone durable store (memtable + its own WAL +
+//!   background checkpoints), with group commit.
+//! - [`bench`](mod@bench): the load generator behind `keel bench engine`.
+//!
+//! # Invariants
+//!
+//! - Every write path validates completely before it writes: a rejected transaction or
+//!   batch changes neither memory nor disk.
+//! - One log append per write batch, and the log makes an append atomic: multi-group raft
+//!   batches and `Db` transactions are all-or-nothing across crashes.
+//! - Memory follows the log: state changes are applied only in log order (live and in
+//!   recovery through the same code), so recovery reproduces exactly what was acknowledged.
+//! - A failed log write poisons the writer (`LogStoreError::Poisoned`, `DbError::Poisoned`);
+//!   nothing retries an fsync. Reopening recovers what was durable.
+//! - A checkpoint only ever contains durable state, and the log is kept from the oldest
+//!   retained checkpoint, so a corrupt newest checkpoint falls back to an older one.
+//! - Nothing read from disk is trusted: checkpoints and log records are bounds-checked and
+//!   checksummed (the WAL frames records with CRCs), and bad data is an error naming where.
+//!
+//! # Deliberately absent
+//!
+//! - No MVCC history: reads are at the current revision (no etcd `Range` at an old
+//!   revision, no watch). Per-key create/mod revision and version are kept.
+//! - No LSM: the memtable holds all data in memory; checkpoints are for durability,
+//!   snapshots and fast restart, not for spilling data out of memory.
+//! - No threads inside [`LogStore`]: the caller (the node's storage pipeline) drives writes,
+//!   `maintain` and compaction requests. `Db` owns one background checkpoint thread.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod db;
+pub mod log_backend;
+pub mod log_record;
+pub mod log_store;
+pub mod memtable;
+pub mod revision;
+pub mod txn;
+pub mod txn_codec;
+mod wal_backend;
+
+pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
+pub use db::{Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
+pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
+pub use log_store::{
+    Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,
+    WriteBatch,
+};
+pub use memtable::{KvError, KvLimits, Memtable};
+pub use revision::{KeyMeta, KeyValue};
+pub use txn::{
+    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse, Txn,
+    TxnResponse,
+};

@@ -1,0 +1,333 @@
+//! The load generator behind `keel bench engine`: runs a workload against a [`Db`] from
+//! several threads for a fixed time and reports throughput and latency percentiles.
+//!
+//! Workloads: `put` (durable single-key writes), `get` (point reads), `scan` (range reads of
+//! `scan_keys` keys) and `mixed` (`mixed_write_percent` puts, the rest gets). Keys are
+//! 8-byte big-endian numbers drawn uniformly from `[0, keys)`; reads run against a store
+//! preloaded with every key. Latencies are per operation, in microseconds, recorded in
+//! HdrHistograms (3 significant digits) and merged across threads.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::db::{Db, DbError, DbOptions};
+use crate::txn::{Op, RangeEnd, RangeRequest, Txn};
+
+/// What the benchmark threads do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Durable single-key puts.
+    Put,
+    /// Point reads of existing keys.
+    Get,
+    /// Range reads of `scan_keys` consecutive keys.
+    Scan,
+    /// `mixed_write_percent` puts, the rest gets.
+    Mixed,
+}
+
+impl FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "put" => Ok(Workload::Put),
+            "get" => Ok(Workload::Get),
+            "scan" => Ok(Workload::Scan),
+            "mixed" => Ok(Workload::Mixed),
+            other => Err(format!(
+                "unknown workload {other:?}: expected put|get|scan|mixed"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Scan => "scan",
+            Workload::Mixed => "mixed",
+        })
+    }
+}
+
+/// Parameters of a run.
+#[derive(Clone, Debug)]
+pub struct BenchParams {
+    /// Directory for the store; should be empty (the caller owns and removes it).
+    pub dir: PathBuf,
+    /// The workload. Default put.
+    pub workload: Workload,
+    /// Concurrent client threads. Default 1.
+    pub writers: usize,
+    /// Value size in bytes. Default 128.
+    pub value_bytes: usize,
+    /// Size of the key space. Default 100,000.
+    pub keys: u64,
+    /// How long to measure. Default 10 s.
+    pub duration: Duration,
+    /// Keys per scan. Default 100.
+    pub scan_keys: usize,
+    /// Share of puts in the mixed workload, 0-100. Default 50.
+    pub mixed_write_percent: u8,
+    /// Options of the store.
+    pub db: DbOptions,
+}
+
+impl BenchParams {
+    /// Defaults for a run in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> BenchParams {
+        BenchParams {
+            dir: dir.into(),
+            workload: Workload::Put,
+            writers: 1,
+            value_bytes: 128,
+            keys: 100_000,
+            duration: Duration::from_secs(10),
+            scan_keys: 100,
+            mixed_write_percent: 50,
+            db: DbOptions::default(),
+        }
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), DbError> {
+        let bad = |reason: &str| {
+            Err(DbError::InvalidOptions {
+                reason: reason.into(),
+            })
+        };
+        if self.writers == 0 || self.writers > 1024 {
+            return bad("writers must be in 1..=1024");
+        }
+        if self.keys == 0 {
+            return bad("keys must be positive");
+        }
+        if self.value_bytes > self.db.limits.value_bytes_max {
+            return bad("value_bytes exceeds the store's value_bytes_max");
+        }
+        if self.mixed_write_percent > 100 {
+            return bad("mixed_write_percent must be at most 100");
+        }
+        if self.scan_keys == 0 {
+            return bad("scan_keys must be positive");
+        }
+        self.db.validate()
+    }
+}
+
+/// Progress, reported about once a second.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchProgress {
+    /// Time since measuring started.
+    pub elapsed: Duration,
+    /// Operations completed so far.
+    pub ops: u64,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// The workload.
+    pub workload: Workload,
+    /// Client threads.
+    pub writers: usize,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// Operations completed.
+    pub ops: u64,
+    /// Measured time in seconds.
+    pub seconds: f64,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Mean latency, µs.
+    pub mean_us: f64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 90th percentile latency, µs.
+    pub p90_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile latency, µs.
+    pub p999_us: u64,
+    /// Largest latency, µs.
+    pub max_us: u64,
+    /// Log appends (flushes) during the measurement.
+    pub log_appends: u64,
+    /// Transactions logged during the measurement.
+    pub txns_logged: u64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "engine {} writers={} value={}B: {} ops in {:.1}s = {:.0} ops/s; latency µs \
+             p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}); {} txns in {} log appends",
+            self.workload,
+            self.writers,
+            self.value_bytes,
+            self.ops,
+            self.seconds,
+            self.ops_per_sec,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.mean_us,
+            self.txns_logged,
+            self.log_appends
+        )
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so the engine needs no RNG dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs the benchmark. `progress` is called about once a second while measuring.
+pub fn run(
+    params: &BenchParams,
+    progress: &mut dyn FnMut(BenchProgress),
+) -> Result<BenchReport, DbError> {
+    params.validate()?;
+    let db = Arc::new(Db::open(&params.dir, params.db.clone())?);
+    let value = vec![0xA5u8; params.value_bytes];
+    if params.workload != Workload::Put {
+        // Preload every key, several per transaction.
+        let per_txn = params
+            .db
+            .limits
+            .txn_ops_max
+            .min((params.db.limits.txn_bytes_max / (params.value_bytes + 8).max(1)).max(1));
+        let mut n = 0u64;
+        while n < params.keys {
+            let end = (n + per_txn as u64).min(params.keys);
+            let ops = (n..end).map(|i| Op::put(key(i), value.clone())).collect();
+            db.txn(Txn::batch(ops))?;
+            n = end;
+        }
+    }
+    let before = db.stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops_done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..params.writers)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            let stop = Arc::clone(&stop);
+            let ops_done = Arc::clone(&ops_done);
+            let value = value.clone();
+            let p = params.clone();
+            std::thread::spawn(move || -> Result<Histogram<u64>, DbError> {
+                let mut hist = new_histogram();
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rng.next() % p.keys;
+                    let began = Instant::now();
+                    match p.workload {
+                        Workload::Put => {
+                            db.put(&key(k), &value)?;
+                        }
+                        Workload::Get => {
+                            db.get(&key(k))?;
+                        }
+                        Workload::Scan => {
+                            db.range(&RangeRequest {
+                                start: key(k).to_vec(),
+                                end: RangeEnd::Unbounded,
+                                limit: p.scan_keys,
+                                keys_only: false,
+                                count_only: false,
+                            })?;
+                        }
+                        Workload::Mixed => {
+                            if rng.next() % 100 < u64::from(p.mixed_write_percent) {
+                                db.put(&key(k), &value)?;
+                            } else {
+                                db.get(&key(k))?;
+                            }
+                        }
+                    }
+                    let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    hist.saturating_record(us.max(1));
+                    ops_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(hist)
+            })
+        })
+        .collect();
+    while start.elapsed() < params.duration {
+        let left = params.duration.saturating_sub(start.elapsed());
+        std::thread::sleep(left.min(Duration::from_secs(1)));
+        progress(BenchProgress {
+            elapsed: start.elapsed(),
+            ops: ops_done.load(Ordering::Relaxed),
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = new_histogram();
+    let mut first_error = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(h)) => {
+                // Same bounds on both sides, so adding cannot fail.
+                let _ = hist.add(&h);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(DbError::Poisoned {
+                    cause: "a benchmark thread panicked".into(),
+                });
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let after = db.stats();
+    let ops = hist.len();
+    Ok(BenchReport {
+        workload: params.workload,
+        writers: params.writers,
+        value_bytes: params.value_bytes,
+        ops,
+        seconds,
+        ops_per_sec: ops as f64 / seconds,
+        mean_us: hist.mean(),
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        log_appends: after.log_appends - before.log_appends,
+        txns_logged: after.txns_logged - before.txns_logged,
+    })
+}

@@ -1,0 +1,757 @@
+//! Checkpoints: the memtable written to an immutable, checksummed, sorted file.
+//!
+//! A checkpoint records the log position (`index`, and the raft `term` of that entry) whose
+//! effects it contains, so it is both what a raft snapshot sends and what lets the log before
+//! `index` be dropped. Recovery loads the newest checkpoint that verifies and replays the log
+//! after it; a checkpoint that fails verification is reported and skipped, never half-loaded.
+//!
+//! # File format, version 1
+//!
+//! All integers are little-endian. Offsets are absolute byte offsets in the file.
+//!
+//! ```text
+//! header, 64 bytes:
+//!    0  [u8; 8]  magic "KEELCKPT"
+//!    8  u32      format version = 1
+//!   12  u32      flags, 0 (reserved)
+//!   16  u64      index: log position covered (last applied command)
+//!   24  u64      term: raft term of `index` (0 for a standalone store)
+//!   32  u64      revision: store revision
+//!   40  u64      entry_count: number of key-value entries
+//!   48  u32      conf_state_len: bytes of the opaque configuration blob
+//!   52  u32      reserved, 0
+//!   56  u32      header_crc: CRC-32 (crc32fast) of bytes 0..56
+//!   60  u32      reserved, 0 (outside the CRC; a reader rejects nonzero)
+//! conf state, conf_state_len bytes at offset 64 (raft configuration, opaque here)
+//! entries, in strictly ascending key order, each:
+//!    0  u32      key_len (>= 1)
+//!    4  u32      value_len
+//!    8  u64      create_revision
+//!   16  u64      mod_revision
+//!   24  u64      version
+//!   32  key_len bytes of key, then value_len bytes of value
+//! offset table, entry_count × u64: the offset of each entry, in order (binary search)
+//! footer, 32 bytes, at file length − 32:
+//!    0  u64      data_offset: offset of the first entry (= 64 + conf_state_len)
+//!    8  u64      table_offset: offset of the offset table
+//!   16  u32      body_crc: CRC-32 of every byte from 64 up to the footer
+//!   20  u32      footer_crc: CRC-32 of footer bytes 0..20
+//!   24  [u8; 8]  magic "KEELCKND"
+//! ```
+//!
+//! Opening a checkpoint verifies both CRCs, the structure (every entry lies where the table
+//! says, within the data section, keys strictly ascending) and every length against the file,
+//! so a later lookup can only fail on a bug, never read out of bounds. The file is read through
+//! a memory map: lookups and scans touch only the pages they need and never copy the whole
+//! file to the heap (verification streams through it once, through the page cache).
+//!
+//! Writing goes to `<name>.tmp`, is fsynced, renamed to its final name, and the directory is
+//! fsynced, so a crash leaves either no checkpoint or a complete one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::memtable::{KvLimits, Memtable, RestoreError};
+use crate::revision::{KeyMeta, KeyValue};
+
+/// First bytes of a checkpoint file.
+pub const MAGIC: [u8; 8] = *b"KEELCKPT";
+/// Last bytes of a checkpoint file.
+pub const END_MAGIC: [u8; 8] = *b"KEELCKND";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the header, in bytes.
+pub const HEADER_BYTES: usize = 64;
+/// Size of the footer, in bytes.
+pub const FOOTER_BYTES: usize = 32;
+/// Size of an entry's fixed part, before key and value, in bytes.
+pub const ENTRY_HEADER_BYTES: usize = 32;
+/// Largest configuration blob a checkpoint carries, in bytes.
+pub const CONF_STATE_BYTES_MAX: usize = 1024 * 1024;
+
+const FILE_PREFIX: &str = "checkpoint-";
+const FILE_SUFFIX: &str = ".ckpt";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Errors of the checkpoint layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// An I/O call failed.
+    #[error("checkpoint {op} failed on {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The file failed verification.
+    #[error("corrupt checkpoint {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file was written by a format version this code does not read.
+    #[error("checkpoint {path} has format version {found}, this build reads {FORMAT_VERSION}")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// The checkpoint verified but its contents broke a store invariant or limit.
+    #[error("checkpoint {path} cannot be loaded: {source}")]
+    Restore {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: RestoreError,
+    },
+    /// The checkpoint's configuration blob exceeded `CONF_STATE_BYTES_MAX`.
+    #[error("conf state of {len} bytes exceeds CONF_STATE_BYTES_MAX")]
+    ConfStateTooLarge {
+        /// Its length.
+        len: usize,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CheckpointError + 'a {
+    move |source| CheckpointError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a checkpoint covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointMeta {
+    /// Log position of the last command whose effects the checkpoint contains.
+    pub index: u64,
+    /// Raft term of the entry at `index` (0 for a standalone store).
+    pub term: u64,
+    /// Store revision at `index`.
+    pub revision: u64,
+    /// Number of key-value entries.
+    pub entry_count: u64,
+    /// Opaque configuration (raft ConfState) carried with a snapshot.
+    pub conf_state: Vec<u8>,
+}
+
+/// Writes a checkpoint of `memtable` at `path` (through `path.tmp`, fsync, rename, directory
+/// fsync). `term` and `conf_state` describe the raft position `memtable.applied_index()`.
+pub fn write_checkpoint(
+    path: &Path,
+    memtable: &Memtable,
+    term: u64,
+    conf_state: &[u8],
+) -> Result<CheckpointMeta, CheckpointError> {
+    if conf_state.len() > CONF_STATE_BYTES_MAX {
+        return Err(CheckpointError::ConfStateTooLarge {
+            len: conf_state.len(),
+        });
+    }
+    let tmp = tmp_path(path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    let meta = CheckpointMeta {
+        index: memtable.applied_index(),
+        term,
+        revision: memtable.revision(),
+        entry_count: memtable.len() as u64,
+        conf_state: conf_state.to_vec(),
+    };
+    let result = write_body(file, &tmp, &meta, memtable).and_then(|()| {
+        fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+        sync_parent(path)
+    });
+    if result.is_err() {
+        // A partial temporary file is garbage; removing it is best effort because the
+        // original error is the one worth reporting.
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| meta)
+}
+
+/// Counts bytes and feeds them to the body checksum while writing.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    pos: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.crc.update(bytes);
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn write_body(
+    mut file: File,
+    path: &Path,
+    meta: &CheckpointMeta,
+    memtable: &Memtable,
+) -> Result<(), CheckpointError> {
+    let err = io_err("write", path);
+    let conf_len =
+        u32::try_from(meta.conf_state.len()).map_err(|_| CheckpointError::ConfStateTooLarge {
+            len: meta.conf_state.len(),
+        })?;
+    let data_offset = (HEADER_BYTES + meta.conf_state.len()) as u64;
+    let mut w = CrcWriter {
+        inner: BufWriter::with_capacity(1 << 20, &mut file),
+        crc: crc32fast::Hasher::new(),
+        pos: HEADER_BYTES as u64,
+    };
+    (|| -> io::Result<()> {
+        w.inner.write_all(&[0u8; HEADER_BYTES])?;
+        w.put(&meta.conf_state)?;
+        let mut offsets = Vec::with_capacity(memtable.len());
+        for (key, value, m) in memtable.iter() {
+            offsets.push(w.pos);
+            let (kl, vl) = (u32::try_from(key.len()), u32::try_from(value.len()));
+            let (Ok(kl), Ok(vl)) = (kl, vl) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "entry too long",
+                ));
+            };
+            let mut head = [0u8; ENTRY_HEADER_BYTES];
+            head[0..4].copy_from_slice(&kl.to_le_bytes());
+            head[4..8].copy_from_slice(&vl.to_le_bytes());
+            head[8..16].copy_from_slice(&m.create_revision.to_le_bytes());
+            head[16..24].copy_from_slice(&m.mod_revision.to_le_bytes());
+            head[24..32].copy_from_slice(&m.version.to_le_bytes());
+            w.put(&head)?;
+            w.put(key)?;
+            w.put(value)?;
+        }
+        let table_offset = w.pos;
+        for off in offsets {
+            w.put(&off.to_le_bytes())?;
+        }
+        let body_crc = w.crc.clone().finalize();
+        let mut footer = [0u8; FOOTER_BYTES];
+        footer[0..8].copy_from_slice(&data_offset.to_le_bytes());
+        footer[8..16].copy_from_slice(&table_offset.to_le_bytes());
+        footer[16..20].copy_from_slice(&body_crc.to_le_bytes());
+        let footer_crc = crc32fast::hash(&footer[0..20]);
+        footer[20..24].copy_from_slice(&footer_crc.to_le_bytes());
+        footer[24..32].copy_from_slice(&END_MAGIC);
+        w.inner.write_all(&footer)?;
+        w.inner.flush()
+    })()
+    .map_err(err)?;
+    drop(w);
+    let header = encode_header(meta, conf_len);
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&header))
+        .map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))
+}
+
+fn encode_header(meta: &CheckpointMeta, conf_len: u32) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&meta.index.to_le_bytes());
+    h[24..32].copy_from_slice(&meta.term.to_le_bytes());
+    h[32..40].copy_from_slice(&meta.revision.to_le_bytes());
+    h[40..48].copy_from_slice(&meta.entry_count.to_le_bytes());
+    h[48..52].copy_from_slice(&conf_len.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..56]);
+    h[56..60].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(TMP_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Fsyncs the directory holding `path`, so that a create or rename in it is durable.
+pub(crate) fn sync_parent(path: &Path) -> Result<(), CheckpointError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("directory fsync", dir))
+}
+
+/// The bytes of a checkpoint: a memory map of a file, or a buffer (a snapshot received over
+/// the network, verified before it is written).
+enum Backing {
+    Map(Mmap),
+    Buf(Vec<u8>),
+}
+
+/// A verified checkpoint, read in place. See the module documentation for the format.
+pub struct CheckpointReader {
+    path: PathBuf,
+    bytes: Backing,
+    meta: CheckpointMeta,
+    data_offset: usize,
+    table_offset: usize,
+    entry_count: usize,
+}
+
+impl std::fmt::Debug for CheckpointReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointReader")
+            .field("path", &self.path)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// One entry of a checkpoint, borrowed from the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// Revision metadata.
+    pub meta: KeyMeta,
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl CheckpointReader {
+    /// Opens and verifies the checkpoint at `path`.
+    pub fn open(path: &Path) -> Result<CheckpointReader, CheckpointError> {
+        let file = File::open(path).map_err(io_err("open", path))?;
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        if len < (HEADER_BYTES + FOOTER_BYTES) as u64 {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                offset: len,
+                reason: format!("file of {len} bytes is shorter than header and footer"),
+            });
+        }
+        // SAFETY: a published checkpoint is immutable: the engine writes it under a temporary
+        // name and never opens it for writing after the rename. A third party truncating the
+        // file under us is outside the store's contract (as with any mmap-based store).
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err("mmap", path))?;
+        Self::parse(path.to_path_buf(), Backing::Map(map))
+    }
+
+    /// Verifies a checkpoint held in memory, such as a received raft snapshot.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<CheckpointReader, CheckpointError> {
+        Self::parse(PathBuf::from("<memory>"), Backing::Buf(bytes))
+    }
+
+    /// The raw bytes of the checkpoint file: what a raft snapshot sends.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Backing::Map(m) => m,
+            Backing::Buf(b) => b,
+        }
+    }
+
+    /// Where the checkpoint was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the checkpoint covers.
+    pub fn meta(&self) -> &CheckpointMeta {
+        &self.meta
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entry_count
+    }
+
+    /// Whether the checkpoint holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entry_count == 0
+    }
+
+    fn parse(path: PathBuf, bytes: Backing) -> Result<CheckpointReader, CheckpointError> {
+        let b: &[u8] = match &bytes {
+            Backing::Map(m) => m,
+            Backing::Buf(v) => v,
+        };
+        let corrupt = |offset: usize, reason: String| CheckpointError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        let len = b.len();
+        if len < HEADER_BYTES + FOOTER_BYTES {
+            return Err(corrupt(len, "shorter than header and footer".into()));
+        }
+        if b[0..8] != MAGIC {
+            return Err(corrupt(0, "bad magic".into()));
+        }
+        if le_u32(b, 56) != crc32fast::hash(&b[0..56]) {
+            return Err(corrupt(56, "header checksum mismatch".into()));
+        }
+        if le_u32(b, 12) != 0 || le_u32(b, 60) != 0 {
+            return Err(corrupt(
+                12,
+                "unknown flags or nonzero reserved bytes".into(),
+            ));
+        }
+        let version = le_u32(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(CheckpointError::UnsupportedVersion {
+                path,
+                found: version,
+            });
+        }
+        let f = len - FOOTER_BYTES;
+        if b[f + 24..f + 32] != END_MAGIC {
+            return Err(corrupt(f + 24, "bad end magic (truncated file?)".into()));
+        }
+        if le_u32(b, f + 20) != crc32fast::hash(&b[f..f + 20]) {
+            return Err(corrupt(f + 20, "footer checksum mismatch".into()));
+        }
+        let meta = CheckpointMeta {
+            index: le_u64(b, 16),
+            term: le_u64(b, 24),
+            revision: le_u64(b, 32),
+            entry_count: le_u64(b, 40),
+            conf_state: Vec::new(),
+        };
+        let conf_len = le_u32(b, 48) as usize;
+        let data_offset = usize::try_from(le_u64(b, f)).unwrap_or(usize::MAX);
+        let table_offset = usize::try_from(le_u64(b, f + 8)).unwrap_or(usize::MAX);
+        let entry_count = usize::try_from(meta.entry_count).unwrap_or(usize::MAX);
+        let table_end = entry_count
+            .checked_mul(8)
+            .and_then(|t| t.checked_add(table_offset));
+        if conf_len > CONF_STATE_BYTES_MAX
+            || data_offset != HEADER_BYTES + conf_len
+            || table_offset < data_offset
+            || table_end != Some(f)
+        {
+            return Err(corrupt(
+                f,
+                format!(
+                    "inconsistent layout: conf {conf_len} B, data at {data_offset}, \
+                     table at {table_offset}, {entry_count} entries, footer at {f}"
+                ),
+            ));
+        }
+        if le_u32(b, f + 16) != crc32fast::hash(&b[HEADER_BYTES..f]) {
+            return Err(corrupt(HEADER_BYTES, "body checksum mismatch".into()));
+        }
+        let mut reader = CheckpointReader {
+            meta: CheckpointMeta {
+                conf_state: b[HEADER_BYTES..data_offset].to_vec(),
+                ..meta
+            },
+            path: path.clone(),
+            data_offset,
+            table_offset,
+            entry_count,
+            bytes: Backing::Buf(Vec::new()),
+        };
+        // Walk the data section once: each entry must start where the table says and end
+        // where the next begins, with keys strictly ascending. After this every access by
+        // index is in bounds.
+        let mut cursor = data_offset;
+        let mut prev: Option<&[u8]> = None;
+        for i in 0..entry_count {
+            if reader.table_entry(b, i) != cursor as u64 {
+                return Err(corrupt(
+                    cursor,
+                    format!("offset table entry {i} does not match"),
+                ));
+            }
+            let e = reader
+                .entry_at(b, cursor)
+                .ok_or_else(|| corrupt(cursor, format!("entry {i} overruns the data section")))?;
+            if e.key.is_empty() || prev.is_some_and(|p| p >= e.key) {
+                return Err(corrupt(
+                    cursor,
+                    format!("entry {i} key empty or out of order"),
+                ));
+            }
+            if !e.meta.is_valid_live(meta.revision) {
+                return Err(corrupt(
+                    cursor,
+                    format!("entry {i} has impossible revisions"),
+                ));
+            }
+            prev = Some(e.key);
+            cursor += ENTRY_HEADER_BYTES + e.key.len() + e.value.len();
+        }
+        if cursor != table_offset {
+            return Err(corrupt(
+                cursor,
+                "data section does not end at the table".into(),
+            ));
+        }
+        reader.bytes = bytes;
+        Ok(reader)
+    }
+
+    fn table_entry(&self, b: &[u8], i: usize) -> u64 {
+        le_u64(b, self.table_offset + 8 * i)
+    }
+
+    /// Decodes the entry at `at`, or None if it would overrun the data section.
+    fn entry_at<'a>(&self, b: &'a [u8], at: usize) -> Option<EntryRef<'a>> {
+        let head_end = at.checked_add(ENTRY_HEADER_BYTES)?;
+        if at < self.data_offset || head_end > self.table_offset {
+            return None;
+        }
+        let kl = le_u32(b, at) as usize;
+        let vl = le_u32(b, at + 4) as usize;
+        let key_end = head_end.checked_add(kl)?;
+        let end = key_end.checked_add(vl)?;
+        if end > self.table_offset {
+            return None;
+        }
+        Some(EntryRef {
+            key: &b[head_end..key_end],
+            value: &b[key_end..end],
+            meta: KeyMeta {
+                create_revision: le_u64(b, at + 8),
+                mod_revision: le_u64(b, at + 16),
+                version: le_u64(b, at + 24),
+            },
+        })
+    }
+
+    /// The `i`-th entry in key order, or an error if `i >= len()` or the entry does not
+    /// decode. Opening verified every entry, so the latter means the file changed under the
+    /// map (which the store never does); it is reported rather than trusted.
+    pub fn entry(&self, i: usize) -> Result<EntryRef<'_>, CheckpointError> {
+        let b = self.bytes();
+        let bad = |reason: String| CheckpointError::Corrupt {
+            path: self.path.clone(),
+            offset: (self.table_offset + 8 * i.min(self.entry_count)) as u64,
+            reason,
+        };
+        if i >= self.entry_count {
+            return Err(bad(format!("entry {i} of {}", self.entry_count)));
+        }
+        usize::try_from(self.table_entry(b, i))
+            .ok()
+            .and_then(|at| self.entry_at(b, at))
+            .ok_or_else(|| bad(format!("entry {i} no longer decodes (file changed?)")))
+    }
+
+    /// Position of the first entry whose key is `>= key`.
+    pub fn lower_bound(&self, key: &[u8]) -> Result<usize, CheckpointError> {
+        let (mut lo, mut hi) = (0, self.entry_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid)?.key < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The entry for `key`, by binary search over the offset table.
+    pub fn get(&self, key: &[u8]) -> Result<Option<EntryRef<'_>>, CheckpointError> {
+        let i = self.lower_bound(key)?;
+        if i == self.entry_count {
+            return Ok(None);
+        }
+        let e = self.entry(i)?;
+        Ok((e.key == key).then_some(e))
+    }
+
+    /// Entries with keys in `[start, end)` (`end = None`: to the last key), in order. An
+    /// entry that fails to decode ends the scan with its error.
+    pub fn scan<'a>(
+        &'a self,
+        start: &[u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = Result<EntryRef<'a>, CheckpointError>> + 'a {
+        let (first, error) = match self.lower_bound(start) {
+            Ok(first) => (first, None),
+            Err(e) => (self.entry_count, Some(e)),
+        };
+        error
+            .map(Err)
+            .into_iter()
+            .chain((first..self.entry_count).map(move |i| self.entry(i)))
+            .take_while(move |e| match e {
+                Ok(e) => end.is_none_or(|end| e.key < end),
+                Err(_) => true,
+            })
+    }
+
+    /// Loads the whole checkpoint into a memtable with the given limits.
+    pub fn to_memtable(&self, limits: KvLimits) -> Result<Memtable, CheckpointError> {
+        Memtable::restore(
+            limits,
+            self.meta.revision,
+            self.meta.index,
+            (0..self.entry_count).map(|i| {
+                let e = self
+                    .entry(i)
+                    .map_err(|e| RestoreError::Source(Box::new(e)))?;
+                Ok(KeyValue {
+                    key: e.key.to_vec(),
+                    value: e.value.to_vec(),
+                    meta: e.meta,
+                })
+            }),
+        )
+        .map_err(|source| CheckpointError::Restore {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// A checkpoint file that failed to open or verify and was skipped.
+#[derive(Debug)]
+pub struct SkippedCheckpoint {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub error: CheckpointError,
+}
+
+/// A directory of checkpoints named `checkpoint-<index, 20 digits>.ckpt`.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+}
+
+impl CheckpointDir {
+    /// Opens (creating if needed) a checkpoint directory and removes temporary files left by
+    /// a crash during a write: they were never published, so nothing refers to them.
+    pub fn open(dir: &Path) -> Result<CheckpointDir, CheckpointError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+            let entry = entry.map_err(io_err("list", dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(FILE_PREFIX) && name.ends_with(TMP_SUFFIX) {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(io_err("remove", &p))?;
+            }
+        }
+        Ok(CheckpointDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file name of the checkpoint covering `index`.
+    pub fn path_for(&self, index: u64) -> PathBuf {
+        self.dir
+            .join(format!("{FILE_PREFIX}{index:020}{FILE_SUFFIX}"))
+    }
+
+    /// Published checkpoints as (index, path), oldest first.
+    pub fn list(&self) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
+            let entry = entry.map_err(io_err("list", &self.dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let index = name
+                .strip_prefix(FILE_PREFIX)
+                .and_then(|n| n.strip_suffix(FILE_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(index) = index {
+                out.push((index, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Writes a checkpoint of `memtable` (covering its applied index) and returns its path.
+    pub fn write(
+        &self,
+        memtable: &Memtable,
+        term: u64,
+        conf_state: &[u8],
+    ) -> Result<(PathBuf, CheckpointMeta), CheckpointError> {
+        let path = self.path_for(memtable.applied_index());
+        let meta = write_checkpoint(&path, memtable, term, conf_state)?;
+        Ok((path, meta))
+    }
+
+    /// Verifies received checkpoint bytes (a raft snapshot) and publishes them crash-atomically.
+    pub fn install(&self, bytes: Vec<u8>) -> Result<CheckpointReader, CheckpointError> {
+        let reader = CheckpointReader::from_bytes(bytes)?;
+        let path = self.path_for(reader.meta().index);
+        let tmp = tmp_path(&path);
+        (|| -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(reader.bytes())?;
+            f.sync_all()
+        })()
+        .map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        sync_parent(&path)?;
+        CheckpointReader::open(&path)
+    }
+
+    /// The newest checkpoint that verifies, with every newer one that did not (and why).
+    /// Recovery uses the returned one and must report the skipped ones.
+    pub fn newest_valid(
+        &self,
+    ) -> Result<(Option<CheckpointReader>, Vec<SkippedCheckpoint>), CheckpointError> {
+        let mut skipped = Vec::new();
+        for (_, path) in self.list()?.into_iter().rev() {
+            match CheckpointReader::open(&path) {
+                Ok(r) => return Ok((Some(r), skipped)),
+                Err(error) => skipped.push(SkippedCheckpoint { path, error }),
+            }
+        }
+        Ok((None, skipped))
+    }
+
+    /// Deletes all but the newest `keep` checkpoints, and fsyncs the directory.
+    pub fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
+        let list = self.list()?;
+        let drop_n = list.len().saturating_sub(keep);
+        for (_, path) in &list[..drop_n] {
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+        }
+        if drop_n > 0 {
+            sync_parent(&self.path_for(0))?;
+        }
+        Ok(())
+    }
+}

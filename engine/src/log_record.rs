@@ -1,0 +1,254 @@
+//! The records the raft log store writes into its log, one per log record.
+//!
+//! # Encoding, version 1
+//!
+//! Every record starts with one kind byte; all integers are little-endian u64. The log below
+//! frames each record with its own length and checksum, so these records carry neither.
+//!
+//! ```text
+//! 1 Entry       group, index, term, then the entry data (rest of the record)
+//! 2 HardState   group, term, vote, commit
+//! 3 Compact     group, index, term              entries <= index are dropped
+//! 4 Snapshot    group, index, term, conf state (rest)   snapshot metadata only
+//! 5 Reset       group, index, term, hs term, hs vote, hs commit, has_snapshot (u8),
+//!               [snapshot index, snapshot term, conf state (rest)]
+//!               drops every entry: the group restarts after `index` (term `term`);
+//!               written when a snapshot is applied and before a rewrite of live entries
+//! ```
+//!
+//! An `Entry` at index `i` replaces the group's entries from `i` on: that is how a
+//! conflicting suffix is truncated, with no separate record.
+
+use crate::log_store::{Entry, GroupId, HardState, SnapshotMeta};
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_COMPACT: u8 = 3;
+const KIND_SNAPSHOT: u8 = 4;
+const KIND_RESET: u8 = 5;
+
+/// One decoded log store record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    /// A raft entry; replaces the group's entries from its index on.
+    Entry {
+        /// The group.
+        group: GroupId,
+        /// The entry.
+        entry: Entry,
+    },
+    /// A new hard state.
+    HardState {
+        /// The group.
+        group: GroupId,
+        /// The hard state.
+        hard_state: HardState,
+    },
+    /// Entries up to `index` are dropped; `term` is the term of the entry at `index`.
+    Compact {
+        /// The group.
+        group: GroupId,
+        /// Last dropped index.
+        index: u64,
+        /// Term of the entry at `index`.
+        term: u64,
+    },
+    /// New snapshot metadata; entries are untouched.
+    Snapshot {
+        /// The group.
+        group: GroupId,
+        /// The metadata.
+        meta: SnapshotMeta,
+    },
+    /// The group's entries are all dropped and it restarts after `index`.
+    Reset {
+        /// The group.
+        group: GroupId,
+        /// Index the group restarts after (its new first index is `index + 1`).
+        index: u64,
+        /// Term of the entry at `index`.
+        term: u64,
+        /// The hard state.
+        hard_state: HardState,
+        /// The snapshot metadata, if the group has one.
+        snapshot: Option<SnapshotMeta>,
+    },
+}
+
+impl LogRecord {
+    /// The group the record belongs to.
+    pub fn group(&self) -> GroupId {
+        match self {
+            LogRecord::Entry { group, .. }
+            | LogRecord::HardState { group, .. }
+            | LogRecord::Compact { group, .. }
+            | LogRecord::Snapshot { group, .. }
+            | LogRecord::Reset { group, .. } => *group,
+        }
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+        match self {
+            LogRecord::Entry { group, entry } => {
+                out.push(KIND_ENTRY);
+                put(out, *group);
+                put(out, entry.index);
+                put(out, entry.term);
+                out.extend_from_slice(&entry.data);
+            }
+            LogRecord::HardState { group, hard_state } => {
+                out.push(KIND_HARD_STATE);
+                put(out, *group);
+                put(out, hard_state.term);
+                put(out, hard_state.vote);
+                put(out, hard_state.commit);
+            }
+            LogRecord::Compact { group, index, term } => {
+                out.push(KIND_COMPACT);
+                put(out, *group);
+                put(out, *index);
+                put(out, *term);
+            }
+            LogRecord::Snapshot { group, meta } => {
+                out.push(KIND_SNAPSHOT);
+                put(out, *group);
+                put(out, meta.index);
+                put(out, meta.term);
+                out.extend_from_slice(&meta.conf_state);
+            }
+            LogRecord::Reset {
+                group,
+                index,
+                term,
+                hard_state,
+                snapshot,
+            } => {
+                out.push(KIND_RESET);
+                put(out, *group);
+                put(out, *index);
+                put(out, *term);
+                put(out, hard_state.term);
+                put(out, hard_state.vote);
+                put(out, hard_state.commit);
+                match snapshot {
+                    None => out.push(0),
+                    Some(s) => {
+                        out.push(1);
+                        put(out, s.index);
+                        put(out, s.term);
+                        out.extend_from_slice(&s.conf_state);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The encoding as a new buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes a record; the error says what is malformed.
+    pub fn decode(bytes: &[u8]) -> Result<LogRecord, String> {
+        let mut r = Reader { b: bytes, at: 0 };
+        let kind = r.u8()?;
+        let group = r.u64()?;
+        let rec = match kind {
+            KIND_ENTRY => LogRecord::Entry {
+                group,
+                entry: Entry {
+                    index: r.u64()?,
+                    term: r.u64()?,
+                    data: r.rest().to_vec(),
+                },
+            },
+            KIND_HARD_STATE => LogRecord::HardState {
+                group,
+                hard_state: HardState {
+                    term: r.u64()?,
+                    vote: r.u64()?,
+                    commit: r.u64()?,
+                },
+            },
+            KIND_COMPACT => LogRecord::Compact {
+                group,
+                index: r.u64()?,
+                term: r.u64()?,
+            },
+            KIND_SNAPSHOT => LogRecord::Snapshot {
+                group,
+                meta: SnapshotMeta {
+                    index: r.u64()?,
+                    term: r.u64()?,
+                    conf_state: r.rest().to_vec(),
+                },
+            },
+            KIND_RESET => {
+                let index = r.u64()?;
+                let term = r.u64()?;
+                let hard_state = HardState {
+                    term: r.u64()?,
+                    vote: r.u64()?,
+                    commit: r.u64()?,
+                };
+                let snapshot = match r.u8()? {
+                    0 => None,
+                    1 => Some(SnapshotMeta {
+                        index: r.u64()?,
+                        term: r.u64()?,
+                        conf_state: r.rest().to_vec(),
+                    }),
+                    other => return Err(format!("bad snapshot flag {other}")),
+                };
+                LogRecord::Reset {
+                    group,
+                    index,
+                    term,
+                    hard_state,
+                    snapshot,
+                }
+            }
+            other => return Err(format!("unknown record kind {other}")),
+        };
+        if r.at != bytes.len() {
+            return Err(format!("{} trailing bytes", bytes.len() - r.at));
+        }
+        Ok(rec)
+    }
+}
+
+/// Bounds-checked little-endian reads from a record.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| format!("record truncated at byte {}", self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let s = &self.b[self.at..];
+        self.at = self.b.len();
+        s
+    }
+}

@@ -1,0 +1,575 @@
+//! The memtable: the in-memory ordered key-value state machine with etcd-style revisions.
+//!
+//! Every key and its value live in one `BTreeMap`; there is no history, so reads are at the
+//! current revision only. A transaction is validated in full (sizes, counts) before it changes
+//! anything, so a rejected transaction leaves the store exactly as it was; an accepted one is
+//! applied in one call and advances the store revision by one if it changed any key.
+//!
+//! The memtable also remembers `applied_index`: the position in the log (raft index or WAL
+//! sequence number) of the last command applied to it. A checkpoint records it, and recovery
+//! replays only what follows.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::revision::{KeyMeta, KeyValue};
+use crate::txn::{
+    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse, Txn,
+    TxnResponse,
+};
+
+/// Largest `key_bytes_max` a store accepts: on-disk key lengths are u32, and a bound far below
+/// that keeps one key from dominating memory.
+pub const KEY_BYTES_CAP: usize = 64 * 1024;
+/// Largest `value_bytes_max` a store accepts; on-disk value lengths are u32.
+pub const VALUE_BYTES_CAP: usize = 64 * 1024 * 1024;
+/// Largest `txn_bytes_max` a store accepts; a transaction is one log record.
+pub const TXN_BYTES_CAP: usize = 256 * 1024 * 1024;
+
+const _: () = assert!(KEY_BYTES_CAP <= VALUE_BYTES_CAP);
+const _: () = assert!(VALUE_BYTES_CAP < TXN_BYTES_CAP);
+const _: () = assert!(TXN_BYTES_CAP <= u32::MAX as usize);
+
+/// Size limits of the key-value store. Oversize input is rejected with [`KvError`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Largest key, in bytes. Default 8 KiB. Keys must also be non-empty.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes. Default 1 MiB.
+    pub value_bytes_max: usize,
+    /// Most operations in one transaction, both branches counted. Default 1024.
+    pub txn_ops_max: usize,
+    /// Most key and value bytes in one transaction, both branches and compares counted.
+    /// Default 8 MiB.
+    pub txn_bytes_max: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            key_bytes_max: 8 * 1024,
+            value_bytes_max: 1024 * 1024,
+            txn_ops_max: 1024,
+            txn_bytes_max: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl KvLimits {
+    /// Checks that every limit is positive, below its cap, and that the limits agree with
+    /// each other (a transaction can hold at least one largest key and value).
+    pub fn validate(&self) -> Result<(), KvError> {
+        let bad = |reason: &str| {
+            Err(KvError::InvalidLimits {
+                reason: reason.to_string(),
+            })
+        };
+        if self.key_bytes_max == 0 || self.key_bytes_max > KEY_BYTES_CAP {
+            return bad("key_bytes_max must be in 1..=KEY_BYTES_CAP");
+        }
+        if self.value_bytes_max > VALUE_BYTES_CAP {
+            return bad("value_bytes_max must be at most VALUE_BYTES_CAP");
+        }
+        if self.txn_ops_max == 0 {
+            return bad("txn_ops_max must be positive");
+        }
+        if self.txn_bytes_max > TXN_BYTES_CAP
+            || self.txn_bytes_max < self.key_bytes_max + self.value_bytes_max
+        {
+            return bad(
+                "txn_bytes_max must hold one largest key and value and be at most TXN_BYTES_CAP",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the key-value store layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// A key was empty.
+    #[error("empty key")]
+    EmptyKey,
+    /// A key exceeded `key_bytes_max`.
+    #[error("key of {len} bytes exceeds key_bytes_max = {max}")]
+    KeyTooLarge {
+        /// Length of the key.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value exceeded `value_bytes_max`.
+    #[error("value of {len} bytes exceeds value_bytes_max = {max}")]
+    ValueTooLarge {
+        /// Length of the value.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transaction had more operations than `txn_ops_max`.
+    #[error("transaction of {ops} operations exceeds txn_ops_max = {max}")]
+    TooManyOps {
+        /// Operations in the transaction.
+        ops: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A transaction carried more bytes than `txn_bytes_max`.
+    #[error("transaction of {bytes} bytes exceeds txn_bytes_max = {max}")]
+    TxnTooLarge {
+        /// Key and value bytes in the transaction.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The limits themselves were inconsistent.
+    #[error("invalid limits: {reason}")]
+    InvalidLimits {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A stored value with its revision metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    value: Vec<u8>,
+    meta: KeyMeta,
+}
+
+/// The in-memory key-value state machine. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Memtable {
+    map: BTreeMap<Vec<u8>, Stored>,
+    /// Store revision; `>= mod_revision` of every key.
+    revision: u64,
+    /// Log position of the last command applied.
+    applied_index: u64,
+    /// Sum of key and value lengths of live keys, for reporting and checkpoint sizing.
+    data_bytes: u64,
+    limits: KvLimits,
+}
+
+impl Memtable {
+    /// An empty store at revision 0 with the given limits.
+    pub fn new(limits: KvLimits) -> Result<Memtable, KvError> {
+        limits.validate()?;
+        Ok(Memtable {
+            map: BTreeMap::new(),
+            revision: 0,
+            applied_index: 0,
+            data_bytes: 0,
+            limits,
+        })
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
+    /// The current store revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Log position of the last command applied to the store.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Records that the command at log position `index` has been applied. Positions only move
+    /// forward; a caller replaying the log skips what a checkpoint already covers.
+    pub fn set_applied_index(&mut self, index: u64) {
+        debug_assert!(index >= self.applied_index, "applied index moved backwards");
+        self.applied_index = index;
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Sum of the lengths of all live keys and values, in bytes.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// The value and metadata of `key`, if it exists.
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        self.map.get(key).map(|s| KeyValue {
+            key: key.to_vec(),
+            value: s.value.clone(),
+            meta: s.meta,
+        })
+    }
+
+    /// Every live key in ascending order with its value and metadata, for checkpoints.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], KeyMeta)> {
+        self.map
+            .iter()
+            .map(|(k, s)| (k.as_slice(), s.value.as_slice(), s.meta))
+    }
+
+    /// Reads a range at the current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.check_key(&req.start)?;
+        Ok(self.range_unchecked(req))
+    }
+
+    /// Writes `value` under `key` as a one-operation transaction; returns the new revision.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64, KvError> {
+        Ok(self.txn(&Txn::batch(vec![Op::put(key, value)]))?.revision)
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, KvError> {
+        let resp = self.txn(&Txn::batch(vec![Op::delete(key)]))?;
+        Ok(matches!(
+            resp.responses.first(),
+            Some(OpResponse::DeleteRange { deleted: 1.., .. })
+        ))
+    }
+
+    /// Checks a transaction against the limits without running it.
+    pub fn validate_txn(&self, txn: &Txn) -> Result<(), KvError> {
+        let ops = txn.success.len() + txn.failure.len();
+        if ops > self.limits.txn_ops_max {
+            return Err(KvError::TooManyOps {
+                ops,
+                max: self.limits.txn_ops_max,
+            });
+        }
+        let mut bytes = 0usize;
+        for c in &txn.compares {
+            self.check_key(&c.key)?;
+            bytes += c.key.len();
+            if let CompareTarget::Value(v) = &c.target {
+                self.check_value(v)?;
+                bytes += v.len();
+            }
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            match op {
+                Op::Put { key, value, .. } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                    bytes += key.len() + value.len();
+                }
+                Op::DeleteRange { start, end, .. } => {
+                    self.check_key(start)?;
+                    bytes += start.len();
+                    if let RangeEnd::Exclusive(e) = end {
+                        self.check_end(e)?;
+                        bytes += e.len();
+                    }
+                }
+                Op::Range(r) => {
+                    self.check_key(&r.start)?;
+                    bytes += r.start.len();
+                    if let RangeEnd::Exclusive(e) = &r.end {
+                        self.check_end(e)?;
+                        bytes += e.len();
+                    }
+                }
+            }
+        }
+        if bytes > self.limits.txn_bytes_max {
+            return Err(KvError::TxnTooLarge {
+                bytes,
+                max: self.limits.txn_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a transaction atomically: validates it in full, evaluates the compares, then runs
+    /// the chosen branch. The store revision advances by one if the branch changed any key
+    /// (a put always does; a delete only if it removed something), and every key written by
+    /// the transaction gets that revision as its `mod_revision`.
+    pub fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, KvError> {
+        self.validate_txn(txn)?;
+        let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let new_revision = self.revision + 1;
+        let mut changed = false;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match op {
+                Op::Put {
+                    key,
+                    value,
+                    prev_kv,
+                } => {
+                    changed = true;
+                    let (prev, old) = self.put_at(key, value, new_revision);
+                    OpResponse::Put {
+                        prev,
+                        prev_kv: old.filter(|_| *prev_kv).map(|value| KeyValue {
+                            key: key.clone(),
+                            value,
+                            meta: prev,
+                        }),
+                    }
+                }
+                Op::DeleteRange {
+                    start,
+                    end,
+                    prev_kv,
+                } => {
+                    let (deleted, prev_kvs) = self.delete_range_at(start, end, *prev_kv);
+                    changed |= deleted > 0;
+                    OpResponse::DeleteRange { deleted, prev_kvs }
+                }
+                Op::Range(r) => {
+                    let mut resp = self.range_unchecked(r);
+                    // Reads inside a writing transaction report the revision the transaction
+                    // will have, as etcd does.
+                    if changed {
+                        resp.revision = new_revision;
+                    }
+                    OpResponse::Range(resp)
+                }
+            };
+            responses.push(resp);
+        }
+        if changed {
+            self.revision = new_revision;
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+            revision: self.revision,
+        })
+    }
+
+    /// Rebuilds a store from a checkpoint: `revision` and `applied_index` as recorded, and
+    /// the live keys in strictly ascending order. Rejects input that breaks the store's
+    /// invariants (unsorted keys, impossible metadata, oversize keys), so a corrupt source can
+    /// never produce a store that later misbehaves.
+    pub fn restore<I>(
+        limits: KvLimits,
+        revision: u64,
+        applied_index: u64,
+        entries: I,
+    ) -> Result<Memtable, RestoreError>
+    where
+        I: IntoIterator<Item = Result<KeyValue, RestoreError>>,
+    {
+        let mut m = Memtable::new(limits).map_err(RestoreError::Limits)?;
+        m.revision = revision;
+        m.applied_index = applied_index;
+        let mut last: Option<Vec<u8>> = None;
+        for kv in entries {
+            let kv = kv?;
+            m.check_key(&kv.key).map_err(RestoreError::Limits)?;
+            m.check_value(&kv.value).map_err(RestoreError::Limits)?;
+            if last.as_deref().is_some_and(|l| l >= kv.key.as_slice()) {
+                return Err(RestoreError::Invalid("keys not strictly ascending".into()));
+            }
+            if !kv.meta.is_valid_live(revision) {
+                return Err(RestoreError::Invalid(format!(
+                    "impossible metadata {:?} at store revision {revision}",
+                    kv.meta
+                )));
+            }
+            m.data_bytes += (kv.key.len() + kv.value.len()) as u64;
+            last = Some(kv.key.clone());
+            m.map.insert(
+                kv.key,
+                Stored {
+                    value: kv.value,
+                    meta: kv.meta,
+                },
+            );
+        }
+        Ok(m)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        self.check_end(key)
+    }
+
+    /// Range ends may be empty-free but are bounded like keys.
+    fn check_end(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.len() > self.limits.key_bytes_max {
+            return Err(KvError::KeyTooLarge {
+                len: key.len(),
+                max: self.limits.key_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.limits.value_bytes_max {
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                max: self.limits.value_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn compare_holds(&self, c: &Compare) -> bool {
+        let stored = self.map.get(&c.key);
+        let meta = stored.map_or(KeyMeta::ABSENT, |s| s.meta);
+        let ord = match &c.target {
+            CompareTarget::Value(v) => match stored {
+                Some(s) => s.value.as_slice().cmp(v.as_slice()),
+                None => return false,
+            },
+            CompareTarget::Version(v) => meta.version.cmp(v),
+            CompareTarget::CreateRevision(v) => meta.create_revision.cmp(v),
+            CompareTarget::ModRevision(v) => meta.mod_revision.cmp(v),
+        };
+        match c.op {
+            CompareOp::Equal => ord.is_eq(),
+            CompareOp::NotEqual => ord.is_ne(),
+            CompareOp::Greater => ord.is_gt(),
+            CompareOp::Less => ord.is_lt(),
+        }
+    }
+
+    /// Writes the key; returns its previous metadata and value (moved out, not copied).
+    fn put_at(&mut self, key: &[u8], value: &[u8], revision: u64) -> (KeyMeta, Option<Vec<u8>>) {
+        match self.map.get_mut(key) {
+            Some(s) => {
+                let prev = s.meta;
+                self.data_bytes = self.data_bytes - s.value.len() as u64 + value.len() as u64;
+                let old = std::mem::replace(&mut s.value, value.to_vec());
+                s.meta = prev.after_write(revision);
+                (prev, Some(old))
+            }
+            None => {
+                self.data_bytes += (key.len() + value.len()) as u64;
+                self.map.insert(
+                    key.to_vec(),
+                    Stored {
+                        value: value.to_vec(),
+                        meta: KeyMeta::ABSENT.after_write(revision),
+                    },
+                );
+                (KeyMeta::ABSENT, None)
+            }
+        }
+    }
+
+    /// Deletes the keys of a range; returns how many, and the removed key-values if `want`.
+    fn delete_range_at(
+        &mut self,
+        start: &[u8],
+        end: &RangeEnd,
+        want: bool,
+    ) -> (u64, Vec<KeyValue>) {
+        let keys: Vec<Vec<u8>> = match end {
+            RangeEnd::Single => {
+                if self.map.contains_key(start) {
+                    vec![start.to_vec()]
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => self
+                .map
+                .range::<[u8], _>(bounds(start, end))
+                .map(|(k, _)| k.clone())
+                .collect(),
+        };
+        let deleted = keys.len() as u64;
+        let mut prev = Vec::new();
+        for k in keys {
+            if let Some(s) = self.map.remove(&k) {
+                self.data_bytes -= (k.len() + s.value.len()) as u64;
+                if want {
+                    prev.push(KeyValue {
+                        key: k,
+                        value: s.value,
+                        meta: s.meta,
+                    });
+                }
+            }
+        }
+        (deleted, prev)
+    }
+
+    fn range_unchecked(&self, req: &RangeRequest) -> RangeResponse {
+        let mut resp = RangeResponse {
+            revision: self.revision,
+            ..RangeResponse::default()
+        };
+        let push = |k: &[u8], s: &Stored, resp: &mut RangeResponse| {
+            resp.count += 1;
+            if req.count_only {
+                return;
+            }
+            if req.limit != 0 && resp.kvs.len() >= req.limit {
+                resp.more = true;
+                return;
+            }
+            resp.kvs.push(KeyValue {
+                key: k.to_vec(),
+                value: if req.keys_only {
+                    Vec::new()
+                } else {
+                    s.value.clone()
+                },
+                meta: s.meta,
+            });
+        };
+        match &req.end {
+            RangeEnd::Single => {
+                if let Some(s) = self.map.get(&req.start) {
+                    push(&req.start, s, &mut resp);
+                }
+            }
+            end => {
+                for (k, s) in self.map.range::<[u8], _>(bounds(&req.start, end)) {
+                    push(k, s, &mut resp);
+                }
+            }
+        }
+        resp
+    }
+}
+
+/// Map bounds of a non-single range; an empty or inverted range yields no key (and, unlike
+/// `BTreeMap::range`, never panics).
+fn bounds<'a>(start: &'a [u8], end: &'a RangeEnd) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    match end {
+        RangeEnd::Exclusive(e) if e.as_slice() > start => {
+            (Bound::Included(start), Bound::Excluded(e.as_slice()))
+        }
+        // An empty range: `[start, start)` is valid for BTreeMap and selects nothing.
+        RangeEnd::Exclusive(_) => (Bound::Included(start), Bound::Excluded(start)),
+        RangeEnd::Unbounded | RangeEnd::Single => (Bound::Included(start), Bound::Unbounded),
+    }
+}
+
+/// Why a store could not be rebuilt from a checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The source data broke a store invariant.
+    #[error("invalid checkpoint contents: {0}")]
+    Invalid(String),
+    /// A key or value in the source exceeded the limits in force.
+    #[error("checkpoint contents exceed limits: {0}")]
+    Limits(KvError),
+    /// The source itself failed to read.
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync>),
+}

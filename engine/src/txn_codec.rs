@@ -1,0 +1,245 @@
+//! The encoding of a transaction as one record of the standalone store's log.
+//!
+//! # Encoding, version 1
+//!
+//! Little-endian. `bytes` is a u32 length followed by that many bytes.
+//!
+//! ```text
+//! u8 version = 1
+//! u32 compare count, then each compare:
+//!     bytes key, u8 op (0 =, 1 !=, 2 >, 3 <),
+//!     u8 target (0 value, 1 version, 2 create revision, 3 mod revision),
+//!     then bytes value (target 0) or u64 (targets 1-3)
+//! u32 success op count, then each op; u32 failure op count, then each op. An op is:
+//!     u8 0 put:          bytes key, bytes value, u8 flags (1 prev_kv)
+//!     u8 1 delete range: bytes start, end, u8 flags (1 prev_kv)
+//!     u8 2 range:        bytes start, end, u64 limit, u8 flags (1 keys only, 2 count only)
+//! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
+//! ```
+
+use crate::txn::{Compare, CompareOp, CompareTarget, Op, RangeEnd, RangeRequest, Txn};
+
+const VERSION: u8 = 1;
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Lengths fit: the store's limits cap every key, value and transaction far below 4 GiB.
+    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_end(out: &mut Vec<u8>, end: &RangeEnd) {
+    match end {
+        RangeEnd::Single => out.push(0),
+        RangeEnd::Exclusive(e) => {
+            out.push(1);
+            put_bytes(out, e);
+        }
+        RangeEnd::Unbounded => out.push(2),
+    }
+}
+
+fn put_ops(out: &mut Vec<u8>, ops: &[Op]) {
+    let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_le_bytes());
+    for op in ops {
+        match op {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
+                out.push(0);
+                put_bytes(out, key);
+                put_bytes(out, value);
+                out.push(u8::from(*prev_kv));
+            }
+            Op::DeleteRange {
+                start,
+                end,
+                prev_kv,
+            } => {
+                out.push(1);
+                put_bytes(out, start);
+                put_end(out, end);
+                out.push(u8::from(*prev_kv));
+            }
+            Op::Range(r) => {
+                out.push(2);
+                put_bytes(out, &r.start);
+                put_end(out, &r.end);
+                out.extend_from_slice(&(r.limit as u64).to_le_bytes());
+                out.push(u8::from(r.keys_only) | (u8::from(r.count_only) << 1));
+            }
+        }
+    }
+}
+
+/// Encodes a transaction. The caller has validated it against the store's limits, so every
+/// length fits its u32 field.
+pub fn encode_txn(txn: &Txn) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    let n = u32::try_from(txn.compares.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_le_bytes());
+    for c in &txn.compares {
+        put_bytes(&mut out, &c.key);
+        out.push(match c.op {
+            CompareOp::Equal => 0,
+            CompareOp::NotEqual => 1,
+            CompareOp::Greater => 2,
+            CompareOp::Less => 3,
+        });
+        match &c.target {
+            CompareTarget::Value(v) => {
+                out.push(0);
+                put_bytes(&mut out, v);
+            }
+            CompareTarget::Version(v) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            CompareTarget::CreateRevision(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            CompareTarget::ModRevision(v) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    put_ops(&mut out, &txn.success);
+    put_ops(&mut out, &txn.failure);
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, String> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    /// A count of items, each at least `min_item_bytes` long: bounded by what is left, so a
+    /// corrupt count cannot make the decoder reserve huge amounts of memory.
+    fn count(&mut self, min_item_bytes: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item_bytes) > self.b.len() - self.at {
+            return Err(format!("count {n} exceeds the record"));
+        }
+        Ok(n)
+    }
+    fn flag(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            f => Err(format!("bad flags {f}")),
+        }
+    }
+    fn end(&mut self) -> Result<RangeEnd, String> {
+        match self.u8()? {
+            0 => Ok(RangeEnd::Single),
+            1 => Ok(RangeEnd::Exclusive(self.bytes()?)),
+            2 => Ok(RangeEnd::Unbounded),
+            t => Err(format!("bad range end tag {t}")),
+        }
+    }
+    fn ops(&mut self) -> Result<Vec<Op>, String> {
+        let n = self.count(6)?;
+        let mut ops = Vec::with_capacity(n);
+        for _ in 0..n {
+            ops.push(match self.u8()? {
+                0 => Op::Put {
+                    key: self.bytes()?,
+                    value: self.bytes()?,
+                    prev_kv: self.flag()?,
+                },
+                1 => Op::DeleteRange {
+                    start: self.bytes()?,
+                    end: self.end()?,
+                    prev_kv: self.flag()?,
+                },
+                2 => {
+                    let start = self.bytes()?;
+                    let end = self.end()?;
+                    let limit = usize::try_from(self.u64()?).map_err(|e| e.to_string())?;
+                    let flags = self.u8()?;
+                    Op::Range(RangeRequest {
+                        start,
+                        end,
+                        limit,
+                        keys_only: flags & 1 != 0,
+                        count_only: flags & 2 != 0,
+                    })
+                }
+                t => return Err(format!("bad op tag {t}")),
+            });
+        }
+        Ok(ops)
+    }
+}
+
+/// Decodes a transaction; the error says what is malformed.
+pub fn decode_txn(bytes: &[u8]) -> Result<Txn, String> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(format!("unknown transaction encoding version {version}"));
+    }
+    let n = r.count(10)?;
+    let mut compares = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = r.bytes()?;
+        let op = match r.u8()? {
+            0 => CompareOp::Equal,
+            1 => CompareOp::NotEqual,
+            2 => CompareOp::Greater,
+            3 => CompareOp::Less,
+            t => return Err(format!("bad compare op {t}")),
+        };
+        let target = match r.u8()? {
+            0 => CompareTarget::Value(r.bytes()?),
+            1 => CompareTarget::Version(r.u64()?),
+            2 => CompareTarget::CreateRevision(r.u64()?),
+            3 => CompareTarget::ModRevision(r.u64()?),
+            t => return Err(format!("bad compare target {t}")),
+        };
+        compares.push(Compare { key, op, target });
+    }
+    let success = r.ops()?;
+    let failure = r.ops()?;
+    if r.at != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - r.at));
+    }
+    Ok(Txn {
+        compares,
+        success,
+        failure,
+    })
+}

@@ -1,0 +1,384 @@
+//! The standalone store: durability across reopen, a model-based test with restarts and
+//! checkpoints in between, corrupt checkpoints, group commit under concurrency.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::Arc;
+
+use keel_engine::{
+    Compare, CompareOp, CompareTarget, Db, DbError, DbOptions, KvError, KvLimits, Op, RangeEnd,
+    RangeRequest, Txn,
+};
+use keel_wal::WalOptions;
+use proptest::prelude::*;
+
+/// Small segments and limits so that tests roll segments, checkpoint and purge quickly.
+fn small() -> DbOptions {
+    DbOptions {
+        limits: KvLimits {
+            key_bytes_max: 64,
+            value_bytes_max: 1024,
+            txn_ops_max: 8,
+            txn_bytes_max: 4096,
+        },
+        wal: WalOptions {
+            segment_bytes: 64 * 1024,
+            record_bytes_max: 8 * 1024,
+            batch_bytes_max: 32 * 1024,
+            ..WalOptions::default()
+        },
+        checkpoint_log_bytes: 16 * 1024,
+        background_checkpoints: false,
+        ..DbOptions::default()
+    }
+}
+
+#[test]
+fn default_options_are_valid() {
+    DbOptions::default().validate().unwrap();
+}
+
+#[test]
+fn writes_survive_reopen_with_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        assert_eq!(db.put(b"a", b"1").unwrap(), 1);
+        assert_eq!(db.put(b"b", b"2").unwrap(), 2);
+        assert_eq!(db.put(b"a", b"3").unwrap(), 3);
+        assert!(db.delete(b"b").unwrap());
+        assert!(!db.delete(b"zz").unwrap());
+        let r = db
+            .txn(Txn {
+                compares: vec![Compare {
+                    key: b"a".to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Version(2),
+                }],
+                success: vec![Op::put("c", "ok")],
+                failure: vec![Op::put("c", "no")],
+            })
+            .unwrap();
+        assert!(r.succeeded);
+    }
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.revision().unwrap(), 5);
+    assert_eq!(db.recovery().replayed_records, 5);
+    let a = db.get(b"a").unwrap().unwrap();
+    assert_eq!(
+        (a.value.as_slice(), a.meta.version, a.meta.mod_revision),
+        (&b"3"[..], 2, 3)
+    );
+    assert!(db.get(b"b").unwrap().is_none());
+    assert_eq!(db.get(b"c").unwrap().unwrap().value, b"ok");
+    assert_eq!(db.put(b"d", b"4").unwrap(), 6);
+}
+
+#[test]
+fn oversize_requests_are_rejected_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert!(matches!(
+        db.put(&[b'k'; 65], b"v"),
+        Err(DbError::Kv(KvError::KeyTooLarge { len: 65, max: 64 }))
+    ));
+    assert!(matches!(
+        db.put(b"k", &[0; 1025]),
+        Err(DbError::Kv(KvError::ValueTooLarge { .. }))
+    ));
+    assert_eq!(db.revision().unwrap(), 0);
+    assert_eq!(db.stats().log_appends, 0);
+    db.put(b"k", b"v").unwrap();
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for round in 0..3u8 {
+            for i in 0..20u8 {
+                db.put(&[b'k', i], &[round; 100]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+        db.put(b"tail", b"after the last checkpoint").unwrap();
+    }
+    let ckpts: Vec<_> = {
+        let mut v: Vec<_> = fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ckpts.len(), 2, "two checkpoints are kept");
+    let newest = ckpts.last().unwrap();
+    let mut bytes = fs::read(newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(newest, bytes).unwrap();
+
+    let db = Db::open(dir.path(), small()).unwrap();
+    let rec = db.recovery();
+    assert_eq!(rec.skipped_checkpoints.len(), 1);
+    assert_eq!(&rec.skipped_checkpoints[0].0, newest);
+    assert!(rec.skipped_checkpoints[0].1.contains("checksum"), "{rec:?}");
+    assert_eq!(rec.checkpoint_index, Some(40));
+    assert_eq!(
+        db.get(b"tail").unwrap().unwrap().value,
+        b"after the last checkpoint"
+    );
+    assert_eq!(db.get(&[b'k', 7]).unwrap().unwrap().value, vec![2; 100]);
+    assert_eq!(db.revision().unwrap(), 61);
+}
+
+#[test]
+fn concurrent_writers_are_coalesced_into_shared_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(dir.path(), small()).unwrap());
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                for i in 0..50u8 {
+                    db.put(&[t, i], &[t; 16]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.txns_logged, 400);
+    assert!(stats.log_appends < 400, "no coalescing: {stats:?}");
+    let all = db
+        .range(&RangeRequest {
+            start: vec![0],
+            end: RangeEnd::Unbounded,
+            limit: 0,
+            keys_only: true,
+            count_only: false,
+        })
+        .unwrap();
+    assert_eq!(all.count, 400);
+    assert_eq!(all.revision, 400);
+    drop(all);
+    let db = Arc::try_unwrap(db).unwrap();
+    db.close();
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.revision().unwrap(), 400);
+}
+
+#[test]
+fn background_checkpoints_purge_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        background_checkpoints: true,
+        ..small()
+    };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..2000u32 {
+        db.put(&(i % 300).to_le_bytes(), &[7; 200]).unwrap();
+    }
+    // The checkpoint thread runs asynchronously; give it a moment to catch up.
+    for _ in 0..50 {
+        if db.stats().checkpoints >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(db.stats().checkpoints >= 2, "{:?}", db.stats());
+    db.close();
+    let segments = fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert!(segments < 20, "log was not purged: {segments} files");
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert!(db.recovery().checkpoint_index.is_some());
+    assert_eq!(db.revision().unwrap(), 2000);
+    assert_eq!(
+        db.get(&299u32.to_le_bytes()).unwrap().unwrap().value,
+        vec![7; 200]
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Put(u8, u8),
+    Delete(u8),
+    CasVersion(u8, u64, u8),
+    Checkpoint,
+    Restart,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u8..12, any::<u8>()).prop_map(|(k, v)| Step::Put(k, v)),
+        2 => (0u8..12).prop_map(Step::Delete),
+        2 => (0u8..12, 0u64..3, any::<u8>()).prop_map(|(k, ver, v)| Step::CasVersion(k, ver, v)),
+        1 => Just(Step::Checkpoint),
+        1 => Just(Step::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The store against a BTreeMap of (value, version) with restarts and checkpoints.
+    #[test]
+    fn db_matches_model_across_restarts(steps in prop::collection::vec(step(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(dir.path(), small()).unwrap();
+        let mut model: BTreeMap<u8, (Vec<u8>, u64)> = BTreeMap::new();
+        let mut revision = 0u64;
+        for s in steps {
+            match s {
+                Step::Put(k, v) => {
+                    revision += 1;
+                    prop_assert_eq!(db.put(&[k], &[v; 3]).unwrap(), revision);
+                    let e = model.entry(k).or_insert((Vec::new(), 0));
+                    *e = (vec![v; 3], e.1 + 1);
+                }
+                Step::Delete(k) => {
+                    let existed = model.remove(&k).is_some();
+                    if existed { revision += 1; }
+                    prop_assert_eq!(db.delete(&[k]).unwrap(), existed);
+                }
+                Step::CasVersion(k, ver, v) => {
+                    let cur = model.get(&k).map_or(0, |e| e.1);
+                    let txn = Txn {
+                        compares: vec![Compare { key: vec![k], op: CompareOp::Equal,
+                            target: CompareTarget::Version(ver) }],
+                        success: vec![Op::put(vec![k], vec![v])],
+                        failure: vec![],
+                    };
+                    let r = db.txn(txn).unwrap();
+                    prop_assert_eq!(r.succeeded, cur == ver);
+                    if cur == ver {
+                        revision += 1;
+                        let e = model.entry(k).or_insert((Vec::new(), 0));
+                        *e = (vec![v], e.1 + 1);
+                    }
+                }
+                Step::Checkpoint => { db.checkpoint().unwrap(); }
+                Step::Restart => {
+                    drop(db);
+                    db = Db::open(dir.path(), small()).unwrap();
+                }
+            }
+            prop_assert_eq!(db.revision().unwrap(), revision);
+        }
+        for k in 0u8..12 {
+            let got = db.get(&[k]).unwrap().map(|kv| (kv.value, kv.meta.version));
+            prop_assert_eq!(got, model.get(&k).cloned());
+        }
+    }
+}
+
+#[test]
+fn a_failed_log_write_poisons_and_reopen_recovers_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = keel_wal::Faults::new();
+    let mut opts = small();
+    opts.wal.backend = keel_wal::Backend::Blocking;
+    opts.wal.faults = Some(faults.clone());
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..10u8 {
+        db.put(&[i], b"ok").unwrap();
+    }
+    faults.fail_writes_from(faults.writes());
+    assert!(db.put(b"x", b"lost").is_err());
+    // Everything afterwards fails: the memtable may be ahead of the log.
+    assert!(matches!(db.put(b"y", b"v"), Err(DbError::Poisoned { .. })));
+    assert!(matches!(db.get(&[1]), Err(DbError::Poisoned { .. })));
+    drop(db);
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.revision().unwrap(), 10);
+    assert!(db.get(b"x").unwrap().is_none());
+    assert_eq!(db.get(&[9]).unwrap().unwrap().value, b"ok");
+}
+
+#[test]
+fn readers_see_monotonic_revisions_and_whole_batches_while_writers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(dir.path(), small()).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each batch writes the same counter to keys "a" and "b": a reader must never see them
+    // differ (atomicity), and revisions must never go backwards.
+    let writers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                for i in 0..60u32 {
+                    let v = (t * 1000 + i).to_le_bytes();
+                    db.batch(vec![Op::put("a", v), Op::put("b", v)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let db = Arc::clone(&db);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = db.range(&RangeRequest::between("a", "c")).unwrap();
+                    assert!(r.revision >= last, "revision went back");
+                    last = r.revision;
+                    if r.kvs.len() == 2 {
+                        assert_eq!(r.kvs[0].value, r.kvs[1].value, "torn batch");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(db.revision().unwrap(), 240);
+}
+
+#[test]
+fn every_checkpoint_corrupt_after_a_purge_is_an_error_not_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for round in 0..6u8 {
+            for i in 0..60u8 {
+                db.put(&[b'k', i], &[round; 200]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+    }
+    for e in fs::read_dir(dir.path().join("checkpoints")).unwrap() {
+        let path = e.unwrap().path();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, bytes).unwrap();
+    }
+    match Db::open(dir.path(), small()) {
+        Err(DbError::LogGap { log_first, .. }) => assert!(log_first > 1),
+        other => panic!("expected a log gap error, got {other:?}"),
+    }
+}
+
+#[test]
+fn recovery_reports_replay_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        db.batch(vec![Op::put("a", "1"), Op::put("b", "2")])
+            .unwrap();
+        db.put(b"c", b"3").unwrap();
+    }
+    let mut reports = Vec::new();
+    let db = Db::open_with_progress(dir.path(), small(), &mut |p| reports.push(p)).unwrap();
+    assert_eq!(db.revision().unwrap(), 2);
+    let last = reports.last().unwrap();
+    assert_eq!((last.records, last.lsn, last.end_lsn), (2, 2, 3));
+}
