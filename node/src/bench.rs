@@ -1,0 +1,1 @@
+//! Benchmark driver (work in progress).
