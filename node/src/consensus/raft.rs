@@ -500,7 +500,9 @@ impl<S: LogStorage> Raft<S> {
             _ => MessageType::RequestVoteResponse,
         };
         match m.msg_type {
-            MessageType::Propose => Err(RaftError::ProposalDropped),
+            MessageType::Propose | MessageType::ReadIndex | MessageType::TransferLeader => {
+                Err(RaftError::ProposalDropped)
+            }
             MessageType::Append => {
                 self.become_follower(m.term, m.from);
                 self.handle_append(m)
