@@ -163,7 +163,7 @@ fn run_command(env: &mut Env, line: &str) -> String {
         }
         "heal" => env.cut.clear(),
         "stabilize" if args.is_empty() => env.stabilize(),
-        "stabilize" => env.stabilize_only(&ids(args)),
+        "stabilize" => assert!(env.stabilize_only(&ids(args)), "did not stabilize"),
         "crash" => env.crash(ids(args)[0]),
         "restart" => env.restart(ids(args)[0]),
         "compact" => {

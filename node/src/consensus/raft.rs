@@ -628,7 +628,11 @@ impl<S: LogStorage> Raft<S> {
             }
             let accepted = match ConfChange::decode(&e.data) {
                 Ok(cc) => {
-                    let pending = self.pending_conf_index > self.raft_log.applied;
+                    // A change is refused while an earlier one is unapplied, and until the
+                    // leader has committed an entry of its own term: before that it may not
+                    // know the latest membership (the single-server change bug Ongaro found).
+                    let pending = self.pending_conf_index > self.raft_log.applied
+                        || !self.committed_entry_in_current_term();
                     let joint = self.tracker.config.voters.is_joint();
                     let leave = cc.is_leave_joint();
                     !pending && joint == leave
@@ -905,19 +909,16 @@ impl<S: LogStorage> Raft<S> {
         if meta.index <= self.raft_log.committed || self.state != StateRole::Follower {
             return false;
         }
-        let cs = &meta.conf_state;
-        let member = cs.voters.contains(&self.id)
-            || cs.learners.contains(&self.id)
-            || cs.voters_outgoing.contains(&self.id);
-        if !member {
-            return false;
-        }
+        // The snapshot's membership may not include this node: a node removed and added back
+        // gets a snapshot taken while it was out. It is installed anyway (only the leader of
+        // the current term sends snapshots); the node learns its membership from the entries
+        // after it, and nothing here assumes it is in the tracker.
         if self.raft_log.match_term(meta.index, meta.term) {
             // The log already holds the snapshot's last entry; just move the commit index.
             self.raft_log.commit_to(meta.index);
             return false;
         }
-        let cs = cs.clone();
+        let cs = meta.conf_state.clone();
         self.raft_log.restore(snapshot);
         let last = self.raft_log.last_index();
         self.tracker.reset_config(&cs, last + 1);

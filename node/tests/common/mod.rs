@@ -314,6 +314,7 @@ impl Env {
             if self.verbose {
                 let _ = writeln!(self.out, "  dropped {}", fmt_msg(&m));
             }
+            self.report_lost(&m);
             return;
         }
         let is_snap = m.msg_type == MessageType::Snapshot;
@@ -327,15 +328,25 @@ impl Env {
         }
     }
 
+    /// Tells the sender of a lost snapshot, as a transport would, so it can retry.
+    pub fn report_lost(&mut self, m: &Message) {
+        if m.msg_type == MessageType::Snapshot && self.is_up(m.from) {
+            self.raw(m.from).report_snapshot(m.to, false);
+        }
+    }
+
     /// Runs everything until no node has work and no message is in flight.
     pub fn stabilize(&mut self) {
         let ids = self.ids();
-        self.stabilize_only(&ids);
+        assert!(self.stabilize_only(&ids), "cluster did not stabilize");
     }
 
     /// Like [`Env::stabilize`], but only nodes in `ids` act; messages to others stay in flight.
-    pub fn stabilize_only(&mut self, ids: &[u64]) {
-        for _ in 0..10_000 {
+    pub fn stabilize_only(&mut self, ids: &[u64]) -> bool {
+        let verbose = self.verbose;
+        for round in 0..10_000 {
+            // Record the last rounds of a livelock for the failure message.
+            self.verbose |= round >= 9_997;
             let mut progress = false;
             for &id in ids {
                 progress |= self.process_ready(id);
@@ -350,10 +361,12 @@ impl Env {
                 progress |= self.deliver(id);
             }
             if !progress {
-                return;
+                self.verbose = verbose;
+                return true;
             }
         }
-        panic!("cluster did not stabilize");
+        self.verbose = verbose;
+        false
     }
 
     /// Ticks node `id` `n` times.
@@ -374,7 +387,13 @@ impl Env {
         node.appends.clear();
         node.applies.clear();
         node.reads.clear();
-        self.net.retain(|m| m.from != id && m.to != id);
+        let (lost, kept): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.net)
+            .into_iter()
+            .partition(|m| m.from == id || m.to == id);
+        self.net = kept;
+        for m in &lost {
+            self.report_lost(m);
+        }
     }
 
     /// Restarts node `id` from its durable storage; the state machine restarts from the
