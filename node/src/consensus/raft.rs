@@ -21,6 +21,23 @@ use super::tracker::ProgressTracker;
 /// request overrides the voters' leader lease.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"transfer";
 
+/// The largest index or term a message may carry. Real values are nowhere near it; bounding
+/// them keeps every `index + n` computation on message data free of overflow.
+pub const MAX_INDEX_OR_TERM: u64 = 1 << 62;
+
+fn message_in_range(m: &Message) -> bool {
+    let ok = |v: u64| v <= MAX_INDEX_OR_TERM;
+    ok(m.term)
+        && ok(m.log_term)
+        && ok(m.index)
+        && ok(m.commit)
+        && ok(m.reject_hint)
+        && m.entries.iter().all(|e| ok(e.index) && ok(e.term))
+        && m.snapshot
+            .as_ref()
+            .is_none_or(|s| ok(s.metadata.index) && ok(s.metadata.term))
+}
+
 /// A node's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StateRole {
@@ -402,6 +419,9 @@ impl<S: LogStorage> Raft<S> {
     pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
         if m.group_id != self.group_id || (m.to != self.id && m.to != NO_NODE) {
             return Err(RaftError::Misrouted);
+        }
+        if !message_in_range(&m) {
+            return Err(RaftError::BadMessage("index or term out of range"));
         }
         let forwarded = matches!(
             m.msg_type,

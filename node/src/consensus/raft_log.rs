@@ -93,7 +93,7 @@ impl<S: LogStorage> RaftLog<S> {
         if let Some(term) = self.unstable.maybe_term(index) {
             return Ok(term);
         }
-        if index + 1 < self.first_index() {
+        if index < self.first_index() - 1 {
             return Err(StorageError::Compacted);
         }
         if index > self.last_index() {

@@ -124,6 +124,11 @@ impl Env {
     /// Adds a node with a fresh storage bootstrapped to `voters` and `learners`.
     pub fn add_node(&mut self, config: Config, voters: &[u64], learners: &[u64]) {
         let storage = MemStorage::new_with_conf(voters, learners);
+        self.add_node_with_storage(config, storage);
+    }
+
+    /// Adds a node restored from `storage`.
+    pub fn add_node_with_storage(&mut self, config: Config, storage: MemStorage) {
         let conf_state = storage.initial_state().1;
         let id = config.id;
         let raw = RawNode::new(&config, storage.clone()).expect("valid config");
