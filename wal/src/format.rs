@@ -213,8 +213,8 @@ pub fn frame_len(payload_lens: impl IntoIterator<Item = usize>) -> usize {
     align_up(FRAME_HEADER_BYTES + body, FRAME_ALIGN)
 }
 
-/// Encodes one frame into `out`, which must be exactly `frame_len` of the records and
-/// zeroed (the padding is not written).
+/// Encodes one frame into `out`, which must be exactly `frame_len` of the records. Every
+/// byte is written, padding included, so `out` may hold anything before.
 pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, records: &[P]) {
     let total = out.len();
     debug_assert_eq!(total % FRAME_ALIGN, 0);
@@ -234,7 +234,7 @@ pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, record
         record.encode_into(&mut out[at..at + len]);
         at += len;
     }
-    debug_assert!(is_zero(&out[at..]), "frame padding must be zero");
+    out[at..].fill(0);
     let mut hasher = crc32fast::Hasher::new_with_initial(salt(seq));
     hasher.update(&out[4..]);
     out[0..4].copy_from_slice(&hasher.finalize().to_le_bytes());

@@ -567,6 +567,9 @@ fn durable_outcome(st: &State, id: u64) -> Option<Result<()>> {
 }
 
 fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn: Lsn) -> Batch {
+    // Buffers are reused without being cleared; the header block must be zero around the
+    // header fields.
+    buf.as_mut_slice()[..SEGMENT_HEADER_BYTES].fill(0);
     SegmentHeader {
         seq,
         first_lsn: lsn,
@@ -941,12 +944,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Returns a written batch's buffer to the pool. It is not cleared: every byte a write
+    /// covers is written first (frames with their padding, the zeroed rest of the last
+    /// block, the header block of a new segment).
     fn recycle(&self, st: &mut State, batch: Batch) {
-        let mut buf = batch.buf;
-        let used = format::align_up(batch.len, BLOCK_BYTES).min(buf.capacity());
-        buf.as_mut_slice()[..used].fill(0);
         if st.pool.len() < SEALED_BATCHES_MAX + 2 {
-            st.pool.push(buf);
+            st.pool.push(batch.buf);
         }
     }
 }
@@ -1009,6 +1012,10 @@ impl Inner {
             .next_batch(&mut st)
             .expect("the caller checked has_work");
         st.writing = true;
+        // The write covers whole blocks; the bytes after the last frame must be zeros
+        // (buffers are reused without being cleared, so only this part is zeroed).
+        let write_len = format::align_up(batch.len, BLOCK_BYTES);
+        batch.buf.as_mut_slice()[batch.len..write_len].fill(0);
         let space_wakers = std::mem::take(&mut st.space_wakers);
         drop(st);
         self.space.notify_all();
