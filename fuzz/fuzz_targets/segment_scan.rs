@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let seq = u64::from(seq % 4);
     // Give the scanner a plausible segment: a valid header block followed by the input.
     let mut segment = vec![0u8; BLOCK_BYTES];
-    keel_wal::SegmentHeader { seq, first_lsn: 1 }.encode(&mut segment);
+    keel_wal::SegmentHeader { seq, first_lsn: 1, recycled: false }.encode(&mut segment);
     segment.extend_from_slice(rest);
     let summary = keel_wal::scan_segment_bytes(&segment, seq);
     let mut offset = BLOCK_BYTES;

@@ -148,16 +148,31 @@ impl PurgeIntent {
         })
     }
 
-    /// Records the intent durably, then carries it out.
-    pub(crate) fn run(&self, dir: &Path) -> Result<()> {
+    /// Records the intent durably, then carries it out. `recycle` may take the newest
+    /// segment's file away for reuse instead of its removal (it returns whether it did);
+    /// it runs last, so a crash before it ends with that segment simply removed.
+    pub(crate) fn run(
+        &self,
+        dir: &Path,
+        recycle: &mut dyn FnMut(&Path) -> Result<bool>,
+    ) -> Result<()> {
         write_intent(dir, PURGE_FILE, &self.encode())?;
-        self.redo(dir)
+        self.carry_out(dir, recycle)
     }
 
     fn redo(&self, dir: &Path) -> Result<()> {
+        self.carry_out(dir, &mut |_| Ok(false))
+    }
+
+    fn carry_out(&self, dir: &Path, recycle: &mut dyn FnMut(&Path) -> Result<bool>) -> Result<()> {
         // Oldest first: a crash in the middle leaves a shorter but gap-free log.
-        for &seq in &self.remove {
-            remove_if_present(&segment_path(dir, seq))?;
+        let last = self.remove.len().saturating_sub(1);
+        for (i, &seq) in self.remove.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            if i == last && path.exists() && recycle(&path)? {
+                continue;
+            }
+            remove_if_present(&path)?;
         }
         sync_dir(dir)?;
         remove_if_present(&dir.join(PURGE_FILE))?;

@@ -113,6 +113,35 @@ pub fn create_zeroed(dir: &Path, seq: u64, bytes: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Turns the file of a purged segment into spare segment `seq`, durably, and returns its
+/// new path. Steps, each safe to crash after: rename to a temporary name (recovery removes
+/// temporary files), write an unused recycled header, sync, rename to the final name, sync
+/// the directory.
+pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
+    let path = segment_path(dir, seq);
+    let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
+    fs::rename(old, &tmp).map_err(|e| Error::io("renaming segment", old, e))?;
+    sync_dir(dir)?;
+    let mut block = vec![0u8; format::SEGMENT_HEADER_BYTES];
+    format::SegmentHeader {
+        seq,
+        first_lsn: format::UNUSED_LSN,
+        recycled: true,
+    }
+    .encode(&mut block);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("opening segment", &tmp, e))?;
+    file.write_all_at(&block, 0)
+        .map_err(|e| Error::io("writing segment header", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("syncing segment", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
 /// Overwrites `[from, to)` of a file with zeros and makes it durable.
 pub(crate) fn zero_range(path: &Path, from: u64, to: u64) -> Result<()> {
     let file = OpenOptions::new()

@@ -94,6 +94,8 @@ struct Batch {
     prefix: usize,
     appends: u64,
     records: u64,
+    /// Position of the batch's first record (for a new segment, the header's first lsn).
+    first_lsn: Lsn,
     end_lsn: Lsn,
     /// Sparse-index entries for frames in this batch.
     index: Vec<(Lsn, u64)>,
@@ -146,7 +148,10 @@ struct SpareState {
     /// The next segment is wanted: the active one is half full, or a roll is waiting.
     /// Preparing it only then keeps the zero-filling away from start-up and spreads it.
     wanted: bool,
-    ready: Option<(u64, PathBuf)>,
+    /// A prepared segment: seq, path, and whether it is a recycled file.
+    ready: Option<(u64, PathBuf, bool)>,
+    /// The preparer or a purge is preparing the next segment right now.
+    busy: bool,
     error: Option<String>,
     stop: bool,
 }
@@ -230,9 +235,9 @@ impl Wal {
 
         // A spare left by an earlier run is reused if it has the configured size.
         let mut spare_ready = None;
-        if let Some((seq, path, len)) = recovered.spare {
+        if let Some((seq, path, len, recycled)) = recovered.spare {
             if len == opts.segment_bytes {
-                spare_ready = Some((seq, path));
+                spare_ready = Some((seq, path, recycled));
             } else {
                 segment::remove_if_present(&path)?;
             }
@@ -266,6 +271,7 @@ impl Wal {
                     prefix,
                     appends: 0,
                     records: 0,
+                    first_lsn: s.end_lsn,
                     end_lsn: s.end_lsn,
                     index: Vec::new(),
                     waiters: Vec::new(),
@@ -305,7 +311,7 @@ impl Wal {
         };
         let spare_next = spare_ready
             .as_ref()
-            .map_or(recovered.next_seq, |(seq, _)| *seq);
+            .map_or(recovered.next_seq, |(seq, ..)| *seq);
         let inner = Arc::new(Inner {
             dir,
             backend_name: io.name(),
@@ -321,6 +327,7 @@ impl Wal {
                     next_seq: spare_next,
                     wanted: false,
                     ready: spare_ready,
+                    busy: false,
                     error: None,
                     stop: false,
                 }),
@@ -524,7 +531,7 @@ impl Wal {
         PurgeIntent {
             remove: remove.clone(),
         }
-        .run(&inner.dir)?;
+        .run(&inner.dir, &mut |path| inner.recycle_segment(path))?;
         Ok(remove.len())
     }
 
@@ -568,13 +575,8 @@ fn durable_outcome(st: &State, id: u64) -> Option<Result<()>> {
 
 fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn: Lsn) -> Batch {
     // Buffers are reused without being cleared; the header block must be zero around the
-    // header fields.
+    // header fields, which the writer fills in (see `write_batch`).
     buf.as_mut_slice()[..SEGMENT_HEADER_BYTES].fill(0);
-    SegmentHeader {
-        seq,
-        first_lsn: lsn,
-    }
-    .encode(buf.as_mut_slice());
     Batch {
         id,
         seq,
@@ -585,6 +587,7 @@ fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn:
         prefix: SEGMENT_HEADER_BYTES,
         appends: 0,
         records: 0,
+        first_lsn: lsn,
         end_lsn: lsn,
         index: Vec::new(),
         waiters: Vec::new(),
@@ -765,6 +768,7 @@ impl Inner {
             prefix,
             appends: 0,
             records: 0,
+            first_lsn: fill.end_lsn,
             end_lsn: fill.end_lsn,
             index: Vec::new(),
             waiters: Vec::new(),
@@ -931,6 +935,7 @@ impl Inner {
                 prefix,
                 appends: 0,
                 records: 0,
+                first_lsn: keep_end,
                 end_lsn: keep_end,
                 index: Vec::new(),
                 waiters: Vec::new(),
@@ -942,6 +947,41 @@ impl Inner {
         st.next_lsn = keep_end;
         st.index_next_off = next_index;
         Ok(())
+    }
+
+    /// Reuses a purged segment's file as the next spare when none is ready, so that the
+    /// next segment needs no zero-filling: it keeps its old bytes, which can never verify
+    /// under the new sequence number. Returns whether the file was taken.
+    fn recycle_segment(&self, old: &Path) -> Result<bool> {
+        if !self.opts.recycle_segments {
+            return Ok(false);
+        }
+        let len = std::fs::metadata(old)
+            .map_err(|e| Error::io("reading metadata", old, e))?
+            .len();
+        let seq = {
+            let mut sp = self.spares.state.lock().map_err(lock_err)?;
+            if len != self.opts.segment_bytes || sp.ready.is_some() || sp.busy || sp.stop {
+                return Ok(false);
+            }
+            sp.busy = true;
+            sp.next_seq
+        };
+        let result = segment::recycle(&self.dir, old, seq);
+        let mut sp = self.spares.state.lock().map_err(lock_err)?;
+        sp.busy = false;
+        match result {
+            Ok(path) => {
+                sp.ready = Some((seq, path, true));
+                self.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+                self.spares.cond.notify_all();
+                Ok(true)
+            }
+            Err(e) => {
+                self.spares.cond.notify_all();
+                Err(e)
+            }
+        }
     }
 
     /// Returns a written batch's buffer to the pool. It is not cleared: every byte a write
@@ -1025,7 +1065,7 @@ impl Inner {
         let result = match self.writer_io.lock() {
             Ok(mut w) => {
                 let w = &mut *w;
-                write_batch(self, w.io.as_mut(), &mut w.current, &batch, who)
+                write_batch(self, w.io.as_mut(), &mut w.current, &mut batch, who)
             }
             Err(e) => Err(lock_err(e)),
         };
@@ -1087,12 +1127,21 @@ fn write_batch(
     inner: &Inner,
     io: &mut dyn WriteIo,
     current: &mut Option<(u64, File)>,
-    batch: &Batch,
+    batch: &mut Batch,
     who: Writer,
 ) -> Result<()> {
     if current.as_ref().is_none_or(|(seq, _)| *seq != batch.seq) {
         let path = if batch.new_segment {
-            take_spare(inner, batch.seq)?
+            let (path, recycled) = take_spare(inner, batch.seq)?;
+            // The header goes out with the segment's first write; only now is it known
+            // whether the file is a recycled one.
+            SegmentHeader {
+                seq: batch.seq,
+                first_lsn: batch.first_lsn,
+                recycled,
+            }
+            .encode(batch.buf.as_mut_slice());
+            path
         } else {
             segment::segment_path(&inner.dir, batch.seq)
         };
@@ -1177,7 +1226,7 @@ fn seal(inner: &Inner, seq: u64) -> Result<()> {
     Ok(())
 }
 
-fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
+fn take_spare(inner: &Inner, seq: u64) -> Result<(PathBuf, bool)> {
     let mut sp = inner.spares.state.lock().map_err(lock_err)?;
     let mut waited = false;
     loop {
@@ -1187,8 +1236,8 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
             });
         }
         match &sp.ready {
-            Some((ready, _)) if *ready == seq => {
-                let (_, path) = sp.ready.take().expect("checked");
+            Some((ready, _, _)) if *ready == seq => {
+                let (_, path, recycled) = sp.ready.take().expect("checked");
                 sp.next_seq = seq + 1;
                 sp.wanted = false;
                 inner.spares.cond.notify_all();
@@ -1202,9 +1251,9 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
                         .spare_waits
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                return Ok(path);
+                return Ok((path, recycled));
             }
-            Some((ready, _)) => {
+            Some((ready, _, _)) => {
                 return Err(Error::Poisoned {
                     cause: format!("segment {seq} wanted but segment {ready} was prepared"),
                 });
@@ -1237,7 +1286,7 @@ fn preparer_loop(inner: &Inner) {
             let Ok(mut sp) = inner.spares.state.lock() else {
                 return;
             };
-            while !sp.stop && (sp.ready.is_some() || sp.error.is_some() || !sp.wanted) {
+            while !sp.stop && (sp.ready.is_some() || sp.error.is_some() || !sp.wanted || sp.busy) {
                 sp = match inner.spares.cond.wait(sp) {
                     Ok(sp) => sp,
                     Err(_) => return,
@@ -1246,14 +1295,16 @@ fn preparer_loop(inner: &Inner) {
             if sp.stop {
                 return;
             }
+            sp.busy = true;
             sp.next_seq
         };
         let result = segment::create_zeroed(&inner.dir, seq, inner.opts.segment_bytes);
         let Ok(mut sp) = inner.spares.state.lock() else {
             return;
         };
+        sp.busy = false;
         match result {
-            Ok(path) => sp.ready = Some((seq, path)),
+            Ok(path) => sp.ready = Some((seq, path, false)),
             Err(e) => sp.error = Some(e.to_string()),
         }
         inner.spares.cond.notify_all();

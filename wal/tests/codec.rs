@@ -65,7 +65,12 @@ proptest! {
 fn segment_with(records: &[Vec<Vec<u8>>], seq: u64) -> (Vec<u8>, Vec<usize>) {
     use keel_wal::format::BLOCK_BYTES;
     let mut segment = vec![0u8; BLOCK_BYTES];
-    keel_wal::SegmentHeader { seq, first_lsn: 1 }.encode(&mut segment);
+    keel_wal::SegmentHeader {
+        seq,
+        first_lsn: 1,
+        recycled: false,
+    }
+    .encode(&mut segment);
     let mut lsn = 1;
     let mut starts = Vec::new();
     for frame in records {
