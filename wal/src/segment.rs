@@ -303,6 +303,49 @@ impl SegmentView {
     }
 }
 
+impl SegmentView {
+    /// Copies durable bytes from `offset`: at least `min_len` (if that many are durable),
+    /// and otherwise up to [`READ_CHUNK_BYTES`], so that readers walk the active segment
+    /// with one `pread` per chunk instead of two per frame.
+    pub(crate) fn read_chunk(&self, offset: u64, min_len: usize) -> Result<Vec<u8>> {
+        let end = self.end_off();
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let avail = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let len = avail.min(min_len.max(READ_CHUNK_BYTES));
+        let start = usize::try_from(offset).map_err(|_| Error::Corruption {
+            path: self.path.clone(),
+            offset,
+            reason: "offset beyond the address space".into(),
+        })?;
+        match &self.bytes {
+            SegmentBytes::Mapped(map) => map
+                .get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::Corruption {
+                    path: self.path.clone(),
+                    offset,
+                    reason: "segment shorter than its durable end".into(),
+                }),
+            SegmentBytes::Active(file) => {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset)
+                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    pub(crate) fn frame_bytes_max(&self) -> usize {
+        self.frame_bytes_max
+    }
+}
+
+/// Bytes a reader fetches at a time; at least the index stride, so that finding a record
+/// from its index entry takes one or two reads.
+pub(crate) const READ_CHUNK_BYTES: usize = 2 * INDEX_STRIDE_BYTES as usize;
+
 /// A verified frame's bytes, borrowed from a map or read into memory.
 pub(crate) enum FrameBytes<'a> {
     Borrowed(&'a [u8]),
