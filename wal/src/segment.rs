@@ -344,7 +344,8 @@ impl SegmentView {
 
 /// Bytes a reader fetches at a time; at least the index stride, so that finding a record
 /// from its index entry takes one or two reads.
-pub(crate) const READ_CHUNK_BYTES: usize = 2 * INDEX_STRIDE_BYTES as usize;
+pub(crate) const READ_CHUNK_BYTES: usize = 128 << 10;
+const _: () = assert!(READ_CHUNK_BYTES as u64 >= 2 * INDEX_STRIDE_BYTES);
 
 /// A verified frame's bytes, borrowed from a map or read into memory.
 pub(crate) enum FrameBytes<'a> {
