@@ -531,7 +531,11 @@ impl Wal {
         PurgeIntent {
             remove: remove.clone(),
         }
-        .run(&inner.dir, &mut |path| inner.recycle_segment(path))?;
+        .run(
+            &inner.dir,
+            &mut |path| inner.recycle_segment(path),
+            inner.opts.faults.as_deref(),
+        )?;
         Ok(remove.len())
     }
 
@@ -878,7 +882,7 @@ impl Inner {
             replacement,
             remove: views[at + 1..].iter().map(|v| v.seq).collect(),
         };
-        intent.run(&self.dir)?;
+        intent.run(&self.dir, self.opts.faults.as_deref())?;
 
         // Readers now see the cut segment as the active one, through pread.
         let new_end = offset + intent.replacement.len() as u64;

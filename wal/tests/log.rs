@@ -411,3 +411,40 @@ fn frames_larger_than_a_read_chunk_read_back_from_active_and_sealed_segments() {
         assert_eq!(all_records(&wal).len(), 20 * 64);
     }
 }
+
+#[test]
+fn a_crash_after_the_intent_completes_truncation_and_purge_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let opts = WalOptions {
+        faults: Some(faults.clone()),
+        ..small(keel_wal::Backend::Blocking)
+    };
+    {
+        let wal = open(dir.path(), &opts);
+        for i in 0..2000u64 {
+            wal.append(&[payload(2 * i), payload(2 * i + 1)]).unwrap();
+        }
+        faults.crash_after_next_intent();
+        // Cut inside a frame, in an early segment: later segments go too.
+        assert!(wal.truncate_after(1001).is_err());
+    }
+    let wal = open(dir.path(), &opts);
+    assert_eq!(wal.next_lsn(), 1002, "recovery finished the truncation");
+    let got = all_records(&wal);
+    assert_eq!(got.last().unwrap().1, payload(1000));
+    let floor = wal.segments()[1].end_lsn;
+    faults.crash_after_next_intent();
+    assert!(wal.purge_before(floor).is_err());
+    drop(wal);
+    let wal = open(dir.path(), &opts);
+    assert!(wal.first_lsn() >= wal.segments()[0].first_lsn);
+    assert_eq!(wal.segments().len(), 1, "recovery finished the purge");
+    assert_eq!(wal.next_lsn(), 1002);
+    let last = wal.segments()[0].first_lsn;
+    assert!(
+        all_records(&wal)
+            .iter()
+            .all(|(lsn, data)| *lsn >= last && data == &payload(lsn - 1))
+    );
+}
