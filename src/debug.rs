@@ -19,6 +19,10 @@ pub enum DebugCommand {
         writers: u64,
         #[arg(long, default_value_t = 256)]
         segment_kib: u64,
+        /// Purge segments behind the last this many positions now and then (0: never),
+        /// so that segment files get recycled.
+        #[arg(long, default_value_t = 0)]
+        purge_keep: u64,
     },
 }
 
@@ -28,6 +32,7 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode, String> {
             dir,
             writers,
             segment_kib,
+            purge_keep,
         } => {
             let opts = WalOptions {
                 segment_bytes: segment_kib << 10,
@@ -50,6 +55,10 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode, String> {
                             let mut out = out.lock().expect("stdout lock");
                             let _ = writeln!(out, "ack {} {value}", at.first_lsn);
                             let _ = out.flush();
+                            drop(out);
+                            if purge_keep > 0 && i % 64 == 63 {
+                                let _ = wal.purge_before(at.first_lsn.saturating_sub(purge_keep));
+                            }
                         }
                     });
                 }

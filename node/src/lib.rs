@@ -1,1 +1,7 @@
-//! Keel consensus node (work in progress).
+//! Keel consensus node.
+//!
+//! The [`consensus`] module is the pure Raft core: it performs no I/O and owns no thread or
+//! clock. The [`bench`] module drives an in-memory cluster of that core for benchmarks.
+
+pub mod bench;
+pub mod consensus;

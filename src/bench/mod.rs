@@ -1,6 +1,8 @@
 //! `keel bench ...`: load generators with HdrHistogram latencies, progress on stderr, a
 //! table on stdout and one machine-readable line.
 
+mod consensus;
+mod engine;
 mod wal;
 
 use std::future::Future;
@@ -21,11 +23,17 @@ use hdrhistogram::Histogram;
 pub enum BenchCommand {
     /// Durable appends to the write-ahead log.
     Wal(wal::WalBenchArgs),
+    /// The embedded key-value store: durable puts, gets, scans, mixed.
+    Engine(engine::EngineBenchArgs),
+    /// The Raft core alone: a cluster in one process, no disk.
+    Consensus(consensus::ConsensusBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode, String> {
     match cmd {
         BenchCommand::Wal(args) => wal::run(&args),
+        BenchCommand::Engine(args) => engine::run(&args),
+        BenchCommand::Consensus(args) => consensus::run(&args),
     }
 }
 

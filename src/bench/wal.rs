@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,11 @@ pub struct WalBenchArgs {
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
+    /// Keep only this many segments, purging older ones while the run goes on, as a raft
+    /// log compacted behind its appends is (0: never purge). Purged files are recycled
+    /// as new segments instead of zero-filling new files.
+    #[arg(long, default_value_t = 0)]
+    keep_segments: usize,
 }
 
 struct Outcome {
@@ -128,6 +133,7 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
     }
     let before = wal.stats();
     let label = format!("keel-wal ({})", wal.backend());
+    let purger = (args.keep_segments > 0).then(|| spawn_purger(wal.clone(), args.keep_segments));
     let mut outcome = if args.tasks {
         run_tasks(&wal, args, stop, label)?
     } else {
@@ -137,6 +143,10 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
             move || wal.append(&records).map(|_| ()).map_err(|e| e.to_string())
         })?
     };
+    if let Some((stop, handle)) = purger {
+        stop.store(true, Ordering::Relaxed);
+        handle.join().map_err(|_| "the purging thread panicked")??;
+    }
     let after = wal.stats();
     outcome.bytes_per_append = frame as u64;
     outcome.flushes = Some(after.flushes - before.flushes);
@@ -149,6 +159,15 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
         None
     };
     print_table(&outcome, baseline.as_ref());
+    println!(
+        "segments: {} started ({} recycled), {} waits for a prepared segment; records per \
+         flush p50 {} max {}",
+        after.segments_created - before.segments_created,
+        after.segments_recycled - before.segments_recycled,
+        after.spare_waits - before.spare_waits,
+        after.records_per_flush.quantile_upper_bound(0.5),
+        after.records_per_flush.quantile_upper_bound(1.0),
+    );
     println!(
         "wal writers={} batch={} size={} backend={} appends/s={:.0} records/s={:.0} MB/s={:.2} \
          p50_us={} p99_us={} p999_us={} max_us={}",
@@ -187,6 +206,27 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Purges all but the newest `keep` segments every few milliseconds until stopped.
+fn spawn_purger(
+    wal: Arc<Wal>,
+    keep: usize,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Result<(), String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let segments = wal.segments();
+            if segments.len() > keep {
+                let floor = segments[segments.len() - keep].first_lsn;
+                wal.purge_before(floor).map_err(|e| e.to_string())?;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    });
+    (stop, handle)
 }
 
 /// Runs `writers` threads, each calling the operation its factory returns until `stop`.

@@ -30,11 +30,6 @@ impl AlignedBuf {
         AlignedBuf { ptr, cap }
     }
 
-    /// The capacity in bytes.
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
     /// The whole buffer.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for cap initialised bytes for as long as self lives.

@@ -13,9 +13,17 @@
 //!     12    4 data offset      BLOCK_BYTES (4096): where the first frame starts
 //!     16    8 segment seq      the number in the file name; salts every frame checksum
 //!     24    8 first lsn        the position of the first record this segment holds
-//!     32    4 header crc32     crc32 of bytes [0, 32)
-//!     36 4060 zero
+//!     32    4 flags            bit 0: recycled (see below); other bits zero
+//!     36    4 header crc32     crc32 of bytes [0, 36)
+//!     40 4056 zero
 //! ```
+//!
+//! A *recycled* segment is the file of a purged segment reused under a new sequence
+//! number, so that a new segment need not be zero-filled. Its old frames stay behind the
+//! written part; their checksums are seeded with the old sequence number, so they never
+//! verify as frames of this segment. Recovery therefore reads non-zero bytes after the
+//! last frame of a recycled segment as old data, not as a torn write. A recycled segment
+//! that has not been written yet has first lsn [`UNUSED_LSN`].
 //!
 //! # Frame
 //!
@@ -60,7 +68,11 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
 pub const FRAME_KIND_RECORDS: u8 = 1;
 /// A fixed byte in every frame header, a cheap filter before the checksum.
 pub const FRAME_MAGIC: u8 = 0xA7;
-const SEGMENT_HEADER_USED: usize = 36;
+const SEGMENT_HEADER_USED: usize = 40;
+/// Header flag: the file held an earlier segment (see the module documentation).
+pub const SEGMENT_FLAG_RECYCLED: u32 = 1;
+/// First lsn of a recycled segment that has not been written yet.
+pub const UNUSED_LSN: Lsn = u64::MAX;
 
 /// A log sequence number: the position of one record. Records are numbered consecutively.
 pub type Lsn = u64;
@@ -146,20 +158,33 @@ impl<T: Payload + ?Sized> Payload for &T {
 pub struct SegmentHeader {
     /// The segment's sequence number.
     pub seq: u64,
-    /// Position of the first record the segment holds (or will hold).
+    /// Position of the first record the segment holds (or will hold), or [`UNUSED_LSN`].
     pub first_lsn: Lsn,
+    /// The file held an earlier segment: bytes after the last frame are old data.
+    pub recycled: bool,
 }
 
 impl SegmentHeader {
-    /// Writes the header into the first bytes of `out` (at least 36 bytes, zeroed).
+    /// Writes the header into the first bytes of `out` (at least 40 bytes, zeroed).
     pub fn encode(&self, out: &mut [u8]) {
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         out[12..16].copy_from_slice(&BLOCK_BYTES_U32.to_le_bytes());
         out[16..24].copy_from_slice(&self.seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
-        let crc = crc32fast::hash(&out[0..32]);
-        out[32..36].copy_from_slice(&crc.to_le_bytes());
+        let flags = if self.recycled {
+            SEGMENT_FLAG_RECYCLED
+        } else {
+            0
+        };
+        out[32..36].copy_from_slice(&flags.to_le_bytes());
+        let crc = crc32fast::hash(&out[0..36]);
+        out[36..40].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// True for a recycled segment that has not been written yet: a spare.
+    pub fn is_unused(&self) -> bool {
+        self.first_lsn == UNUSED_LSN
     }
 
     /// Decodes a header block. `Ok(None)` means the block is all zeros: a spare segment.
@@ -177,8 +202,8 @@ impl SegmentHeader {
         if block[0..8] != SEGMENT_MAGIC {
             return Err("bad segment magic".into());
         }
-        let stored = read_u32(block, 32);
-        let actual = crc32fast::hash(&block[0..32]);
+        let stored = read_u32(block, 36);
+        let actual = crc32fast::hash(&block[0..36]);
         if stored != actual {
             return Err(format!(
                 "segment header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
@@ -194,12 +219,17 @@ impl SegmentHeader {
         if data_offset as usize != BLOCK_BYTES {
             return Err(format!("unsupported data offset {data_offset}"));
         }
+        let flags = read_u32(block, 32);
+        if flags & !SEGMENT_FLAG_RECYCLED != 0 {
+            return Err(format!("unknown segment flags {flags:#x}"));
+        }
         if !is_zero(&block[SEGMENT_HEADER_USED..]) {
             return Err("non-zero bytes in the reserved part of the segment header".into());
         }
         Ok(Some(SegmentHeader {
             seq: read_u64(block, 16),
             first_lsn: read_u64(block, 24),
+            recycled: flags & SEGMENT_FLAG_RECYCLED != 0,
         }))
     }
 }
@@ -213,8 +243,8 @@ pub fn frame_len(payload_lens: impl IntoIterator<Item = usize>) -> usize {
     align_up(FRAME_HEADER_BYTES + body, FRAME_ALIGN)
 }
 
-/// Encodes one frame into `out`, which must be exactly `frame_len` of the records and
-/// zeroed (the padding is not written).
+/// Encodes one frame into `out`, which must be exactly `frame_len` of the records. Every
+/// byte is written, padding included, so `out` may hold anything before.
 pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, records: &[P]) {
     let total = out.len();
     debug_assert_eq!(total % FRAME_ALIGN, 0);
@@ -234,7 +264,7 @@ pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, record
         record.encode_into(&mut out[at..at + len]);
         at += len;
     }
-    debug_assert!(is_zero(&out[at..]), "frame padding must be zero");
+    out[at..].fill(0);
     let mut hasher = crc32fast::Hasher::new_with_initial(salt(seq));
     hasher.update(&out[4..]);
     out[0..4].copy_from_slice(&hasher.finalize().to_le_bytes());
@@ -366,6 +396,7 @@ mod tests {
         let header = SegmentHeader {
             seq: 7,
             first_lsn: 99,
+            recycled: true,
         };
         header.encode(&mut block);
         assert_eq!(SegmentHeader::decode(&block).unwrap(), Some(header));

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Writes whole batches to segment files.
 pub(crate) trait WriteIo: Send {
@@ -153,6 +153,7 @@ impl WriteIo for UringIo {
 pub struct Faults {
     writes: AtomicU64,
     fail_from: AtomicU64,
+    crash_after_intent: AtomicBool,
 }
 
 impl Faults {
@@ -161,7 +162,18 @@ impl Faults {
         Arc::new(Faults {
             writes: AtomicU64::new(0),
             fail_from: AtomicU64::new(u64::MAX),
+            crash_after_intent: AtomicBool::new(false),
         })
+    }
+
+    /// The next truncation or purge stops right after writing its intent file, as if the
+    /// process died there; the operation returns an error and recovery must finish it.
+    pub fn crash_after_next_intent(&self) {
+        self.crash_after_intent.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn crash_after_intent_armed(&self) -> bool {
+        self.crash_after_intent.swap(false, Ordering::SeqCst)
     }
 
     /// Every write from the `n`-th (counted from 0 since creation) fails with `EIO`.

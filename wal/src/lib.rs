@@ -38,7 +38,8 @@ pub use io::Faults;
 pub use options::{Backend, RecoveryMode, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WalOptions};
 pub use reader::{Record, WalIter};
 pub use recovery::{
-    FrameSummary, RecoveryProgress, RecoveryReport, SegmentSummary, inspect, verify,
+    FrameSummary, RecoveryProgress, RecoveryReport, ScanSummary, SegmentSummary, inspect,
+    scan_segment_bytes, verify,
 };
 pub use segment::{list_segments, parse_segment_name, segment_path};
 pub use stats::{HISTOGRAM_BUCKETS, Histogram, WalStats};

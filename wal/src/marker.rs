@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::{read_u32, read_u64};
+use crate::io::Faults;
 use crate::segment::{self, remove_if_present, segment_path, sync_dir};
 
 const TRUNCATE_FILE: &str = "truncate.pending";
@@ -92,8 +93,9 @@ impl TruncateIntent {
     }
 
     /// Records the intent durably, then carries it out.
-    pub(crate) fn run(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn run(&self, dir: &Path, faults: Option<&Faults>) -> Result<()> {
         write_intent(dir, TRUNCATE_FILE, &self.encode())?;
+        crash_point(dir, faults)?;
         self.redo(dir)
     }
 
@@ -148,20 +150,50 @@ impl PurgeIntent {
         })
     }
 
-    /// Records the intent durably, then carries it out.
-    pub(crate) fn run(&self, dir: &Path) -> Result<()> {
+    /// Records the intent durably, then carries it out. `recycle` may take the newest
+    /// segment's file away for reuse instead of its removal (it returns whether it did);
+    /// it runs last, so a crash before it ends with that segment simply removed.
+    pub(crate) fn run(
+        &self,
+        dir: &Path,
+        recycle: &mut dyn FnMut(&Path) -> Result<bool>,
+        faults: Option<&Faults>,
+    ) -> Result<()> {
         write_intent(dir, PURGE_FILE, &self.encode())?;
-        self.redo(dir)
+        crash_point(dir, faults)?;
+        self.carry_out(dir, recycle)
     }
 
     fn redo(&self, dir: &Path) -> Result<()> {
+        self.carry_out(dir, &mut |_| Ok(false))
+    }
+
+    fn carry_out(&self, dir: &Path, recycle: &mut dyn FnMut(&Path) -> Result<bool>) -> Result<()> {
         // Oldest first: a crash in the middle leaves a shorter but gap-free log.
-        for &seq in &self.remove {
-            remove_if_present(&segment_path(dir, seq))?;
+        let last = self.remove.len().saturating_sub(1);
+        for (i, &seq) in self.remove.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            if i == last && path.exists() && recycle(&path)? {
+                continue;
+            }
+            remove_if_present(&path)?;
         }
         sync_dir(dir)?;
         remove_if_present(&dir.join(PURGE_FILE))?;
         sync_dir(dir)
+    }
+}
+
+/// Where tests stop an operation as a crash would: after its intent is durable, before
+/// any segment changed.
+fn crash_point(dir: &Path, faults: Option<&Faults>) -> Result<()> {
+    match faults {
+        Some(f) if f.crash_after_intent_armed() => Err(Error::io(
+            "stopping after the intent (injected crash)",
+            dir,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )),
+        _ => Ok(()),
     }
 }
 

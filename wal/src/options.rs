@@ -53,6 +53,10 @@ pub struct WalOptions {
     pub direct_io: bool,
     /// What recovery does with damaged data. Default [`RecoveryMode::TolerateTornTail`].
     pub recovery_mode: RecoveryMode,
+    /// Reuse the files of purged segments as new segments instead of zero-filling new
+    /// files, which halves the bytes written per byte logged once the log is purged
+    /// behind. Default true.
+    pub recycle_segments: bool,
     /// Fault injection for tests: when set, every write asks it whether to fail.
     /// Default none.
     pub faults: Option<Arc<Faults>>,
@@ -69,6 +73,7 @@ impl Default for WalOptions {
             sync: true,
             direct_io: true,
             recovery_mode: RecoveryMode::TolerateTornTail,
+            recycle_segments: true,
             faults: None,
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{Error, FrameError, Result};
 use crate::format::{self, Lsn};
 use crate::segment::SegmentView;
 
@@ -22,8 +22,13 @@ pub struct Record {
 pub struct WalIter {
     views: Vec<Arc<SegmentView>>,
     seg: usize,
-    /// Offset of the next frame in `views[seg]`, or `None` before seeking into it.
-    offset: Option<u64>,
+    /// Bytes of `views[seg]` from `chunk_offset`, read ahead; empty before seeking into
+    /// the segment.
+    chunk: Vec<u8>,
+    chunk_offset: u64,
+    /// Read position within `chunk`.
+    pos: usize,
+    seeked: bool,
     next_lsn: Lsn,
     end: Lsn,
     pending: VecDeque<Record>,
@@ -38,7 +43,10 @@ impl WalIter {
         WalIter {
             views,
             seg,
-            offset: None,
+            chunk: Vec::new(),
+            chunk_offset: 0,
+            pos: 0,
+            seeked: false,
             next_lsn: lsn,
             end,
             pending: VecDeque::new(),
@@ -51,24 +59,51 @@ impl WalIter {
             if self.next_lsn >= self.end {
                 return Ok(false);
             }
-            let Some(view) = self.views.get(self.seg) else {
+            let Some(view) = self.views.get(self.seg).cloned() else {
                 return Ok(false);
             };
-            let offset = match self.offset {
-                Some(offset) => offset,
-                None => view.seek(self.next_lsn),
-            };
+            if !self.seeked {
+                self.chunk_offset = view.seek(self.next_lsn);
+                self.chunk = view.read_chunk(self.chunk_offset, 0)?;
+                self.pos = 0;
+                self.seeked = true;
+            }
+            let offset = self.chunk_offset + self.pos as u64;
             if offset >= view.end_off() || self.next_lsn >= view.end_lsn() {
                 self.seg += 1;
-                self.offset = None;
+                self.seeked = false;
                 continue;
             }
-            let (bytes, info) = view.frame_at(offset)?;
-            self.offset = Some(offset + info.len as u64);
+            let info = match format::decode_frame(
+                &self.chunk[self.pos..],
+                view.seq,
+                view.frame_bytes_max(),
+            ) {
+                Ok(info) => info,
+                Err(FrameError::Truncated | FrameError::Empty) => {
+                    // Below the durable end there is a whole frame here: the chunk ended
+                    // inside it. Read on from its start, with room for all of it; what
+                    // does not decode then is damage.
+                    self.chunk = view.read_chunk(offset, 0)?;
+                    if self.chunk.len() >= 8 {
+                        let need = format::read_u32(&self.chunk, 4) as usize;
+                        if need > self.chunk.len() {
+                            self.chunk = view.read_chunk(offset, need)?;
+                        }
+                    }
+                    self.chunk_offset = offset;
+                    self.pos = 0;
+                    format::decode_frame(&self.chunk, view.seq, view.frame_bytes_max())
+                        .map_err(|e| corrupt(&view, offset, e))?
+                }
+                Err(e) => return Err(corrupt(&view, offset, e)),
+            };
+            let frame = &self.chunk[self.pos..self.pos + info.len];
+            self.pos += info.len;
             if info.end_lsn() <= self.next_lsn {
                 continue;
             }
-            for (i, data) in format::frame_records(&bytes, info.count).enumerate() {
+            for (i, data) in format::frame_records(frame, info.count).enumerate() {
                 let lsn = info.first_lsn + i as u64;
                 if lsn >= self.next_lsn && lsn < self.end {
                     self.pending.push_back(Record {
@@ -80,6 +115,14 @@ impl WalIter {
             self.next_lsn = info.end_lsn();
         }
         Ok(true)
+    }
+}
+
+fn corrupt(view: &SegmentView, offset: u64, e: FrameError) -> Error {
+    Error::Corruption {
+        path: view.path.clone(),
+        offset,
+        reason: e.to_string(),
     }
 }
 

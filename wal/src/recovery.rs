@@ -65,8 +65,8 @@ pub(crate) struct ScannedSegment {
 /// The recovered log.
 pub(crate) struct Recovered {
     pub segments: Vec<ScannedSegment>,
-    /// A zero-filled segment ready to become the next one: seq, path, length.
-    pub spare: Option<(u64, PathBuf, u64)>,
+    /// A segment ready to become the next one: seq, path, length, recycled.
+    pub spare: Option<(u64, PathBuf, u64, bool)>,
     /// Sequence number for the next new segment.
     pub next_seq: u64,
     pub report: RecoveryReport,
@@ -74,7 +74,10 @@ pub(crate) struct Recovered {
 
 enum HeaderState {
     Valid(SegmentHeader),
+    /// Zero-filled, never written: a spare.
     Zero,
+    /// Recycled, not written since: a spare holding old data.
+    Unused,
     Bad(String),
 }
 
@@ -108,6 +111,7 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
         ))
     } else {
         match SegmentHeader::decode(bytes) {
+            Ok(Some(h)) if h.is_unused() && h.seq == seq => HeaderState::Unused,
             Ok(Some(h)) => HeaderState::Valid(h),
             Ok(None) => HeaderState::Zero,
             Err(reason) => HeaderState::Bad(reason),
@@ -166,8 +170,13 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
             scan.end_off = off as u64;
             (off, reason)
         }
-        HeaderState::Zero => (SEGMENT_HEADER_BYTES, None),
+        HeaderState::Zero | HeaderState::Unused => (SEGMENT_HEADER_BYTES, None),
         HeaderState::Bad(reason) => (0, Some(reason.clone())),
+    };
+    let recycled = match &scan.header {
+        HeaderState::Valid(h) => h.recycled,
+        HeaderState::Unused => true,
+        _ => false,
     };
     off = off.min(bytes.len());
     // Whatever stopped the scan, a valid frame further on means the log was damaged in
@@ -186,6 +195,12 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
         });
         return scan;
     }
+    if recycled {
+        // Old data of the file's earlier life follows the last frame: a clean end. (A torn
+        // last write looks the same; it was never acknowledged, and the next write
+        // overwrites it.)
+        return scan;
+    }
     if let Some(last) = bytes[off..].iter().rposition(|&b| b != 0) {
         let dirty_end = format::align_up(off + last + 1, BLOCK_BYTES) as u64;
         scan.damage = Some(Damage::Torn {
@@ -195,6 +210,34 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
         });
     }
     scan
+}
+
+/// What [`scan_segment_bytes`] found in one segment's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Frames that verified, from the start.
+    pub frames: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Offset one past the last verified frame.
+    pub end_offset: u64,
+    /// Why the bytes after the end are not clean, if they are not: `(offset, reason,
+    /// is_corruption)`; not corruption means a torn tail.
+    pub damage: Option<(u64, String, bool)>,
+}
+
+/// Scans one segment's bytes the way recovery does, without files; for fuzzing and tools.
+pub fn scan_segment_bytes(bytes: &[u8], seq: u64) -> ScanSummary {
+    let scan = scan_segment(bytes, seq, FRAME_READ_MAX);
+    ScanSummary {
+        frames: scan.frames,
+        records: scan.records,
+        end_offset: scan.end_off,
+        damage: scan.damage.map(|d| match d {
+            Damage::Corrupt { offset, reason } => (offset, reason, true),
+            Damage::Torn { offset, reason, .. } => (offset, reason, false),
+        }),
+    }
 }
 
 /// The first offset at or after `from` (rounded up to [`FRAME_ALIGN`]) where a frame
@@ -246,7 +289,7 @@ pub(crate) fn recover(
 
     let mut report = RecoveryReport::default();
     let mut segments: Vec<ScannedSegment> = Vec::new();
-    let mut spares: Vec<(u64, PathBuf, u64)> = Vec::new();
+    let mut spares: Vec<(u64, PathBuf, u64, bool)> = Vec::new();
     for (i, ((scan, len), (seq, path))) in scans.into_iter().zip(files.iter()).enumerate() {
         let later_data = last_data.is_some_and(|last| i < last);
         let corrupt = |offset: u64, reason: String| Error::Corruption {
@@ -309,28 +352,32 @@ pub(crate) fn recover(
                 });
             }
             // A segment without a header before one with data: a header block was lost.
-            HeaderState::Zero | HeaderState::Bad(_) if later_data => {
+            HeaderState::Zero | HeaderState::Unused | HeaderState::Bad(_) if later_data => {
                 return Err(corrupt(
                     0,
                     "segment header is missing or damaged, and later segments hold data".into(),
                 ));
             }
             // Never written, or torn in its first write and now zeroed: a spare.
-            HeaderState::Zero | HeaderState::Bad(_) => spares.push((*seq, path.clone(), len)),
+            HeaderState::Unused => spares.push((*seq, path.clone(), len, true)),
+            // A damaged header was zeroed above (torn-tail repair), so the file is zeros.
+            HeaderState::Zero | HeaderState::Bad(_) => {
+                spares.push((*seq, path.clone(), len, false));
+            }
         }
     }
 
     let next_seq_fresh = files.last().map_or(1, |(seq, _)| seq + 1);
     // Keep one spare (the oldest) for reuse; others are leftovers and go.
     let mut spare = None;
-    for (seq, path, len) in spares {
+    for (seq, path, len, recycled) in spares {
         if spare.is_none() {
-            spare = Some((seq, path, len));
+            spare = Some((seq, path, len, recycled));
         } else if !read_only {
             segment::remove_if_present(&path)?;
         }
     }
-    let next_seq = spare.as_ref().map_or(next_seq_fresh, |(seq, _, _)| *seq);
+    let next_seq = spare.as_ref().map_or(next_seq_fresh, |(seq, ..)| *seq);
     report.segments = segments.len();
     report.first_lsn = segments.first().map_or(1, |s| s.first_lsn);
     report.next_lsn = segments.last().map_or(1, |s| s.end_lsn);

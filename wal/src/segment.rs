@@ -113,6 +113,35 @@ pub fn create_zeroed(dir: &Path, seq: u64, bytes: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Turns the file of a purged segment into spare segment `seq`, durably, and returns its
+/// new path. Steps, each safe to crash after: rename to a temporary name (recovery removes
+/// temporary files), write an unused recycled header, sync, rename to the final name, sync
+/// the directory.
+pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
+    let path = segment_path(dir, seq);
+    let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
+    fs::rename(old, &tmp).map_err(|e| Error::io("renaming segment", old, e))?;
+    sync_dir(dir)?;
+    let mut block = vec![0u8; format::SEGMENT_HEADER_BYTES];
+    format::SegmentHeader {
+        seq,
+        first_lsn: format::UNUSED_LSN,
+        recycled: true,
+    }
+    .encode(&mut block);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("opening segment", &tmp, e))?;
+    file.write_all_at(&block, 0)
+        .map_err(|e| Error::io("writing segment header", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("syncing segment", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
 /// Overwrites `[from, to)` of a file with zeros and makes it durable.
 pub(crate) fn zero_range(path: &Path, from: u64, to: u64) -> Result<()> {
     let file = OpenOptions::new()
@@ -273,6 +302,50 @@ impl SegmentView {
         }
     }
 }
+
+impl SegmentView {
+    /// Copies durable bytes from `offset`: at least `min_len` (if that many are durable),
+    /// and otherwise up to [`READ_CHUNK_BYTES`], so that readers walk the active segment
+    /// with one `pread` per chunk instead of two per frame.
+    pub(crate) fn read_chunk(&self, offset: u64, min_len: usize) -> Result<Vec<u8>> {
+        let end = self.end_off();
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let avail = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let len = avail.min(min_len.max(READ_CHUNK_BYTES));
+        let start = usize::try_from(offset).map_err(|_| Error::Corruption {
+            path: self.path.clone(),
+            offset,
+            reason: "offset beyond the address space".into(),
+        })?;
+        match &self.bytes {
+            SegmentBytes::Mapped(map) => map
+                .get(start..start + len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::Corruption {
+                    path: self.path.clone(),
+                    offset,
+                    reason: "segment shorter than its durable end".into(),
+                }),
+            SegmentBytes::Active(file) => {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset)
+                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    pub(crate) fn frame_bytes_max(&self) -> usize {
+        self.frame_bytes_max
+    }
+}
+
+/// Bytes a reader fetches at a time; at least the index stride, so that finding a record
+/// from its index entry takes one or two reads.
+pub(crate) const READ_CHUNK_BYTES: usize = 128 << 10;
+const _: () = assert!(READ_CHUNK_BYTES as u64 >= 2 * INDEX_STRIDE_BYTES);
 
 /// A verified frame's bytes, borrowed from a map or read into memory.
 pub(crate) enum FrameBytes<'a> {

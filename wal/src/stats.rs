@@ -15,6 +15,7 @@ pub(crate) struct Stats {
     pub written_bytes: AtomicU64,
     pub flushes: AtomicU64,
     pub segments_created: AtomicU64,
+    pub segments_recycled: AtomicU64,
     pub spare_waits: AtomicU64,
     records_per_flush: [AtomicU64; HISTOGRAM_BUCKETS],
 }
@@ -43,6 +44,7 @@ impl Stats {
             written_bytes: load(&self.written_bytes),
             flushes: load(&self.flushes),
             segments_created: load(&self.segments_created),
+            segments_recycled: load(&self.segments_recycled),
             spare_waits: load(&self.spare_waits),
             records_per_flush: Histogram { buckets },
         }
@@ -67,6 +69,8 @@ pub struct WalStats {
     pub flushes: u64,
     /// New segments started.
     pub segments_created: u64,
+    /// Purged segments whose files were reused as new segments.
+    pub segments_recycled: u64,
     /// Times the writer had to wait for a zero-filled segment (should stay 0).
     pub spare_waits: u64,
     /// Records per flush.

@@ -22,9 +22,10 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
@@ -93,9 +94,15 @@ struct Batch {
     prefix: usize,
     appends: u64,
     records: u64,
+    /// Position of the batch's first record (for a new segment, the header's first lsn).
+    first_lsn: Lsn,
     end_lsn: Lsn,
     /// Sparse-index entries for frames in this batch.
     index: Vec<(Lsn, u64)>,
+    /// Blocking appenders waiting for this batch, unparked once it is durable. Each wakes
+    /// without touching the state lock, so a finished write wakes exactly its own appenders
+    /// and they do not queue on the lock one after another.
+    waiters: Vec<Thread>,
     /// This batch starts a new segment (its first block is the header).
     new_segment: bool,
     /// The segment is full after this batch.
@@ -141,7 +148,10 @@ struct SpareState {
     /// The next segment is wanted: the active one is half full, or a roll is waiting.
     /// Preparing it only then keeps the zero-filling away from start-up and spreads it.
     wanted: bool,
-    ready: Option<(u64, PathBuf)>,
+    /// A prepared segment: seq, path, and whether it is a recycled file.
+    ready: Option<(u64, PathBuf, bool)>,
+    /// The preparer or a purge is preparing the next segment right now.
+    busy: bool,
     error: Option<String>,
     stop: bool,
 }
@@ -155,9 +165,10 @@ struct Inner {
     space: Condvar,
     /// The writer waiting for a batch.
     work: Condvar,
-    /// Appenders waiting for their batch to be durable, by batch parity: a finished write
-    /// wakes only the appenders of its own batch, not those of the batch filling behind it.
-    durable: [Condvar; 2],
+    /// `State::durable_batch_id`, readable without the lock by parked appenders.
+    durable_id: AtomicU64,
+    /// Set with `State::poisoned`, readable without the lock.
+    poisoned: AtomicBool,
     /// Maintenance waiting for every accepted append to be durable.
     idle: Condvar,
     segments: RwLock<Vec<Arc<SegmentView>>>,
@@ -224,9 +235,9 @@ impl Wal {
 
         // A spare left by an earlier run is reused if it has the configured size.
         let mut spare_ready = None;
-        if let Some((seq, path, len)) = recovered.spare {
+        if let Some((seq, path, len, recycled)) = recovered.spare {
             if len == opts.segment_bytes {
-                spare_ready = Some((seq, path));
+                spare_ready = Some((seq, path, recycled));
             } else {
                 segment::remove_if_present(&path)?;
             }
@@ -260,8 +271,10 @@ impl Wal {
                     prefix,
                     appends: 0,
                     records: 0,
+                    first_lsn: s.end_lsn,
                     end_lsn: s.end_lsn,
                     index: Vec::new(),
+                    waiters: Vec::new(),
                     new_segment: false,
                     seals: false,
                 };
@@ -298,14 +311,15 @@ impl Wal {
         };
         let spare_next = spare_ready
             .as_ref()
-            .map_or(recovered.next_seq, |(seq, _)| *seq);
+            .map_or(recovered.next_seq, |(seq, ..)| *seq);
         let inner = Arc::new(Inner {
             dir,
             backend_name: io.name(),
             state: Mutex::new(state),
             space: Condvar::new(),
             work: Condvar::new(),
-            durable: [Condvar::new(), Condvar::new()],
+            durable_id: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
             idle: Condvar::new(),
             segments: RwLock::new(views),
             spares: Spares {
@@ -313,6 +327,7 @@ impl Wal {
                     next_seq: spare_next,
                     wanted: false,
                     ready: spare_ready,
+                    busy: false,
                     error: None,
                     stop: false,
                 }),
@@ -368,17 +383,24 @@ impl Wal {
             }
             st = inner.space.wait(st).map_err(lock_err)?;
         };
+        st.fill.waiters.push(std::thread::current());
+        // No write in flight: write the batch from this thread rather than hand it to the
+        // writer thread and back, which costs two context switches.
+        if !st.writing && has_work(&st) {
+            st = inner.write_round(st, Writer::Appender)?;
+        }
+        drop(st);
         loop {
-            if let Some(result) = durable_outcome(&st, id) {
-                return result.map(|()| appended);
+            if inner.durable_id.load(Ordering::Acquire) >= id {
+                return Ok(appended);
             }
-            // No write in flight: write the batch from this thread rather than hand it to
-            // the writer thread and back, which costs two context switches.
-            if !st.writing && has_work(&st) {
-                st = inner.write_round(st, Writer::Appender)?;
-                continue;
+            if inner.poisoned.load(Ordering::Acquire) {
+                let st = inner.state.lock().map_err(lock_err)?;
+                if let Some(result) = durable_outcome(&st, id) {
+                    return result.map(|()| appended);
+                }
             }
-            st = inner.durable[parity(id)].wait(st).map_err(lock_err)?;
+            std::thread::park();
         }
     }
 
@@ -509,7 +531,11 @@ impl Wal {
         PurgeIntent {
             remove: remove.clone(),
         }
-        .run(&inner.dir)?;
+        .run(
+            &inner.dir,
+            &mut |path| inner.recycle_segment(path),
+            inner.opts.faults.as_deref(),
+        )?;
         Ok(remove.len())
     }
 
@@ -552,11 +578,9 @@ fn durable_outcome(st: &State, id: u64) -> Option<Result<()>> {
 }
 
 fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn: Lsn) -> Batch {
-    SegmentHeader {
-        seq,
-        first_lsn: lsn,
-    }
-    .encode(buf.as_mut_slice());
+    // Buffers are reused without being cleared; the header block must be zero around the
+    // header fields, which the writer fills in (see `write_batch`).
+    buf.as_mut_slice()[..SEGMENT_HEADER_BYTES].fill(0);
     Batch {
         id,
         seq,
@@ -567,8 +591,10 @@ fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn:
         prefix: SEGMENT_HEADER_BYTES,
         appends: 0,
         records: 0,
+        first_lsn: lsn,
         end_lsn: lsn,
         index: Vec::new(),
+        waiters: Vec::new(),
         new_segment: true,
         seals: false,
     }
@@ -746,8 +772,10 @@ impl Inner {
             prefix,
             appends: 0,
             records: 0,
+            first_lsn: fill.end_lsn,
             end_lsn: fill.end_lsn,
             index: Vec::new(),
+            waiters: Vec::new(),
             new_segment: false,
             seals: false,
         };
@@ -759,14 +787,16 @@ impl Inner {
         if st.poisoned.is_none() {
             st.poisoned = Some(cause);
         }
+        self.poisoned.store(true, Ordering::Release);
+        let sealed = st.sealed.iter_mut().flat_map(|b| b.waiters.drain(..));
+        for thread in sealed.chain(st.fill.waiters.drain(..)).collect::<Vec<_>>() {
+            thread.unpark();
+        }
         for (_, waker) in st.durable_wakers.drain(..) {
             waker.wake();
         }
         for waker in st.space_wakers.drain(..) {
             waker.wake();
-        }
-        for cond in &self.durable {
-            cond.notify_all();
         }
         self.idle.notify_all();
         self.space.notify_all();
@@ -852,7 +882,7 @@ impl Inner {
             replacement,
             remove: views[at + 1..].iter().map(|v| v.seq).collect(),
         };
-        intent.run(&self.dir)?;
+        intent.run(&self.dir, self.opts.faults.as_deref())?;
 
         // Readers now see the cut segment as the active one, through pread.
         let new_end = offset + intent.replacement.len() as u64;
@@ -909,8 +939,10 @@ impl Inner {
                 prefix,
                 appends: 0,
                 records: 0,
+                first_lsn: keep_end,
                 end_lsn: keep_end,
                 index: Vec::new(),
+                waiters: Vec::new(),
                 new_segment: false,
                 seals: false,
             },
@@ -921,12 +953,47 @@ impl Inner {
         Ok(())
     }
 
+    /// Reuses a purged segment's file as the next spare when none is ready, so that the
+    /// next segment needs no zero-filling: it keeps its old bytes, which can never verify
+    /// under the new sequence number. Returns whether the file was taken.
+    fn recycle_segment(&self, old: &Path) -> Result<bool> {
+        if !self.opts.recycle_segments {
+            return Ok(false);
+        }
+        let len = std::fs::metadata(old)
+            .map_err(|e| Error::io("reading metadata", old, e))?
+            .len();
+        let seq = {
+            let mut sp = self.spares.state.lock().map_err(lock_err)?;
+            if len != self.opts.segment_bytes || sp.ready.is_some() || sp.busy || sp.stop {
+                return Ok(false);
+            }
+            sp.busy = true;
+            sp.next_seq
+        };
+        let result = segment::recycle(&self.dir, old, seq);
+        let mut sp = self.spares.state.lock().map_err(lock_err)?;
+        sp.busy = false;
+        match result {
+            Ok(path) => {
+                sp.ready = Some((seq, path, true));
+                self.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+                self.spares.cond.notify_all();
+                Ok(true)
+            }
+            Err(e) => {
+                self.spares.cond.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns a written batch's buffer to the pool. It is not cleared: every byte a write
+    /// covers is written first (frames with their padding, the zeroed rest of the last
+    /// block, the header block of a new segment).
     fn recycle(&self, st: &mut State, batch: Batch) {
-        let mut buf = batch.buf;
-        let used = format::align_up(batch.len, BLOCK_BYTES).min(buf.capacity());
-        buf.as_mut_slice()[..used].fill(0);
         if st.pool.len() < SEALED_BATCHES_MAX + 2 {
-            st.pool.push(buf);
+            st.pool.push(batch.buf);
         }
     }
 }
@@ -966,10 +1033,6 @@ fn writer_loop(inner: &Inner) {
     }
 }
 
-fn parity(batch_id: u64) -> usize {
-    usize::from(batch_id % 2 == 1)
-}
-
 fn has_work(st: &State) -> bool {
     !st.sealed.is_empty() || st.fill.appends > 0
 }
@@ -989,10 +1052,14 @@ impl Inner {
         mut st: MutexGuard<'a, State>,
         who: Writer,
     ) -> Result<MutexGuard<'a, State>> {
-        let batch = self
+        let mut batch = self
             .next_batch(&mut st)
             .expect("the caller checked has_work");
         st.writing = true;
+        // The write covers whole blocks; the bytes after the last frame must be zeros
+        // (buffers are reused without being cleared, so only this part is zeroed).
+        let write_len = format::align_up(batch.len, BLOCK_BYTES);
+        batch.buf.as_mut_slice()[batch.len..write_len].fill(0);
         let space_wakers = std::mem::take(&mut st.space_wakers);
         drop(st);
         self.space.notify_all();
@@ -1002,7 +1069,7 @@ impl Inner {
         let result = match self.writer_io.lock() {
             Ok(mut w) => {
                 let w = &mut *w;
-                write_batch(self, w.io.as_mut(), &mut w.current, &batch, who)
+                write_batch(self, w.io.as_mut(), &mut w.current, &mut batch, who)
             }
             Err(e) => Err(lock_err(e)),
         };
@@ -1011,6 +1078,7 @@ impl Inner {
         match result {
             Ok(()) => {
                 st.durable_batch_id = batch.id;
+                self.durable_id.store(batch.id, Ordering::Release);
                 let mut ready = Vec::new();
                 st.durable_wakers.retain(|(id, waker)| {
                     if *id <= batch.id {
@@ -1020,9 +1088,11 @@ impl Inner {
                         true
                     }
                 });
-                let id = batch.id;
+                let waiters = std::mem::take(&mut batch.waiters);
                 self.recycle(&mut st, batch);
-                self.durable[parity(id)].notify_all();
+                for thread in waiters {
+                    thread.unpark();
+                }
                 self.idle.notify_all();
                 if has_work(&st) || st.closing {
                     // More arrived meanwhile: make sure someone writes it even if every
@@ -1033,7 +1103,12 @@ impl Inner {
                     waker.wake();
                 }
             }
-            Err(e) => self.poison(&mut st, e.to_string()),
+            Err(e) => {
+                self.poison(&mut st, e.to_string());
+                for thread in batch.waiters.drain(..) {
+                    thread.unpark();
+                }
+            }
         }
         Ok(st)
     }
@@ -1056,12 +1131,21 @@ fn write_batch(
     inner: &Inner,
     io: &mut dyn WriteIo,
     current: &mut Option<(u64, File)>,
-    batch: &Batch,
+    batch: &mut Batch,
     who: Writer,
 ) -> Result<()> {
     if current.as_ref().is_none_or(|(seq, _)| *seq != batch.seq) {
         let path = if batch.new_segment {
-            take_spare(inner, batch.seq)?
+            let (path, recycled) = take_spare(inner, batch.seq)?;
+            // The header goes out with the segment's first write; only now is it known
+            // whether the file is a recycled one.
+            SegmentHeader {
+                seq: batch.seq,
+                first_lsn: batch.first_lsn,
+                recycled,
+            }
+            .encode(batch.buf.as_mut_slice());
+            path
         } else {
             segment::segment_path(&inner.dir, batch.seq)
         };
@@ -1146,7 +1230,7 @@ fn seal(inner: &Inner, seq: u64) -> Result<()> {
     Ok(())
 }
 
-fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
+fn take_spare(inner: &Inner, seq: u64) -> Result<(PathBuf, bool)> {
     let mut sp = inner.spares.state.lock().map_err(lock_err)?;
     let mut waited = false;
     loop {
@@ -1156,8 +1240,8 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
             });
         }
         match &sp.ready {
-            Some((ready, _)) if *ready == seq => {
-                let (_, path) = sp.ready.take().expect("checked");
+            Some((ready, _, _)) if *ready == seq => {
+                let (_, path, recycled) = sp.ready.take().expect("checked");
                 sp.next_seq = seq + 1;
                 sp.wanted = false;
                 inner.spares.cond.notify_all();
@@ -1171,9 +1255,9 @@ fn take_spare(inner: &Inner, seq: u64) -> Result<PathBuf> {
                         .spare_waits
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                return Ok(path);
+                return Ok((path, recycled));
             }
-            Some((ready, _)) => {
+            Some((ready, _, _)) => {
                 return Err(Error::Poisoned {
                     cause: format!("segment {seq} wanted but segment {ready} was prepared"),
                 });
@@ -1206,7 +1290,7 @@ fn preparer_loop(inner: &Inner) {
             let Ok(mut sp) = inner.spares.state.lock() else {
                 return;
             };
-            while !sp.stop && (sp.ready.is_some() || sp.error.is_some() || !sp.wanted) {
+            while !sp.stop && (sp.ready.is_some() || sp.error.is_some() || !sp.wanted || sp.busy) {
                 sp = match inner.spares.cond.wait(sp) {
                     Ok(sp) => sp,
                     Err(_) => return,
@@ -1215,14 +1299,16 @@ fn preparer_loop(inner: &Inner) {
             if sp.stop {
                 return;
             }
+            sp.busy = true;
             sp.next_seq
         };
         let result = segment::create_zeroed(&inner.dir, seq, inner.opts.segment_bytes);
         let Ok(mut sp) = inner.spares.state.lock() else {
             return;
         };
+        sp.busy = false;
         match result {
-            Ok(path) => sp.ready = Some((seq, path)),
+            Ok(path) => sp.ready = Some((seq, path, false)),
             Err(e) => sp.error = Some(e.to_string()),
         }
         inner.spares.cond.notify_all();

@@ -61,3 +61,56 @@ proptest! {
         let _ = decode_frame(&bytes, 1, MAX);
     }
 }
+
+fn segment_with(records: &[Vec<Vec<u8>>], seq: u64) -> (Vec<u8>, Vec<usize>) {
+    use keel_wal::format::BLOCK_BYTES;
+    let mut segment = vec![0u8; BLOCK_BYTES];
+    keel_wal::SegmentHeader {
+        seq,
+        first_lsn: 1,
+        recycled: false,
+    }
+    .encode(&mut segment);
+    let mut lsn = 1;
+    let mut starts = Vec::new();
+    for frame in records {
+        starts.push(segment.len());
+        segment.extend_from_slice(&encode(seq, lsn, frame));
+        lsn += frame.len() as u64;
+    }
+    segment.resize(segment.len() + 4096, 0);
+    (segment, starts)
+}
+
+proptest! {
+    #[test]
+    fn segment_scanner_survives_any_bytes(seq in 0u64..4, bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
+        let summary = keel_wal::scan_segment_bytes(&bytes, seq);
+        prop_assert!(summary.end_offset as usize <= bytes.len().max(4096));
+    }
+
+    #[test]
+    fn damage_inside_a_segment_is_never_silently_accepted(
+        frames in prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..4), 2..12),
+        victim in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        let (mut segment, starts) = segment_with(&frames, 2);
+        let clean = keel_wal::scan_segment_bytes(&segment, 2);
+        prop_assert_eq!(clean.frames as usize, frames.len());
+        prop_assert!(clean.damage.is_none());
+        let v = victim.index(frames.len());
+        let end = starts.get(v + 1).copied().unwrap_or(clean.end_offset as usize);
+        let pos = starts[v] + at.index(end - starts[v]);
+        segment[pos] ^= mask;
+        let hurt = keel_wal::scan_segment_bytes(&segment, 2);
+        // The scan stops at the damaged frame and reports it: corruption if valid frames
+        // follow, a torn tail if it was the last.
+        prop_assert_eq!(hurt.frames as usize, v);
+        let (offset, _, corrupt) = hurt.damage.expect("damage is reported");
+        prop_assert_eq!(offset as usize, starts[v]);
+        prop_assert_eq!(corrupt, v + 1 < frames.len());
+    }
+}

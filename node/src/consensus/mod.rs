@@ -1,0 +1,31 @@
+//! The pure Raft consensus core, in the style of etcd-io/raft.
+//!
+//! Nothing in this module performs I/O, reads a clock, spawns a thread or touches an async
+//! runtime (a test enforces it): time is [`RawNode::tick`], the network is [`Message`] values,
+//! and storage is read through [`LogStorage`] and written by the host from the work in a
+//! [`Ready`], which it acknowledges with [`AppendAck`] and [`ApplyAck`].
+
+pub mod confchange;
+pub mod config;
+pub mod inflights;
+pub mod log_unstable;
+pub mod message;
+pub mod prng;
+pub mod progress;
+pub mod quorum;
+pub mod raft;
+pub mod raft_log;
+pub mod raw_node;
+pub mod read_only;
+pub mod storage;
+pub mod tracker;
+
+pub use config::{Config, ConfigError};
+pub use message::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryId, EntryType,
+    HardState, Message, MessageType, NO_NODE, NodeId, Snapshot, SnapshotMetadata,
+};
+pub use raft::{Raft, RaftError, SoftState, StateRole};
+pub use raw_node::{AppendAck, AppendWork, ApplyAck, ApplyWork, RawNode, Ready};
+pub use read_only::{ReadOnlyOption, ReadState};
+pub use storage::{LogStorage, MemStorage, StorageError};

@@ -1,0 +1,386 @@
+//! The replicated log as one node sees it: durable entries in storage, the unstable tail, and
+//! the commit and apply cursors.
+
+use super::log_unstable::Unstable;
+use super::message::{Entry, EntryId, EntryType, Index, Snapshot, Term};
+use super::storage::{LogStorage, StorageError};
+
+/// Refusal to overwrite a committed entry: the append came from a faulty or misrouted leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedConflict {
+    /// The first index where the entries conflict with the log.
+    pub index: Index,
+}
+
+/// A node's log.
+///
+/// Invariant: `applied <= applying <= committed <= last_index()`; also `committed` entries are
+/// never truncated.
+#[derive(Debug)]
+pub struct RaftLog<S> {
+    /// Durable entries and snapshot.
+    pub storage: S,
+    /// Entries and snapshot not yet durable.
+    pub unstable: Unstable,
+    /// The highest index known to be stored on a quorum.
+    pub committed: Index,
+    /// The highest index handed to the state machine; `applied <= applying <= committed`.
+    pub applying: Index,
+    /// The highest index the state machine reported applied.
+    pub applied: Index,
+    /// The most payload bytes of committed entries one Ready hands to the state machine.
+    pub max_apply_bytes: u64,
+}
+
+impl<S: LogStorage> RaftLog<S> {
+    /// A log over `storage` with everything in storage considered durable and the cursors at
+    /// the snapshot.
+    pub fn new(storage: S, max_apply_bytes: u64) -> RaftLog<S> {
+        let first = storage.first_index();
+        let last = storage.last_index();
+        RaftLog {
+            storage,
+            unstable: Unstable::new(last + 1),
+            committed: first - 1,
+            applying: first - 1,
+            applied: first - 1,
+            max_apply_bytes,
+        }
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.applied <= self.applying,
+            "{} {}",
+            self.applied,
+            self.applying
+        );
+        debug_assert!(
+            self.applying <= self.committed,
+            "{} {}",
+            self.applying,
+            self.committed
+        );
+        debug_assert!(self.committed <= self.last_index());
+    }
+
+    /// The first index still held (after the latest snapshot).
+    pub fn first_index(&self) -> Index {
+        self.unstable
+            .maybe_first_index()
+            .unwrap_or_else(|| self.storage.first_index())
+    }
+
+    /// The index of the last entry.
+    pub fn last_index(&self) -> Index {
+        self.unstable
+            .maybe_last_index()
+            .unwrap_or_else(|| self.storage.last_index())
+    }
+
+    /// The id of the last entry.
+    pub fn last_entry_id(&self) -> EntryId {
+        let index = self.last_index();
+        // The last index always has a term: it is an entry or the snapshot.
+        EntryId {
+            index,
+            term: self.term(index).unwrap_or(0),
+        }
+    }
+
+    /// The term of the entry at `index`, for `first_index() - 1 <= index <= last_index()`.
+    pub fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if let Some(term) = self.unstable.maybe_term(index) {
+            return Ok(term);
+        }
+        if index < self.first_index() - 1 {
+            return Err(StorageError::Compacted);
+        }
+        if index > self.last_index() {
+            return Err(StorageError::Unavailable);
+        }
+        self.storage.term(index)
+    }
+
+    /// Whether the entry at `index` has term `term`.
+    pub fn match_term(&self, index: Index, term: Term) -> bool {
+        self.term(index).is_ok_and(|t| t == term)
+    }
+
+    /// Raft §5.4.1: a log is at least as up to date as another if its last term is higher, or
+    /// equal with an index at least as high.
+    pub fn is_up_to_date(&self, candidate: EntryId) -> bool {
+        let mine = self.last_entry_id();
+        candidate.term > mine.term || (candidate.term == mine.term && candidate.index >= mine.index)
+    }
+
+    /// The index of the first entry in `entries` that is absent or has a different term here,
+    /// or 0 if all are present.
+    pub fn find_conflict(&self, entries: &[Entry]) -> Index {
+        entries
+            .iter()
+            .find(|e| !self.match_term(e.index, e.term))
+            .map_or(0, |e| e.index)
+    }
+
+    /// For fast backtracking: the largest index `<= index` whose term is `<= term`, with that
+    /// term. The leader can skip every index above it in one round trip.
+    pub fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+        let mut index = index.min(self.last_index());
+        loop {
+            match self.term(index) {
+                Ok(t) if t > term && index > 0 => index -= 1,
+                Ok(t) => return (index, t),
+                Err(_) => return (index, 0),
+            }
+        }
+    }
+
+    /// Appends `entries` received after (`index`, `log_term`) if that entry matches, then
+    /// advances the commit index to `min(committed, last new index)`. Returns the last new
+    /// index, `Ok(None)` on a mismatch, or `Err` if the entries would overwrite committed ones.
+    pub fn maybe_append(
+        &mut self,
+        index: Index,
+        log_term: Term,
+        committed: Index,
+        entries: &[Entry],
+    ) -> Result<Option<Index>, CommittedConflict> {
+        if !self.match_term(index, log_term) {
+            return Ok(None);
+        }
+        let last_new = index + entries.len() as u64;
+        let conflict = self.find_conflict(entries);
+        if conflict != 0 {
+            if conflict <= self.committed {
+                return Err(CommittedConflict { index: conflict });
+            }
+            let start = usize::try_from(conflict - index - 1).unwrap_or(usize::MAX);
+            self.append(&entries[start..]);
+        }
+        self.commit_to(committed.min(last_new));
+        Ok(Some(last_new))
+    }
+
+    /// Appends `entries` (contiguous, starting at or below `last_index() + 1` and above the
+    /// commit index) and returns the new last index.
+    pub fn append(&mut self, entries: &[Entry]) -> Index {
+        if let Some(first) = entries.first() {
+            debug_assert!(first.index > self.committed);
+            self.unstable.truncate_and_append(entries);
+        }
+        self.last_index()
+    }
+
+    /// Moves the commit index forward to `to` (never backward, never past the last entry).
+    pub fn commit_to(&mut self, to: Index) {
+        if to > self.committed && to <= self.last_index() {
+            self.committed = to;
+        }
+        self.check_invariants();
+    }
+
+    /// Commits `index` if it is in `term` (Raft §5.4.2: only entries of the leader's current
+    /// term are committed by counting replicas).
+    pub fn maybe_commit(&mut self, index: Index, term: Term) -> bool {
+        if index > self.committed && self.match_term(index, term) {
+            self.commit_to(index);
+            return true;
+        }
+        false
+    }
+
+    /// Records that the state machine applied everything up to `index`.
+    pub fn applied_to(&mut self, index: Index) -> bool {
+        if index <= self.applied || index > self.committed {
+            return false;
+        }
+        self.applied = index;
+        self.applying = self.applying.max(index);
+        self.check_invariants();
+        true
+    }
+
+    /// Records that entries up to `index` were handed to the state machine.
+    pub fn accept_applying(&mut self, index: Index) {
+        debug_assert!(index <= self.committed);
+        self.applying = self.applying.max(index);
+        self.check_invariants();
+    }
+
+    /// The highest index that may be handed to the state machine: committed and, because an
+    /// entry must not be applied before it is durable locally, below the unstable part.
+    fn max_appliable_index(&self) -> Index {
+        self.committed.min(self.unstable.offset - 1)
+    }
+
+    /// Whether committed entries are waiting to be handed to the state machine.
+    pub fn has_next_committed_entries(&self) -> bool {
+        !self.has_next_or_in_progress_snapshot() && self.applying < self.max_appliable_index()
+    }
+
+    /// The committed, locally durable entries not yet handed to the state machine.
+    pub fn next_committed_entries(&self) -> Vec<Entry> {
+        if !self.has_next_committed_entries() {
+            return Vec::new();
+        }
+        self.slice(
+            self.applying + 1,
+            self.max_appliable_index() + 1,
+            self.max_apply_bytes,
+        )
+        .unwrap_or_default()
+    }
+
+    /// Whether a snapshot is unstable (waiting or being written). Entries are not applied
+    /// meanwhile because the snapshot replaces the state machine.
+    pub fn has_next_or_in_progress_snapshot(&self) -> bool {
+        self.unstable.snapshot.is_some()
+    }
+
+    /// Whether committed but unapplied entries include a membership change; a node must not
+    /// campaign then, because its view of the membership is about to change.
+    pub fn has_unapplied_conf_change(&self) -> bool {
+        let mut lo = self.applied + 1;
+        let hi = self.committed + 1;
+        while lo < hi {
+            let Ok(batch) = self.slice(lo, hi, 1 << 20) else {
+                return true;
+            };
+            if batch.iter().any(|e| e.entry_type == EntryType::ConfChange) {
+                return true;
+            }
+            lo += batch.len() as u64;
+            if batch.is_empty() {
+                break;
+            }
+        }
+        false
+    }
+
+    /// Marks entries up to `id` durable (see [`Unstable::stable_to`]).
+    pub fn stable_to(&mut self, id: EntryId) -> bool {
+        self.unstable.stable_to(id)
+    }
+
+    /// Marks the snapshot at `index` durable.
+    pub fn stable_snap_to(&mut self, index: Index) -> bool {
+        self.unstable.stable_snap_to(index)
+    }
+
+    /// The latest snapshot: the unstable one if any, else the storage's.
+    pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        match &self.unstable.snapshot {
+            Some(s) => Ok(s.clone()),
+            None => self.storage.snapshot(),
+        }
+    }
+
+    /// Replaces the log with `snapshot`; the snapshot's index becomes committed.
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        self.committed = snapshot.metadata.index;
+        self.unstable.restore(snapshot);
+        self.check_invariants();
+    }
+
+    /// Entries from `index` to the end, at most `max_bytes` of payload (at least one entry).
+    pub fn entries(&self, index: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let last = self.last_index();
+        if index > last {
+            return Ok(Vec::new());
+        }
+        self.slice(index, last + 1, max_bytes)
+    }
+
+    /// Entries `[lo, hi)` from storage and the unstable part, at most `max_bytes` of payload
+    /// (at least one entry when the range is non-empty).
+    pub fn slice(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        if lo > hi {
+            return Err(StorageError::Unavailable);
+        }
+        if lo < self.first_index() {
+            return Err(StorageError::Compacted);
+        }
+        if hi > self.last_index() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        if lo == hi {
+            return Ok(Vec::new());
+        }
+        let offset = self.unstable.offset;
+        let mut out = Vec::new();
+        if lo < offset {
+            out = self.storage.entries(lo, hi.min(offset), max_bytes)?;
+            let got = lo + out.len() as u64;
+            if got < hi.min(offset) || hi <= offset {
+                return Ok(out);
+            }
+        }
+        if hi > offset {
+            let mut bytes: u64 = out.iter().map(Entry::payload_bytes).sum();
+            for e in self.unstable.slice(lo.max(offset), hi) {
+                bytes += e.payload_bytes();
+                if !out.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::storage::MemStorage;
+
+    fn ents(terms: &[(u64, u64)]) -> Vec<Entry> {
+        terms
+            .iter()
+            .map(|&(index, term)| Entry {
+                index,
+                term,
+                ..Entry::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn maybe_append_truncates_conflicts_and_refuses_committed_overwrite() {
+        let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
+        log.append(&ents(&[(1, 1), (2, 1), (3, 2)]));
+        assert_eq!(
+            log.maybe_append(1, 1, 2, &ents(&[(2, 1), (3, 3)])),
+            Ok(Some(3))
+        );
+        assert_eq!(log.term(3), Ok(3));
+        assert_eq!(log.committed, 2);
+        assert_eq!(log.maybe_append(3, 2, 3, &[]), Ok(None));
+        assert_eq!(
+            log.maybe_append(1, 1, 3, &ents(&[(2, 9)])),
+            Err(CommittedConflict { index: 2 })
+        );
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_higher_terms() {
+        let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
+        log.append(&ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
+        assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
+        assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
+        assert_eq!(log.find_conflict_by_term(5, 0), (0, 0));
+    }
+
+    #[test]
+    fn committed_entries_wait_for_local_durability() {
+        let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
+        log.append(&ents(&[(1, 1), (2, 1)]));
+        log.commit_to(2);
+        assert!(log.next_committed_entries().is_empty());
+        log.storage.append(&ents(&[(1, 1)])).unwrap();
+        log.stable_to(EntryId { index: 1, term: 1 });
+        assert_eq!(log.next_committed_entries().len(), 1);
+        assert_eq!(log.slice(1, 3, u64::MAX).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,383 @@
+//! The host-facing interface: inputs go in as method calls, work comes out as a [`Ready`], and
+//! the host reports back with acknowledgements.
+//!
+//! One cycle, with asynchronous storage writes:
+//! 1. Feed inputs: [`RawNode::tick`], [`RawNode::step`], [`RawNode::propose`], ...
+//! 2. If [`RawNode::has_ready`], take [`RawNode::ready`].
+//! 3. Send `ready.messages` right away (they do not depend on local durability).
+//! 4. Write `ready.append` (hard state, snapshot, entries, in this order, replacing any stored
+//!    suffix the entries overwrite) and, once durable, call [`RawNode::on_append_durable`] with
+//!    its ack. Append works must be written and acknowledged in the order they were handed
+//!    out; several may be in flight at once.
+//! 5. Apply `ready.apply` to the state machine (calling [`RawNode::apply_conf_change`] for
+//!    membership entries) and then call [`RawNode::on_applied`] with its ack.
+//!
+//! All types in a Ready are plain owned data tagged with the group id, so a runtime hosting
+//! many groups can collect the Readies of all of them and persist their append work in one
+//! write.
+
+use super::config::{Config, ConfigError};
+use super::message::{
+    ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
+    NodeId, Snapshot, Term, payload_bytes,
+};
+use super::raft::{Raft, RaftError, SoftState, StateRole};
+use super::read_only::ReadState;
+use super::storage::LogStorage;
+
+/// Storage work: what to make durable before the acknowledgement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendWork {
+    /// The hard state to record, if it changed.
+    pub hard_state: Option<HardState>,
+    /// A snapshot to install (its data must also be loaded into the state machine before the
+    /// acknowledgement).
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append; the first may overwrite a stored suffix.
+    pub entries: Vec<Entry>,
+    /// What to hand back to [`RawNode::on_append_durable`] once all of the above is durable.
+    pub ack: AppendAck,
+}
+
+/// The acknowledgement of an [`AppendWork`]. It is stamped with the term in which the work was
+/// handed out and the id of its last entry, so a late acknowledgement for entries a newer
+/// leader has overwritten in the meantime is recognized and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendAck {
+    /// The group.
+    pub group_id: u64,
+    /// The node's term when the work was handed out.
+    pub term: Term,
+    /// The last entry written, if any.
+    pub last: Option<EntryId>,
+    /// The index of the snapshot written, if any.
+    pub snapshot_index: Option<Index>,
+    /// Responses that vouch for what was written (append acknowledgements, votes). They are
+    /// released once the write is durable: the ones for this node are stepped, the others are
+    /// queued for the next Ready's messages.
+    pub responses: Vec<Message>,
+}
+
+/// State-machine work: committed entries that are durable locally.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyWork {
+    /// The entries to apply, in order.
+    pub entries: Vec<Entry>,
+    /// What to hand back to [`RawNode::on_applied`] once they are applied.
+    pub ack: ApplyAck,
+}
+
+/// The acknowledgement of an [`ApplyWork`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyAck {
+    /// The group.
+    pub group_id: u64,
+    /// The term of the last entry applied.
+    pub term: Term,
+    /// The index of the last entry applied.
+    pub index: Index,
+}
+
+/// Everything the host has to do for one group after feeding it inputs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The group.
+    pub group_id: u64,
+    /// The new role and leader, if they changed.
+    pub soft_state: Option<SoftState>,
+    /// Messages to send now.
+    pub messages: Vec<Message>,
+    /// Storage work, if any.
+    pub append: Option<AppendWork>,
+    /// State-machine work, if any.
+    pub apply: Option<ApplyWork>,
+    /// Reads that may be served once the state machine reached their index.
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && self.messages.is_empty()
+            && self.append.is_none()
+            && self.apply.is_none()
+            && self.read_states.is_empty()
+    }
+}
+
+/// A raft instance and the bookkeeping to produce Readies.
+pub struct RawNode<S> {
+    /// The state machine.
+    pub raft: Raft<S>,
+    prev_soft_state: SoftState,
+    prev_hard_state: HardState,
+}
+
+impl<S: LogStorage> RawNode<S> {
+    /// A node restored from `storage`.
+    pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, ConfigError> {
+        let raft = Raft::new(config, storage)?;
+        let prev_hard_state = raft.hard_state();
+        let prev_soft_state = raft.soft_state();
+        Ok(RawNode {
+            raft,
+            prev_soft_state,
+            prev_hard_state,
+        })
+    }
+
+    /// The storage (for the host to write into).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.raft.raft_log.storage
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.raft.raft_log.storage
+    }
+
+    /// Advances the logical clock.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Starts an election now.
+    pub fn campaign(&mut self) {
+        self.raft.campaign();
+    }
+
+    /// Proposes one entry of application data.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
+        self.propose_batch(vec![data])
+    }
+
+    /// Proposes several entries at once; they are appended and replicated together.
+    pub fn propose_batch(&mut self, batch: Vec<Vec<u8>>) -> Result<(), RaftError> {
+        let entries = batch
+            .into_iter()
+            .map(|data| Entry {
+                data,
+                ..Entry::default()
+            })
+            .collect();
+        self.propose_entries(entries)
+    }
+
+    fn propose_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        let mut m = Message::new(MessageType::Propose, self.raft.id, self.raft.id);
+        m.group_id = self.raft.group_id;
+        m.entries = entries;
+        self.raft.step(m)
+    }
+
+    /// Proposes a membership change.
+    pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<(), RaftError> {
+        let entry = Entry {
+            entry_type: EntryType::ConfChange,
+            data: cc.encode(),
+            ..Entry::default()
+        };
+        self.propose_entries(vec![entry])
+    }
+
+    /// Requests a linearizable read; a [`ReadState`] with `context` appears in a later Ready.
+    pub fn read_index(&mut self, context: Vec<u8>) -> Result<(), RaftError> {
+        let mut m = Message::new(MessageType::ReadIndex, self.raft.id, self.raft.id);
+        m.group_id = self.raft.group_id;
+        m.context = context;
+        self.raft.step(m)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), RaftError> {
+        let mut m = Message::new(MessageType::TransferLeader, to, self.raft.id);
+        m.group_id = self.raft.group_id;
+        self.raft.step(m)
+    }
+
+    /// Feeds a message from a peer. Local-only and malformed messages are refused with an
+    /// error; nothing a peer sends can make the core panic.
+    pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
+        self.raft.step(m)
+    }
+
+    /// Applies a committed membership change (see [`Raft::apply_conf_change`]).
+    pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, RaftError> {
+        self.raft.apply_conf_change(cc)
+    }
+
+    /// Reports that `id` could not be reached.
+    pub fn report_unreachable(&mut self, id: NodeId) {
+        self.raft.report_unreachable(id);
+    }
+
+    /// Reports the outcome of sending a snapshot to `id`.
+    pub fn report_snapshot(&mut self, id: NodeId, success: bool) {
+        self.raft.report_snapshot(id, success);
+    }
+
+    /// Whether a Ready would carry anything.
+    pub fn has_ready(&self) -> bool {
+        let r = &self.raft;
+        r.soft_state() != self.prev_soft_state
+            || r.hard_state() != self.prev_hard_state
+            || !r.msgs.is_empty()
+            || !r.msgs_after_append.is_empty()
+            || !r.raft_log.unstable.next_entries().is_empty()
+            || r.raft_log.unstable.next_snapshot().is_some()
+            || r.raft_log.has_next_committed_entries()
+            || !r.read_states.is_empty()
+    }
+
+    fn build(
+        &self,
+        messages: Vec<Message>,
+        responses: Vec<Message>,
+        reads: Vec<ReadState>,
+    ) -> Ready {
+        let r = &self.raft;
+        let group_id = r.group_id;
+        let soft = r.soft_state();
+        let hard = r.hard_state();
+        let hard_state = (hard != self.prev_hard_state).then_some(hard);
+        let entries = r.raft_log.unstable.next_entries().to_vec();
+        let snapshot = r.raft_log.unstable.next_snapshot().cloned();
+        let append = if hard_state.is_some()
+            || snapshot.is_some()
+            || !entries.is_empty()
+            || !responses.is_empty()
+        {
+            let ack = AppendAck {
+                group_id,
+                term: r.term,
+                last: entries.last().map(Entry::id),
+                snapshot_index: snapshot.as_ref().map(|s| s.metadata.index),
+                responses,
+            };
+            Some(AppendWork {
+                hard_state,
+                snapshot,
+                entries,
+                ack,
+            })
+        } else {
+            None
+        };
+        let committed = r.raft_log.next_committed_entries();
+        let apply = committed.last().map(|last| ApplyAck {
+            group_id,
+            term: last.term,
+            index: last.index,
+        });
+        let apply = apply.map(|ack| ApplyWork {
+            entries: committed,
+            ack,
+        });
+        Ready {
+            group_id,
+            soft_state: (soft != self.prev_soft_state).then_some(soft),
+            messages,
+            append,
+            apply,
+            read_states: reads,
+        }
+    }
+
+    /// The pending work without marking it handed out; pair with [`RawNode::accept_ready`].
+    pub fn ready_without_accept(&self) -> Ready {
+        let r = &self.raft;
+        self.build(
+            r.msgs.clone(),
+            r.msgs_after_append.clone(),
+            r.read_states.clone(),
+        )
+    }
+
+    /// Marks the work of `rd` (built by [`RawNode::ready_without_accept`] with no input fed
+    /// in between) as handed out.
+    pub fn accept_ready(&mut self, rd: &Ready) {
+        if let Some(ss) = rd.soft_state {
+            self.prev_soft_state = ss;
+        }
+        if let Some(append) = &rd.append {
+            if let Some(hs) = append.hard_state {
+                self.prev_hard_state = hs;
+            }
+        }
+        self.raft.msgs.clear();
+        self.raft.msgs_after_append.clear();
+        self.raft.read_states.clear();
+        self.raft.raft_log.unstable.accept_in_progress();
+        if let Some(apply) = &rd.apply {
+            self.raft.raft_log.accept_applying(apply.ack.index);
+            self.raft
+                .reduce_uncommitted_bytes(payload_bytes(&apply.entries));
+        }
+    }
+
+    /// Takes the pending work and marks it handed out.
+    pub fn ready(&mut self) -> Ready {
+        let messages = std::mem::take(&mut self.raft.msgs);
+        let responses = std::mem::take(&mut self.raft.msgs_after_append);
+        let reads = std::mem::take(&mut self.raft.read_states);
+        let rd = self.build(messages, responses, reads);
+        self.accept_ready(&rd);
+        rd
+    }
+
+    /// Reports that an [`AppendWork`] is durable. Stale parts (entries a newer leader
+    /// replaced, responses of an older term) are ignored.
+    pub fn on_append_durable(&mut self, ack: AppendAck) {
+        if ack.group_id != self.raft.group_id {
+            return;
+        }
+        if let Some(index) = ack.snapshot_index {
+            if self.raft.raft_log.stable_snap_to(index) {
+                // The host loaded the snapshot into the state machine with the write.
+                let log = &mut self.raft.raft_log;
+                if index > log.applied {
+                    log.applied = index;
+                    log.applying = log.applying.max(index);
+                }
+            }
+        }
+        if let Some(last) = ack.last {
+            self.raft.raft_log.stable_to(last);
+        }
+        for m in ack.responses {
+            if m.to == self.raft.id {
+                // Our own vote or append acknowledgement; a stale one fails the term check.
+                let _ = self.raft.step(m);
+            } else {
+                self.raft.msgs.push(m);
+            }
+        }
+    }
+
+    /// Reports that the state machine applied an [`ApplyWork`].
+    pub fn on_applied(&mut self, ack: ApplyAck) {
+        if ack.group_id != self.raft.group_id {
+            return;
+        }
+        if ack.index <= self.raft.raft_log.applying && self.raft.raft_log.applied_to(ack.index) {
+            self.raft.maybe_auto_leave();
+        }
+    }
+
+    /// The synchronous convenience: after the host wrote `rd.append` and applied `rd.apply`,
+    /// acknowledges both.
+    pub fn advance(&mut self, rd: Ready) {
+        if let Some(append) = rd.append {
+            self.on_append_durable(append.ack);
+        }
+        if let Some(apply) = rd.apply {
+            self.on_applied(apply.ack);
+        }
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> StateRole {
+        self.raft.state
+    }
+}
