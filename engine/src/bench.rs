@@ -257,9 +257,13 @@ pub fn run(
                             db.get(&key(k))?;
                         }
                         Workload::Scan => {
+                            // A bounded range, so that the response's count (which
+                            // visits every key of the range, as etcd's does) stays at
+                            // `scan_keys` keys too.
+                            let end = key(k.saturating_add(p.scan_keys as u64));
                             db.range(&RangeRequest {
                                 start: key(k).to_vec(),
-                                end: RangeEnd::Unbounded,
+                                end: RangeEnd::Exclusive(end.to_vec()),
                                 limit: p.scan_keys,
                                 keys_only: false,
                                 count_only: false,

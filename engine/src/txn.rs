@@ -184,7 +184,9 @@ impl RangeRequest {
 pub struct RangeResponse {
     /// Matching keys in ascending order, at most `limit` of them (none when `count_only`).
     pub kvs: Vec<KeyValue>,
-    /// Number of keys in the range, regardless of `limit`.
+    /// Number of keys in the range, regardless of `limit` and filters. As in etcd, computing
+    /// it visits every key of the range: bound the range, not only the limit, to keep a
+    /// read cheap.
     pub count: u64,
     /// Whether more keys matched than were returned.
     pub more: bool,
