@@ -116,6 +116,12 @@ pub enum CheckpointError {
         /// Why.
         source: RestoreError,
     },
+    /// The entries handed to a checkpoint writer were not strictly ascending, or too long.
+    #[error("invalid checkpoint entries: {reason}")]
+    BadSource {
+        /// What was wrong.
+        reason: String,
+    },
     /// The checkpoint's configuration blob exceeded `CONF_STATE_BYTES_MAX`.
     #[error("conf state of {len} bytes exceeds CONF_STATE_BYTES_MAX")]
     ConfStateTooLarge {
@@ -155,9 +161,36 @@ pub fn write_checkpoint(
     term: u64,
     conf_state: &[u8],
 ) -> Result<CheckpointMeta, CheckpointError> {
-    if conf_state.len() > CONF_STATE_BYTES_MAX {
+    let header = CheckpointMeta {
+        index: memtable.applied_index(),
+        term,
+        revision: memtable.revision(),
+        entry_count: 0,
+        conf_state: conf_state.to_vec(),
+    };
+    write_checkpoint_with(path, header, &mut |sink| {
+        for (key, value, meta) in memtable.iter() {
+            sink.push(key, value, meta)?;
+        }
+        Ok(())
+    })
+}
+
+/// What hands a checkpoint writer its entries: it calls [`EntrySink::push`] for each, in
+/// strictly ascending key order.
+pub type EntrySource<'a> = dyn FnMut(&mut EntrySink<'_>) -> Result<(), CheckpointError> + 'a;
+
+/// Writes a checkpoint whose entries come from `fill` (for example chunks of an open memtable
+/// snapshot, read while writes go on). `header` gives index, term, revision and conf state;
+/// its `entry_count` is ignored and counted. Crash-atomic as [`write_checkpoint`].
+pub fn write_checkpoint_with(
+    path: &Path,
+    header: CheckpointMeta,
+    fill: &mut EntrySource<'_>,
+) -> Result<CheckpointMeta, CheckpointError> {
+    if header.conf_state.len() > CONF_STATE_BYTES_MAX {
         return Err(CheckpointError::ConfStateTooLarge {
-            len: conf_state.len(),
+            len: header.conf_state.len(),
         });
     }
     let tmp = tmp_path(path);
@@ -167,23 +200,17 @@ pub fn write_checkpoint(
         .truncate(true)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
-    let meta = CheckpointMeta {
-        index: memtable.applied_index(),
-        term,
-        revision: memtable.revision(),
-        entry_count: memtable.len() as u64,
-        conf_state: conf_state.to_vec(),
-    };
-    let result = write_body(file, &tmp, &meta, memtable).and_then(|()| {
+    let result = write_body(file, &tmp, header, fill).and_then(|meta| {
         fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-        sync_parent(path)
+        sync_parent(path)?;
+        Ok(meta)
     });
     if result.is_err() {
         // A partial temporary file is garbage; removing it is best effort because the
         // original error is the one worth reporting.
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| meta)
+    result
 }
 
 /// Counts bytes and feeds them to the body checksum while writing.
@@ -202,46 +229,81 @@ impl<W: Write> CrcWriter<W> {
     }
 }
 
+/// Receives the entries of a checkpoint being written.
+pub struct EntrySink<'a> {
+    w: CrcWriter<BufWriter<File>>,
+    path: &'a Path,
+    offsets: Vec<u64>,
+    last_key: Option<Vec<u8>>,
+}
+
+impl EntrySink<'_> {
+    /// Appends one entry; keys must be non-empty and strictly ascending.
+    pub fn push(&mut self, key: &[u8], value: &[u8], meta: KeyMeta) -> Result<(), CheckpointError> {
+        if key.is_empty() || self.last_key.as_deref().is_some_and(|l| l >= key) {
+            return Err(CheckpointError::BadSource {
+                reason: "keys must be non-empty and strictly ascending".into(),
+            });
+        }
+        let (Ok(kl), Ok(vl)) = (u32::try_from(key.len()), u32::try_from(value.len())) else {
+            return Err(CheckpointError::BadSource {
+                reason: "key or value longer than u32::MAX bytes".into(),
+            });
+        };
+        self.offsets.push(self.w.pos);
+        let mut head = [0u8; ENTRY_HEADER_BYTES];
+        head[0..4].copy_from_slice(&kl.to_le_bytes());
+        head[4..8].copy_from_slice(&vl.to_le_bytes());
+        head[8..16].copy_from_slice(&meta.create_revision.to_le_bytes());
+        head[16..24].copy_from_slice(&meta.mod_revision.to_le_bytes());
+        head[24..32].copy_from_slice(&meta.version.to_le_bytes());
+        (|| {
+            self.w.put(&head)?;
+            self.w.put(key)?;
+            self.w.put(value)
+        })()
+        .map_err(io_err("write", self.path))?;
+        match &mut self.last_key {
+            Some(l) => {
+                l.clear();
+                l.extend_from_slice(key);
+            }
+            None => self.last_key = Some(key.to_vec()),
+        }
+        Ok(())
+    }
+}
+
 fn write_body(
-    mut file: File,
+    file: File,
     path: &Path,
-    meta: &CheckpointMeta,
-    memtable: &Memtable,
-) -> Result<(), CheckpointError> {
-    let err = io_err("write", path);
+    header: CheckpointMeta,
+    fill: &mut EntrySource<'_>,
+) -> Result<CheckpointMeta, CheckpointError> {
     let conf_len =
-        u32::try_from(meta.conf_state.len()).map_err(|_| CheckpointError::ConfStateTooLarge {
-            len: meta.conf_state.len(),
+        u32::try_from(header.conf_state.len()).map_err(|_| CheckpointError::ConfStateTooLarge {
+            len: header.conf_state.len(),
         })?;
-    let data_offset = (HEADER_BYTES + meta.conf_state.len()) as u64;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, &mut file),
-        crc: crc32fast::Hasher::new(),
-        pos: HEADER_BYTES as u64,
+    let data_offset = (HEADER_BYTES + header.conf_state.len()) as u64;
+    let mut sink = EntrySink {
+        w: CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            pos: HEADER_BYTES as u64,
+        },
+        path,
+        offsets: Vec::new(),
+        last_key: None,
     };
     (|| -> io::Result<()> {
-        w.inner.write_all(&[0u8; HEADER_BYTES])?;
-        w.put(&meta.conf_state)?;
-        let mut offsets = Vec::with_capacity(memtable.len());
-        for (key, value, m) in memtable.iter() {
-            offsets.push(w.pos);
-            let (kl, vl) = (u32::try_from(key.len()), u32::try_from(value.len()));
-            let (Ok(kl), Ok(vl)) = (kl, vl) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "entry too long",
-                ));
-            };
-            let mut head = [0u8; ENTRY_HEADER_BYTES];
-            head[0..4].copy_from_slice(&kl.to_le_bytes());
-            head[4..8].copy_from_slice(&vl.to_le_bytes());
-            head[8..16].copy_from_slice(&m.create_revision.to_le_bytes());
-            head[16..24].copy_from_slice(&m.mod_revision.to_le_bytes());
-            head[24..32].copy_from_slice(&m.version.to_le_bytes());
-            w.put(&head)?;
-            w.put(key)?;
-            w.put(value)?;
-        }
+        sink.w.inner.write_all(&[0u8; HEADER_BYTES])?;
+        sink.w.put(&header.conf_state)
+    })()
+    .map_err(io_err("write", path))?;
+    fill(&mut sink)?;
+    let EntrySink { mut w, offsets, .. } = sink;
+    let entry_count = offsets.len() as u64;
+    (|| -> io::Result<()> {
         let table_offset = w.pos;
         for off in offsets {
             w.put(&off.to_le_bytes())?;
@@ -257,13 +319,21 @@ fn write_body(
         w.inner.write_all(&footer)?;
         w.inner.flush()
     })()
-    .map_err(err)?;
-    drop(w);
-    let header = encode_header(meta, conf_len);
+    .map_err(io_err("write", path))?;
+    let mut file = w
+        .inner
+        .into_inner()
+        .map_err(|e| io_err("write", path)(e.into_error()))?;
+    let meta = CheckpointMeta {
+        entry_count,
+        ..header
+    };
+    let encoded = encode_header(&meta, conf_len);
     file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.write_all(&header))
+        .and_then(|_| file.write_all(&encoded))
         .map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("fsync", path))
+    file.sync_all().map_err(io_err("fsync", path))?;
+    Ok(meta)
 }
 
 fn encode_header(meta: &CheckpointMeta, conf_len: u32) -> [u8; HEADER_BYTES] {
@@ -710,6 +780,18 @@ impl CheckpointDir {
     ) -> Result<(PathBuf, CheckpointMeta), CheckpointError> {
         let path = self.path_for(memtable.applied_index());
         let meta = write_checkpoint(&path, memtable, term, conf_state)?;
+        Ok((path, meta))
+    }
+
+    /// Writes a checkpoint covering `header.index` from entries handed out by `fill` (see
+    /// [`write_checkpoint_with`]) and returns its path.
+    pub fn write_with(
+        &self,
+        header: CheckpointMeta,
+        fill: &mut EntrySource<'_>,
+    ) -> Result<(PathBuf, CheckpointMeta), CheckpointError> {
+        let path = self.path_for(header.index);
+        let meta = write_checkpoint_with(&path, header, fill)?;
         Ok((path, meta))
     }
 

@@ -27,8 +27,9 @@
 //! # Checkpoints and recovery
 //!
 //! A background thread writes a checkpoint once `checkpoint_log_bytes` of log were written
-//! since the last one: it copies the memtable under a read lock (writers wait for the copy,
-//! not for the file), waits until the copy's last transaction is durable, writes the file,
+//! since the last one: it opens a snapshot of the memtable (writers go on; the snapshot keeps
+//! the previous version of each key they overwrite), waits until the snapshot's last
+//! transaction is durable, writes the file chunk by chunk under short read locks,
 //! keeps the newest `checkpoints_kept`, and purges the log below the oldest kept one — so that
 //! if the newest checkpoint turns out corrupt, recovery can still use the previous one and
 //! replay the log after it. Recovery = newest valid checkpoint + replay of the later log.
@@ -42,7 +43,7 @@ use std::time::Duration;
 use keel_wal::{Wal, WalOptions};
 
 use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta};
-use crate::memtable::{KvError, KvLimits, Memtable};
+use crate::memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 use crate::revision::KeyValue;
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
 use crate::txn_codec::{decode_txn, encode_txn};
@@ -191,6 +192,9 @@ pub enum DbError {
         reason: String,
     },
 }
+
+/// Entries a checkpoint copies from the memtable per read lock.
+const CHECKPOINT_CHUNK_ENTRIES: usize = 1024;
 
 /// Replayed records between two progress reports during recovery.
 const REPLAY_PROGRESS_RECORDS: u64 = 100_000;
@@ -757,18 +761,69 @@ impl Inner {
     fn checkpoint(&self) -> Result<Option<CheckpointMeta>, DbError> {
         let mut last = self.checkpoint_lock.lock().map_err(lock_poisoned)?;
         self.check_poison()?;
-        let copy = self.memtable.read().map_err(lock_poisoned)?.clone();
-        let index = copy.applied_index();
-        if *last == Some(index) || index == 0 {
+        // Open a snapshot of the memtable: writers go on, and the snapshot keeps the
+        // previous version of whatever they overwrite, so nobody waits for a copy.
+        let info = {
+            let mut m = self.memtable.write().map_err(lock_poisoned)?;
+            // Only this function opens snapshots, under `checkpoint_lock`; one left open by
+            // a failed attempt is closed here.
+            m.end_snapshot();
+            m.begin_snapshot()
+        };
+        let Some(info) = info else {
+            return Ok(None);
+        };
+        let result = self.write_snapshot(info, &mut last);
+        if let Ok(mut m) = self.memtable.write() {
+            m.end_snapshot();
+        }
+        result
+    }
+
+    /// Writes the open memtable snapshot as a checkpoint, chunk by chunk.
+    fn write_snapshot(
+        &self,
+        info: SnapshotInfo,
+        last: &mut Option<u64>,
+    ) -> Result<Option<CheckpointMeta>, DbError> {
+        if *last == Some(info.applied_index) || info.applied_index == 0 {
             self.log_bytes_since_checkpoint.store(0, Ordering::Relaxed);
             return Ok(None);
         }
-        // The copy may include a group whose append is still in flight: only durable state
-        // may be checkpointed, or recovery would skip records that never reached the log.
-        self.wait_durable(copy.revision())?;
+        // The snapshot may include a group whose append is still in flight: only durable
+        // state may be checkpointed, or recovery would skip records that never reached the
+        // log.
+        self.wait_durable(info.revision)?;
         self.log_bytes_since_checkpoint.store(0, Ordering::Relaxed);
-        let (_, meta) = self.checkpoints.write(&copy, 0, &[])?;
-        *last = Some(index);
+        let header = CheckpointMeta {
+            index: info.applied_index,
+            term: 0,
+            revision: info.revision,
+            entry_count: 0,
+            conf_state: Vec::new(),
+        };
+        let (_, meta) = self.checkpoints.write_with(header, &mut |sink| {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                // A short read lock per chunk: the leader can apply between chunks.
+                let chunk = match self.memtable.read() {
+                    Ok(m) => m.snapshot_chunk(after.as_deref(), CHECKPOINT_CHUNK_ENTRIES),
+                    Err(_) => {
+                        return Err(CheckpointError::BadSource {
+                            reason: "memtable lock poisoned".into(),
+                        });
+                    }
+                };
+                let Some(tail) = chunk.last() else {
+                    return Ok(());
+                };
+                after = Some(tail.key.clone());
+                for kv in &chunk {
+                    sink.push(&kv.key, &kv.value, kv.meta)?;
+                }
+            }
+        })?;
+        *last = Some(info.applied_index);
         self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
         self.checkpoints.retain(self.options.checkpoints_kept)?;
         if let Some((oldest, _)) = self.checkpoints.list()?.first() {

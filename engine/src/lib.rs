@@ -116,7 +116,7 @@ pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,
     WriteBatch,
 };
-pub use memtable::{KvError, KvLimits, Memtable};
+pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,

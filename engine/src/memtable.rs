@@ -149,6 +149,28 @@ pub struct Memtable {
     /// Sum of key and value lengths of live keys, for reporting and checkpoint sizing.
     data_bytes: u64,
     limits: KvLimits,
+    /// The snapshot being read, if any (see [`Memtable::begin_snapshot`]).
+    shadow: Option<Shadow>,
+}
+
+/// A snapshot kept consistent while writes go on: the pre-image of every key written since
+/// the snapshot began (`None` for a key that did not exist then). A key absent from
+/// `pre_images` is unchanged since, so its live entry is the snapshot's.
+#[derive(Clone, Debug)]
+struct Shadow {
+    info: SnapshotInfo,
+    pre_images: BTreeMap<Vec<u8>, Option<Stored>>,
+}
+
+/// The point a snapshot of the memtable was taken at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Store revision of the snapshot.
+    pub revision: u64,
+    /// Log position of the last command the snapshot contains.
+    pub applied_index: u64,
+    /// Number of live keys in the snapshot.
+    pub len: usize,
 }
 
 impl Memtable {
@@ -161,7 +183,106 @@ impl Memtable {
             applied_index: 0,
             data_bytes: 0,
             limits,
+            shadow: None,
         })
+    }
+
+    /// Begins a snapshot of the current state that stays readable, through
+    /// [`Memtable::snapshot_chunk`], while later transactions are applied — so a checkpoint
+    /// can be written without stopping writers for a copy of the whole store. Each key
+    /// written while the snapshot is open has its previous version kept aside once, so the
+    /// extra memory is proportional to the keys written meanwhile. Returns `None` if a
+    /// snapshot is already open (one at a time); close it with [`Memtable::end_snapshot`].
+    pub fn begin_snapshot(&mut self) -> Option<SnapshotInfo> {
+        if self.shadow.is_some() {
+            return None;
+        }
+        let info = SnapshotInfo {
+            revision: self.revision,
+            applied_index: self.applied_index,
+            len: self.map.len(),
+        };
+        self.shadow = Some(Shadow {
+            info,
+            pre_images: BTreeMap::new(),
+        });
+        Some(info)
+    }
+
+    /// Up to `entries_max` entries of the open snapshot with keys strictly after `after`
+    /// (from the first key when `None`), in key order; empty once the snapshot is exhausted
+    /// or when no snapshot is open.
+    pub fn snapshot_chunk(&self, after: Option<&[u8]>, entries_max: usize) -> Vec<KeyValue> {
+        let Some(shadow) = &self.shadow else {
+            return Vec::new();
+        };
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut live = self
+            .map
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .peekable();
+        let mut pre = shadow
+            .pre_images
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < entries_max {
+            // Merge the live map and the pre-images by key; a pre-image wins over the live
+            // entry of the same key, and a `None` pre-image hides a key created since.
+            let (key, stored) = match (live.peek(), pre.peek()) {
+                (None, None) => break,
+                (Some(&(lk, ls)), None) => {
+                    live.next();
+                    (lk, Some(ls))
+                }
+                (None, Some(&(pk, ps))) => {
+                    pre.next();
+                    (pk, ps.as_ref())
+                }
+                (Some(&(lk, ls)), Some(&(pk, ps))) => {
+                    if lk < pk {
+                        live.next();
+                        (lk, Some(ls))
+                    } else {
+                        if lk == pk {
+                            live.next();
+                        }
+                        pre.next();
+                        (pk, ps.as_ref())
+                    }
+                }
+            };
+            if let Some(s) = stored {
+                out.push(KeyValue {
+                    key: key.clone(),
+                    value: s.value.clone(),
+                    meta: s.meta,
+                });
+            }
+        }
+        out
+    }
+
+    /// Closes the open snapshot and frees the versions it kept.
+    pub fn end_snapshot(&mut self) {
+        self.shadow = None;
+    }
+
+    /// The open snapshot, if any.
+    pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
+        self.shadow.as_ref().map(|s| s.info)
+    }
+
+    /// Keeps the current version of `key` for the open snapshot before it is written, the
+    /// first time it is written since the snapshot began.
+    fn preserve(&mut self, key: &[u8]) {
+        if let Some(shadow) = &mut self.shadow {
+            if !shadow.pre_images.contains_key(key) {
+                shadow
+                    .pre_images
+                    .insert(key.to_vec(), self.map.get(key).cloned());
+            }
+        }
     }
 
     /// The limits this store enforces.
@@ -446,6 +567,7 @@ impl Memtable {
 
     /// Writes the key; returns its previous metadata and value (moved out, not copied).
     fn put_at(&mut self, key: &[u8], value: &[u8], revision: u64) -> (KeyMeta, Option<Vec<u8>>) {
+        self.preserve(key);
         match self.map.get_mut(key) {
             Some(s) => {
                 let prev = s.meta;
@@ -492,6 +614,7 @@ impl Memtable {
         let deleted = keys.len() as u64;
         let mut prev = Vec::new();
         for k in keys {
+            self.preserve(&k);
             if let Some(s) = self.map.remove(&k) {
                 self.data_bytes -= (k.len() + s.value.len()) as u64;
                 if want {

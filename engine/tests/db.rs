@@ -506,3 +506,50 @@ fn a_failed_checkpoint_does_not_stop_writes() {
     let db = Db::open(dir.path(), small()).unwrap();
     assert_eq!(db.get(b"b").unwrap().unwrap().value, b"2");
 }
+
+#[test]
+fn checkpoints_taken_while_writers_run_recover_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(dir.path(), small()).unwrap());
+    let writers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                for i in 0..150u8 {
+                    db.put(&[t, i % 40], &[i; 50]).unwrap();
+                    if i % 7 == 0 {
+                        db.delete(&[t, (i + 3) % 40]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut checkpoints = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        if db.checkpoint().unwrap().is_some() {
+            checkpoints += 1;
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(checkpoints > 0);
+    let all = |db: &Db| {
+        db.range(&RangeRequest {
+            start: vec![0],
+            end: RangeEnd::Unbounded,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+            filter: Default::default(),
+            sort: None,
+        })
+        .unwrap()
+    };
+    let before = all(&db);
+    let db = Arc::try_unwrap(db).unwrap();
+    db.close();
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert!(db.recovery().checkpoint_index.is_some());
+    assert_eq!(all(&db), before);
+}

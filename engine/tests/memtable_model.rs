@@ -404,3 +404,45 @@ proptest! {
         let _ = keel_engine::txn_codec::decode_txn(&garbage);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A snapshot read in chunks while transactions go on returns exactly the state at the
+    /// moment it began.
+    #[test]
+    fn snapshot_stays_consistent_while_writes_go_on(
+        before in prop::collection::vec(op(), 0..30),
+        during in prop::collection::vec((prop::collection::vec(op(), 1..3), 1usize..4), 0..20),
+    ) {
+        let mut m = Memtable::new(KvLimits::default()).unwrap();
+        for o in before {
+            m.txn(&Txn::batch(vec![o])).unwrap();
+        }
+        m.set_applied_index(5);
+        let reference: Vec<_> = m.iter().map(|(k, v, meta)| (k.to_vec(), v.to_vec(), meta)).collect();
+        let info = m.begin_snapshot().unwrap();
+        prop_assert!(m.begin_snapshot().is_none(), "one snapshot at a time");
+        prop_assert_eq!((info.revision, info.applied_index, info.len), (m.revision(), 5, reference.len()));
+        let mut got = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        let mut steps = during.into_iter();
+        loop {
+            // Interleave writes between chunk reads.
+            let chunk_len = match steps.next() {
+                Some((ops, n)) => {
+                    m.txn(&Txn::batch(ops)).unwrap();
+                    n
+                }
+                None => 2,
+            };
+            let chunk = m.snapshot_chunk(after.as_deref(), chunk_len);
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.key.clone());
+            got.extend(chunk.into_iter().map(|kv| (kv.key, kv.value, kv.meta)));
+        }
+        prop_assert_eq!(got, reference);
+        m.end_snapshot();
+        prop_assert!(m.snapshot_chunk(None, 10).is_empty());
+    }
+}
