@@ -113,8 +113,8 @@ pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointR
 pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
 pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
 pub use log_store::{
-    Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,
-    WriteBatch,
+    Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, LogStoreStats,
+    SnapshotMeta, StagedWrite, WriteBatch,
 };
 pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 pub use revision::{KeyMeta, KeyValue};

@@ -355,6 +355,23 @@ pub struct RecoveryProgress {
     pub end_lsn: u64,
 }
 
+/// A summary of a [`LogStore`], from [`LogStore::stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStoreStats {
+    /// Groups with any state.
+    pub groups: usize,
+    /// Live entries over all groups.
+    pub entries: usize,
+    /// Entry payload bytes in the cache.
+    pub cache_bytes: usize,
+    /// The oldest LSN any group needs: the log can be purged below it.
+    pub pinned_lsn: u64,
+    /// Live log segments.
+    pub segments: usize,
+    /// Staged writes awaiting completion.
+    pub inflight_writes: usize,
+}
+
 /// What [`LogStore::maintain`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {
@@ -752,6 +769,18 @@ impl<B: LogBackend> LogStore<B> {
     /// Bytes of entry payloads held in the cache.
     pub fn cache_bytes(&self) -> usize {
         self.state.cache_bytes
+    }
+
+    /// A summary for metrics: groups, live entries, cache use, what pins the log.
+    pub fn stats(&self) -> LogStoreStats {
+        LogStoreStats {
+            groups: self.state.groups.len(),
+            entries: self.state.groups.values().map(|g| g.entries.len()).sum(),
+            cache_bytes: self.state.cache_bytes,
+            pinned_lsn: self.pinned_lsn(),
+            segments: self.log.segments().len(),
+            inflight_writes: self.inflight.len(),
+        }
     }
 
     fn group(&self, group: GroupId) -> Option<&GroupLog> {

@@ -459,8 +459,15 @@ fn a_lagging_group_is_rewritten_so_segments_are_purged() {
     }
     s.purge().unwrap();
     assert!(log.segments().len() > 20, "group 1 pins the first segment");
+    let stats = s.stats();
+    assert_eq!(
+        (stats.groups, stats.pinned_lsn),
+        (2, 1),
+        "group 1 pins the first record"
+    );
     let report = s.maintain().unwrap();
     assert_eq!(report.rewritten, vec![(1, 2)]);
+    assert!(s.stats().pinned_lsn > 1);
     assert!(
         report.segments_after <= options().segments_live_max + 1,
         "{report:?}"
