@@ -4,6 +4,11 @@
 //! Everything here is owned data without references into the core, so a runtime that hosts
 //! many groups can gather the output of all of them into one batch.
 
+/// An entry's payload: shared and immutable, so that the copies of an entry in the unstable
+/// log, in messages to every follower, in storage work and in apply work share one buffer
+/// instead of allocating one each.
+pub type Payload = std::sync::Arc<[u8]>;
+
 /// An index into the replicated log. Index 0 is the empty log; the first real entry is 1.
 pub type Index = u64;
 
@@ -36,7 +41,7 @@ pub struct Entry {
     /// Whether `data` is application data or a membership change.
     pub entry_type: EntryType,
     /// The payload.
-    pub data: Vec<u8>,
+    pub data: Payload,
 }
 
 impl Entry {

@@ -19,7 +19,7 @@
 use super::config::{Config, ConfigError};
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
-    NodeId, Snapshot, Term, payload_bytes,
+    NodeId, Payload, Snapshot, Term, payload_bytes,
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
@@ -148,12 +148,12 @@ impl<S: LogStorage> RawNode<S> {
     }
 
     /// Proposes one entry of application data.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
-        self.propose_batch(vec![data])
+    pub fn propose(&mut self, data: impl Into<Payload>) -> Result<(), RaftError> {
+        self.propose_batch(vec![data.into()])
     }
 
     /// Proposes several entries at once; they are appended and replicated together.
-    pub fn propose_batch(&mut self, batch: Vec<Vec<u8>>) -> Result<(), RaftError> {
+    pub fn propose_batch(&mut self, batch: Vec<Payload>) -> Result<(), RaftError> {
         let entries = batch
             .into_iter()
             .map(|data| Entry {
@@ -175,7 +175,7 @@ impl<S: LogStorage> RawNode<S> {
     pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<(), RaftError> {
         let entry = Entry {
             entry_type: EntryType::ConfChange,
-            data: cc.encode(),
+            data: cc.encode().into(),
             ..Entry::default()
         };
         self.propose_entries(vec![entry])

@@ -87,24 +87,38 @@ impl MemStorage {
     /// Appends entries, replacing any stored suffix that starts at or after the first new one.
     /// Entries at or below the snapshot are skipped; a gap after the last entry is refused.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let skip = self.prepare_append(entries)?;
+        self.entries.extend_from_slice(&entries[skip..]);
+        Ok(())
+    }
+
+    /// Like [`MemStorage::append`], but moves the entries in instead of cloning them.
+    pub fn append_owned(&mut self, mut entries: Vec<Entry>) -> Result<(), StorageError> {
+        let skip = self.prepare_append(&entries)?;
+        entries.drain(..skip);
+        self.entries.append(&mut entries);
+        Ok(())
+    }
+
+    /// Checks an append and truncates the suffix it replaces; returns how many leading
+    /// entries are already covered by the snapshot and must be skipped.
+    fn prepare_append(&mut self, entries: &[Entry]) -> Result<usize, StorageError> {
         let Some(first_new) = entries.first() else {
-            return Ok(());
+            return Ok(0);
         };
         let snap_index = self.snapshot.metadata.index;
         let skip = usize::try_from(snap_index.saturating_sub(first_new.index - 1))
             .unwrap_or(usize::MAX)
             .min(entries.len());
-        let entries = &entries[skip..];
-        let Some(first) = entries.first() else {
-            return Ok(());
+        let Some(first) = entries.get(skip) else {
+            return Ok(skip);
         };
         if first.index > self.last_index() + 1 {
             return Err(StorageError::Unavailable);
         }
         let keep = usize::try_from(first.index - snap_index - 1).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        Ok(skip)
     }
 
     /// Replaces the whole log with a snapshot (one the leader sent).
@@ -241,7 +255,7 @@ mod tests {
         let big = |i| Entry {
             index: i,
             term: 1,
-            data: vec![0; 10],
+            data: vec![0; 10].into(),
             ..Entry::default()
         };
         s.append(&[big(1), big(2), big(3)]).unwrap();
