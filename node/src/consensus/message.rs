@@ -64,6 +64,19 @@ pub fn payload_bytes(entries: &[Entry]) -> u64 {
     entries.iter().map(Entry::payload_bytes).sum()
 }
 
+/// How many leading entries of `entries` fit in `max_bytes` of payload; at least one when
+/// `entries` is not empty, so that an oversized entry still makes progress.
+pub fn count_within(entries: &[Entry], max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        bytes += e.payload_bytes();
+        if i > 0 && bytes > max_bytes {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 /// An (index, term) pair; by the Log Matching Property it identifies an entry and its prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EntryId {

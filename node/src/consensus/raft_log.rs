@@ -2,7 +2,7 @@
 //! the commit and apply cursors.
 
 use super::log_unstable::Unstable;
-use super::message::{Entry, EntryId, EntryType, Index, Snapshot, Term};
+use super::message::{Entry, EntryId, EntryType, Index, Snapshot, Term, count_within};
 use super::storage::{LogStorage, StorageError};
 
 /// Refusal to overwrite a committed entry: the append came from a faulty or misrouted leader.
@@ -318,13 +318,22 @@ impl<S: LogStorage> RaftLog<S> {
             }
         }
         if hi > offset {
-            let mut bytes: u64 = out.iter().map(Entry::payload_bytes).sum();
-            for e in self.unstable.slice(lo.max(offset), hi) {
-                bytes += e.payload_bytes();
-                if !out.is_empty() && bytes > max_bytes {
-                    break;
-                }
-                out.push(e.clone());
+            let used: u64 = out.iter().map(Entry::payload_bytes).sum();
+            let part = self.unstable.slice(lo.max(offset), hi);
+            if out.is_empty() {
+                out = part[..count_within(part, max_bytes)].to_vec();
+            } else {
+                // Storage entries came first; unstable ones join only within the budget.
+                let budget = max_bytes.saturating_sub(used);
+                let mut bytes = 0u64;
+                let n = part
+                    .iter()
+                    .take_while(|e| {
+                        bytes += e.payload_bytes();
+                        bytes <= budget
+                    })
+                    .count();
+                out.extend_from_slice(&part[..n]);
             }
         }
         Ok(out)

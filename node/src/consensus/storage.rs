@@ -4,7 +4,9 @@
 //! [`Ready`](super::raw_node::Ready) and the host writes it. The trait is how the core reads
 //! back what was made durable.
 
-use super::message::{ConfState, Entry, HardState, Index, Snapshot, SnapshotMetadata, Term};
+use super::message::{
+    ConfState, Entry, HardState, Index, Snapshot, SnapshotMetadata, Term, count_within,
+};
 
 /// Why storage could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,16 +182,8 @@ impl LogStorage for MemStorage {
         let base = self.snapshot.metadata.index + 1;
         let start = usize::try_from(lo - base).unwrap_or(usize::MAX);
         let end = usize::try_from(hi - base).unwrap_or(usize::MAX);
-        let mut out = Vec::with_capacity(end - start);
-        let mut bytes = 0u64;
-        for entry in &self.entries[start..end] {
-            bytes += entry.payload_bytes();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        Ok(out)
+        let range = &self.entries[start..end];
+        Ok(range[..count_within(range, max_bytes)].to_vec())
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
