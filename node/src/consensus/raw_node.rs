@@ -381,3 +381,55 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.state
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::storage::MemStorage;
+
+    fn node() -> RawNode<MemStorage> {
+        let storage = MemStorage::new_with_conf(&[1, 2], &[]);
+        RawNode::new(&Config::new(1), storage).unwrap()
+    }
+
+    #[test]
+    fn ready_without_accept_then_accept_equals_ready() {
+        let mut a = node();
+        let mut b = node();
+        for raw in [&mut a, &mut b] {
+            raw.campaign();
+        }
+        let peeked = a.ready_without_accept();
+        assert!(a.has_ready());
+        assert_eq!(a.ready_without_accept(), peeked, "peeking changes nothing");
+        a.accept_ready(&peeked);
+        let taken = b.ready();
+        assert_eq!(peeked, taken);
+        assert_eq!(a.has_ready(), b.has_ready());
+        assert_eq!(
+            a.raft.unstable().offset_in_progress,
+            b.raft.unstable().offset_in_progress
+        );
+    }
+
+    #[test]
+    fn stale_apply_and_foreign_group_acks_are_ignored() {
+        let mut raw = node();
+        raw.on_applied(ApplyAck {
+            group_id: 0,
+            term: 1,
+            index: 5,
+        });
+        assert_eq!(
+            raw.raft.raft_log.applied, 0,
+            "nothing was handed out up to 5"
+        );
+        raw.on_append_durable(AppendAck {
+            group_id: 7,
+            term: 1,
+            last: Some(EntryId { index: 1, term: 1 }),
+            ..AppendAck::default()
+        });
+        assert_eq!(raw.raft.unstable().offset, 1);
+    }
+}
