@@ -263,6 +263,8 @@ pub fn run(
                                 limit: p.scan_keys,
                                 keys_only: false,
                                 count_only: false,
+                                filter: Default::default(),
+                                sort: None,
                             })?;
                         }
                         Workload::Mixed => {

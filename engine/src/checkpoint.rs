@@ -652,7 +652,9 @@ pub struct CheckpointDir {
 
 impl CheckpointDir {
     /// Opens (creating if needed) a checkpoint directory and removes temporary files left by
-    /// a crash during a write: they were never published, so nothing refers to them.
+    /// a crash during a write: they were never published, so nothing refers to them. The
+    /// directory has no lock of its own: open it only while holding the owner's lock (`Db`
+    /// holds its WAL's), or a second opener could remove a write in progress.
     pub fn open(dir: &Path) -> Result<CheckpointDir, CheckpointError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
@@ -740,6 +742,19 @@ impl CheckpointDir {
             }
         }
         Ok((None, skipped))
+    }
+
+    /// Renames a checkpoint that failed verification to `<name>.corrupt`: it stays on disk
+    /// for inspection but no longer counts as a checkpoint, so retention and log purging,
+    /// which go by the names of the checkpoints present, can never keep it in place of a
+    /// good one.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf, CheckpointError> {
+        let mut target = path.as_os_str().to_owned();
+        target.push(".corrupt");
+        let target = PathBuf::from(target);
+        fs::rename(path, &target).map_err(io_err("rename", path))?;
+        sync_parent(&target)?;
+        Ok(target)
     }
 
     /// Deletes all but the newest `keep` checkpoints, and fsyncs the directory.

@@ -47,6 +47,18 @@ use crate::revision::KeyValue;
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
 use crate::txn_codec::{decode_txn, encode_txn};
 
+/// What opening a store does with a checkpoint that fails verification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointRecovery {
+    /// Report it in [`DbRecovery::skipped_checkpoints`], quarantine it (`<name>.corrupt`) and
+    /// recover from the newest older one that verifies plus the log after it (the log is kept
+    /// from the oldest retained checkpoint for this). The default.
+    #[default]
+    FallBack,
+    /// Refuse to open: return the verification error and change nothing on disk.
+    Strict,
+}
+
 /// Options of a [`Db`].
 #[derive(Clone, Debug)]
 pub struct DbOptions {
@@ -64,6 +76,15 @@ pub struct DbOptions {
     /// Whether a background thread writes checkpoints. Default true; when false, only
     /// [`Db::checkpoint`] writes them.
     pub background_checkpoints: bool,
+    /// Most key and value bytes the store holds (all data lives in memory). A transaction
+    /// whose puts would take the store past it is refused with [`DbError::StoreFull`];
+    /// deletes are always accepted so that space can be freed. The check counts a put's
+    /// full size even when it overwrites, and concurrent writers may overshoot by one group
+    /// commit, so it is a quota, not an exact bound. Default 2 GiB (etcd's default quota).
+    pub data_bytes_max: u64,
+    /// What to do with a checkpoint that fails verification. Default
+    /// [`CheckpointRecovery::FallBack`].
+    pub checkpoint_recovery: CheckpointRecovery,
 }
 
 impl Default for DbOptions {
@@ -78,6 +99,8 @@ impl Default for DbOptions {
             checkpoints_kept: 2,
             group_commit_txns_max: 512,
             background_checkpoints: true,
+            data_bytes_max: 2 << 30,
+            checkpoint_recovery: CheckpointRecovery::FallBack,
         }
     }
 }
@@ -145,6 +168,16 @@ pub enum DbError {
         /// Next LSN of the log.
         log_next: u64,
     },
+    /// The store holds `data_bytes_max` bytes already; delete something first.
+    #[error("store full: {used} bytes held, the put needs {needed} more, data_bytes_max = {max}")]
+    StoreFull {
+        /// Key and value bytes held now.
+        used: u64,
+        /// Key and value bytes the transaction's puts add.
+        needed: u64,
+        /// The quota.
+        max: u64,
+    },
     /// An earlier log write failed; reopen the store to recover what was durable.
     #[error("store poisoned by an earlier failure: {cause}")]
     Poisoned {
@@ -178,7 +211,8 @@ pub struct DbReplayProgress {
 pub struct DbRecovery {
     /// Index of the checkpoint loaded, if any.
     pub checkpoint_index: Option<u64>,
-    /// Newer checkpoints that failed verification and were skipped, with the reason.
+    /// Newer checkpoints that failed verification, with the reason; each was renamed to
+    /// `<name>.corrupt` so that it is kept for inspection but never used or counted.
     pub skipped_checkpoints: Vec<(PathBuf, String)>,
     /// Log records replayed after the checkpoint.
     pub replayed_records: u64,
@@ -230,6 +264,10 @@ struct Inner {
     queue_cv: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
+    /// Copy of `Durable::revision` for lock-free reads; written under the `durable` lock.
+    durable_revision: AtomicU64,
+    /// Set (under the `durable` lock) when `Durable::poison` is.
+    poisoned: AtomicBool,
     /// Serializes checkpoint writers (background thread and `Db::checkpoint`).
     checkpoint_lock: Mutex<Option<u64>>,
     log_bytes_since_checkpoint: AtomicU64,
@@ -280,14 +318,21 @@ impl Db {
     ) -> Result<Db, DbError> {
         options.validate()?;
         let dir = dir.as_ref();
-        let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
+        // The WAL takes the directory's lock: open it first, so that a second opener fails
+        // before it touches the checkpoint directory (which removes temporary files).
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
+        let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
         let mut recovery = DbRecovery::default();
-        let (newest, skipped) = checkpoints.newest_valid()?;
-        recovery.skipped_checkpoints = skipped
-            .into_iter()
-            .map(|s| (s.path, s.error.to_string()))
-            .collect();
+        let (newest, mut skipped) = checkpoints.newest_valid()?;
+        if options.checkpoint_recovery == CheckpointRecovery::Strict && !skipped.is_empty() {
+            return Err(DbError::Checkpoint(skipped.swap_remove(0).error));
+        }
+        for s in skipped {
+            checkpoints.quarantine(&s.path)?;
+            recovery
+                .skipped_checkpoints
+                .push((s.path, s.error.to_string()));
+        }
         let mut memtable = match &newest {
             Some(r) => {
                 recovery.checkpoint_index = Some(r.meta().index);
@@ -333,6 +378,7 @@ impl Db {
             lsn: memtable.applied_index(),
             end_lsn: log_next,
         });
+        let durable_revision = memtable.revision();
         let durable = Durable {
             revision: memtable.revision(),
             index: memtable.applied_index(),
@@ -348,6 +394,8 @@ impl Db {
             queue_cv: Condvar::new(),
             durable: Mutex::new(durable),
             durable_cv: Condvar::new(),
+            durable_revision: AtomicU64::new(durable_revision),
+            poisoned: AtomicBool::new(false),
             log_bytes_since_checkpoint: AtomicU64::new(0),
             txns_logged: AtomicU64::new(0),
             log_appends: AtomicU64::new(0),
@@ -443,6 +491,23 @@ impl Db {
         {
             let m = self.inner.memtable.read().map_err(lock_poisoned)?;
             m.validate_txn(&txn)?;
+            let needed: u64 = txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => (key.len() + value.len()) as u64,
+                    _ => 0,
+                })
+                .sum();
+            let max = self.inner.options.data_bytes_max;
+            if needed > 0 && m.data_bytes().saturating_add(needed) > max {
+                return Err(DbError::StoreFull {
+                    used: m.data_bytes(),
+                    needed,
+                    max,
+                });
+            }
         }
         self.inner.submit(txn)
     }
@@ -480,6 +545,9 @@ impl Drop for Db {
 
 impl Inner {
     fn check_poison(&self) -> Result<(), DbError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let d = self.durable.lock().map_err(lock_poisoned)?;
         match &d.poison {
             Some(cause) => Err(DbError::Poisoned {
@@ -491,6 +559,14 @@ impl Inner {
 
     /// Waits until every transaction up to `revision` is durable.
     fn wait_durable(&self, revision: u64) -> Result<(), DbError> {
+        // Fast path for reads of durable data, without the lock: a revision at or below the
+        // durable one stays durable whatever happens later. A poisoned store takes the slow
+        // path so that every call reports the poison.
+        if !self.poisoned.load(Ordering::Acquire)
+            && self.durable_revision.load(Ordering::Acquire) >= revision
+        {
+            return Ok(());
+        }
         let mut d = self.durable.lock().map_err(lock_poisoned)?;
         loop {
             if let Some(cause) = &d.poison {
@@ -633,9 +709,11 @@ impl Inner {
             match &failure {
                 Some(cause) => {
                     d.poison.get_or_insert_with(|| cause.clone());
+                    self.poisoned.store(true, Ordering::Release);
                 }
                 None => {
                     d.revision = revision;
+                    self.durable_revision.store(revision, Ordering::Release);
                     if !records.is_empty() {
                         d.index = first_lsn + records.len() as u64 - 1;
                     }

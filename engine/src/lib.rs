@@ -15,6 +15,50 @@
 //!  LogBackend (trait) ── keel_wal::Wal | MemLog (tests)
 //! ```
 //!
+//! # Examples
+//!
+//! The standalone store:
+//!
+//! ```
+//! use keel_engine::{Compare, CompareOp, CompareTarget, Db, DbOptions, Op, RangeRequest, Txn};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::open(dir.path(), DbOptions::default())?;
+//! db.put(b"config/a", b"1")?; // durable when it returns
+//! let swapped = db.txn(Txn {
+//!     compares: vec![Compare {
+//!         key: b"config/a".to_vec(),
+//!         op: CompareOp::Equal,
+//!         target: CompareTarget::Version(1),
+//!     }],
+//!     success: vec![Op::put("config/a", "2")],
+//!     failure: vec![],
+//! })?;
+//! assert!(swapped.succeeded);
+//! let all = db.range(&RangeRequest::prefix("config/"))?;
+//! assert_eq!((all.count, all.revision), (1, 2));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Many raft groups in one log:
+//!
+//! ```
+//! use keel_engine::{Entry, HardState, LogStore, LogStoreOptions, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let wal = keel_wal::Wal::open(dir.path(), keel_wal::WalOptions::default())?;
+//! let mut log: LogStore = LogStore::open(wal, LogStoreOptions::default(), &mut |_| {})?;
+//! let mut round = WriteBatch::new(); // one append, atomic across groups
+//! round
+//!     .append(1, vec![Entry { index: 1, term: 1, data: b"a".to_vec() }])
+//!     .append(2, vec![Entry { index: 1, term: 1, data: b"b".to_vec() }])
+//!     .set_hard_state(1, HardState { term: 1, vote: 1, commit: 1 });
+//! log.write(round)?;
+//! assert_eq!(log.entries(2, 1, 2, u64::MAX)?[0].data, b"b");
+//! assert_eq!(log.term(1, 1)?, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Code map
 //!
 //! - [`revision`], [`txn`], [`memtable`]: the key-value state machine — ordered map, etcd
@@ -66,7 +110,7 @@ pub mod txn_codec;
 mod wal_backend;
 
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
-pub use db::{Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
+pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
 pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
 pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, SnapshotMeta, StagedWrite,
@@ -75,6 +119,6 @@ pub use log_store::{
 pub use memtable::{KvError, KvLimits, Memtable};
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
-    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse, Txn,
-    TxnResponse,
+    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
+    RangeSort, RevisionFilter, SortOrder, SortTarget, Txn, TxnResponse,
 };

@@ -14,6 +14,7 @@
 //!               [snapshot index, snapshot term, conf state (rest)]
 //!               drops every entry: the group restarts after `index` (term `term`);
 //!               written when a snapshot is applied and before a rewrite of live entries
+//! 6 Remove      group                           the group and all its state are gone
 //! ```
 //!
 //! An `Entry` at index `i` replaces the group's entries from `i` on: that is how a
@@ -26,6 +27,7 @@ const KIND_HARD_STATE: u8 = 2;
 const KIND_COMPACT: u8 = 3;
 const KIND_SNAPSHOT: u8 = 4;
 const KIND_RESET: u8 = 5;
+const KIND_REMOVE: u8 = 6;
 
 /// One decoded log store record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +62,11 @@ pub enum LogRecord {
         /// The metadata.
         meta: SnapshotMeta,
     },
+    /// The group is removed (its replica was destroyed); a later record starts it afresh.
+    Remove {
+        /// The group.
+        group: GroupId,
+    },
     /// The group's entries are all dropped and it restarts after `index`.
     Reset {
         /// The group.
@@ -83,7 +90,8 @@ impl LogRecord {
             | LogRecord::HardState { group, .. }
             | LogRecord::Compact { group, .. }
             | LogRecord::Snapshot { group, .. }
-            | LogRecord::Reset { group, .. } => *group,
+            | LogRecord::Reset { group, .. }
+            | LogRecord::Remove { group } => *group,
         }
     }
 
@@ -117,6 +125,10 @@ impl LogRecord {
                 put(out, meta.index);
                 put(out, meta.term);
                 out.extend_from_slice(&meta.conf_state);
+            }
+            LogRecord::Remove { group } => {
+                out.push(KIND_REMOVE);
+                put(out, *group);
             }
             LogRecord::Reset {
                 group,
@@ -212,6 +224,7 @@ impl LogRecord {
                     snapshot,
                 }
             }
+            KIND_REMOVE => LogRecord::Remove { group },
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.at != bytes.len() {

@@ -29,11 +29,16 @@
 //! # Recovery
 //!
 //! [`LogStore::open`] scans the log from its first live record and rebuilds every group's index
-//! by applying each record exactly as it was applied when written. Because the scan may start in
-//! the middle of a group's history (older segments were purged), a group whose first surviving
-//! record is an entry begins with an unknown prefix; the later `Compact` or `Reset` record that
-//! made the purge possible fixes it, and a group whose prefix is still unknown at the end is
-//! reported as corruption rather than guessed.
+//! by applying each record as it was applied when written. The scan may start in the middle
+//! of a group's history (older segments were purged), so it also meets records that only made
+//! sense with what came before: entries later truncated or compacted away, or records a
+//! rewrite's `Reset` superseded. An entry that does not follow the group's entries restarts
+//! them at its index; a compaction that goes backwards marks the group broken until a
+//! `Reset`. Every record the group still needed when the log was purged is there, so once
+//! the scan ends the group must be whole again: entries starting right after the compaction
+//! point and no broken mark. Anything else is reported as corruption rather than guessed.
+//! Because each group pins its own records, whole segments can be purged with no other
+//! bookkeeping, and a rewrite or purge interrupted by a crash leaves a log that recovers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -96,6 +101,8 @@ pub struct LogStoreOptions {
     pub segments_live_max: usize,
     /// Recovery reports progress every this many records. Default 100,000.
     pub progress_records_interval: u64,
+    /// Most staged writes in flight at once (see [`LogStore::stage`]). Default 8.
+    pub inflight_writes_max: usize,
 }
 
 impl Default for LogStoreOptions {
@@ -107,6 +114,7 @@ impl Default for LogStoreOptions {
             batch_bytes_max: 3 << 20,
             segments_live_max: 16,
             progress_records_interval: 100_000,
+            inflight_writes_max: 8,
         }
     }
 }
@@ -131,6 +139,9 @@ impl LogStoreOptions {
         }
         if self.progress_records_interval == 0 {
             return bad("progress_records_interval must be positive");
+        }
+        if self.inflight_writes_max == 0 {
+            return bad("inflight_writes_max must be at least 1");
         }
         Ok(())
     }
@@ -232,9 +243,21 @@ pub enum LogStoreError {
     /// An earlier append failed, so memory and log may disagree; reopen to recover.
     #[error("log store poisoned by an earlier failed append; reopen it")]
     Poisoned,
-    /// A staged write is still waiting for [`LogStore::complete`].
-    #[error("a staged write is in flight; complete it first")]
+    /// Staged writes are still waiting for [`LogStore::complete`].
+    #[error("staged writes are in flight; complete them first")]
     WriteInFlight,
+    /// `inflight_writes_max` staged writes are already in flight.
+    #[error("{max} staged writes already in flight (inflight_writes_max)")]
+    TooManyInFlight {
+        /// The limit.
+        max: usize,
+    },
+    /// Staged writes were completed or appended out of stage order; the store is poisoned.
+    #[error("staged writes out of order: {reason}")]
+    OutOfOrder {
+        /// What happened.
+        reason: String,
+    },
     /// Inconsistent options.
     #[error("invalid log store options: {reason}")]
     InvalidOptions {
@@ -381,6 +404,16 @@ impl State {
     /// was purged restore the invariant, and `LogStore::open` checks it at the end.
     fn apply(&mut self, lsn: u64, rec: LogRecord, recovering: bool) -> Result<(), LogStoreError> {
         let group = rec.group();
+        if let LogRecord::Remove { .. } = rec {
+            if let Some(g) = self.groups.remove(&group) {
+                for s in g.entries {
+                    if let Some(d) = s.data {
+                        self.cache_bytes -= d.len();
+                    }
+                }
+            }
+            return Ok(());
+        }
         let g = self.groups.entry(group).or_default();
         if g.broken.is_some() && !matches!(rec, LogRecord::Reset { .. }) {
             return Ok(());
@@ -466,6 +499,8 @@ impl State {
                 g.snapshot = Some(meta);
                 g.snapshot_lsn = Some(lsn);
             }
+            // Handled before the group is looked up.
+            LogRecord::Remove { .. } => {}
             LogRecord::Reset {
                 index,
                 term,
@@ -568,11 +603,23 @@ impl WriteBatch {
     }
 }
 
+/// What validation needs to know of a group: its state once the writes before the one being
+/// validated are applied.
+#[derive(Clone, Debug)]
+struct View {
+    first: u64,
+    last: u64,
+    snapshot_index: Option<u64>,
+    hard_state: HardState,
+}
+
 /// A validated, encoded batch waiting for the caller to append it (see [`LogStore::stage`]).
 #[derive(Debug)]
 pub struct StagedWrite {
     records: Vec<LogRecord>,
     encoded: Vec<Vec<u8>>,
+    /// Stage order (0 for writes that are not staged by the caller).
+    seq: u64,
 }
 
 impl StagedWrite {
@@ -594,8 +641,14 @@ pub struct LogStore<B: LogBackend = keel_wal::Wal> {
     state: State,
     options: LogStoreOptions,
     poisoned: bool,
-    /// Whether a staged write awaits `complete`.
-    in_flight: bool,
+    /// Staged writes awaiting `complete`, oldest first (their sequence numbers).
+    inflight: VecDeque<u64>,
+    /// Sequence number of the last staged write.
+    stage_seq: u64,
+    /// Groups touched by staged writes, as they will be once those are applied.
+    pending_views: HashMap<GroupId, View>,
+    /// One past the last LSN applied (0 before the first write of this session).
+    log_end_lsn: u64,
 }
 
 impl<B: LogBackend> std::fmt::Debug for LogStore<B> {
@@ -674,7 +727,10 @@ impl<B: LogBackend> LogStore<B> {
             state,
             options,
             poisoned: false,
-            in_flight: false,
+            inflight: VecDeque::new(),
+            stage_seq: 0,
+            pending_views: HashMap::new(),
+            log_end_lsn: 0,
         })
     }
 
@@ -837,7 +893,7 @@ impl<B: LogBackend> LogStore<B> {
     fn check_poison(&self) -> Result<(), LogStoreError> {
         if self.poisoned {
             Err(LogStoreError::Poisoned)
-        } else if self.in_flight {
+        } else if !self.inflight.is_empty() {
             Err(LogStoreError::WriteInFlight)
         } else {
             Ok(())
@@ -858,7 +914,11 @@ impl<B: LogBackend> LogStore<B> {
             let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
             self.log.check_append(&refs).map_err(log_err("append"))?;
         }
-        Ok(StagedWrite { records, encoded })
+        Ok(StagedWrite {
+            records,
+            encoded,
+            seq: 0,
+        })
     }
 
     /// Applies a prepared write once the log has placed it at `outcome` (its first LSN), or
@@ -881,6 +941,7 @@ impl<B: LogBackend> LogStore<B> {
                 });
             }
         };
+        self.log_end_lsn = first + staged.records.len() as u64;
         for (i, rec) in staged.records.into_iter().enumerate() {
             if let Err(e) = self.state.apply(first + i as u64, rec, false) {
                 // Validation should have made this impossible; memory no longer matches the log.
@@ -904,25 +965,71 @@ impl<B: LogBackend> LogStore<B> {
 
     /// Validates and encodes a batch for an append the caller performs itself — typically
     /// `Wal::append_async` from an async runtime, where a blocking `write` would stall the
-    /// core. Hand the outcome to [`LogStore::complete`]. Until then the store refuses other
-    /// writes ([`LogStoreError::WriteInFlight`]), so log order stays apply order; reads
-    /// keep working and do not see the staged batch.
+    /// core — and hands the outcome to [`LogStore::complete`].
+    ///
+    /// Up to `inflight_writes_max` staged writes may be in flight (pipelining, as etcd-raft's
+    /// asynchronous storage writes do): each is validated as if those staged before it had
+    /// been applied. The caller must append them in stage order and complete them in that
+    /// order; a store that sees otherwise poisons itself, since memory would no longer
+    /// follow the log. Reads do not see a staged batch until it completes. Other writes
+    /// (`write`, `compact`, `maintain`, ...) wait until nothing is in flight
+    /// ([`LogStoreError::WriteInFlight`]).
     pub fn stage(&mut self, batch: WriteBatch) -> Result<StagedWrite, LogStoreError> {
-        self.check_poison()?;
-        let records = self.batch_records(batch)?;
-        let staged = self.prepare(records)?;
-        self.in_flight = !staged.is_empty();
+        if self.poisoned {
+            return Err(LogStoreError::Poisoned);
+        }
+        if self.inflight.len() >= self.options.inflight_writes_max {
+            return Err(LogStoreError::TooManyInFlight {
+                max: self.options.inflight_writes_max,
+            });
+        }
+        let (records, views) = self.batch_records(batch)?;
+        let mut staged = self.prepare(records)?;
+        if !staged.is_empty() {
+            self.stage_seq += 1;
+            staged.seq = self.stage_seq;
+            self.inflight.push_back(self.stage_seq);
+            self.pending_views.extend(views);
+        }
         Ok(staged)
     }
 
-    /// Finishes a staged write: `outcome` is the first LSN the log gave its payloads, or the
-    /// log's error (which poisons the store).
+    /// Finishes the oldest staged write: `outcome` is the first LSN the log gave its
+    /// payloads, or the log's error (which poisons the store).
     pub fn complete(
         &mut self,
         staged: StagedWrite,
         outcome: Result<u64, BackendError>,
     ) -> Result<(), LogStoreError> {
-        self.in_flight = false;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        if self.inflight.front() != Some(&staged.seq) {
+            self.poisoned = true;
+            return Err(LogStoreError::OutOfOrder {
+                reason: format!(
+                    "staged write {} completed while {:?} was the oldest in flight",
+                    staged.seq,
+                    self.inflight.front()
+                ),
+            });
+        }
+        self.inflight.pop_front();
+        if self.inflight.is_empty() {
+            self.pending_views.clear();
+        }
+        if let Ok(first) = &outcome {
+            if *first < self.log_end_lsn {
+                self.poisoned = true;
+                return Err(LogStoreError::OutOfOrder {
+                    reason: format!(
+                        "staged write {} was appended at lsn {first}, before lsn {} of the \
+                         write staged ahead of it",
+                        staged.seq, self.log_end_lsn
+                    ),
+                });
+            }
+        }
         self.finish(staged, outcome)
     }
 
@@ -930,27 +1037,27 @@ impl<B: LogBackend> LogStore<B> {
     /// validated first; a rejected batch writes nothing.
     pub fn write(&mut self, batch: WriteBatch) -> Result<(), LogStoreError> {
         self.check_poison()?;
-        let records = self.batch_records(batch)?;
+        let (records, _) = self.batch_records(batch)?;
         self.commit(records)
     }
 
-    /// Validates a batch against the current state and turns it into log records.
-    fn batch_records(&self, batch: WriteBatch) -> Result<Vec<LogRecord>, LogStoreError> {
-        /// What validation needs to know of a group as the batch goes.
-        struct View {
-            first: u64,
-            last: u64,
-            snapshot_index: Option<u64>,
-            hard_state: HardState,
-        }
+    /// Validates a batch against the current state, as it will be once the staged writes in
+    /// flight are applied, and turns it into log records. Returns the views of the groups
+    /// it touched, as they will be after it.
+    fn batch_records(
+        &self,
+        batch: WriteBatch,
+    ) -> Result<(Vec<LogRecord>, HashMap<GroupId, View>), LogStoreError> {
         let mut views: HashMap<GroupId, View> = HashMap::new();
         let mut records = Vec::new();
         for (group, op) in batch.ops {
-            let v = views.entry(group).or_insert_with(|| View {
-                first: self.first_index(group),
-                last: self.last_index(group),
-                snapshot_index: self.snapshot(group).map(|s| s.index),
-                hard_state: self.hard_state(group),
+            let v = views.entry(group).or_insert_with(|| {
+                self.pending_views.get(&group).cloned().unwrap_or(View {
+                    first: self.first_index(group),
+                    last: self.last_index(group),
+                    snapshot_index: self.snapshot(group).map(|s| s.index),
+                    hard_state: self.hard_state(group),
+                })
             });
             match op {
                 BatchOp::Append(entries) => {
@@ -1027,7 +1134,7 @@ impl<B: LogBackend> LogStore<B> {
                 }
             }
         }
-        Ok(records)
+        Ok((records, views))
     }
 
     /// Drops `group`'s entries up to and including `to`. `to` must be above the current
@@ -1048,6 +1155,16 @@ impl<B: LogBackend> LogStore<B> {
             index: to,
             term,
         }])
+    }
+
+    /// Removes `group` and all its state (its replica was destroyed): it no longer pins any
+    /// segment, and afterwards reads as a new group.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), LogStoreError> {
+        self.check_poison()?;
+        if self.group(group).is_none() {
+            return Ok(());
+        }
+        self.commit(vec![LogRecord::Remove { group }])
     }
 
     /// The oldest LSN any group still needs (`next_lsn` when none needs any).

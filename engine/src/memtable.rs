@@ -14,8 +14,8 @@ use std::ops::Bound;
 
 use crate::revision::{KeyMeta, KeyValue};
 use crate::txn::{
-    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse, Txn,
-    TxnResponse,
+    Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
+    SortOrder, SortTarget, Txn, TxnResponse,
 };
 
 /// Largest `key_bytes_max` a store accepts: on-disk key lengths are u32, and a bound far below
@@ -511,37 +511,73 @@ impl Memtable {
             revision: self.revision,
             ..RangeResponse::default()
         };
-        let push = |k: &[u8], s: &Stored, resp: &mut RangeResponse| {
-            resp.count += 1;
-            if req.count_only {
-                return;
-            }
-            if req.limit != 0 && resp.kvs.len() >= req.limit {
-                resp.more = true;
-                return;
-            }
-            resp.kvs.push(KeyValue {
-                key: k.to_vec(),
-                value: if req.keys_only {
-                    Vec::new()
-                } else {
-                    s.value.clone()
-                },
-                meta: s.meta,
-            });
+        let to_kv = |k: &[u8], s: &Stored| KeyValue {
+            key: k.to_vec(),
+            value: if req.keys_only {
+                Vec::new()
+            } else {
+                s.value.clone()
+            },
+            meta: s.meta,
         };
-        match &req.end {
-            RangeEnd::Single => {
-                if let Some(s) = self.map.get(&req.start) {
-                    push(&req.start, s, &mut resp);
+        let keys: Box<dyn Iterator<Item = (&[u8], &Stored)>> = match &req.end {
+            RangeEnd::Single => Box::new(
+                self.map
+                    .get_key_value(req.start.as_slice())
+                    .map(|(k, s)| (k.as_slice(), s))
+                    .into_iter(),
+            ),
+            end => Box::new(
+                self.map
+                    .range::<[u8], _>(bounds(&req.start, end))
+                    .map(|(k, s)| (k.as_slice(), s)),
+            ),
+        };
+        if req.filter.is_none() && req.sort.is_none() {
+            // The common case streams in key order and copies only what it returns.
+            for (k, s) in keys {
+                resp.count += 1;
+                if req.count_only {
+                    continue;
                 }
+                if req.limit != 0 && resp.kvs.len() >= req.limit {
+                    resp.more = true;
+                    continue;
+                }
+                resp.kvs.push(to_kv(k, s));
             }
-            end => {
-                for (k, s) in self.map.range::<[u8], _>(bounds(&req.start, end)) {
-                    push(k, s, &mut resp);
-                }
+            return resp;
+        }
+        // As in etcd: `count` counts the whole range; filters, then the sort, then the limit
+        // shape what is returned.
+        let mut picked: Vec<(&[u8], &Stored)> = Vec::new();
+        for (k, s) in keys {
+            resp.count += 1;
+            if !req.count_only && req.filter.admits(&s.meta) {
+                picked.push((k, s));
             }
         }
+        if let Some(sort) = req.sort {
+            picked.sort_by(|a, b| {
+                let (ma, mb) = (&a.1.meta, &b.1.meta);
+                let o = match sort.target {
+                    SortTarget::Key => a.0.cmp(b.0),
+                    SortTarget::Version => ma.version.cmp(&mb.version),
+                    SortTarget::CreateRevision => ma.create_revision.cmp(&mb.create_revision),
+                    SortTarget::ModRevision => ma.mod_revision.cmp(&mb.mod_revision),
+                    SortTarget::Value => a.1.value.cmp(&b.1.value),
+                };
+                match sort.order {
+                    SortOrder::Ascend => o,
+                    SortOrder::Descend => o.reverse(),
+                }
+            });
+        }
+        if req.limit != 0 && picked.len() > req.limit {
+            resp.more = true;
+            picked.truncate(req.limit);
+        }
+        resp.kvs = picked.into_iter().map(|(k, s)| to_kv(k, s)).collect();
         resp
     }
 }

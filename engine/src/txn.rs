@@ -56,6 +56,78 @@ pub struct RangeRequest {
     pub keys_only: bool,
     /// Return only the count of matching keys, no keys.
     pub count_only: bool,
+    /// Keep only keys whose revisions lie within bounds (etcd's min/max mod/create
+    /// revision). Filters apply to the returned keys, not to `count`, as in etcd.
+    pub filter: RevisionFilter,
+    /// Order of the returned keys; `None` is ascending by key.
+    pub sort: Option<RangeSort>,
+}
+
+/// Revision bounds on the keys a range returns; 0 means no bound (etcd's convention).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevisionFilter {
+    /// Smallest mod revision returned.
+    pub min_mod_revision: u64,
+    /// Largest mod revision returned.
+    pub max_mod_revision: u64,
+    /// Smallest create revision returned.
+    pub min_create_revision: u64,
+    /// Largest create revision returned.
+    pub max_create_revision: u64,
+}
+
+impl RevisionFilter {
+    /// Whether no bound is set.
+    pub fn is_none(&self) -> bool {
+        *self == RevisionFilter::default()
+    }
+
+    /// Whether a key with `meta` passes the bounds.
+    pub fn admits(&self, meta: &KeyMeta) -> bool {
+        let within = |v: u64, min: u64, max: u64| v >= min && (max == 0 || v <= max);
+        within(
+            meta.mod_revision,
+            self.min_mod_revision,
+            self.max_mod_revision,
+        ) && within(
+            meta.create_revision,
+            self.min_create_revision,
+            self.max_create_revision,
+        )
+    }
+}
+
+/// What a range sorts by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortTarget {
+    /// The key.
+    Key,
+    /// The version.
+    Version,
+    /// The create revision.
+    CreateRevision,
+    /// The mod revision.
+    ModRevision,
+    /// The value.
+    Value,
+}
+
+/// The direction of a sort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Smallest first.
+    Ascend,
+    /// Largest first.
+    Descend,
+}
+
+/// How a range orders its result (applied before `limit`, as in etcd).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeSort {
+    /// The field.
+    pub target: SortTarget,
+    /// The direction.
+    pub order: SortOrder,
 }
 
 impl RangeRequest {
@@ -67,6 +139,8 @@ impl RangeRequest {
             limit: 0,
             keys_only: false,
             count_only: false,
+            filter: RevisionFilter::default(),
+            sort: None,
         }
     }
 
@@ -78,6 +152,8 @@ impl RangeRequest {
             limit: 0,
             keys_only: false,
             count_only: false,
+            filter: RevisionFilter::default(),
+            sort: None,
         }
     }
 
@@ -91,6 +167,8 @@ impl RangeRequest {
             limit: 0,
             keys_only: false,
             count_only: false,
+            filter: RevisionFilter::default(),
+            sort: None,
         }
     }
 

@@ -13,11 +13,17 @@
 //! u32 success op count, then each op; u32 failure op count, then each op. An op is:
 //!     u8 0 put:          bytes key, bytes value, u8 flags (1 prev_kv)
 //!     u8 1 delete range: bytes start, end, u8 flags (1 prev_kv)
-//!     u8 2 range:        bytes start, end, u64 limit, u8 flags (1 keys only, 2 count only)
+//!     u8 2 range:        bytes start, end, u64 limit, u8 flags (1 keys only, 2 count only),
+//!                        u64 min mod, u64 max mod, u64 min create, u64 max create revision,
+//!                        u8 sort (0 none, else 1 + target: 0 key, 1 version, 2 create,
+//!                        3 mod, 4 value), u8 order (0 ascend, 1 descend; 0 when no sort)
 //! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
 //! ```
 
-use crate::txn::{Compare, CompareOp, CompareTarget, Op, RangeEnd, RangeRequest, Txn};
+use crate::txn::{
+    Compare, CompareOp, CompareTarget, Op, RangeEnd, RangeRequest, RangeSort, RevisionFilter,
+    SortOrder, SortTarget, Txn,
+};
 
 const VERSION: u8 = 1;
 
@@ -70,6 +76,30 @@ fn put_ops(out: &mut Vec<u8>, ops: &[Op]) {
                 put_end(out, &r.end);
                 out.extend_from_slice(&(r.limit as u64).to_le_bytes());
                 out.push(u8::from(r.keys_only) | (u8::from(r.count_only) << 1));
+                let f = &r.filter;
+                for v in [
+                    f.min_mod_revision,
+                    f.max_mod_revision,
+                    f.min_create_revision,
+                    f.max_create_revision,
+                ] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                match r.sort {
+                    None => out.extend_from_slice(&[0, 0]),
+                    Some(s) => {
+                        out.push(
+                            1 + match s.target {
+                                SortTarget::Key => 0,
+                                SortTarget::Version => 1,
+                                SortTarget::CreateRevision => 2,
+                                SortTarget::ModRevision => 3,
+                                SortTarget::Value => 4,
+                            },
+                        );
+                        out.push(u8::from(s.order == SortOrder::Descend));
+                    }
+                }
             }
         }
     }
@@ -190,12 +220,40 @@ impl<'a> Reader<'a> {
                     let end = self.end()?;
                     let limit = usize::try_from(self.u64()?).map_err(|e| e.to_string())?;
                     let flags = self.u8()?;
+                    if flags > 3 {
+                        return Err(format!("bad range flags {flags}"));
+                    }
+                    let filter = RevisionFilter {
+                        min_mod_revision: self.u64()?,
+                        max_mod_revision: self.u64()?,
+                        min_create_revision: self.u64()?,
+                        max_create_revision: self.u64()?,
+                    };
+                    let target = self.u8()?;
+                    let order = match self.u8()? {
+                        0 => SortOrder::Ascend,
+                        1 => SortOrder::Descend,
+                        o => return Err(format!("bad sort order {o}")),
+                    };
+                    let sort = match target {
+                        0 if order == SortOrder::Ascend => None,
+                        0 => return Err("sort order without a sort target".into()),
+                        1 => Some(SortTarget::Key),
+                        2 => Some(SortTarget::Version),
+                        3 => Some(SortTarget::CreateRevision),
+                        4 => Some(SortTarget::ModRevision),
+                        5 => Some(SortTarget::Value),
+                        t => return Err(format!("bad sort target {t}")),
+                    }
+                    .map(|target| RangeSort { target, order });
                     Op::Range(RangeRequest {
                         start,
                         end,
                         limit,
                         keys_only: flags & 1 != 0,
                         count_only: flags & 2 != 0,
+                        filter,
+                        sort,
                     })
                 }
                 t => return Err(format!("bad op tag {t}")),

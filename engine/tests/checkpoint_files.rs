@@ -156,3 +156,41 @@ fn restore_enforces_the_limits_in_force() {
         Err(CheckpointError::Restore { .. })
     ));
 }
+
+#[test]
+fn a_failed_publish_reports_the_error_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CheckpointDir::open(dir.path()).unwrap();
+    let m = store(&[(b"a".to_vec(), b"1".to_vec())], 3);
+    // A directory where the checkpoint should go makes the rename fail.
+    fs::create_dir(cd.path_for(3)).unwrap();
+    match cd.write(&m, 1, b"") {
+        Err(CheckpointError::Io { op: "rename", .. }) => {}
+        other => panic!("expected a rename error, got {other:?}"),
+    }
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary bytes, with or without a valid header in front, never verify by accident
+    /// and never panic the reader.
+    #[test]
+    fn garbage_never_verifies(tail in prop::collection::vec(any::<u8>(), 0..300), with_header in any::<bool>()) {
+        let mut bytes = Vec::new();
+        if with_header {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.ckpt");
+            write_checkpoint(&path, &store(&[(b"k".to_vec(), b"v".to_vec())], 1), 1, b"").unwrap();
+            bytes = fs::read(&path).unwrap();
+            bytes.truncate(64);
+        }
+        bytes.extend_from_slice(&tail);
+        prop_assert!(CheckpointReader::from_bytes(bytes).is_err());
+    }
+}

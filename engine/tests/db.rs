@@ -12,6 +12,12 @@ use keel_engine::{
 use keel_wal::WalOptions;
 use proptest::prelude::*;
 
+/// `Db` is shared across threads; the log store moves between them (the node's storage
+/// pipeline owns it on one thread at a time).
+const fn assert_send_sync<T: Send + Sync>() {}
+const _: () = assert_send_sync::<Db>();
+const _: () = assert_send_sync::<keel_engine::LogStore>();
+
 /// Small segments and limits so that tests roll segments, checkpoint and purge quickly.
 fn small() -> DbOptions {
     DbOptions {
@@ -119,10 +125,24 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
     bytes[mid] ^= 0xff;
     fs::write(newest, bytes).unwrap();
 
+    // The strict policy refuses to open and leaves the file where it is.
+    let strict = DbOptions {
+        checkpoint_recovery: keel_engine::CheckpointRecovery::Strict,
+        ..small()
+    };
+    assert!(matches!(
+        Db::open(dir.path(), strict),
+        Err(DbError::Checkpoint(
+            keel_engine::CheckpointError::Corrupt { .. }
+        ))
+    ));
+    assert!(newest.exists());
+
     let db = Db::open(dir.path(), small()).unwrap();
     let rec = db.recovery();
     assert_eq!(rec.skipped_checkpoints.len(), 1);
     assert_eq!(&rec.skipped_checkpoints[0].0, newest);
+    assert!(!newest.exists(), "the corrupt checkpoint is quarantined");
     assert!(rec.skipped_checkpoints[0].1.contains("checksum"), "{rec:?}");
     assert_eq!(rec.checkpoint_index, Some(40));
     assert_eq!(
@@ -160,6 +180,8 @@ fn concurrent_writers_are_coalesced_into_shared_flushes() {
             limit: 0,
             keys_only: true,
             count_only: false,
+            filter: Default::default(),
+            sort: None,
         })
         .unwrap();
     assert_eq!(all.count, 400);
@@ -381,4 +403,106 @@ fn recovery_reports_replay_progress() {
     assert_eq!(db.revision().unwrap(), 2);
     let last = reports.last().unwrap();
     assert_eq!((last.records, last.lsn, last.end_lsn), (2, 2, 3));
+}
+
+#[test]
+fn the_data_quota_refuses_puts_but_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        data_bytes_max: 1000,
+        ..small()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..9u8 {
+        db.put(&[i], &[0; 99]).unwrap();
+    }
+    assert!(matches!(
+        db.put(b"x", &[0; 200]),
+        Err(DbError::StoreFull {
+            used: 900,
+            needed: 201,
+            max: 1000
+        })
+    ));
+    assert!(db.delete(&[0]).unwrap());
+    db.put(b"x", &[0; 150]).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_with_higher_indexes_are_quarantined_not_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for i in 0..50u8 {
+            db.put(&[i], &[i; 100]).unwrap();
+        }
+        db.checkpoint().unwrap().unwrap();
+    }
+    // Two damaged files that sort after every real checkpoint.
+    let ckpt = dir.path().join("checkpoints");
+    for index in [u64::MAX - 1, u64::MAX] {
+        fs::write(
+            ckpt.join(format!("checkpoint-{index:020}.ckpt")),
+            b"garbage",
+        )
+        .unwrap();
+    }
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        assert_eq!(db.recovery().skipped_checkpoints.len(), 2);
+        // Retention keeps two checkpoints and purges the log below the older: had the
+        // garbage files counted, the only good checkpoint would have been deleted.
+        for round in 0..3u8 {
+            for i in 0..50u8 {
+                db.put(&[i], &[round; 100]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+    }
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert!(db.recovery().skipped_checkpoints.is_empty());
+    assert_eq!(db.revision().unwrap(), 200);
+    assert_eq!(db.get(&[7]).unwrap().unwrap().value, vec![2; 100]);
+    let corrupt = fs::read_dir(&ckpt)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".corrupt")
+        })
+        .count();
+    assert_eq!(corrupt, 2);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    db.put(b"k", b"v").unwrap();
+    assert!(matches!(
+        Db::open(dir.path(), small()),
+        Err(DbError::Wal(keel_wal::Error::Locked { .. }))
+    ));
+    assert_eq!(db.get(b"k").unwrap().unwrap().value, b"v");
+}
+
+#[test]
+fn a_failed_checkpoint_does_not_stop_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    db.put(b"a", b"1").unwrap();
+    let blocker = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("checkpoint-{:020}.ckpt", 1));
+    fs::create_dir(&blocker).unwrap();
+    assert!(matches!(db.checkpoint(), Err(DbError::Checkpoint(_))));
+    db.put(b"b", b"2").unwrap();
+    fs::remove_dir(&blocker).unwrap();
+    assert_eq!(db.checkpoint().unwrap().unwrap().index, 2);
+    drop(db);
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.get(b"b").unwrap().unwrap().value, b"2");
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use keel_engine::{
     Compare, CompareOp, CompareTarget, KeyMeta, KvError, KvLimits, Memtable, Op, OpResponse,
-    RangeEnd, RangeRequest, Txn,
+    RangeEnd, RangeRequest, RangeSort, RevisionFilter, SortOrder, SortTarget, Txn,
 };
 use proptest::prelude::*;
 
@@ -102,8 +102,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::put(k, v)),
         2 => (key(), end(), any::<bool>()).prop_map(|(start, end, prev_kv)| Op::DeleteRange { start, end, prev_kv }),
-        1 => (key(), end()).prop_map(|(start, end)| Op::Range(RangeRequest {
-            start, end, limit: 0, keys_only: false, count_only: false })),
+        1 => (key(), end(), filter(), sort()).prop_map(|(start, end, filter, sort)| Op::Range(RangeRequest {
+            start, end, limit: 0, keys_only: false, count_only: false, filter, sort })),
     ]
 }
 
@@ -123,6 +123,33 @@ fn compare() -> impl Strategy<Value = Compare> {
     (key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target })
 }
 
+fn filter() -> impl Strategy<Value = RevisionFilter> {
+    prop_oneof![
+        3 => Just(RevisionFilter::default()),
+        1 => (0u64..8, 0u64..12, 0u64..8, 0u64..12).prop_map(|(a, b, c, d)| RevisionFilter {
+            min_mod_revision: a,
+            max_mod_revision: b,
+            min_create_revision: c,
+            max_create_revision: d,
+        }),
+    ]
+}
+
+fn sort() -> impl Strategy<Value = Option<RangeSort>> {
+    let target = prop::sample::select(vec![
+        SortTarget::Key,
+        SortTarget::Version,
+        SortTarget::CreateRevision,
+        SortTarget::ModRevision,
+        SortTarget::Value,
+    ]);
+    let order = prop::sample::select(vec![SortOrder::Ascend, SortOrder::Descend]);
+    prop_oneof![
+        2 => Just(None),
+        1 => (target, order).prop_map(|(target, order)| Some(RangeSort { target, order })),
+    ]
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Txn(Txn),
@@ -136,9 +163,9 @@ fn step() -> impl Strategy<Value = Step> {
             prop::collection::vec(op(), 0..4),
             prop::collection::vec(op(), 0..3),
         ).prop_map(|(compares, success, failure)| Step::Txn(Txn { compares, success, failure })),
-        1 => (key(), end(), 0usize..4, any::<bool>(), any::<bool>()).prop_map(
-            |(start, end, limit, keys_only, count_only)| Step::Range(RangeRequest {
-                start, end, limit, keys_only, count_only })),
+        2 => (key(), end(), 0usize..4, any::<bool>(), any::<bool>(), filter(), sort()).prop_map(
+            |(start, end, limit, keys_only, count_only, filter, sort)| Step::Range(RangeRequest {
+                start, end, limit, keys_only, count_only, filter, sort })),
     ]
 }
 
@@ -183,14 +210,36 @@ proptest! {
                         .filter(|(k, _)| Model::in_range(k, &r.start, &r.end))
                         .collect();
                     prop_assert_eq!(resp.count, all.len() as u64);
-                    let n = if r.count_only { 0 } else if r.limit == 0 { all.len() } else { r.limit.min(all.len()) };
-                    prop_assert_eq!(resp.kvs.len(), n);
-                    prop_assert_eq!(resp.more, !r.count_only && n < all.len());
-                    for (kv, (k, (v, ..))) in resp.kvs.iter().zip(all) {
-                        prop_assert_eq!(&kv.key, k);
-                        prop_assert_eq!(&kv.value, if r.keys_only { &[][..] } else { v.as_slice() });
-                        prop_assert_eq!(kv.meta, model.meta(k));
+                    // The reference: filter, stable sort (ties stay in key order), limit.
+                    let mut want: Vec<_> = all.iter()
+                        .filter(|(k, _)| r.filter.admits(&model.meta(k)))
+                        .map(|(k, (v, ..))| (k.to_vec(), v.clone(), model.meta(k)))
+                        .collect();
+                    if let Some(sort) = r.sort {
+                        want.sort_by(|a, b| {
+                            let o = match sort.target {
+                                SortTarget::Key => a.0.cmp(&b.0),
+                                SortTarget::Version => a.2.version.cmp(&b.2.version),
+                                SortTarget::CreateRevision => a.2.create_revision.cmp(&b.2.create_revision),
+                                SortTarget::ModRevision => a.2.mod_revision.cmp(&b.2.mod_revision),
+                                SortTarget::Value => a.1.cmp(&b.1),
+                            };
+                            if sort.order == SortOrder::Descend { o.reverse() } else { o }
+                        });
                     }
+                    if r.count_only {
+                        want.clear();
+                    }
+                    let more = r.limit != 0 && want.len() > r.limit;
+                    if more {
+                        want.truncate(r.limit);
+                    }
+                    prop_assert_eq!(resp.more, more);
+                    let got: Vec<_> = resp.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.meta)).collect();
+                    let want: Vec<_> = want.into_iter()
+                        .map(|(k, v, meta)| (k, if r.keys_only { Vec::new() } else { v }, meta))
+                        .collect();
+                    prop_assert_eq!(got, want);
                 }
             }
             check_equal(&m, &model);
