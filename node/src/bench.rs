@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::consensus::{Config, EntryType, MemStorage, Message, RawNode, StateRole};
+use crate::consensus::{Config, EntryType, MemStorage, Message, Payload, RawNode, StateRole};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -135,7 +135,9 @@ impl BenchCluster {
         if count == 0 {
             return;
         }
-        let batch = (0..count).map(|_| vec![0x5a; size]).collect();
+        // One buffer per proposal, as independent clients would send.
+        let payload = vec![0x5a; size];
+        let batch = (0..count).map(|_| Payload::from(&payload[..])).collect();
         // The leader is stable and the uncommitted limit is off, so proposals are accepted.
         let _ = self.nodes[0].propose_batch(batch);
     }
@@ -173,7 +175,7 @@ impl BenchCluster {
                     storage.set_hard_state(hs);
                 }
                 // MemStorage only refuses gaps, which the core never hands out.
-                let _ = storage.append(&append.entries);
+                let _ = storage.append_owned(append.entries);
                 node.on_append_durable(append.ack);
             }
             if let Some(apply) = rd.apply {

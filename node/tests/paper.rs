@@ -306,13 +306,13 @@ fn entries_of_previous_terms_are_not_committed_by_counting_replicas() {
     // entry from the current term has been committed in this way, then all prior entries are
     // committed indirectly because of the Log Matching Property."
     let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-    log.append(&ents(&[1, 2]));
+    log.append(ents(&[1, 2]));
     assert!(
         !log.maybe_commit(2, 3),
         "index 2 is from term 2; the leader is in term 3"
     );
     assert_eq!(log.committed, 0);
-    log.append(&[Entry {
+    log.append(vec![Entry {
         index: 3,
         term: 3,
         ..Entry::default()
@@ -338,12 +338,12 @@ fn leader_never_overwrites_its_log() {
     m.entries = vec![Entry {
         index: 2,
         term,
-        data: b"evil".to_vec(),
+        data: b"evil".to_vec().into(),
         ..Entry::default()
     }];
     env.raw(1).step(m).unwrap();
     let e = env.raw(1).raft.raft_log.slice(2, 3, u64::MAX).unwrap();
-    assert_eq!(e[0].data, b"a".to_vec());
+    assert_eq!(&*e[0].data, b"a");
 }
 
 #[test]

@@ -35,6 +35,10 @@ struct Args {
     /// Run only one system: `keel` or `raft-engine`.
     #[arg(long)]
     only: Option<String>,
+    /// Which system runs first: `keel` or `raft-engine` (the second one runs after a
+    /// pause, on a disk the first has just written to; alternate it across runs).
+    #[arg(long, default_value = "raft-engine")]
+    first: String,
 }
 
 #[derive(Clone)]
@@ -169,8 +173,16 @@ fn main() {
     let root = tempfile::tempdir().expect("temporary directory");
     let run_re = args.only.as_deref().is_none_or(|o| o == "raft-engine");
     let run_keel = args.only.as_deref().is_none_or(|o| o == "keel");
-    let re = run_re.then(|| raft_engine(&args, &root.path().join("raft-engine")));
-    let k = run_keel.then(|| keel(&args, &root.path().join("keel")));
+    let pause = || std::thread::sleep(Duration::from_secs(2));
+    let (re, k) = if args.first == "keel" {
+        let k = run_keel.then(|| keel(&args, &root.path().join("keel")));
+        pause();
+        (run_re.then(|| raft_engine(&args, &root.path().join("raft-engine"))), k)
+    } else {
+        let re = run_re.then(|| raft_engine(&args, &root.path().join("raft-engine")));
+        pause();
+        (re, run_keel.then(|| keel(&args, &root.path().join("keel"))))
+    };
     let re_rate = re.as_ref().map(|o| report("raft-engine", &args, o));
     let k_rate = k.as_ref().map(|o| report("keel-wal", &args, o));
     if let (Some(re), Some(k), Some(re_rate), Some(k_rate)) = (&re, &k, re_rate, k_rate) {

@@ -150,25 +150,24 @@ impl Unstable {
     /// Appends `entries` (contiguous, non-empty), first truncating whatever they overwrite.
     /// Overwriting entries that are being written moves `offset_in_progress` back so that the
     /// new entries are handed out again.
-    pub fn truncate_and_append(&mut self, entries: &[Entry]) {
+    pub fn truncate_and_append(&mut self, mut entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
         let from = first.index;
         let end = self.offset + self.entries.len() as u64;
         if from == end {
-            self.entries.extend_from_slice(entries);
+            self.entries.append(&mut entries);
         } else if from <= self.offset {
             // The whole unstable part is replaced; the storage suffix from `from` on is
             // shadowed by the new entries until they are written.
-            self.entries.clear();
-            self.entries.extend_from_slice(entries);
+            self.entries = entries;
             self.offset = from;
             self.offset_in_progress = from;
         } else {
             let keep = usize::try_from(from - self.offset).unwrap_or(usize::MAX);
             self.entries.truncate(keep);
-            self.entries.extend_from_slice(entries);
+            self.entries.append(&mut entries);
             self.offset_in_progress = self.offset_in_progress.min(from);
         }
         self.check_invariants();
@@ -200,10 +199,10 @@ mod tests {
     #[test]
     fn append_while_write_in_progress_keeps_offsets() {
         let mut u = Unstable::new(5);
-        u.truncate_and_append(&ents(5, 6, 1));
+        u.truncate_and_append(ents(5, 6, 1));
         u.accept_in_progress();
         assert_eq!((u.offset, u.offset_in_progress), (5, 7));
-        u.truncate_and_append(&ents(7, 8, 1));
+        u.truncate_and_append(ents(7, 8, 1));
         assert_eq!(u.next_entries().len(), 2);
         assert!(u.stable_to(EntryId { index: 6, term: 1 }));
         assert_eq!((u.offset, u.offset_in_progress), (7, 7));
@@ -213,13 +212,13 @@ mod tests {
     #[test]
     fn overwrite_in_progress_moves_offsets_back_and_stale_ack_is_ignored() {
         let mut u = Unstable::new(5);
-        u.truncate_and_append(&ents(5, 8, 1));
+        u.truncate_and_append(ents(5, 8, 1));
         u.accept_in_progress();
-        u.truncate_and_append(&ents(7, 7, 2));
+        u.truncate_and_append(ents(7, 7, 2));
         assert_eq!((u.offset, u.offset_in_progress), (5, 7));
         assert!(!u.stable_to(EntryId { index: 7, term: 1 }));
         assert!(!u.stable_to(EntryId { index: 8, term: 1 }));
-        u.truncate_and_append(&ents(4, 4, 3));
+        u.truncate_and_append(ents(4, 4, 3));
         assert_eq!((u.offset, u.offset_in_progress), (4, 4));
         assert!(!u.stable_to(EntryId { index: 6, term: 1 }));
         assert!(u.stable_to(EntryId { index: 4, term: 3 }));
@@ -229,7 +228,7 @@ mod tests {
     #[test]
     fn snapshot_restore_and_stable() {
         let mut u = Unstable::new(1);
-        u.truncate_and_append(&ents(1, 3, 1));
+        u.truncate_and_append(ents(1, 3, 1));
         let mut snap = Snapshot::default();
         snap.metadata.index = 10;
         snap.metadata.term = 2;

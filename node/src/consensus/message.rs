@@ -4,6 +4,11 @@
 //! Everything here is owned data without references into the core, so a runtime that hosts
 //! many groups can gather the output of all of them into one batch.
 
+/// An entry's payload: shared and immutable, so that the copies of an entry in the unstable
+/// log, in messages to every follower, in storage work and in apply work share one buffer
+/// instead of allocating one each.
+pub type Payload = std::sync::Arc<[u8]>;
+
 /// An index into the replicated log. Index 0 is the empty log; the first real entry is 1.
 pub type Index = u64;
 
@@ -36,7 +41,7 @@ pub struct Entry {
     /// Whether `data` is application data or a membership change.
     pub entry_type: EntryType,
     /// The payload.
-    pub data: Vec<u8>,
+    pub data: Payload,
 }
 
 impl Entry {
@@ -57,6 +62,19 @@ impl Entry {
 /// The sum of the payload sizes of `entries`.
 pub fn payload_bytes(entries: &[Entry]) -> u64 {
     entries.iter().map(Entry::payload_bytes).sum()
+}
+
+/// How many leading entries of `entries` fit in `max_bytes` of payload; at least one when
+/// `entries` is not empty, so that an oversized entry still makes progress.
+pub fn count_within(entries: &[Entry], max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        bytes += e.payload_bytes();
+        if i > 0 && bytes > max_bytes {
+            return i;
+        }
+    }
+    entries.len()
 }
 
 /// An (index, term) pair; by the Log Matching Property it identifies an entry and its prefix.

@@ -23,7 +23,7 @@ pub mod tracker;
 pub use config::{Config, ConfigError};
 pub use message::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryId, EntryType,
-    HardState, Message, MessageType, NO_NODE, NodeId, Snapshot, SnapshotMetadata,
+    HardState, Message, MessageType, NO_NODE, NodeId, Payload, Snapshot, SnapshotMetadata,
 };
 pub use raft::{Raft, RaftError, SoftState, StateRole};
 pub use raw_node::{AppendAck, AppendWork, ApplyAck, ApplyWork, RawNode, Ready};

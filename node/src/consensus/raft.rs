@@ -311,8 +311,7 @@ impl<S: LogStorage> Raft<S> {
         self.pending_conf_index = self.raft_log.last_index();
         // An empty entry of the new term lets the leader commit (Raft §5.4.2) and, once it is
         // committed, serve reads (§6.4).
-        let mut empty = vec![Entry::default()];
-        let appended = self.append_entry(&mut empty);
+        let appended = self.append_entry(vec![Entry::default()]);
         debug_assert!(appended);
     }
 
@@ -666,20 +665,20 @@ impl<S: LogStorage> Raft<S> {
                 *e = Entry::default();
             }
         }
-        if !self.append_entry(&mut entries) {
+        if !self.append_entry(entries) {
             return Err(RaftError::ProposalDropped);
         }
         self.bcast_append();
         Ok(())
     }
 
-    fn append_entry(&mut self, entries: &mut [Entry]) -> bool {
+    fn append_entry(&mut self, mut entries: Vec<Entry>) -> bool {
         let last = self.raft_log.last_index();
         for (i, e) in entries.iter_mut().enumerate() {
             e.term = self.term;
             e.index = last + 1 + i as u64;
         }
-        let bytes = payload_bytes(entries);
+        let bytes = payload_bytes(&entries);
         if self.uncommitted_bytes_max > 0
             && self.uncommitted_bytes > 0
             && bytes > 0
@@ -859,7 +858,7 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
-    fn handle_append(&mut self, m: Message) -> Result<(), RaftError> {
+    fn handle_append(&mut self, mut m: Message) -> Result<(), RaftError> {
         let contiguous = m
             .entries
             .iter()
@@ -876,9 +875,10 @@ impl<S: LogStorage> Raft<S> {
             self.send(resp);
             return Ok(());
         }
+        let entries = std::mem::take(&mut m.entries);
         match self
             .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
+            .maybe_append(m.index, m.log_term, m.commit, entries)
         {
             Ok(Some(last_new)) => resp.index = last_new,
             Ok(None) => {
@@ -1126,7 +1126,7 @@ impl<S: LogStorage> Raft<S> {
         {
             let entry = Entry {
                 entry_type: EntryType::ConfChange,
-                data: ConfChange::default().encode(),
+                data: ConfChange::default().encode().into(),
                 ..Entry::default()
             };
             // A refusal (for example during a transfer) is retried on the next tick.

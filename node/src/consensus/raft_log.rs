@@ -2,7 +2,7 @@
 //! the commit and apply cursors.
 
 use super::log_unstable::Unstable;
-use super::message::{Entry, EntryId, EntryType, Index, Snapshot, Term};
+use super::message::{Entry, EntryId, EntryType, Index, Snapshot, Term, count_within};
 use super::storage::{LogStorage, StorageError};
 
 /// Refusal to overwrite a committed entry: the append came from a faulty or misrouted leader.
@@ -144,19 +144,20 @@ impl<S: LogStorage> RaftLog<S> {
         index: Index,
         log_term: Term,
         committed: Index,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
     ) -> Result<Option<Index>, CommittedConflict> {
         if !self.match_term(index, log_term) {
             return Ok(None);
         }
         let last_new = index + entries.len() as u64;
-        let conflict = self.find_conflict(entries);
+        let conflict = self.find_conflict(&entries);
         if conflict != 0 {
             if conflict <= self.committed {
                 return Err(CommittedConflict { index: conflict });
             }
             let start = usize::try_from(conflict - index - 1).unwrap_or(usize::MAX);
-            self.append(&entries[start..]);
+            entries.drain(..start);
+            self.append(entries);
         }
         self.commit_to(committed.min(last_new));
         Ok(Some(last_new))
@@ -164,7 +165,7 @@ impl<S: LogStorage> RaftLog<S> {
 
     /// Appends `entries` (contiguous, starting at or below `last_index() + 1` and above the
     /// commit index) and returns the new last index.
-    pub fn append(&mut self, entries: &[Entry]) -> Index {
+    pub fn append(&mut self, entries: Vec<Entry>) -> Index {
         if let Some(first) = entries.first() {
             debug_assert!(first.index > self.committed);
             self.unstable.truncate_and_append(entries);
@@ -317,13 +318,22 @@ impl<S: LogStorage> RaftLog<S> {
             }
         }
         if hi > offset {
-            let mut bytes: u64 = out.iter().map(Entry::payload_bytes).sum();
-            for e in self.unstable.slice(lo.max(offset), hi) {
-                bytes += e.payload_bytes();
-                if !out.is_empty() && bytes > max_bytes {
-                    break;
-                }
-                out.push(e.clone());
+            let used: u64 = out.iter().map(Entry::payload_bytes).sum();
+            let part = self.unstable.slice(lo.max(offset), hi);
+            if out.is_empty() {
+                out = part[..count_within(part, max_bytes)].to_vec();
+            } else {
+                // Storage entries came first; unstable ones join only within the budget.
+                let budget = max_bytes.saturating_sub(used);
+                let mut bytes = 0u64;
+                let n = part
+                    .iter()
+                    .take_while(|e| {
+                        bytes += e.payload_bytes();
+                        bytes <= budget
+                    })
+                    .count();
+                out.extend_from_slice(&part[..n]);
             }
         }
         Ok(out)
@@ -349,16 +359,16 @@ mod tests {
     #[test]
     fn maybe_append_truncates_conflicts_and_refuses_committed_overwrite() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(&ents(&[(1, 1), (2, 1), (3, 2)]));
+        log.append(ents(&[(1, 1), (2, 1), (3, 2)]));
         assert_eq!(
-            log.maybe_append(1, 1, 2, &ents(&[(2, 1), (3, 3)])),
+            log.maybe_append(1, 1, 2, ents(&[(2, 1), (3, 3)])),
             Ok(Some(3))
         );
         assert_eq!(log.term(3), Ok(3));
         assert_eq!(log.committed, 2);
-        assert_eq!(log.maybe_append(3, 2, 3, &[]), Ok(None));
+        assert_eq!(log.maybe_append(3, 2, 3, Vec::new()), Ok(None));
         assert_eq!(
-            log.maybe_append(1, 1, 3, &ents(&[(2, 9)])),
+            log.maybe_append(1, 1, 3, ents(&[(2, 9)])),
             Err(CommittedConflict { index: 2 })
         );
     }
@@ -366,7 +376,7 @@ mod tests {
     #[test]
     fn find_conflict_by_term_skips_higher_terms() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(&ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
+        log.append(ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
         assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
         assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
         assert_eq!(log.find_conflict_by_term(5, 0), (0, 0));
@@ -375,7 +385,7 @@ mod tests {
     #[test]
     fn committed_entries_wait_for_local_durability() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(&ents(&[(1, 1), (2, 1)]));
+        log.append(ents(&[(1, 1), (2, 1)]));
         log.commit_to(2);
         assert!(log.next_committed_entries().is_empty());
         log.storage.append(&ents(&[(1, 1)])).unwrap();

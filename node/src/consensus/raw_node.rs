@@ -19,7 +19,7 @@
 use super::config::{Config, ConfigError};
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
-    NodeId, Snapshot, Term, payload_bytes,
+    NodeId, Payload, Snapshot, Term, payload_bytes,
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
@@ -148,12 +148,12 @@ impl<S: LogStorage> RawNode<S> {
     }
 
     /// Proposes one entry of application data.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
-        self.propose_batch(vec![data])
+    pub fn propose(&mut self, data: impl Into<Payload>) -> Result<(), RaftError> {
+        self.propose_batch(vec![data.into()])
     }
 
     /// Proposes several entries at once; they are appended and replicated together.
-    pub fn propose_batch(&mut self, batch: Vec<Vec<u8>>) -> Result<(), RaftError> {
+    pub fn propose_batch(&mut self, batch: Vec<Payload>) -> Result<(), RaftError> {
         let entries = batch
             .into_iter()
             .map(|data| Entry {
@@ -175,7 +175,7 @@ impl<S: LogStorage> RawNode<S> {
     pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<(), RaftError> {
         let entry = Entry {
             entry_type: EntryType::ConfChange,
-            data: cc.encode(),
+            data: cc.encode().into(),
             ..Entry::default()
         };
         self.propose_entries(vec![entry])
@@ -379,5 +379,57 @@ impl<S: LogStorage> RawNode<S> {
     /// This node's role.
     pub fn role(&self) -> StateRole {
         self.raft.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::storage::MemStorage;
+
+    fn node() -> RawNode<MemStorage> {
+        let storage = MemStorage::new_with_conf(&[1, 2], &[]);
+        RawNode::new(&Config::new(1), storage).unwrap()
+    }
+
+    #[test]
+    fn ready_without_accept_then_accept_equals_ready() {
+        let mut a = node();
+        let mut b = node();
+        for raw in [&mut a, &mut b] {
+            raw.campaign();
+        }
+        let peeked = a.ready_without_accept();
+        assert!(a.has_ready());
+        assert_eq!(a.ready_without_accept(), peeked, "peeking changes nothing");
+        a.accept_ready(&peeked);
+        let taken = b.ready();
+        assert_eq!(peeked, taken);
+        assert_eq!(a.has_ready(), b.has_ready());
+        assert_eq!(
+            a.raft.unstable().offset_in_progress,
+            b.raft.unstable().offset_in_progress
+        );
+    }
+
+    #[test]
+    fn stale_apply_and_foreign_group_acks_are_ignored() {
+        let mut raw = node();
+        raw.on_applied(ApplyAck {
+            group_id: 0,
+            term: 1,
+            index: 5,
+        });
+        assert_eq!(
+            raw.raft.raft_log.applied, 0,
+            "nothing was handed out up to 5"
+        );
+        raw.on_append_durable(AppendAck {
+            group_id: 7,
+            term: 1,
+            last: Some(EntryId { index: 1, term: 1 }),
+            ..AppendAck::default()
+        });
+        assert_eq!(raw.raft.unstable().offset, 1);
     }
 }

@@ -4,7 +4,9 @@
 //! [`Ready`](super::raw_node::Ready) and the host writes it. The trait is how the core reads
 //! back what was made durable.
 
-use super::message::{ConfState, Entry, HardState, Index, Snapshot, SnapshotMetadata, Term};
+use super::message::{
+    ConfState, Entry, HardState, Index, Snapshot, SnapshotMetadata, Term, count_within,
+};
 
 /// Why storage could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,24 +89,38 @@ impl MemStorage {
     /// Appends entries, replacing any stored suffix that starts at or after the first new one.
     /// Entries at or below the snapshot are skipped; a gap after the last entry is refused.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let skip = self.prepare_append(entries)?;
+        self.entries.extend_from_slice(&entries[skip..]);
+        Ok(())
+    }
+
+    /// Like [`MemStorage::append`], but moves the entries in instead of cloning them.
+    pub fn append_owned(&mut self, mut entries: Vec<Entry>) -> Result<(), StorageError> {
+        let skip = self.prepare_append(&entries)?;
+        entries.drain(..skip);
+        self.entries.append(&mut entries);
+        Ok(())
+    }
+
+    /// Checks an append and truncates the suffix it replaces; returns how many leading
+    /// entries are already covered by the snapshot and must be skipped.
+    fn prepare_append(&mut self, entries: &[Entry]) -> Result<usize, StorageError> {
         let Some(first_new) = entries.first() else {
-            return Ok(());
+            return Ok(0);
         };
         let snap_index = self.snapshot.metadata.index;
         let skip = usize::try_from(snap_index.saturating_sub(first_new.index - 1))
             .unwrap_or(usize::MAX)
             .min(entries.len());
-        let entries = &entries[skip..];
-        let Some(first) = entries.first() else {
-            return Ok(());
+        let Some(first) = entries.get(skip) else {
+            return Ok(skip);
         };
         if first.index > self.last_index() + 1 {
             return Err(StorageError::Unavailable);
         }
         let keep = usize::try_from(first.index - snap_index - 1).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        Ok(skip)
     }
 
     /// Replaces the whole log with a snapshot (one the leader sent).
@@ -166,16 +182,8 @@ impl LogStorage for MemStorage {
         let base = self.snapshot.metadata.index + 1;
         let start = usize::try_from(lo - base).unwrap_or(usize::MAX);
         let end = usize::try_from(hi - base).unwrap_or(usize::MAX);
-        let mut out = Vec::with_capacity(end - start);
-        let mut bytes = 0u64;
-        for entry in &self.entries[start..end] {
-            bytes += entry.payload_bytes();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        Ok(out)
+        let range = &self.entries[start..end];
+        Ok(range[..count_within(range, max_bytes)].to_vec())
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
@@ -241,7 +249,7 @@ mod tests {
         let big = |i| Entry {
             index: i,
             term: 1,
-            data: vec![0; 10],
+            data: vec![0; 10].into(),
             ..Entry::default()
         };
         s.append(&[big(1), big(2), big(3)]).unwrap();

@@ -287,7 +287,7 @@ impl Env {
                     }
                 }
             } else if !e.data.is_empty() {
-                node.applied_data.push((e.index, e.data.clone()));
+                node.applied_data.push((e.index, e.data.to_vec()));
             }
             node.sm.hash = chain(node.sm.hash, e);
             node.sm.index = e.index;

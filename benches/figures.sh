@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reproduces the write-ahead log figures of README.md: every comparison runs side by side,
+# alternating the two systems, ROUNDS times; the summary gives the median of each value and
+# of each ratio. Needs a release build of `keel` (and of compare/raft-engine for the
+# comparison with raft-engine, built on first use). Usage: benches/figures.sh [ROUNDS] [SECS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+secs=${2:-5}
+cargo build --release -q
+keel=target/release/keel
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { grep -o "$1=[0-9.]*" | cut -d= -f2; }
+
+echo "== disk: sequential O_DIRECT write bandwidth (dd, 1 GiB in 4 MiB blocks)"
+for _ in 1 2 3; do
+    dd if=/dev/zero of=target/dd.bin bs=4M count=256 oflag=direct conv=fdatasync 2>&1 |
+        awk '/copied/ {print "dd MBps=" $(NF-1) * ($NF == "GB/s" ? 1000 : 1)}'
+done | tee -a "$out"
+rm -f target/dd.bin
+
+run() { # label, arguments of keel bench wal
+    local label=$1; shift
+    for _ in $(seq "$rounds"); do
+        "$keel" bench wal --secs "$secs" "$@" 2>/dev/null | grep -E '^(wal|baseline|ratio)' |
+            sed "s/^/$label /"
+    done | tee -a "$out"
+}
+echo "== one appender, 128 B, synced, beside pwrite + fdatasync"
+run single --baseline
+echo "== 16 appenders, 128 B, synced"
+run sixteen --writers 16
+echo "== 16 async tasks on one thread, 128 B, synced"
+run tasks --writers 16 --tasks
+echo "== large appends: 64 x 4 KiB, 1 and 4 appenders, log purged behind (recycled segments)"
+run large1 --batch 64 --size 4096 --keep-segments 4
+run large4 --batch 64 --size 4096 --writers 4 --keep-segments 4
+echo "== large appends without purging (every segment zero-filled first)"
+run large4fresh --batch 64 --size 4096 --writers 4
+
+if [ -d compare/raft-engine ]; then
+    echo "== keel-wal vs raft-engine 0.4, 16 writer threads over 256 groups, 128 B, synced"
+    (cd compare/raft-engine && cargo build --release -q)
+    for i in $(seq "$rounds"); do
+        first=$([ $((i % 2)) = 1 ] && echo raft-engine || echo keel)
+        compare/raft-engine/target/release/keel-compare-raft-engine --secs "$secs" \
+            --first "$first" | sed 's/^/re16 /'
+    done | tee -a "$out"
+fi
+
+echo
+echo "== medians over $rounds rounds"
+summary() { # label, line kind, fields...
+    local label=$1 kind=$2; shift 2
+    local line="$label $kind:"
+    for f in "$@"; do
+        line+=" $f=$(grep "^$label $kind" "$out" | field "$f" | median)"
+    done
+    echo "$line"
+}
+grep -q '^dd ' "$out" && echo "disk dd: MBps=$(grep '^dd ' "$out" | field MBps | median)"
+summary single wal appends/s p50_us p99_us
+summary single baseline appends/s p50_us p99_us
+summary single ratio records/s p50 p99
+summary sixteen wal records/s p50_us p99_us
+summary tasks wal records/s p50_us p99_us
+summary large1 wal MB/s p50_us p99_us
+summary large4 wal MB/s p50_us p99_us
+summary large4fresh wal MB/s p50_us p99_us
+if grep -q '^re16' "$out"; then
+    summary re16 'compare impl=raft-engine' writes/s p50_us p99_us
+    summary re16 'compare impl=keel-wal' writes/s p50_us p99_us
+    summary re16 ratio writes/s p50 p99
+fi
