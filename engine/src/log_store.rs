@@ -26,6 +26,23 @@
 //! record followed by the entries, see [`crate::log_record`]), then purges, and reports those
 //! groups so that the caller can ask them to compact.
 //!
+//! # How a raft node drives it
+//!
+//! 1. Each round, put every group's unstable entries and hard state into one [`WriteBatch`]
+//!    and [`LogStore::write`] it — or, from an async runtime, [`LogStore::stage`] it, append
+//!    [`StagedWrite::payloads`] with `Wal::append_async`, and [`LogStore::complete`] it
+//!    (several rounds may be in flight). Acknowledge the appends only after that.
+//! 2. Apply committed entries, read with [`LogStore::entries`], to the group's
+//!    [`crate::Memtable`].
+//! 3. To snapshot a group: open [`crate::Memtable::begin_snapshot`], write it with
+//!    [`crate::CheckpointDir::write_with`] (term and conf state in the header), record it with
+//!    [`WriteBatch::set_snapshot`], then [`LogStore::compact`] up to its index.
+//! 4. Call [`LogStore::maintain`] now and then: it purges, rewrites groups that pin old
+//!    segments, and lists those to ask for a snapshot (`must_compact`, `rewritten`).
+//! 5. A follower that receives a snapshot verifies and publishes the bytes with
+//!    [`crate::CheckpointDir::install`] and then writes [`WriteBatch::apply_snapshot`].
+//! 6. A destroyed replica is dropped with [`LogStore::remove_group`].
+//!
 //! # Recovery
 //!
 //! [`LogStore::open`] scans the log from its first live record and rebuilds every group's index
