@@ -43,6 +43,7 @@ use std::time::Duration;
 use keel_wal::{Wal, WalOptions};
 
 use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta};
+use crate::log_backend::{BackendError, LogBackend};
 use crate::memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 use crate::revision::KeyValue;
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
@@ -148,6 +149,14 @@ pub enum DbError {
     /// The log failed.
     #[error("log: {0}")]
     Wal(#[from] keel_wal::Error),
+    /// The log (through its [`LogBackend`]) failed.
+    #[error("log {op} failed: {source}")]
+    Log {
+        /// The operation.
+        op: &'static str,
+        /// The log's error.
+        source: BackendError,
+    },
     /// A log record could not be replayed.
     #[error("corrupt log record at lsn {lsn}: {reason}")]
     Corrupt {
@@ -259,9 +268,11 @@ struct Durable {
     poison: Option<String>,
 }
 
-struct Inner {
+struct Inner<B> {
     options: DbOptions,
-    wal: Wal,
+    dir: PathBuf,
+    /// A handle to the log; methods that need `&mut` run on a clone (same log).
+    log: B,
     checkpoints: CheckpointDir,
     memtable: RwLock<Memtable>,
     queue: Mutex<Queue>,
@@ -290,19 +301,26 @@ fn lock_poisoned<T>(_: T) -> DbError {
     }
 }
 
+/// A log a [`Db`] can run on: a [`LogBackend`] whose clones are handles to the same log,
+/// usable from several threads at once. `Arc<keel_wal::Wal>` (the default) and the
+/// in-memory [`crate::MemLog`] are.
+pub trait SharedLog: LogBackend + Clone + Send + Sync + 'static {}
+
+impl<T: LogBackend + Clone + Send + Sync + 'static> SharedLog for T {}
+
 /// The standalone durable key-value store. Cheap to share: wrap it in an `Arc` and call it
 /// from any number of threads; concurrent writes are coalesced into shared log flushes.
-pub struct Db {
-    inner: Arc<Inner>,
+/// The log is a type parameter so that tests can run it on an in-memory log; production
+/// uses the default, Keel's WAL.
+pub struct Db<B: SharedLog = Arc<Wal>> {
+    inner: Arc<Inner<B>>,
     checkpointer: Option<JoinHandle<()>>,
     recovery: DbRecovery,
 }
 
-impl std::fmt::Debug for Db {
+impl<B: SharedLog> std::fmt::Debug for Db<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db")
-            .field("dir", &self.inner.wal.dir())
-            .finish()
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish()
     }
 }
 
@@ -325,6 +343,21 @@ impl Db {
         // The WAL takes the directory's lock: open it first, so that a second opener fails
         // before it touches the checkpoint directory (which removes temporary files).
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
+        Db::open_on(dir, options, Arc::new(wal), progress)
+    }
+}
+
+impl<B: SharedLog> Db<B> {
+    /// Opens the store whose checkpoints are in `dir/checkpoints` over `log`, which must be
+    /// this store's own log (and the caller must hold whatever lock guards `dir`: `Db::open`
+    /// holds the WAL's). Recovers as [`Db::open`] does.
+    pub fn open_on(
+        dir: &Path,
+        options: DbOptions,
+        log: B,
+        progress: &mut dyn FnMut(DbReplayProgress),
+    ) -> Result<Db<B>, DbError> {
+        options.validate()?;
         let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
         let mut recovery = DbRecovery::default();
         let (newest, mut skipped) = checkpoints.newest_valid()?;
@@ -346,7 +379,7 @@ impl Db {
         };
         drop(newest);
         let from = memtable.applied_index() + 1;
-        let (log_first, log_next) = (wal.first_lsn(), wal.next_lsn());
+        let (log_first, log_next) = (log.first_lsn(), log.next_lsn());
         // The log must hold every record after the checkpoint: it may not start later, and
         // a log that ends at or before the checkpoint means later appends would get
         // positions the checkpoint already claims.
@@ -357,26 +390,35 @@ impl Db {
                 log_next,
             });
         }
-        for record in wal.iter_from(from.max(log_first))? {
-            let record = record?;
-            let txn = decode_txn(&record.data).map_err(|reason| DbError::Corrupt {
-                lsn: record.lsn,
-                reason,
-            })?;
-            memtable.txn(&txn).map_err(|e| DbError::Corrupt {
-                lsn: record.lsn,
-                reason: format!("transaction no longer valid: {e}"),
-            })?;
-            memtable.set_applied_index(record.lsn);
+        let mut failure: Option<DbError> = None;
+        let scanned = log.scan(from.max(log_first), &mut |lsn, data| {
+            let replayed = decode_txn(data)
+                .map_err(|reason| DbError::Corrupt { lsn, reason })
+                .and_then(|txn| {
+                    memtable.txn(&txn).map_err(|e| DbError::Corrupt {
+                        lsn,
+                        reason: format!("transaction no longer valid: {e}"),
+                    })
+                });
+            if let Err(e) = replayed {
+                failure = Some(e);
+                return Err("replay stopped".into());
+            }
+            memtable.set_applied_index(lsn);
             recovery.replayed_records += 1;
             if recovery.replayed_records % REPLAY_PROGRESS_RECORDS == 0 {
                 progress(DbReplayProgress {
                     records: recovery.replayed_records,
-                    lsn: record.lsn,
+                    lsn,
                     end_lsn: log_next,
                 });
             }
+            Ok(())
+        });
+        if let Some(e) = failure {
+            return Err(e);
         }
+        scanned.map_err(|source| DbError::Log { op: "scan", source })?;
         progress(DbReplayProgress {
             records: recovery.replayed_records,
             lsn: memtable.applied_index(),
@@ -391,7 +433,8 @@ impl Db {
         let inner = Arc::new(Inner {
             checkpoint_lock: Mutex::new(recovery.checkpoint_index),
             options,
-            wal,
+            dir: dir.to_path_buf(),
+            log,
             checkpoints,
             memtable: RwLock::new(memtable),
             queue: Mutex::new(Queue::default()),
@@ -541,13 +584,13 @@ impl Db {
     }
 }
 
-impl Drop for Db {
+impl<B: SharedLog> Drop for Db<B> {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-impl Inner {
+impl<B: SharedLog> Inner<B> {
     fn check_poison(&self) -> Result<(), DbError> {
         if !self.poisoned.load(Ordering::Acquire) {
             return Ok(());
@@ -667,7 +710,7 @@ impl Inner {
                 return;
             };
             // Only the leader appends, so the next LSN is known before the append.
-            let first_lsn = self.wal.next_lsn();
+            let first_lsn = self.log.next_lsn();
             for p in group {
                 let Ok(mut p) = p.lock() else {
                     outcomes.push(Err(lock_poisoned(())));
@@ -686,8 +729,9 @@ impl Inner {
         let mut failure = None;
         if !records.is_empty() {
             let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
-            match self.wal.append(&records) {
-                Ok(a) if a.first_lsn == first_lsn => {
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            match self.log.clone().append(&refs) {
+                Ok(first) if first == first_lsn => {
                     self.txns_logged
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     self.log_appends.fetch_add(1, Ordering::Relaxed);
@@ -700,10 +744,9 @@ impl Inner {
                         self.checkpoint_wake.notify_all();
                     }
                 }
-                Ok(a) => {
+                Ok(first) => {
                     failure = Some(format!(
-                        "log placed the group at lsn {} instead of {first_lsn}",
-                        a.first_lsn
+                        "log placed the group at lsn {first} instead of {first_lsn}"
                     ))
                 }
                 Err(e) => failure = Some(format!("log append failed: {e}")),
@@ -827,7 +870,13 @@ impl Inner {
         self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
         self.checkpoints.retain(self.options.checkpoints_kept)?;
         if let Some((oldest, _)) = self.checkpoints.list()?.first() {
-            self.wal.purge_before(oldest + 1)?;
+            self.log
+                .clone()
+                .purge_before(oldest + 1)
+                .map_err(|source| DbError::Log {
+                    op: "purge",
+                    source,
+                })?;
         }
         Ok(Some(meta))
     }

@@ -1,37 +1,63 @@
-//! [`LogBackend`] for Keel's write-ahead log, `keel_wal::Wal`.
+//! [`LogBackend`] for Keel's write-ahead log, `keel_wal::Wal`, owned or shared (`Arc<Wal>`).
 //!
 //! The WAL already gives what the trait asks: one `append` call is one CRC-framed atomic
 //! frame acknowledged once durable, records are numbered by consecutive LSNs, and
 //! `purge_before` drops whole segments crash-atomically. Appends the WAL would reject for
-//! size are caught by `check_append` first, so they never poison the caller.
+//! size are caught by `check_append` first, so they never poison the caller. Every WAL
+//! method takes `&self`, so clones of an `Arc<Wal>` are handles to one log that several
+//! threads may use at once (what [`crate::Db`] needs).
+
+use std::sync::Arc;
 
 use keel_wal::{Wal, format};
 
 use crate::log_backend::{BackendError, LogBackend, RecordVisitor, SegmentSpan};
 
+fn check_append(wal: &Wal, records: &[&[u8]]) -> Result<(), BackendError> {
+    let opts = wal.options();
+    if records.is_empty() {
+        return Err("an append needs at least one record".into());
+    }
+    if let Some(r) = records.iter().find(|r| r.len() > opts.record_bytes_max) {
+        return Err(format!(
+            "record of {} bytes exceeds the WAL's record_bytes_max ({})",
+            r.len(),
+            opts.record_bytes_max
+        )
+        .into());
+    }
+    let frame = format::frame_len(records.iter().map(|r| r.len()));
+    if frame > opts.batch_bytes_max {
+        return Err(format!(
+            "append of {frame} encoded bytes exceeds the WAL's batch_bytes_max ({})",
+            opts.batch_bytes_max
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn scan(wal: &Wal, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
+    for record in wal.iter_from(from)? {
+        let record = record?;
+        visit(record.lsn, &record.data)?;
+    }
+    Ok(())
+}
+
+fn segments(wal: &Wal) -> Vec<SegmentSpan> {
+    wal.segments()
+        .into_iter()
+        .map(|s| SegmentSpan {
+            first_lsn: s.first_lsn,
+            end_lsn: s.end_lsn,
+        })
+        .collect()
+}
+
 impl LogBackend for Wal {
     fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
-        let opts = self.options();
-        if records.is_empty() {
-            return Err("an append needs at least one record".into());
-        }
-        if let Some(r) = records.iter().find(|r| r.len() > opts.record_bytes_max) {
-            return Err(format!(
-                "record of {} bytes exceeds the WAL's record_bytes_max ({})",
-                r.len(),
-                opts.record_bytes_max
-            )
-            .into());
-        }
-        let frame = format::frame_len(records.iter().map(|r| r.len()));
-        if frame > opts.batch_bytes_max {
-            return Err(format!(
-                "append of {frame} encoded bytes exceeds the WAL's batch_bytes_max ({})",
-                opts.batch_bytes_max
-            )
-            .into());
-        }
-        Ok(())
+        check_append(self, records)
     }
 
     fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
@@ -43,11 +69,7 @@ impl LogBackend for Wal {
     }
 
     fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
-        for record in self.iter_from(from)? {
-            let record = record?;
-            visit(record.lsn, &record.data)?;
-        }
-        Ok(())
+        scan(self, from, visit)
     }
 
     fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
@@ -56,13 +78,42 @@ impl LogBackend for Wal {
     }
 
     fn segments(&self) -> Vec<SegmentSpan> {
-        Wal::segments(self)
-            .into_iter()
-            .map(|s| SegmentSpan {
-                first_lsn: s.first_lsn,
-                end_lsn: s.end_lsn,
-            })
-            .collect()
+        segments(self)
+    }
+
+    fn first_lsn(&self) -> u64 {
+        Wal::first_lsn(self)
+    }
+
+    fn next_lsn(&self) -> u64 {
+        Wal::next_lsn(self)
+    }
+}
+
+impl LogBackend for Arc<Wal> {
+    fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
+        check_append(self, records)
+    }
+
+    fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
+        Ok(Wal::append(self, records)?.first_lsn)
+    }
+
+    fn read(&self, lsn: u64) -> Result<Vec<u8>, BackendError> {
+        Ok(Wal::read(self, lsn)?)
+    }
+
+    fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
+        scan(self, from, visit)
+    }
+
+    fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
+        Wal::purge_before(self, lsn)?;
+        Ok(())
+    }
+
+    fn segments(&self) -> Vec<SegmentSpan> {
+        segments(self)
     }
 
     fn first_lsn(&self) -> u64 {

@@ -553,3 +553,26 @@ fn checkpoints_taken_while_writers_run_recover_exactly() {
     assert!(db.recovery().checkpoint_index.is_some());
     assert_eq!(all(&db), before);
 }
+
+#[test]
+fn db_runs_on_the_in_memory_log_with_injected_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = keel_engine::MemLog::new(8);
+    let db = Db::open_on(dir.path(), small(), log.clone(), &mut |_| {}).unwrap();
+    for i in 0..20u8 {
+        db.put(&[i], &[i; 10]).unwrap();
+    }
+    db.checkpoint().unwrap().unwrap();
+    db.put(b"after", b"checkpoint").unwrap();
+    log.set_fail_appends(true);
+    assert!(db.put(b"lost", b"x").is_err());
+    assert!(matches!(db.get(&[1]), Err(DbError::Poisoned { .. })));
+    drop(db);
+    log.set_fail_appends(false);
+    let db = Db::open_on(dir.path(), small(), log.clone(), &mut |_| {}).unwrap();
+    assert_eq!(db.recovery().checkpoint_index, Some(20));
+    assert_eq!(db.recovery().replayed_records, 1);
+    assert_eq!(db.revision().unwrap(), 21);
+    assert!(db.get(b"lost").unwrap().is_none());
+    assert_eq!(db.get(&[19]).unwrap().unwrap().value, vec![19; 10]);
+}
