@@ -490,12 +490,17 @@ impl Memtable {
         let mut m = Memtable::new(limits).map_err(RestoreError::Limits)?;
         m.revision = revision;
         m.applied_index = applied_index;
-        let mut last: Option<Vec<u8>> = None;
+        // Collect first and build the map in one go: `BTreeMap::from_iter` bulk-loads sorted
+        // input instead of descending the tree for every key.
+        let mut sorted: Vec<(Vec<u8>, Stored)> = Vec::new();
         for kv in entries {
             let kv = kv?;
             m.check_key(&kv.key).map_err(RestoreError::Limits)?;
             m.check_value(&kv.value).map_err(RestoreError::Limits)?;
-            if last.as_deref().is_some_and(|l| l >= kv.key.as_slice()) {
+            if sorted
+                .last()
+                .is_some_and(|(l, _)| l.as_slice() >= kv.key.as_slice())
+            {
                 return Err(RestoreError::Invalid("keys not strictly ascending".into()));
             }
             if !kv.meta.is_valid_live(revision) {
@@ -505,15 +510,15 @@ impl Memtable {
                 )));
             }
             m.data_bytes += (kv.key.len() + kv.value.len()) as u64;
-            last = Some(kv.key.clone());
-            m.map.insert(
+            sorted.push((
                 kv.key,
                 Stored {
                     value: kv.value,
                     meta: kv.meta,
                 },
-            );
+            ));
         }
+        m.map = sorted.into_iter().collect();
         Ok(m)
     }
 
@@ -524,7 +529,7 @@ impl Memtable {
         self.check_end(key)
     }
 
-    /// Range ends may be empty-free but are bounded like keys.
+    /// Range ends may be empty (unlike keys) but are bounded like keys.
     fn check_end(&self, key: &[u8]) -> Result<(), KvError> {
         if key.len() > self.limits.key_bytes_max {
             return Err(KvError::KeyTooLarge {
