@@ -57,7 +57,7 @@ summary() { # label, line kind, fields...
     local label=$1 kind=$2; shift 2
     local line="$label $kind:"
     for f in "$@"; do
-        line+=" $f=$(grep "^$label $kind" "$out" | field "$f" | median)"
+        line+=" $f=$(grep -F "$label $kind" "$out" | field "$f" | median)"
     done
     echo "$line"
 }
@@ -72,6 +72,8 @@ summary large4 wal MB/s p50_us p99_us
 summary large4fresh wal MB/s p50_us p99_us
 if grep -q '^re16' "$out"; then
     summary re16 'compare impl=raft-engine' writes/s p50_us p99_us
-    summary re16 'compare impl=keel-wal' writes/s p50_us p99_us
-    summary re16 ratio writes/s p50 p99
+    summary re16 'compare impl=keel-wal ' writes/s p50_us p99_us
+    summary re16 'compare impl=keel-wal-tasks' writes/s p50_us p99_us
+    summary re16 'ratio keel/' writes/s p50 p99
+    summary re16 'ratio keel-tasks/' writes/s p50 p99
 fi

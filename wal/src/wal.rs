@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
@@ -43,6 +44,9 @@ use crate::stats::{Stats, WalStats};
 
 /// Most batches that may wait behind a segment roll.
 pub const SEALED_BATCHES_MAX: usize = 2;
+/// Bounds of group commit's adaptive wait for appenders to refill a batch.
+const LINGER_MIN: Duration = Duration::from_micros(10);
+const LINGER_MAX: Duration = Duration::from_micros(100);
 
 /// Where an append landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +137,12 @@ struct State {
     next_seg_seq: u64,
     /// The next frame at or after this offset of the active segment goes into the index.
     index_next_off: u64,
+    /// Appends in the last write: how many appenders are active, roughly.
+    last_round_appends: u64,
+    /// Moving average of how long a write takes, in nanoseconds.
+    write_ewma_ns: u64,
+    /// While a writer lingers for the batch to fill: the append count it waits for.
+    linger_target: u64,
     pool: Vec<AlignedBuf>,
     durable_wakers: Vec<(u64, Waker)>,
     space_wakers: Vec<Waker>,
@@ -171,6 +181,8 @@ struct Inner {
     poisoned: AtomicBool,
     /// Maintenance waiting for every accepted append to be durable.
     idle: Condvar,
+    /// A lingering writer waiting for the filling batch to reach its target.
+    filled: Condvar,
     segments: RwLock<Vec<Arc<SegmentView>>>,
     spares: Spares,
     stats: Stats,
@@ -305,6 +317,9 @@ impl Wal {
             durable_batch_id: 0,
             next_seg_seq,
             index_next_off,
+            last_round_appends: 0,
+            write_ewma_ns: 0,
+            linger_target: 0,
             pool: Vec::new(),
             durable_wakers: Vec::new(),
             space_wakers: Vec::new(),
@@ -321,6 +336,7 @@ impl Wal {
             durable_id: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             idle: Condvar::new(),
+            filled: Condvar::new(),
             segments: RwLock::new(views),
             spares: Spares {
                 state: Mutex::new(SpareState {
@@ -734,6 +750,10 @@ impl Inner {
             st.index_next_off = offset + INDEX_STRIDE_BYTES;
         }
         st.next_lsn = fill.end_lsn;
+        if st.linger_target > 0 && st.fill.appends >= st.linger_target {
+            self.filled.notify_one();
+        }
+        let fill = &st.fill;
         Ok(Some((
             fill.id,
             Appended {
@@ -1045,6 +1065,41 @@ struct WriterIo {
 }
 
 impl Inner {
+    /// Group commit's adaptive wait. When the last write carried several appends and the
+    /// filling batch has fewer, the appenders of that write are most likely about to append
+    /// again (they were just woken): wait up to half a write's time for them, holding the
+    /// writer's role so that nobody starts a write with a fraction of them. A lone appender
+    /// never waits.
+    fn linger<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        let target = st.last_round_appends;
+        if target < 2 || st.fill.appends >= target || !st.sealed.is_empty() {
+            return Ok(st);
+        }
+        let wait = Duration::from_nanos(st.write_ewma_ns / 2).clamp(LINGER_MIN, LINGER_MAX);
+        let deadline = Instant::now() + wait;
+        st.writing = true;
+        st.linger_target = target;
+        loop {
+            let now = Instant::now();
+            if st.fill.appends >= target
+                || now >= deadline
+                || !st.sealed.is_empty()
+                || st.poisoned.is_some()
+                || st.closing
+            {
+                break;
+            }
+            st = self
+                .filled
+                .wait_timeout(st, deadline - now)
+                .map_err(lock_err)?
+                .0;
+        }
+        st.linger_target = 0;
+        st.writing = false;
+        Ok(st)
+    }
+
     /// Writes the next batch. The caller holds the state lock, no write is in flight and
     /// there is work; the lock is released during the write and held again on return.
     fn write_round<'a>(
@@ -1052,6 +1107,7 @@ impl Inner {
         mut st: MutexGuard<'a, State>,
         who: Writer,
     ) -> Result<MutexGuard<'a, State>> {
+        st = self.linger(st)?;
         let mut batch = self
             .next_batch(&mut st)
             .expect("the caller checked has_work");
@@ -1066,6 +1122,7 @@ impl Inner {
         for waker in space_wakers {
             waker.wake();
         }
+        let started = Instant::now();
         let result = match self.writer_io.lock() {
             Ok(mut w) => {
                 let w = &mut *w;
@@ -1077,6 +1134,13 @@ impl Inner {
         st.writing = false;
         match result {
             Ok(()) => {
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                st.write_ewma_ns = if st.write_ewma_ns == 0 {
+                    took
+                } else {
+                    (st.write_ewma_ns * 7 + took) / 8
+                };
+                st.last_round_appends = batch.appends;
                 st.durable_batch_id = batch.id;
                 self.durable_id.store(batch.id, Ordering::Release);
                 let mut ready = Vec::new();

@@ -3,7 +3,9 @@
 //! Each writer thread owns `groups / writers` raft groups and, round-robin over them,
 //! writes one batch holding `batch` entries of `size` bytes for one group, synced. Keel
 //! writes each entry as one record carrying the group, index and term (24 bytes) before
-//! the data, as its raft log store does.
+//! the data, as its raft log store does. Keel runs twice: with `writers` threads like
+//! raft-engine, and with `writers` async tasks on one thread, the way its thread-per-core
+//! node appends.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -149,6 +151,92 @@ fn keel(args: &Args, dir: &Path) -> Outcome {
     })
 }
 
+/// Keel's appenders as async tasks on one thread (as in Keel's thread-per-core node): the
+/// same groups, entries and records as `keel`, with `writers` tasks instead of threads.
+fn keel_tasks(args: &Args, dir: &Path) -> Outcome {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let wal = keel_wal::Wal::open(dir, keel_wal::WalOptions::default()).expect("open keel-wal");
+    wal.append(&[b"warm-up".as_slice()]).expect("append");
+    let data = vec![0x5Au8; args.size];
+    let started = Instant::now();
+    let secs = Duration::from_secs_f64(args.secs);
+    let lats: Vec<Mutex<Histogram<u64>>> = (0..args.writers)
+        .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()))
+        .collect();
+    let mut tasks: Vec<Option<Pin<Box<dyn Future<Output = ()> + '_>>>> = (0..args.writers)
+        .map(|w| {
+            let (wal, data, lat) = (&wal, &data, &lats[w as usize]);
+            let mine: Vec<u64> = (0..args.groups).filter(|g| g % args.writers == w).collect();
+            let task: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(async move {
+                let mut next_index = vec![1u64; mine.len()];
+                let mut i = 0;
+                while started.elapsed() < secs {
+                    let slot = i % mine.len().max(1);
+                    let group = mine.get(slot).copied().unwrap_or(w);
+                    let index = next_index[slot];
+                    let records: Vec<Vec<u8>> = (0..args.batch as u64)
+                        .map(|k| {
+                            let mut r = Vec::with_capacity(24 + data.len());
+                            r.extend_from_slice(&group.to_le_bytes());
+                            r.extend_from_slice(&(index + k).to_le_bytes());
+                            r.extend_from_slice(&1u64.to_le_bytes());
+                            r.extend_from_slice(data);
+                            r
+                        })
+                        .collect();
+                    let t0 = Instant::now();
+                    wal.append_async(&records).await.expect("append");
+                    let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    lat.lock().unwrap().record(us.clamp(1, 60_000_000)).unwrap();
+                    next_index[slot] += args.batch as u64;
+                    i += 1;
+                }
+            });
+            Some(task)
+        })
+        .collect();
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        let mut pending = false;
+        for slot in tasks.iter_mut() {
+            if let Some(task) = slot {
+                if task.as_mut().poll(&mut cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if !pending {
+            break;
+        }
+        std::thread::park();
+    }
+    let elapsed = started.elapsed();
+    drop(tasks);
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for l in &lats {
+        lat.add(&*l.lock().unwrap()).unwrap();
+    }
+    Outcome {
+        writes: lat.len(),
+        elapsed,
+        lat,
+    }
+}
+
 fn report(name: &str, args: &Args, o: &Outcome) -> f64 {
     let writes = o.writes as f64 / o.elapsed.as_secs_f64();
     println!(
@@ -183,14 +271,27 @@ fn main() {
         pause();
         (re, run_keel.then(|| keel(&args, &root.path().join("keel"))))
     };
+    let kt = run_keel.then(|| {
+        pause();
+        keel_tasks(&args, &root.path().join("keel-tasks"))
+    });
     let re_rate = re.as_ref().map(|o| report("raft-engine", &args, o));
     let k_rate = k.as_ref().map(|o| report("keel-wal", &args, o));
+    let kt_rate = kt.as_ref().map(|o| report("keel-wal-tasks", &args, o));
     if let (Some(re), Some(k), Some(re_rate), Some(k_rate)) = (&re, &k, re_rate, k_rate) {
         println!(
             "ratio keel/raft-engine writes/s={:.2} p50={:.2} p99={:.2}",
             k_rate / re_rate,
             k.lat.value_at_quantile(0.5) as f64 / re.lat.value_at_quantile(0.5) as f64,
             k.lat.value_at_quantile(0.99) as f64 / re.lat.value_at_quantile(0.99) as f64,
+        );
+    }
+    if let (Some(re), Some(kt), Some(re_rate), Some(kt_rate)) = (&re, &kt, re_rate, kt_rate) {
+        println!(
+            "ratio keel-tasks/raft-engine writes/s={:.2} p50={:.2} p99={:.2}",
+            kt_rate / re_rate,
+            kt.lat.value_at_quantile(0.5) as f64 / re.lat.value_at_quantile(0.5) as f64,
+            kt.lat.value_at_quantile(0.99) as f64 / re.lat.value_at_quantile(0.99) as f64,
         );
     }
 }
