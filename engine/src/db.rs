@@ -45,7 +45,7 @@ use keel_wal::{Wal, WalOptions};
 use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta};
 use crate::log_backend::{BackendError, LogBackend};
 use crate::memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
-use crate::revision::KeyValue;
+use crate::revision::{KeyMeta, KeyValue};
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
 use crate::txn_codec::{decode_txn, encode_txn};
 
@@ -498,8 +498,29 @@ impl<B: SharedLog> Db<B> {
 
     /// The value and metadata of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, DbError> {
-        let resp = self.range(&RangeRequest::key(key))?;
-        Ok(resp.kvs.into_iter().next())
+        self.get_with(key, |found| {
+            found.map(|(value, meta)| KeyValue {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                meta,
+            })
+        })
+    }
+
+    /// Point read without copying: `f` sees the value and metadata of `key` (or `None`)
+    /// under the store's read lock, and its result is returned once what it saw is durable.
+    /// Keep `f` short: writers wait while it runs.
+    pub fn get_with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<(&[u8], KeyMeta)>) -> R,
+    ) -> Result<R, DbError> {
+        let (out, revision) = {
+            let m = self.inner.memtable.read().map_err(lock_poisoned)?;
+            (f(m.get_ref(key)?), m.revision())
+        };
+        self.inner.wait_durable(revision)?;
+        Ok(out)
     }
 
     /// Reads a range.

@@ -295,6 +295,13 @@ impl Memtable {
         self.revision
     }
 
+    /// The value and metadata of `key` at the current revision, borrowed: the point-read
+    /// fast path, with no allocation.
+    pub fn get_ref(&self, key: &[u8]) -> Result<Option<(&[u8], KeyMeta)>, KvError> {
+        self.check_key(key)?;
+        Ok(self.map.get(key).map(|s| (s.value.as_slice(), s.meta)))
+    }
+
     /// Log position of the last command applied to the store.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
