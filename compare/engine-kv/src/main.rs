@@ -98,6 +98,15 @@ fn parse() -> Result<Params, Error> {
         dir: ".".into(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "Durable single-key puts on keel-engine Db, fjall 2 and redb 2, side by side.\n\n\
+             Usage: keel-compare-engine-kv [--writers N (1)] [--secs S (5)] \
+             [--value-bytes B (128)]\n       [--rounds R (1)] [--systems keel,fjall,redb] \
+             [--dir PATH (.)]"
+        );
+        std::process::exit(0);
+    }
     for pair in args.chunks(2) {
         let [flag, value] = pair else {
             return Err(format!("flag {pair:?} needs a value").into());
