@@ -129,7 +129,8 @@ fn main() {
     let (nodes, proposers, size, secs) = (arg(0, 3), arg(1, 256) as usize, arg(2, 16) as usize, arg(3, 5));
     let mut cluster = Cluster::new(nodes);
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
-    let mut latencies = Vec::new();
+    // Recorded the same way as keel_node::bench does, so that both pay the same cost.
+    let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut commits = 0u64;
     let mut ready_to_propose = proposers.max(1);
     let start = Instant::now();
@@ -145,7 +146,7 @@ fn main() {
             let now = Instant::now();
             for _ in 0..done {
                 if let Some(t) = in_flight.pop_front() {
-                    latencies.push(now.duration_since(t).as_micros() as u64);
+                    latencies.saturating_record((now.duration_since(t).as_micros() as u64).max(1));
                 }
             }
             commits += done;
@@ -153,14 +154,7 @@ fn main() {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |q: f64| {
-        if latencies.is_empty() {
-            0
-        } else {
-            latencies[((latencies.len() - 1) as f64 * q).round() as usize]
-        }
-    };
+    let pct = |q: f64| latencies.value_at_quantile(q);
     println!(
         "consensus impl=raft-rs nodes={} proposers={} size={} commits/s={:.0} p50_us={} p99_us={}",
         nodes,
