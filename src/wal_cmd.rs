@@ -76,6 +76,8 @@ fn dump(dir: &std::path::Path, records: bool, limit: usize) -> Result<ExitCode, 
     let mut problems = 0;
     for seg in &segments {
         let header = match &seg.header {
+            Ok(Some(h)) if h.is_unused() => "recycled, not written yet (spare)".into(),
+            Ok(Some(h)) if h.recycled => format!("first position {} (recycled file)", h.first_lsn),
             Ok(Some(h)) => format!("first position {}", h.first_lsn),
             Ok(None) => "never written (spare)".into(),
             Err(e) => format!("BAD HEADER: {e}"),

@@ -483,6 +483,8 @@ pub fn inspect(dir: &Path) -> Result<Vec<SegmentSummary>> {
                         lsn = info.end_lsn();
                         off += info.len;
                     }
+                    // A recycled segment keeps old data after its last frame.
+                    Err(_) if h.recycled => break,
                     Err(FrameError::Empty) => {
                         if map[off..].iter().any(|&b| b != 0) {
                             problem = Some((off as u64, "non-zero bytes after the end".into()));

@@ -1108,6 +1108,9 @@ impl Inner {
         who: Writer,
     ) -> Result<MutexGuard<'a, State>> {
         st = self.linger(st)?;
+        if st.poisoned.is_some() {
+            return Ok(st);
+        }
         let mut batch = self
             .next_batch(&mut st)
             .expect("the caller checked has_work");
