@@ -168,36 +168,9 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
         after.records_per_flush.quantile_upper_bound(0.5),
         after.records_per_flush.quantile_upper_bound(1.0),
     );
-    println!(
-        "wal writers={} batch={} size={} backend={} appends/s={:.0} records/s={:.0} MB/s={:.2} \
-         p50_us={} p99_us={} p999_us={} max_us={}",
-        args.writers,
-        args.batch,
-        args.size,
-        backend,
-        outcome.appends_per_sec(),
-        outcome.records_per_sec(),
-        outcome.mb_per_sec(),
-        outcome.lat.p(0.5),
-        outcome.lat.p(0.99),
-        outcome.lat.p(0.999),
-        outcome.lat.max(),
-    );
+    println!("{}", machine_line("wal", args, Some(backend), &outcome));
     if let Some(base) = &baseline {
-        println!(
-            "baseline writers={} batch={} size={} appends/s={:.0} records/s={:.0} MB/s={:.2} \
-             p50_us={} p99_us={} p999_us={} max_us={}",
-            args.writers,
-            args.batch,
-            args.size,
-            base.appends_per_sec(),
-            base.records_per_sec(),
-            base.mb_per_sec(),
-            base.lat.p(0.5),
-            base.lat.p(0.99),
-            base.lat.p(0.999),
-            base.lat.max(),
-        );
+        println!("{}", machine_line("baseline", args, None, base));
         println!(
             "ratio wal/baseline records/s={:.2} p50={:.2} p99={:.2}",
             outcome.records_per_sec() / base.records_per_sec(),
@@ -206,6 +179,25 @@ pub fn run(args: &WalBenchArgs) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One machine-readable result line.
+fn machine_line(kind: &str, args: &WalBenchArgs, backend: Option<&str>, o: &Outcome) -> String {
+    let backend = backend.map(|b| format!(" backend={b}")).unwrap_or_default();
+    format!(
+        "{kind} writers={} batch={} size={}{backend} appends/s={:.0} records/s={:.0} MB/s={:.2} \
+         p50_us={} p99_us={} p999_us={} max_us={}",
+        args.writers,
+        args.batch,
+        args.size,
+        o.appends_per_sec(),
+        o.records_per_sec(),
+        o.mb_per_sec(),
+        o.lat.p(0.5),
+        o.lat.p(0.99),
+        o.lat.p(0.999),
+        o.lat.max(),
+    )
 }
 
 /// Purges all but the newest `keep` segments every few milliseconds until stopped.
@@ -229,6 +221,70 @@ fn spawn_purger(
     (stop, handle)
 }
 
+/// What the appenders of one run share: when to stop, progress, their merged latencies
+/// and the first failure.
+struct Run {
+    stop: Stop,
+    started: Instant,
+    started_ops: AtomicU64,
+    done: Arc<AtomicU64>,
+    merged: Mutex<Latencies>,
+    failure: Mutex<Option<String>>,
+    progress: Progress,
+}
+
+impl Run {
+    fn new(args: &WalBenchArgs, stop: Stop) -> Run {
+        let done = Arc::new(AtomicU64::new(0));
+        Run {
+            stop,
+            started: Instant::now(),
+            started_ops: AtomicU64::new(0),
+            progress: progress_line(done.clone(), args.batch),
+            done,
+            merged: Mutex::new(Latencies::new()),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Whether an appender should start another append.
+    fn more(&self) -> bool {
+        self.stop.more(self.started, &self.started_ops)
+    }
+
+    /// Records a finished append.
+    fn done(&self, lat: &mut Latencies, t0: Instant) {
+        lat.record(t0.elapsed());
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An appender stops: its latencies join the others, its failure (if any) is kept.
+    fn leave(&self, lat: &Latencies, failure: Option<String>) {
+        self.merged.lock().expect("lock").merge(lat);
+        if let Some(e) = failure {
+            self.failure.lock().expect("lock").get_or_insert(e);
+        }
+    }
+
+    fn finish(self, label: String, args: &WalBenchArgs) -> Result<Outcome, String> {
+        let elapsed = self.started.elapsed();
+        drop(self.progress);
+        if let Some(e) = self.failure.into_inner().expect("lock") {
+            return Err(e);
+        }
+        let lat = self.merged.into_inner().expect("lock");
+        Ok(Outcome {
+            label,
+            appends: lat.count(),
+            elapsed,
+            lat,
+            bytes_per_append: 0,
+            records_per_append: args.batch as u64,
+            flushes: None,
+        })
+    }
+}
+
 /// Runs `writers` threads, each calling the operation its factory returns until `stop`.
 fn run_threads<F, Op>(
     args: &WalBenchArgs,
@@ -240,91 +296,53 @@ where
     F: Fn(usize) -> Op,
     Op: FnMut() -> Result<(), String> + Send,
 {
-    let done = Arc::new(AtomicU64::new(0));
-    let started_ops = AtomicU64::new(0);
-    let progress = progress_line(done.clone(), args.batch);
-    let started = Instant::now();
-    let merged = Mutex::new(Latencies::new());
-    let failure = Mutex::new(None);
+    let run = Run::new(args, stop);
     std::thread::scope(|s| {
         for w in 0..args.writers {
             let mut op = factory(w);
-            let (done, started_ops, merged, failure) = (&done, &started_ops, &merged, &failure);
+            let run = &run;
             s.spawn(move || {
                 let mut lat = Latencies::new();
-                while stop.more(started, started_ops) {
+                let mut failure = None;
+                while run.more() {
                     let t0 = Instant::now();
                     if let Err(e) = op() {
-                        *failure.lock().expect("lock") = Some(e);
+                        failure = Some(e);
                         break;
                     }
-                    lat.record(t0.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
+                    run.done(&mut lat, t0);
                 }
-                merged.lock().expect("lock").merge(&lat);
+                run.leave(&lat, failure);
             });
         }
     });
-    let elapsed = started.elapsed();
-    drop(progress);
-    if let Some(e) = failure.into_inner().expect("lock") {
-        return Err(e);
-    }
-    let lat = merged.into_inner().expect("lock");
-    Ok(Outcome {
-        label,
-        appends: lat.count(),
-        elapsed,
-        lat,
-        bytes_per_append: 0,
-        records_per_append: args.batch as u64,
-        flushes: None,
-    })
+    run.finish(label, args)
 }
 
+/// Runs `writers` async tasks on this thread, each appending until `stop`.
 fn run_tasks(wal: &Wal, args: &WalBenchArgs, stop: Stop, label: String) -> Result<Outcome, String> {
-    let done = Arc::new(AtomicU64::new(0));
-    let started_ops = AtomicU64::new(0);
-    let progress = progress_line(done.clone(), args.batch);
-    let started = Instant::now();
-    let merged = Mutex::new(Latencies::new());
-    let failure = Mutex::new(None);
+    let run = Run::new(args, stop);
     let records = vec![vec![0x5Au8; args.size]; args.batch];
     let tasks = (0..args.writers)
         .map(|_| {
-            let (done, started_ops, merged, failure, records) =
-                (&done, &started_ops, &merged, &failure, &records);
+            let (run, records) = (&run, &records);
             async move {
                 let mut lat = Latencies::new();
-                while stop.more(started, started_ops) {
+                let mut failure = None;
+                while run.more() {
                     let t0 = Instant::now();
                     if let Err(e) = wal.append_async(records).await {
-                        *failure.lock().expect("lock") = Some(e.to_string());
+                        failure = Some(e.to_string());
                         break;
                     }
-                    lat.record(t0.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
+                    run.done(&mut lat, t0);
                 }
-                merged.lock().expect("lock").merge(&lat);
+                run.leave(&lat, failure);
             }
         })
         .collect();
     super::run_tasks(tasks);
-    let elapsed = started.elapsed();
-    drop(progress);
-    if let Some(e) = failure.into_inner().expect("lock") {
-        return Err(e);
-    }
-    let lat = merged.into_inner().expect("lock");
-    Ok(Outcome {
-        label: format!("{label}, tasks"),
-        appends: lat.count(),
-        elapsed,
-        lat,
-        bytes_per_append: 0,
-        records_per_append: args.batch as u64,
-        flushes: None,
-    })
+    run.finish(format!("{label}, tasks"), args)
 }
 
 /// Plain buffered pwrite + fdatasync of the same bytes per append, at increasing offsets

@@ -260,36 +260,22 @@ impl Wal {
             Some(s) => {
                 // Continue the last segment: its partial last block is rewritten with the
                 // next write, so load it.
-                let file_offset = format::align_down_u64(s.end_off);
-                let prefix = usize::try_from(s.end_off - file_offset).expect("below a block");
-                let mut buf = AlignedBuf::zeroed(buf_bytes);
-                if prefix > 0 {
-                    segment::read_at(&s.path, &mut buf.as_mut_slice()[..prefix], file_offset)?;
-                }
                 let capacity = format::align_down_u64(s.capacity);
+                let mut batch = continuation_batch(
+                    AlignedBuf::zeroed(buf_bytes),
+                    1,
+                    s.seq,
+                    capacity,
+                    s.end_off,
+                    s.end_lsn,
+                );
+                load_prefix(&mut batch, &s.path)?;
                 let next_index = s
                     .index
                     .last()
                     .map_or(SEGMENT_HEADER_BYTES as u64, |&(_, at)| {
                         at + INDEX_STRIDE_BYTES
                     });
-                let batch = Batch {
-                    id: 1,
-                    seq: s.seq,
-                    capacity,
-                    file_offset,
-                    buf,
-                    len: prefix,
-                    prefix,
-                    appends: 0,
-                    records: 0,
-                    first_lsn: s.end_lsn,
-                    end_lsn: s.end_lsn,
-                    index: Vec::new(),
-                    waiters: Vec::new(),
-                    new_segment: false,
-                    seals: false,
-                };
                 (batch, next_index)
             }
             None => {
@@ -593,6 +579,47 @@ fn durable_outcome(st: &State, id: u64) -> Option<Result<()>> {
     }
 }
 
+/// A batch that continues segment `seq` from byte `end`, where position `end_lsn` is next.
+/// Its buffer starts at the block holding `end`; the caller fills in that block's first
+/// `prefix` bytes (already durable, written again with the new ones).
+fn continuation_batch(
+    buf: AlignedBuf,
+    id: u64,
+    seq: u64,
+    capacity: u64,
+    end: u64,
+    end_lsn: Lsn,
+) -> Batch {
+    let file_offset = format::align_down_u64(end);
+    let prefix = usize::try_from(end - file_offset).expect("below a block");
+    Batch {
+        id,
+        seq,
+        capacity,
+        file_offset,
+        buf,
+        len: prefix,
+        prefix,
+        appends: 0,
+        records: 0,
+        first_lsn: end_lsn,
+        end_lsn,
+        index: Vec::new(),
+        waiters: Vec::new(),
+        new_segment: false,
+        seals: false,
+    }
+}
+
+/// Reads a continuation batch's prefix (the durable start of its first block) from disk.
+fn load_prefix(batch: &mut Batch, path: &Path) -> Result<()> {
+    if batch.prefix > 0 {
+        let prefix = &mut batch.buf.as_mut_slice()[..batch.prefix];
+        segment::read_at(path, prefix, batch.file_offset)?;
+    }
+    Ok(())
+}
+
 fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn: Lsn) -> Batch {
     // Buffers are reused without being cleared; the header block must be zero around the
     // header fields, which the writer fills in (see `write_batch`).
@@ -778,28 +805,17 @@ impl Inner {
         let id = st.next_batch_id;
         st.next_batch_id += 1;
         let fill = &st.fill;
-        let end = fill.end_offset();
-        let file_offset = format::align_down_u64(end);
-        let prefix = usize::try_from(end - file_offset).expect("below a block");
-        let from = usize::try_from(file_offset - fill.file_offset).expect("inside the batch");
-        let mut next = Batch {
-            id,
-            seq: fill.seq,
-            capacity: fill.capacity,
-            file_offset,
+        let mut next = continuation_batch(
             buf,
-            len: prefix,
-            prefix,
-            appends: 0,
-            records: 0,
-            first_lsn: fill.end_lsn,
-            end_lsn: fill.end_lsn,
-            index: Vec::new(),
-            waiters: Vec::new(),
-            new_segment: false,
-            seals: false,
-        };
-        next.buf.as_mut_slice()[..prefix].copy_from_slice(&fill.buf.as_slice()[from..fill.len]);
+            id,
+            fill.seq,
+            fill.capacity,
+            fill.end_offset(),
+            fill.end_lsn,
+        );
+        let from = usize::try_from(next.file_offset - fill.file_offset).expect("inside the batch");
+        next.buf.as_mut_slice()[..next.prefix]
+            .copy_from_slice(&fill.buf.as_slice()[from..fill.len]);
         Some(std::mem::replace(&mut st.fill, next))
     }
 
@@ -939,34 +955,13 @@ impl Inner {
             list.push(active);
         }
         // The next write continues the cut segment from its new end.
-        let file_offset = format::align_down_u64(new_end);
-        let prefix = usize::try_from(new_end - file_offset).expect("below a block");
-        let mut buf = self.take_buf(st);
-        if prefix > 0 {
-            segment::read_at(&view.path, &mut buf.as_mut_slice()[..prefix], file_offset)?;
-        }
+        let buf = self.take_buf(st);
         let id = st.next_batch_id;
         st.next_batch_id += 1;
-        let old = std::mem::replace(
-            &mut st.fill,
-            Batch {
-                id,
-                seq: view.seq,
-                capacity: view_capacity(view)?,
-                file_offset,
-                buf,
-                len: prefix,
-                prefix,
-                appends: 0,
-                records: 0,
-                first_lsn: keep_end,
-                end_lsn: keep_end,
-                index: Vec::new(),
-                waiters: Vec::new(),
-                new_segment: false,
-                seals: false,
-            },
-        );
+        let mut fill =
+            continuation_batch(buf, id, view.seq, view_capacity(view)?, new_end, keep_end);
+        load_prefix(&mut fill, &view.path)?;
+        let old = std::mem::replace(&mut st.fill, fill);
         self.recycle(st, old);
         st.next_lsn = keep_end;
         st.index_next_off = next_index;
