@@ -10,7 +10,7 @@
 //!
 //! Recovery verifies every frame; a torn tail is cut ([`RecoveryMode`]), anything else that
 //! fails verification is an error naming the file and offset. A failed write poisons the
-//! log. The on-disk format is documented in [`format`].
+//! log. The on-disk format is documented in [`format`](mod@format).
 //!
 //! ```no_run
 //! use keel_wal::{Wal, WalOptions};
