@@ -91,15 +91,26 @@ pub(crate) fn open_for_write(path: &Path, direct: bool, dsync: bool) -> Result<(
 pub fn create_zeroed(dir: &Path, seq: u64, bytes: u64) -> Result<PathBuf> {
     let path = segment_path(dir, seq);
     let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating segment", &tmp, e))?;
-    let zeros = vec![0u8; 1 << 20];
+    let open = |flags| {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(flags)
+            .open(&tmp)
+    };
+    // O_DIRECT where the filesystem allows it: 64 MiB of zeros through the page cache
+    // would be written back in a burst that stalls the log's own flushes.
+    let file = match open(libc::O_DIRECT) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => open(0),
+        other => other,
+    }
+    .map_err(|e| Error::io("creating segment", &tmp, e))?;
+    let zeros = crate::aligned::AlignedBuf::zeroed(1 << 20);
+    let zeros = zeros.as_slice();
     let mut at = 0u64;
     while at < bytes {
+        // Segment sizes are multiples of the block size, as O_DIRECT needs.
         let n = (bytes - at).min(zeros.len() as u64);
         let n = usize::try_from(n).expect("at most 1 MiB");
         file.write_all_at(&zeros[..n], at)
