@@ -22,10 +22,10 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::{Context, Poll, Waker};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::aligned::AlignedBuf;
@@ -103,10 +103,8 @@ struct Batch {
     end_lsn: Lsn,
     /// Sparse-index entries for frames in this batch.
     index: Vec<(Lsn, u64)>,
-    /// Blocking appenders waiting for this batch, unparked once it is durable. Each wakes
-    /// without touching the state lock, so a finished write wakes exactly its own appenders
-    /// and they do not queue on the lock one after another.
-    waiters: Vec<Thread>,
+    /// Blocking appenders waiting for this batch (see [`Inner::wake_words`]).
+    waiters: u32,
     /// This batch starts a new segment (its first block is the header).
     new_segment: bool,
     /// The segment is full after this batch.
@@ -179,6 +177,11 @@ struct Inner {
     durable_id: AtomicU64,
     /// Set with `State::poisoned`, readable without the lock.
     poisoned: AtomicBool,
+    /// Where blocking appenders sleep, by batch parity: each write that completes bumps the
+    /// word of its batch's parity and wakes its sleepers with one `FUTEX_WAKE`. So a write
+    /// wakes exactly its own appenders (not those of the batch filling behind it), with one
+    /// system call for all of them, and they check `durable_id` without the state lock.
+    wake_words: [AtomicU32; 2],
     /// Maintenance waiting for every accepted append to be durable.
     idle: Condvar,
     /// A lingering writer waiting for the filling batch to reach its target.
@@ -321,6 +324,7 @@ impl Wal {
             work: Condvar::new(),
             durable_id: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
+            wake_words: [AtomicU32::new(0), AtomicU32::new(0)],
             idle: Condvar::new(),
             filled: Condvar::new(),
             segments: RwLock::new(views),
@@ -385,14 +389,18 @@ impl Wal {
             }
             st = inner.space.wait(st).map_err(lock_err)?;
         };
-        st.fill.waiters.push(std::thread::current());
+        st.fill.waiters += 1;
         // No write in flight: write the batch from this thread rather than hand it to the
         // writer thread and back, which costs two context switches.
         if !st.writing && has_work(&st) {
             st = inner.write_round(st, Writer::Appender)?;
         }
         drop(st);
+        let word = &inner.wake_words[parity(id)];
         loop {
+            // Read the word before checking: a wake-up after the check changes it, and
+            // futex_wait then returns at once instead of sleeping through it.
+            let seen = word.load(Ordering::Acquire);
             if inner.durable_id.load(Ordering::Acquire) >= id {
                 return Ok(appended);
             }
@@ -402,7 +410,7 @@ impl Wal {
                     return result.map(|()| appended);
                 }
             }
-            std::thread::park();
+            futex::wait(word, seen);
         }
     }
 
@@ -605,7 +613,7 @@ fn continuation_batch(
         first_lsn: end_lsn,
         end_lsn,
         index: Vec::new(),
-        waiters: Vec::new(),
+        waiters: 0,
         new_segment: false,
         seals: false,
     }
@@ -637,7 +645,7 @@ fn new_segment_batch(mut buf: AlignedBuf, id: u64, seq: u64, capacity: u64, lsn:
         first_lsn: lsn,
         end_lsn: lsn,
         index: Vec::new(),
-        waiters: Vec::new(),
+        waiters: 0,
         new_segment: true,
         seals: false,
     }
@@ -824,9 +832,9 @@ impl Inner {
             st.poisoned = Some(cause);
         }
         self.poisoned.store(true, Ordering::Release);
-        let sealed = st.sealed.iter_mut().flat_map(|b| b.waiters.drain(..));
-        for thread in sealed.chain(st.fill.waiters.drain(..)).collect::<Vec<_>>() {
-            thread.unpark();
+        for word in &self.wake_words {
+            word.fetch_add(1, Ordering::Release);
+            futex::wake_all(word);
         }
         for (_, waker) in st.durable_wakers.drain(..) {
             waker.wake();
@@ -1048,6 +1056,44 @@ fn writer_loop(inner: &Inner) {
     }
 }
 
+fn parity(batch_id: u64) -> usize {
+    usize::from(batch_id % 2 == 1)
+}
+
+/// The two futex operations the appenders' sleep needs.
+mod futex {
+    use std::sync::atomic::AtomicU32;
+
+    /// Sleeps while `word` holds `expected` (returns at once if it does not; may return
+    /// spuriously).
+    pub(super) fn wait(word: &AtomicU32, expected: u32) {
+        // SAFETY: FUTEX_WAIT reads the 32-bit word at this address, which stays valid for
+        // the call (the caller borrows it); a null timeout means no time limit.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+
+    /// Wakes every thread sleeping on `word`.
+    pub(super) fn wake_all(word: &AtomicU32) {
+        // SAFETY: FUTEX_WAKE only uses the address as a key; no memory is accessed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+    }
+}
+
 fn has_work(st: &State) -> bool {
     !st.sealed.is_empty() || st.fill.appends > 0
 }
@@ -1150,11 +1196,12 @@ impl Inner {
                         true
                     }
                 });
-                let waiters = std::mem::take(&mut batch.waiters);
-                self.recycle(&mut st, batch);
-                for thread in waiters {
-                    thread.unpark();
+                if batch.waiters > 0 {
+                    let word = &self.wake_words[parity(batch.id)];
+                    word.fetch_add(1, Ordering::Release);
+                    futex::wake_all(word);
                 }
+                self.recycle(&mut st, batch);
                 self.idle.notify_all();
                 if has_work(&st) || st.closing {
                     // More arrived meanwhile: make sure someone writes it even if every
@@ -1165,12 +1212,7 @@ impl Inner {
                     waker.wake();
                 }
             }
-            Err(e) => {
-                self.poison(&mut st, e.to_string());
-                for thread in batch.waiters.drain(..) {
-                    thread.unpark();
-                }
-            }
+            Err(e) => self.poison(&mut st, e.to_string()),
         }
         Ok(st)
     }
