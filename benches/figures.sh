@@ -15,12 +15,11 @@ trap 'rm -f "$out"' EXIT
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { grep -o "$1=[0-9.]*" | cut -d= -f2; }
 
-echo "== disk: sequential O_DIRECT write bandwidth (dd, 1 GiB in 4 MiB blocks)"
-for _ in 1 2 3; do
+dd_mbps() { # the disk's sequential write bandwidth now: 1 GiB in 4 MiB O_DIRECT writes
     dd if=/dev/zero of=target/dd.bin bs=4M count=256 oflag=direct conv=fdatasync 2>&1 |
-        awk '/copied/ {print "dd MBps=" $(NF-1) * ($NF == "GB/s" ? 1000 : 1)}'
-done | tee -a "$out"
-rm -f target/dd.bin
+        awk '/copied/ {print $(NF-1) * ($NF == "GB/s" ? 1000 : 1)}'
+    rm -f target/dd.bin
+}
 
 run() { # label, arguments of keel bench wal
     local label=$1; shift
@@ -35,11 +34,22 @@ echo "== 16 appenders, 128 B, synced"
 run sixteen --writers 16
 echo "== 16 async tasks on one thread, 128 B, synced"
 run tasks --writers 16 --tasks
-echo "== large appends: 64 x 4 KiB, 1 and 4 appenders, log purged behind (recycled segments)"
-run large1 --batch 64 --size 4096 --keep-segments 4
-run large4 --batch 64 --size 4096 --writers 4 --keep-segments 4
+run_vs_disk() { # label, arguments: each round measures the disk with dd, then the log
+    local label=$1; shift
+    for _ in $(seq "$rounds"); do
+        local disk wal
+        disk=$(dd_mbps)
+        wal=$("$keel" bench wal --secs "$secs" "$@" 2>/dev/null | grep '^wal')
+        echo "$label $wal"
+        echo "$label disk MBps=$disk ratio=$(echo "$wal" | field MB/s | awk -v d="$disk" '{printf "%.2f", $1 / d}')"
+    done | tee -a "$out"
+}
+echo "== large appends: 64 x 4 KiB, 1 and 4 appenders, log purged behind (recycled segments),"
+echo "   each round beside dd's sequential O_DIRECT bandwidth"
+run_vs_disk large1 --batch 64 --size 4096 --keep-segments 4
+run_vs_disk large4 --batch 64 --size 4096 --writers 4 --keep-segments 4
 echo "== large appends without purging (every segment zero-filled first)"
-run large4fresh --batch 64 --size 4096 --writers 4
+run_vs_disk large4fresh --batch 64 --size 4096 --writers 4
 
 if [ -d compare/raft-engine ]; then
     echo "== keel-wal vs raft-engine 0.4, 16 writer threads over 256 groups, 128 B, synced"
@@ -61,15 +71,15 @@ summary() { # label, line kind, fields...
     done
     echo "$line"
 }
-grep -q '^dd ' "$out" && echo "disk dd: MBps=$(grep '^dd ' "$out" | field MBps | median)"
 summary single wal appends/s p50_us p99_us
 summary single baseline appends/s p50_us p99_us
 summary single ratio records/s p50 p99
 summary sixteen wal records/s p50_us p99_us
 summary tasks wal records/s p50_us p99_us
-summary large1 wal MB/s p50_us p99_us
-summary large4 wal MB/s p50_us p99_us
-summary large4fresh wal MB/s p50_us p99_us
+for l in large1 large4 large4fresh; do
+    summary $l wal MB/s p50_us p99_us
+    summary $l disk MBps ratio
+done
 if grep -q '^re16' "$out"; then
     summary re16 'compare impl=raft-engine' writes/s p50_us p99_us
     summary re16 'compare impl=keel-wal ' writes/s p50_us p99_us
