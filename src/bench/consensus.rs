@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use keel_node::bench::{ConsensusBenchParams, run_consensus};
 
-use super::{thousands, whole};
+use super::{clear_progress, show_progress, thousands, whole};
 
 /// The consensus core alone.
 #[derive(Args, Debug)]
@@ -51,14 +51,14 @@ pub fn run(args: &ConsensusBenchArgs) -> Result<ExitCode, String> {
     };
     let report = run_consensus(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);
-        eprint!(
-            "\r\x1b[2K{:6.1}s  commits {:>12}  commits/s {:>12}",
+        show_progress(&format!(
+            "{:6.1}s  commits {:>12}  commits/s {:>12}",
             secs,
             thousands(p.commits),
             thousands(whole(p.commits as f64 / secs))
-        );
+        ));
     });
-    eprint!("\r\x1b[2K");
+    clear_progress();
     let (p50, p99) = (report.percentile_us(0.5), report.percentile_us(0.99));
     println!(
         "{:>6} {:>10} {:>6} {:>12} {:>8} {:>8}",

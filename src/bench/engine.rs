@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use keel_engine::bench::{self, BenchParams, Workload};
 
-use super::{BenchDir, thousands, whole};
+use super::{BenchDir, clear_progress, show_progress, thousands, whole};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum WorkloadArg {
@@ -77,15 +77,15 @@ pub fn run(args: &EngineBenchArgs) -> Result<ExitCode, String> {
     params.mixed_write_percent = args.write_percent;
     let report = bench::run(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);
-        eprint!(
-            "\r\x1b[2K{:6.1}s  ops {:>12}  ops/s {:>12}",
+        show_progress(&format!(
+            "{:6.1}s  ops {:>12}  ops/s {:>12}",
             secs,
             thousands(p.ops),
             thousands(whole(p.ops as f64 / secs))
-        );
+        ));
     })
     .map_err(|e| e.to_string())?;
-    eprint!("\r\x1b[2K");
+    clear_progress();
     println!(
         "{:<10} {:>8} {:>6} {:>12} {:>8} {:>8} {:>8} {:>8}",
         "workload", "writers", "size", "ops/s", "p50 µs", "p99 µs", "p999 µs", "max µs"

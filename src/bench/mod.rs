@@ -6,6 +6,7 @@ mod engine;
 mod wal;
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -138,10 +139,10 @@ impl Progress {
                 std::thread::sleep(Duration::from_millis(50));
                 if last.elapsed() >= Duration::from_secs(1) {
                     last = Instant::now();
-                    eprint!("\r\x1b[2K{}", line(started.elapsed()));
+                    show_progress(&line(started.elapsed()));
                 }
             }
-            eprint!("\r\x1b[2K");
+            clear_progress();
         });
         Progress {
             stop,
@@ -156,6 +157,23 @@ impl Drop for Progress {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Shows a progress line on stderr: rewritten in place on a terminal, one line each time
+/// otherwise (so that logs stay readable).
+pub fn show_progress(line: &str) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Removes the progress line from a terminal.
+pub fn clear_progress() {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
     }
 }
 
