@@ -676,19 +676,24 @@ impl<B: SharedLog> Inner<B> {
             // Take what fits one log append: at most `group_commit_txns_max` transactions
             // and the WAL's `batch_bytes_max` (counting every record, even though those
             // that change nothing will not be written).
-            let mut lens = Vec::new();
+            // The frame length is kept as a running sum (`format::frame_len` of the lengths
+            // so far), so sizing a group is linear in its length.
+            let mut take = 0usize;
+            let mut body = 0usize;
             for (_, len) in &q.pending {
-                lens.push(*len);
-                if lens.len() > self.options.group_commit_txns_max
-                    || (lens.len() > 1
-                        && keel_wal::format::frame_len(lens.iter().copied())
-                            > self.options.wal.batch_bytes_max)
+                body += keel_wal::format::RECORD_PREFIX_BYTES + len;
+                let frame = keel_wal::format::align_up(
+                    keel_wal::format::FRAME_HEADER_BYTES + body,
+                    keel_wal::format::FRAME_ALIGN,
+                );
+                if take + 1 > self.options.group_commit_txns_max
+                    || (take >= 1 && frame > self.options.wal.batch_bytes_max)
                 {
-                    lens.pop();
                     break;
                 }
+                take += 1;
             }
-            let group: Vec<_> = q.pending.drain(..lens.len()).map(|(p, _)| p).collect();
+            let group: Vec<_> = q.pending.drain(..take).map(|(p, _)| p).collect();
             drop(q);
             self.commit_group(&group);
             q = self.queue.lock().map_err(lock_poisoned)?;

@@ -9,33 +9,9 @@
 
 use std::sync::Arc;
 
-use keel_wal::{Wal, format};
+use keel_wal::Wal;
 
 use crate::log_backend::{BackendError, LogBackend, RecordVisitor, SegmentSpan};
-
-fn check_append(wal: &Wal, records: &[&[u8]]) -> Result<(), BackendError> {
-    let opts = wal.options();
-    if records.is_empty() {
-        return Err("an append needs at least one record".into());
-    }
-    if let Some(r) = records.iter().find(|r| r.len() > opts.record_bytes_max) {
-        return Err(format!(
-            "record of {} bytes exceeds the WAL's record_bytes_max ({})",
-            r.len(),
-            opts.record_bytes_max
-        )
-        .into());
-    }
-    let frame = format::frame_len(records.iter().map(|r| r.len()));
-    if frame > opts.batch_bytes_max {
-        return Err(format!(
-            "append of {frame} encoded bytes exceeds the WAL's batch_bytes_max ({})",
-            opts.batch_bytes_max
-        )
-        .into());
-    }
-    Ok(())
-}
 
 fn scan(wal: &Wal, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
     for record in wal.iter_from(from)? {
@@ -55,72 +31,46 @@ fn segments(wal: &Wal) -> Vec<SegmentSpan> {
         .collect()
 }
 
-impl LogBackend for Wal {
-    fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
-        check_append(self, records)
-    }
+/// The trait for an owned and a shared log alike: every `Wal` method takes `&self`.
+macro_rules! wal_backend {
+    ($log:ty) => {
+        impl LogBackend for $log {
+            fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
+                Wal::check_append(self, records)?;
+                Ok(())
+            }
 
-    fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
-        Ok(Wal::append(self, records)?.first_lsn)
-    }
+            fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
+                Ok(Wal::append(self, records)?.first_lsn)
+            }
 
-    fn read(&self, lsn: u64) -> Result<Vec<u8>, BackendError> {
-        Ok(Wal::read(self, lsn)?)
-    }
+            fn read(&self, lsn: u64) -> Result<Vec<u8>, BackendError> {
+                Ok(Wal::read(self, lsn)?)
+            }
 
-    fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
-        scan(self, from, visit)
-    }
+            fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
+                scan(self, from, visit)
+            }
 
-    fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
-        Wal::purge_before(self, lsn)?;
-        Ok(())
-    }
+            fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
+                Wal::purge_before(self, lsn)?;
+                Ok(())
+            }
 
-    fn segments(&self) -> Vec<SegmentSpan> {
-        segments(self)
-    }
+            fn segments(&self) -> Vec<SegmentSpan> {
+                segments(self)
+            }
 
-    fn first_lsn(&self) -> u64 {
-        Wal::first_lsn(self)
-    }
+            fn first_lsn(&self) -> u64 {
+                Wal::first_lsn(self)
+            }
 
-    fn next_lsn(&self) -> u64 {
-        Wal::next_lsn(self)
-    }
+            fn next_lsn(&self) -> u64 {
+                Wal::next_lsn(self)
+            }
+        }
+    };
 }
 
-impl LogBackend for Arc<Wal> {
-    fn check_append(&self, records: &[&[u8]]) -> Result<(), BackendError> {
-        check_append(self, records)
-    }
-
-    fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
-        Ok(Wal::append(self, records)?.first_lsn)
-    }
-
-    fn read(&self, lsn: u64) -> Result<Vec<u8>, BackendError> {
-        Ok(Wal::read(self, lsn)?)
-    }
-
-    fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
-        scan(self, from, visit)
-    }
-
-    fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
-        Wal::purge_before(self, lsn)?;
-        Ok(())
-    }
-
-    fn segments(&self) -> Vec<SegmentSpan> {
-        segments(self)
-    }
-
-    fn first_lsn(&self) -> u64 {
-        Wal::first_lsn(self)
-    }
-
-    fn next_lsn(&self) -> u64 {
-        Wal::next_lsn(self)
-    }
-}
+wal_backend!(Wal);
+wal_backend!(Arc<Wal>);

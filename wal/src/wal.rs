@@ -378,6 +378,13 @@ impl Wal {
         &self.inner.opts
     }
 
+    /// Checks that `records` can be appended (not empty, each record within
+    /// `record_bytes_max`, the frame within `batch_bytes_max`) without appending them, and
+    /// returns the frame's encoded length: the same check [`Wal::append`] makes first.
+    pub fn check_append<P: Payload>(&self, records: &[P]) -> Result<usize> {
+        self.inner.check(records)
+    }
+
     /// Appends `records` as one atomic frame and returns once they are durable.
     pub fn append<P: Payload>(&self, records: &[P]) -> Result<Appended> {
         let frame_len = self.inner.check(records)?;
