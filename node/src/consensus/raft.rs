@@ -973,15 +973,18 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
-    fn bcast_heartbeat(&mut self) {
-        let ids: Vec<NodeId> = self
-            .tracker
+    /// Every tracked peer but this node, collected so that the caller may mutate `self`.
+    fn peer_ids(&self) -> Vec<NodeId> {
+        self.tracker
             .progress
             .keys()
             .copied()
             .filter(|&id| id != self.id)
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    fn bcast_heartbeat(&mut self) {
+        for id in self.peer_ids() {
             let matched = self.tracker.progress.get(&id).map_or(0, |p| p.matched);
             let mut m = Message::new(MessageType::Heartbeat, self.id, id);
             // A follower may only learn a commit index its log is known to hold.
@@ -1104,14 +1107,7 @@ impl<S: LogStorage> Raft<S> {
         if self.maybe_commit() {
             self.bcast_append();
         } else {
-            let ids: Vec<NodeId> = self
-                .tracker
-                .progress
-                .keys()
-                .copied()
-                .filter(|&id| id != self.id)
-                .collect();
-            for id in ids {
+            for id in self.peer_ids() {
                 self.maybe_send_append(id, false);
             }
         }
