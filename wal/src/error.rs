@@ -92,6 +92,17 @@ pub enum Error {
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// A positioned read named a segment or offset that holds no durable frame (a purged
+    /// segment, or an offset past the durable end).
+    #[error("no durable frame at segment {segment} offset {offset}: {reason}")]
+    NoFrame {
+        /// The segment asked for.
+        segment: u64,
+        /// The offset asked for.
+        offset: u64,
+        /// Why there is none.
+        reason: String,
+    },
 }
 
 /// The log's result type.

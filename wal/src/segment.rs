@@ -319,12 +319,15 @@ impl SegmentView {
     /// and otherwise up to [`READ_CHUNK_BYTES`], so that readers walk the active segment
     /// with one `pread` per chunk instead of two per frame.
     pub(crate) fn read_chunk(&self, offset: u64, min_len: usize) -> Result<Vec<u8>> {
+        self.read_chunk_exact(offset, min_len.max(READ_CHUNK_BYTES))
+    }
+
+    /// Copies `len` bytes from `offset`, or fewer if the durable end comes first (exactly
+    /// what is asked: no read-ahead).
+    pub(crate) fn read_chunk_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = self.end_off();
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let avail = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let len = avail.min(min_len.max(READ_CHUNK_BYTES));
+        let avail = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let len = len.min(avail);
         let start = usize::try_from(offset).map_err(|_| Error::Corruption {
             path: self.path.clone(),
             offset,

@@ -350,6 +350,35 @@ impl Wal {
         }
     }
 
+    /// Visits every record of the frames of segment `segment` that start at byte offsets
+    /// `first_frame..=last_frame` (offsets as returned in [`Appended::offset`]), in order,
+    /// with one positioned read of those frames' bytes (a copy from the map of a sealed
+    /// segment). Each frame is verified. `visit(lsn, bytes)` returns false to stop early.
+    ///
+    /// This is the read a raft log store makes on a cache miss: its index knows where each
+    /// entry's frame is, so one entry costs one read of its frame, and a run of entries one
+    /// sequential read.
+    pub fn read_frames(
+        &self,
+        segment: u64,
+        first_frame: u64,
+        last_frame: u64,
+        visit: &mut dyn FnMut(Lsn, &[u8]) -> bool,
+    ) -> Result<()> {
+        let view = {
+            let views = self.inner.segments.read().map_err(lock_err)?;
+            views.iter().find(|v| v.seq == segment).cloned()
+        };
+        let Some(view) = view else {
+            return Err(Error::NoFrame {
+                segment,
+                offset: first_frame,
+                reason: "the segment is not in the log (purged, or never written)".into(),
+            });
+        };
+        crate::reader::read_frames(&view, first_frame, last_frame, visit)
+    }
+
     /// Iterates durable records from `lsn` up to the durable end at the time of the call.
     pub fn iter_from(&self, lsn: Lsn) -> Result<WalIter> {
         let views = self.inner.segments.read().map_err(lock_err)?.clone();
