@@ -89,6 +89,17 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// A segment was written by another version of the on-disk format. Nothing is changed.
+    #[error(
+        "{path} was written in format version {version}; this build reads version {}",
+        crate::format::FORMAT_VERSION
+    )]
+    UnsupportedFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// The version its header names.
+        version: u32,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,

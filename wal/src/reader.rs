@@ -74,6 +74,18 @@ impl WalIter {
                 self.seeked = false;
                 continue;
             }
+            if self.chunk.len() < self.pos + 8 {
+                self.chunk = view.read_chunk(offset, 0)?;
+                self.chunk_offset = offset;
+                self.pos = 0;
+            }
+            if format::is_padding(&self.chunk[self.pos..], offset) {
+                // The write ended; the next one starts on the next block boundary.
+                let skip =
+                    usize::try_from(format::align_up_u64(offset) - offset).expect("below a block");
+                self.pos += skip;
+                continue;
+            }
             let info = match format::decode_frame(
                 &self.chunk[self.pos..],
                 view.seq,
@@ -164,7 +176,11 @@ pub(crate) fn read_frames(
             }
         }
         pos += info.len;
-        let next = first_frame + pos as u64;
+        let mut next = first_frame + pos as u64;
+        if next < end && format::is_padding(bytes.get(pos..).unwrap_or(&[]), next) {
+            next = format::align_up_u64(next);
+            pos = usize::try_from(next - first_frame).expect("within the span");
+        }
         if next > last_frame {
             return Ok(());
         }

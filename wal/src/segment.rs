@@ -133,6 +133,15 @@ pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
     let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
     fs::rename(old, &tmp).map_err(|e| Error::io("renaming segment", old, e))?;
     sync_dir(dir)?;
+    write_unused_header(&tmp, seq)?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Writes the header of a recycled segment that holds no data of its own yet (first lsn
+/// [`format::UNUSED_LSN`]) and makes it durable.
+pub(crate) fn write_unused_header(path: &Path, seq: u64) -> Result<()> {
     let mut block = vec![0u8; format::SEGMENT_HEADER_BYTES];
     format::SegmentHeader {
         seq,
@@ -142,15 +151,12 @@ pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
     .encode(&mut block);
     let file = OpenOptions::new()
         .write(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("opening segment", &tmp, e))?;
+        .open(path)
+        .map_err(|e| Error::io("opening segment", path, e))?;
     file.write_all_at(&block, 0)
-        .map_err(|e| Error::io("writing segment header", &tmp, e))?;
+        .map_err(|e| Error::io("writing segment header", path, e))?;
     file.sync_data()
-        .map_err(|e| Error::io("syncing segment", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
-    sync_dir(dir)?;
-    Ok(path)
+        .map_err(|e| Error::io("syncing segment", path, e))
 }
 
 /// Overwrites `[from, to)` of a file with zeros and makes it durable.
@@ -351,6 +357,21 @@ impl SegmentView {
         }
     }
 
+    /// Where the next frame starts when one is expected at `offset` (below the durable
+    /// end): `offset` itself, or the next block boundary when `offset` is in a write's
+    /// padding (see the format's "Write" section).
+    pub(crate) fn skip_padding(&self, offset: u64) -> Result<u64> {
+        if offset % format::BLOCK_BYTES as u64 == 0 {
+            return Ok(offset);
+        }
+        let head = self.read_chunk_exact(offset, 8)?;
+        Ok(if format::is_padding(&head, offset) {
+            format::align_up_u64(offset)
+        } else {
+            offset
+        })
+    }
+
     pub(crate) fn frame_bytes_max(&self) -> usize {
         self.frame_bytes_max
     }
@@ -375,13 +396,6 @@ impl std::ops::Deref for FrameBytes<'_> {
             FrameBytes::Owned(v) => v,
         }
     }
-}
-
-/// Reads the whole of a small file region with `pread` (used for the tail block).
-pub(crate) fn read_at(path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
-    file.read_exact_at(buf, offset)
-        .map_err(|e| Error::io("reading segment", path, e))
 }
 
 /// Removes a file, treating "already gone" as done (recovery may repeat a removal).

@@ -13,7 +13,7 @@ mod spares;
 mod sys;
 
 pub use append_future::AppendFuture;
-use batch::{continuation_batch, load_prefix, new_segment_batch};
+use batch::{continuation_batch, new_segment_batch};
 use group_commit::{State, Writer, WriterIo, durable_outcome, has_work, parity, writer_loop};
 use spares::{SpareState, Spares, preparer_loop};
 use sys::{futex, lock_dir};
@@ -173,7 +173,7 @@ impl Wal {
                 // Continue the last segment: its partial last block is rewritten with the
                 // next write, so load it.
                 let capacity = format::align_down_u64(s.capacity);
-                let mut batch = continuation_batch(
+                let batch = continuation_batch(
                     AlignedBuf::zeroed(buf_bytes),
                     1,
                     s.seq,
@@ -181,7 +181,6 @@ impl Wal {
                     s.end_off,
                     s.end_lsn,
                 );
-                load_prefix(&mut batch, &s.path)?;
                 let next_index = s
                     .index
                     .last()

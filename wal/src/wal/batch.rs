@@ -1,11 +1,7 @@
 //! One group-commit batch: the frames of one segment's next write, in an aligned buffer.
 
-use std::path::Path;
-
 use crate::aligned::AlignedBuf;
-use crate::error::Result;
 use crate::format::{self, Lsn, SEGMENT_HEADER_BYTES};
-use crate::segment;
 
 /// One group-commit batch: frames for one segment, in an aligned buffer.
 pub(super) struct Batch {
@@ -44,9 +40,10 @@ impl Batch {
     }
 }
 
-/// A batch that continues segment `seq` from byte `end`, where position `end_lsn` is next.
-/// Its buffer starts at the block holding `end`; the caller fills in that block's first
-/// `prefix` bytes (already durable, written again with the new ones).
+/// A batch that continues segment `seq` after its last frame, which ends at byte `end`;
+/// position `end_lsn` is next. It starts at the first block boundary at or after `end`: a
+/// write never rewrites a block holding an earlier write's frames (see the format's
+/// "Write" section), so a torn write cannot damage acknowledged data.
 pub(super) fn continuation_batch(
     buf: AlignedBuf,
     id: u64,
@@ -55,16 +52,14 @@ pub(super) fn continuation_batch(
     end: u64,
     end_lsn: Lsn,
 ) -> Batch {
-    let file_offset = format::align_down_u64(end);
-    let prefix = usize::try_from(end - file_offset).expect("below a block");
     Batch {
         id,
         seq,
         capacity,
-        file_offset,
+        file_offset: format::align_up_u64(end),
         buf,
-        len: prefix,
-        prefix,
+        len: 0,
+        prefix: 0,
         appends: 0,
         records: 0,
         first_lsn: end_lsn,
@@ -74,15 +69,6 @@ pub(super) fn continuation_batch(
         new_segment: false,
         seals: false,
     }
-}
-
-/// Reads a continuation batch's prefix (the durable start of its first block) from disk.
-pub(super) fn load_prefix(batch: &mut Batch, path: &Path) -> Result<()> {
-    if batch.prefix > 0 {
-        let prefix = &mut batch.buf.as_mut_slice()[..batch.prefix];
-        segment::read_at(path, prefix, batch.file_offset)?;
-    }
-    Ok(())
 }
 
 pub(super) fn new_segment_batch(

@@ -162,6 +162,7 @@ impl Inner {
             &mut fill.buf.as_mut_slice()[fill.len..fill.len + frame_len],
             fill.seq,
             first_lsn,
+            fill.file_offset,
             records,
         );
         let count = u32::try_from(records.len()).expect("bounded by batch_bytes_max");
@@ -202,7 +203,7 @@ impl Inner {
         let id = st.next_batch_id;
         st.next_batch_id += 1;
         let fill = &st.fill;
-        let mut next = continuation_batch(
+        let next = continuation_batch(
             buf,
             id,
             fill.seq,
@@ -210,9 +211,6 @@ impl Inner {
             fill.end_offset(),
             fill.end_lsn,
         );
-        let from = usize::try_from(next.file_offset - fill.file_offset).expect("inside the batch");
-        next.buf.as_mut_slice()[..next.prefix]
-            .copy_from_slice(&fill.buf.as_slice()[from..fill.len]);
         Some(std::mem::replace(&mut st.fill, next))
     }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::MutexGuard;
 
 use super::batch::continuation_batch;
-use super::batch::load_prefix;
 use super::group_commit::State;
 use super::{Inner, lock_err};
 use crate::error::{Error, Result};
@@ -106,6 +105,7 @@ impl Inner {
         let mut replacement = Vec::new();
         let mut kept_frame = None;
         while offset < view.end_off() {
+            offset = view.skip_padding(offset)?;
             let (bytes, info) = view.frame_at(offset)?;
             if info.end_lsn() <= keep_end {
                 offset += info.len as u64;
@@ -118,7 +118,13 @@ impl Inner {
                     .take(keep)
                     .collect();
                 replacement = vec![0u8; format::frame_len(records.iter().map(|r| r.len()))];
-                format::encode_frame(&mut replacement, view.seq, info.first_lsn, &records);
+                format::encode_frame(
+                    &mut replacement,
+                    view.seq,
+                    info.first_lsn,
+                    info.write_start,
+                    &records,
+                );
                 kept_frame = Some(info.first_lsn);
             }
             break;
@@ -171,9 +177,7 @@ impl Inner {
         let buf = self.take_buf(st);
         let id = st.next_batch_id;
         st.next_batch_id += 1;
-        let mut fill =
-            continuation_batch(buf, id, view.seq, view_capacity(view)?, new_end, keep_end);
-        load_prefix(&mut fill, &view.path)?;
+        let fill = continuation_batch(buf, id, view.seq, view_capacity(view)?, new_end, keep_end);
         let old = std::mem::replace(&mut st.fill, fill);
         self.recycle(st, old);
         st.next_lsn = keep_end;
