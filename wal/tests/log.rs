@@ -523,3 +523,73 @@ fn positioned_reads_visit_exactly_the_frames_asked_for() {
         ));
     }
 }
+
+/// A write that lands in part and then fails, and a write that lands whole but whose flush
+/// fails, poison the log like a write that fails outright: nothing is retried, every later
+/// append fails, and a reopen recovers the acknowledged records (the failed append, never
+/// acknowledged, all or nothing: a failed flush may have left it on disk).
+#[test]
+fn a_partial_write_and_a_failed_flush_poison_the_log() {
+    for backend in BACKENDS {
+        for partial in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Faults::new();
+            let opts = WalOptions {
+                faults: Some(faults.clone()),
+                ..small(backend)
+            };
+            // A multi-block append, so that a partial write lands some of its blocks.
+            let big: Vec<Vec<u8>> = (0..3u64)
+                .map(|i| {
+                    let mut r = payload(100 + i);
+                    r.resize(3000, 9);
+                    r
+                })
+                .collect();
+            {
+                let wal = open(dir.path(), &opts);
+                for i in 0..10u64 {
+                    wal.append(&[payload(i)]).unwrap();
+                }
+                if partial {
+                    faults.partial_write_at(faults.writes());
+                } else {
+                    faults.flush_failure_at(faults.writes());
+                }
+                let writes = faults.writes();
+                let err = wal.append(&big).unwrap_err();
+                assert!(err.to_string().contains("Input/output error"), "{err}");
+                for i in 11..13u64 {
+                    let err = wal.append(&[payload(i)]).unwrap_err();
+                    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+                }
+                assert!(wal.truncate_after(5).is_err());
+                // Nothing was retried: the failed write was the last one attempted.
+                assert_eq!(faults.writes(), writes + 1, "{backend:?}");
+            }
+            let reopened = WalOptions {
+                faults: None,
+                ..opts.clone()
+            };
+            let wal = open(dir.path(), &reopened);
+            let got: Vec<Vec<u8>> = all_records(&wal).into_iter().map(|(_, d)| d).collect();
+            let acked: Vec<Vec<u8>> = (0..10).map(payload).collect();
+            assert_eq!(
+                &got[..10],
+                &acked[..],
+                "{backend:?}: acknowledged records survive"
+            );
+            let rest = &got[10..];
+            if partial {
+                assert!(rest.is_empty(), "{backend:?}: half a write must not verify");
+            } else {
+                assert!(
+                    rest.is_empty() || rest == &big[..],
+                    "{backend:?}: all or nothing"
+                );
+            }
+            // The repaired log takes appends again.
+            wal.append(&[b"after".as_slice()]).unwrap();
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::{all_records, payload, small};
 use keel_wal::format::BLOCK_BYTES;
-use keel_wal::{Appended, Backend, Error, RecoveryMode, SegmentHeader, Wal, WalOptions};
+use keel_wal::{Appended, Backend, Error, Faults, RecoveryMode, SegmentHeader, Wal, WalOptions};
 
 type Snapshot = BTreeMap<String, Vec<u8>>;
 
@@ -57,6 +57,10 @@ struct LastWrite {
     acked: Vec<(u64, Vec<u8>)>,
     last: Appended,
     last_records: Vec<Vec<u8>>,
+    /// The appends of the last write (each all or nothing after recovery).
+    last_appends: Vec<Vec<Vec<u8>>>,
+    /// Blocks of the last write, when known otherwise than from `last`.
+    last_blocks: Option<std::ops::Range<usize>>,
     opts: WalOptions,
 }
 
@@ -69,6 +73,9 @@ impl LastWrite {
 
     /// The blocks the last write covered.
     fn blocks(&self) -> std::ops::Range<usize> {
+        if let Some(blocks) = &self.last_blocks {
+            return blocks.clone();
+        }
         let after = &self.after[&self.file()];
         let first = if self.last.offset == BLOCK_BYTES as u64
             && SegmentHeader::decode(after).unwrap().unwrap().first_lsn == self.last.first_lsn
@@ -116,16 +123,20 @@ impl LastWrite {
             "{what}: lost acknowledged records"
         );
         assert_eq!(&got[..self.acked.len()], &self.acked[..], "{what}");
-        let rest: Vec<Vec<u8>> = got[self.acked.len()..]
-            .iter()
-            .map(|(_, d)| d.clone())
-            .collect();
-        assert!(
-            rest.is_empty() || rest == self.last_records,
-            "{what}: the torn write is half visible ({} of {} records)",
-            rest.len(),
-            self.last_records.len()
-        );
+        // What is left are whole appends of the torn write, each all or nothing.
+        let mut rest: &[(u64, Vec<u8>)] = &got[self.acked.len()..];
+        while !rest.is_empty() {
+            let whole = self.last_appends.iter().find(|records| {
+                records.len() <= rest.len() && records.iter().zip(rest).all(|(r, (_, d))| r == d)
+            });
+            let Some(whole) = whole else {
+                panic!(
+                    "{what}: the torn write is half visible at position {}",
+                    rest[0].0
+                );
+            };
+            rest = &rest[whole.len()..];
+        }
         let at = wal.append(&[b"after".as_slice()]).unwrap();
         drop(wal);
         // The repair is complete: the strict mode finds nothing wrong.
@@ -159,7 +170,9 @@ fn last_write(prepare: impl FnOnce(&Wal), last_records: Vec<Vec<u8>>) -> LastWri
         after: snapshot(dir.path()),
         acked,
         last,
+        last_appends: vec![last_records.clone()],
         last_records,
+        last_blocks: None,
         opts,
     }
 }
@@ -319,4 +332,72 @@ fn damage_before_a_complete_later_write_is_corruption() {
             Ok(_) => panic!("blocks {dropped:?}: damage before a complete write was accepted"),
         }
     }
+}
+
+#[test]
+fn a_torn_write_of_several_appends_is_a_torn_tail() {
+    // Concurrent appenders share one write; the device keeps that write back (it never
+    // lands), so that every subset of its blocks can be landed by hand.
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let opts = WalOptions {
+        faults: Some(faults.clone()),
+        ..small(Backend::Blocking)
+    };
+    let wal = Wal::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..3u64 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    faults.capture_write_from(faults.writes(), 3);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for w in 0..6u64 {
+            let (wal, failed) = (&wal, &failed);
+            s.spawn(move || {
+                for k in 0..500u64 {
+                    let records = big_records(10 + w * 1000 + k, 1, 700 + 300 * w as usize);
+                    if wal.append(&records).is_err() {
+                        failed.lock().unwrap().push(records);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let captured = faults
+        .captured()
+        .expect("a write with several appends was captured");
+    let acked = all_records(&wal);
+    drop(wal);
+    let before = snapshot(dir.path());
+    let name = keel_wal::segment_path(Path::new(""), captured.segment)
+        .to_string_lossy()
+        .into_owned();
+    let mut after = before.clone();
+    let offset = captured.offset as usize;
+    after.get_mut(&name).unwrap()[offset..offset + captured.bytes.len()]
+        .copy_from_slice(&captured.bytes);
+    let first_block = offset / BLOCK_BYTES;
+    let case = LastWrite {
+        before,
+        after,
+        acked,
+        last: Appended {
+            first_lsn: 0,
+            count: 0,
+            segment: captured.segment,
+            offset: captured.offset,
+        },
+        last_records: Vec::new(),
+        last_appends: failed.into_inner().unwrap(),
+        last_blocks: Some(first_block..first_block + captured.bytes.len() / BLOCK_BYTES),
+        opts: WalOptions {
+            faults: None,
+            ..opts
+        },
+    };
+    assert!(captured.appends >= 3);
+    // The whole write landing is one of the outcomes too.
+    case.check(&case.after, "the whole write landed");
+    drop_every_subset(&case, "a write of several appends");
 }

@@ -457,7 +457,7 @@ pub(super) fn write_batch(
         let path = || segment::segment_path(&inner.dir, batch.seq);
         if let Some(faults) = &inner.opts.faults {
             faults
-                .check_write()
+                .before_write(file, batch.seq, bytes, batch.file_offset, batch.appends)
                 .map_err(|e| Error::io("writing segment", path(), e))?;
         }
         let written = match who {
