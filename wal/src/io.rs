@@ -161,6 +161,7 @@ pub struct Faults {
     writes: AtomicU64,
     fail_from: AtomicU64,
     crash_after_intent: AtomicBool,
+    failed_prepares_left: AtomicU64,
     plan: Mutex<Option<(u64, Fault)>>,
     captured: Mutex<Option<CapturedWrite>>,
 }
@@ -200,6 +201,7 @@ impl Faults {
             writes: AtomicU64::new(0),
             fail_from: AtomicU64::new(u64::MAX),
             crash_after_intent: AtomicBool::new(false),
+            failed_prepares_left: AtomicU64::new(0),
             plan: Mutex::new(None),
             captured: Mutex::new(None),
         })
@@ -252,6 +254,21 @@ impl Faults {
         if let Ok(mut plan) = self.plan.lock() {
             *plan = Some((n, fault));
         }
+    }
+
+    /// The next `n` preparations of a spare segment fail with `ENOSPC`, as on a disk that
+    /// is full for a moment.
+    pub fn fail_segment_preparations(&self, n: u64) {
+        self.failed_prepares_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn before_prepare(&self) -> io::Result<()> {
+        let left = self.failed_prepares_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failed_prepares_left.store(left - 1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     /// Writes seen so far.

@@ -131,7 +131,14 @@ impl Wal {
     ) -> Result<(Wal, RecoveryReport)> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+            // The new directory's entry must be durable too, or a power loss could take the
+            // whole log (segments and all) with it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segment::sync_dir(parent)?;
+            }
+        }
         let lock = lock_dir(&dir)?;
         let io = make_io(&opts)?;
         let recovered =
@@ -243,6 +250,7 @@ impl Wal {
                     ready: spare_ready,
                     busy: false,
                     error: None,
+                    failures: 0,
                     stop: false,
                 }),
                 cond: Condvar::new(),

@@ -593,3 +593,40 @@ fn a_partial_write_and_a_failed_flush_poison_the_log() {
         }
     }
 }
+
+/// A spare segment that cannot be prepared for a moment (a full disk) is retried; only a
+/// failure that lasts poisons the log, at the roll that needs the segment.
+#[test]
+fn a_transient_failure_to_prepare_a_segment_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let opts = WalOptions {
+        faults: Some(faults.clone()),
+        recycle_segments: false,
+        ..small(keel_wal::Backend::Blocking)
+    };
+    let wal = open(dir.path(), &opts);
+    faults.fail_segment_preparations(3);
+    for i in 0..200u64 {
+        wal.append(&[payload(i)]).unwrap();
+    }
+    assert!(
+        wal.segments().len() >= 5,
+        "the log rolled through the failures"
+    );
+    // A lasting failure fails the roll that needs the segment, with a clear cause.
+    faults.fail_segment_preparations(u64::MAX);
+    let err = (200..400u64)
+        .find_map(|i| wal.append(&[payload(i)]).err())
+        .expect("a roll fails once preparing keeps failing");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    drop(wal);
+    let wal = open(
+        dir.path(),
+        &WalOptions {
+            faults: None,
+            ..opts
+        },
+    );
+    assert!(all_records(&wal).len() >= 200);
+}

@@ -23,7 +23,12 @@ pub(super) struct SpareState {
     pub(super) ready: Option<(u64, PathBuf, bool)>,
     /// The preparer or a purge is preparing the next segment right now.
     pub(super) busy: bool,
+    /// Preparation failed [`PREPARE_ATTEMPTS_MAX`] times in a row: the next roll fails.
     pub(super) error: Option<String>,
+    /// Failed preparations since the last success; the preparer retries with a growing
+    /// pause, so a transient failure (a full disk that frees up) costs a roll a wait, not
+    /// the log.
+    pub(super) failures: u32,
     pub(super) stop: bool,
 }
 
@@ -117,6 +122,11 @@ pub(super) fn want_spare(inner: &Inner) {
     }
 }
 
+/// Preparations of one segment that may fail in a row before a roll gives up.
+pub(super) const PREPARE_ATTEMPTS_MAX: u32 = 6;
+/// The pause after the first failed preparation; it doubles with each further failure.
+const PREPARE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The preparer thread: keeps one zero-filled segment ready, off the hot path.
 pub(super) fn preparer_loop(inner: &Inner) {
     loop {
@@ -136,15 +146,38 @@ pub(super) fn preparer_loop(inner: &Inner) {
             sp.busy = true;
             sp.next_seq
         };
-        let result = segment::create_zeroed(&inner.dir, seq, inner.opts.segment_bytes);
+        let injected = match &inner.opts.faults {
+            Some(faults) => faults
+                .before_prepare()
+                .map_err(|e| Error::io("preparing segment", &inner.dir, e)),
+            None => Ok(()),
+        };
+        let result = injected
+            .and_then(|()| segment::create_zeroed(&inner.dir, seq, inner.opts.segment_bytes));
         let Ok(mut sp) = inner.spares.state.lock() else {
             return;
         };
         sp.busy = false;
-        match result {
-            Ok(path) => sp.ready = Some((seq, path, false)),
-            Err(e) => sp.error = Some(e.to_string()),
-        }
+        let pause = match result {
+            Ok(path) => {
+                sp.ready = Some((seq, path, false));
+                sp.failures = 0;
+                None
+            }
+            Err(e) => {
+                sp.failures += 1;
+                if sp.failures >= PREPARE_ATTEMPTS_MAX {
+                    sp.error = Some(format!("{e} ({} attempts)", sp.failures));
+                    None
+                } else {
+                    Some(PREPARE_RETRY_PAUSE * (1 << (sp.failures - 1)))
+                }
+            }
+        };
         inner.spares.cond.notify_all();
+        drop(sp);
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
     }
 }
