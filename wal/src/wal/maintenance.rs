@@ -45,9 +45,16 @@ impl Inner {
         if remove.is_empty() {
             return Ok(0);
         }
-        {
+        let removed: Vec<Arc<SegmentView>> = {
             let mut views = self.segments.write().map_err(lock_err)?;
-            views.retain(|v| !remove.contains(&v.seq));
+            let (gone, kept) = views.drain(..).partition(|v| remove.contains(&v.seq));
+            *views = kept;
+            gone
+        };
+        // Iterators made before may still hold these views: they stop reading them before
+        // their files are recycled.
+        for view in &removed {
+            view.retire(0, "the segment was purged")?;
         }
         PurgeIntent {
             remove: remove.clone(),
@@ -130,6 +137,13 @@ impl Inner {
             break;
         }
         let dirty_end = format::align_up_u64(view.end_off()).min(view_capacity(view)?);
+        // Readers still holding these views must not see the file change under them
+        // (their maps are dropped, waiting for copies in progress), and get a clear error
+        // for what is cut.
+        view.retire(offset, "the segment was truncated")?;
+        for removed in &views[at + 1..] {
+            removed.retire(0, "the segment was removed by a truncation")?;
+        }
         let intent = TruncateIntent {
             seq: view.seq,
             offset,
