@@ -65,6 +65,8 @@ fn wal_options(faults: &std::sync::Arc<Faults>, cycle: u64) -> WalOptions {
 
 const GROUPS: u64 = 6;
 
+type KeyAndValue = (Vec<u8>, Vec<u8>);
+
 /// A write may fail only because the simulated device failed.
 fn expect_device_failure(error: &str, seed: u64) {
     assert!(
@@ -236,7 +238,6 @@ fn db_power_losses_keep_every_acknowledged_write() {
                 value_bytes_max: 4 << 10,
                 txn_ops_max: 16,
                 txn_bytes_max: 7 << 10,
-                ..keel_engine::KvLimits::default()
             },
             background_checkpoints: false,
             checkpoint_log_bytes: 256 << 10,
@@ -265,7 +266,7 @@ fn db_power_losses_keep_every_acknowledged_write() {
         }
         // Unacknowledged transactions that survived: each whole (a batch writes four keys
         // with one value at one revision), and revisions gap-free up to `now`.
-        let mut by_revision: BTreeMap<u64, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut by_revision: BTreeMap<u64, Vec<KeyAndValue>> = BTreeMap::new();
         let all = ["batch/", "key/"].into_iter().flat_map(|prefix| {
             db.range(&keel_engine::txn::RangeRequest::prefix(prefix))
                 .unwrap()
