@@ -892,8 +892,8 @@ fn no_messages_make_no_frame() {
 // ---------------------------------------------------------------------------------------
 // The decoder's buffer
 
-/// Fed in reads of any size and drained after each, the decoder holds at most one frame's
-/// bound plus one read.
+/// Fed in reads of any size and drained after each, the decoder holds (and has allocated)
+/// at most one frame's bound plus one read.
 #[test]
 fn the_decoder_buffers_at_most_one_frame_and_one_read() {
     let limits = WireLimits {
@@ -928,6 +928,11 @@ fn the_decoder_buffers_at_most_one_frame_and_one_read() {
                 got.extend(m);
             }
             assert!(d.buffered() < HEADER_BYTES + 8192);
+            assert!(
+                d.buffer_capacity() <= HEADER_BYTES + 8192 + read,
+                "capacity {} with reads of {read}",
+                d.buffer_capacity()
+            );
         }
         assert_eq!(d.buffered(), 0);
         assert_eq!(got, msgs);

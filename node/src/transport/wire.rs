@@ -712,12 +712,23 @@ impl FrameDecoder {
 
     /// Appends bytes read from the connection.
     pub fn extend(&mut self, bytes: &[u8]) {
+        // Exact growth keeps the buffer's capacity at what it holds: the frame being
+        // received already has its whole length reserved (see `decode_next`), so only a read
+        // that runs past it grows the buffer, and only by that read.
+        self.buf.reserve_exact(bytes.len());
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Bytes of memory the buffer holds, for a connection's memory accounting. Drained after
+    /// every read, it stays within [`HEADER_BYTES`] + `frame_bytes_max` plus the largest
+    /// read.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next complete frame, or `Ok(None)` when more bytes are needed.
@@ -748,6 +759,11 @@ impl FrameDecoder {
         let header = parse_header(header, &self.limits)?;
         let total = HEADER_BYTES + widen(header.body_len);
         let Some(body) = avail.get(HEADER_BYTES..total) else {
+            // The header passed its checks, so the frame's length is bounded: make room for
+            // all of it at once rather than growing the buffer read by read.
+            let missing = total - avail.len();
+            self.compact();
+            self.buf.reserve_exact(missing);
             return Ok(None);
         };
         let computed = checksum(&avail[..HEADER_CHECKED_BYTES], body);
@@ -948,8 +964,8 @@ fn read_snapshot(r: &mut Reader<'_>, limits: &WireLimits) -> Result<Snapshot, Wi
     let auto_leave = read_bool(r, "auto leave byte")?;
     // The snapshot's data is bounded by the frame alone: the body holding it is already in
     // memory, so its length is only checked against what is left.
-    let len = r.count("snapshot bytes", "frame_bytes_max", u32::MAX, 1)?;
-    let data = r.bytes(len, "snapshot bytes")?.to_vec();
+    let len = u32::from_le_bytes(*r.fixed::<4>("snapshot bytes")?);
+    let data = r.bytes(widen(len), "snapshot bytes")?.to_vec();
     Ok(Snapshot {
         metadata: SnapshotMetadata {
             index: le_u64(h, 0),
