@@ -49,6 +49,8 @@
 //!      4    . M messages       back to back
 //! ```
 //!
+//! An empty batch (M = 0) is valid, though the encoder never sends one.
+//!
 //! A message (82 bytes plus its variable parts):
 //!
 //! ```text
@@ -117,10 +119,11 @@
 //! # Versions
 //!
 //! Version 1 is this layout. Any change to a body layout, or a new frame kind, takes a new
-//! version. The header and the Hello and HelloReply bodies keep their layout in every
-//! version, so that a member can always read another's handshake and refuse it with a
-//! reason: an acceptor whose decoder reports [`WireError::UnsupportedVersion`] for the first
-//! frame may answer with a refusing HelloReply carrying the error's text before it closes.
+//! version. The header and the Hello and HelloReply bodies are to keep this layout in every
+//! later version, and a later build is to read the handshake frames of older versions, so
+//! that members of different versions can always exchange a refusal with a reason: an
+//! acceptor whose decoder reports [`WireError::UnsupportedVersion`] for the first frame may
+//! answer with a refusing HelloReply carrying the error's text before it closes.
 //!
 //! Frame kind 4 is reserved for snapshot chunks: a later version streams a large snapshot in
 //! pieces. Until then a snapshot travels whole inside its message and must fit in one frame.
