@@ -310,6 +310,11 @@ proptest! {
     #[test]
     fn messages_round_trip(msgs in vec(message(), 0..12)) {
         let bytes = encode(&msgs);
+        // The size the encoder promises per message is the size it writes.
+        let enc = encoder(WireLimits::default());
+        let promised: u64 = msgs.iter().map(|m| enc.message_bytes(m).unwrap()).sum();
+        let framing = if msgs.is_empty() { 0 } else { HEADER_BYTES + 4 };
+        prop_assert_eq!(u64::try_from(bytes.len() - framing).unwrap(), promised);
         let (frames, left) = decode_all(&bytes, WireLimits::default()).unwrap();
         prop_assert_eq!(left, 0);
         prop_assert_eq!(frames.len(), usize::from(!msgs.is_empty()));
