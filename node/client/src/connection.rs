@@ -36,7 +36,7 @@ type Reply = Result<Result<Response, ErrorStatus>>;
 /// What the caller, the reader and the writer share.
 struct Shared {
     endpoint: String,
-    /// Requests sent and not yet answered, by request id; `None` once the connection broke,
+    /// Requests sent and not yet answered, by request id; once the connection broke, `Err`
     /// with the reason.
     pending: Mutex<Result<HashMap<u64, oneshot::Sender<Reply>>, String>>,
 }

@@ -39,7 +39,7 @@
 //!
 //! | offset | size  | field                                                        |
 //! |-------:|------:|--------------------------------------------------------------|
-//! | 0      | 4     | `len`, u32: bytes of the body, `13..=request_bytes_max` for a request, `10..=response_bytes_max` for a response |
+//! | 0      | 4     | `len`, u32: bytes of the body, `13..=request_bytes_max` for a request, `9..=response_bytes_max` for a response |
 //! | 4      | 4     | CRC-32 (IEEE 802.3, as `crc32fast`) of the body               |
 //! | 8      | `len` | body                                                         |
 //!
@@ -134,8 +134,8 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 /// Smallest request body: request id, kind and group.
 const REQUEST_BODY_BYTES_MIN: usize = 8 + 1 + 4;
 
-/// Smallest response body: request id, status and (for success) kind.
-const RESPONSE_BODY_BYTES_MIN: usize = 8 + 1 + 1;
+/// Smallest response body: request id and status (`Busy` has no payload).
+const RESPONSE_BODY_BYTES_MIN: usize = 8 + 1;
 
 /// No frame is ever larger than this, whatever the limits say: it keeps a misconfigured
 /// limit from letting a peer make us buffer gigabytes.
@@ -624,8 +624,8 @@ pub struct DeleteResponse {
 /// The result of a range read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeResponse {
-    /// Group, revision, member (for a read merged over groups, those of the first group; the
-    /// client's merged result lists every group's).
+    /// Group, revision, member (for a read the client merged over every group, those of
+    /// group 0: each group numbers its own revisions).
     pub header: ResponseHeader,
     /// Matching keys in ascending order, at most `limit` (none when `count_only`).
     pub kvs: Vec<KeyValue>,
@@ -863,10 +863,12 @@ pub enum WireError {
     #[error("malformed preface: {0}")]
     BadPreface(&'static str),
     /// A frame's length is out of bounds (fatal).
-    #[error("frame of {len} bytes is outside 1..={max} ({limit})")]
+    #[error("frame of {len} bytes is outside {min}..={max} ({limit})")]
     FrameSize {
         /// The length read.
         len: u32,
+        /// The smallest accepted: the body's fixed fields.
+        min: usize,
         /// The largest accepted.
         max: u32,
         /// The limit that set `max`.
@@ -1462,6 +1464,7 @@ impl FrameDecoder {
             self.poisoned = true;
             return Err(WireError::FrameSize {
                 len,
+                min: self.body_bytes_min,
                 max: self.body_bytes_max,
                 limit: self.limit,
             });
