@@ -13,7 +13,7 @@ use crate::route::group_of;
 use crate::wire::{
     ClientLimits, ClusterStatus, DeleteRequest, DeleteResponse, ErrorStatus, GetRequest,
     GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Request, Response,
-    TxnRequest, TxnResponse, WriteId,
+    TxnRequest, TxnResponse, Write, WriteId,
 };
 
 /// How a [`Client`] connects and retries. Every field has a default.
@@ -134,8 +134,12 @@ pub struct Client {
 struct Inner {
     options: ClientOptions,
     client_id: u64,
-    /// The last write sequence number handed out; writes number from 1.
+    /// The last write sequence number handed out; writes number from 1. Advanced only under
+    /// the `unanswered` lock, so that sequences enter that set in increasing order.
     sequence: AtomicU64,
+    /// Sequences of the writes sent and not yet answered (or given up on): the smallest is
+    /// each new write's `first_unanswered`, which therefore never decreases.
+    unanswered: Mutex<BTreeSet<u64>>,
     /// The endpoints given to `connect`, normalized to `host:port`.
     seeds: Vec<String>,
     routing: Mutex<Routing>,
@@ -189,6 +193,7 @@ impl Client {
                 options,
                 client_id: random_client_id(),
                 sequence: AtomicU64::new(0),
+                unanswered: Mutex::new(BTreeSet::new()),
                 seeds,
                 routing: Mutex::new(Routing::default()),
                 pool: Mutex::new(HashMap::new()),
@@ -221,10 +226,8 @@ impl Client {
     /// Sends a put with every option.
     pub async fn put_request(&self, put: PutRequest) -> Result<PutResponse> {
         let route = Route::Keys(vec![put.key.clone()]);
-        match self
-            .call(route, Request::Put(self.next_write_id(), put))
-            .await?
-        {
+        let write = self.begin_write();
+        match self.call(route, Request::Put(write.write, put)).await? {
             Response::Put(r) => Ok(r),
             other => Err(self.unexpected(other)),
         }
@@ -252,8 +255,9 @@ impl Client {
     /// Sends a delete with every option.
     pub async fn delete_request(&self, delete: DeleteRequest) -> Result<DeleteResponse> {
         let route = Route::Keys(vec![delete.key.clone()]);
+        let write = self.begin_write();
         match self
-            .call(route, Request::Delete(self.next_write_id(), delete))
+            .call(route, Request::Delete(write.write, delete))
             .await?
         {
             Response::Delete(r) => Ok(r),
@@ -322,11 +326,9 @@ impl Client {
     /// tag}`), which is checked before sending.
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse> {
         let keys: Vec<Vec<u8>> = txn.routing_keys().into_iter().map(<[u8]>::to_vec).collect();
-        let write = txn.has_writes().then(|| self.next_write_id());
-        match self
-            .call(Route::Keys(keys), Request::Txn(write, txn))
-            .await?
-        {
+        let write = txn.has_writes().then(|| self.begin_write());
+        let request = Request::Txn(write.as_ref().map(|w| w.write), txn);
+        match self.call(Route::Keys(keys), request).await? {
             Response::Txn(r) => Ok(r),
             other => Err(self.unexpected(other)),
         }
@@ -542,10 +544,26 @@ impl Client {
         self.pool().remove(endpoint);
     }
 
-    fn next_write_id(&self) -> WriteId {
-        WriteId {
-            client_id: self.inner.client_id,
-            sequence: self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+    /// Numbers a new write; it counts as unanswered until the returned guard is dropped,
+    /// when its call returns (answered, failed or abandoned).
+    fn begin_write(&self) -> PendingWrite<'_> {
+        let mut unanswered = self
+            .inner
+            .unanswered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        unanswered.insert(sequence);
+        let first_unanswered = unanswered.first().copied().unwrap_or(sequence);
+        PendingWrite {
+            client: self,
+            write: Write {
+                id: WriteId {
+                    client_id: self.inner.client_id,
+                    sequence,
+                },
+                first_unanswered,
+            },
         }
     }
 
@@ -568,6 +586,24 @@ impl Client {
             .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A write in progress: it leaves the unanswered set when dropped.
+struct PendingWrite<'a> {
+    client: &'a Client,
+    write: Write,
+}
+
+impl Drop for PendingWrite<'_> {
+    fn drop(&mut self) {
+        let mut unanswered = self
+            .client
+            .inner
+            .unanswered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unanswered.remove(&self.write.id.sequence);
     }
 }
 

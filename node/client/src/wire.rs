@@ -61,7 +61,8 @@
 //! `u8`, `u16`, `u32`, `u64` are little-endian. `bool` is one byte, 0 or 1. `bytes` is a u32
 //! length and the bytes; `string` is `bytes` holding UTF-8. `option<T>` is a byte, 0 (none)
 //! or 1 followed by `T`. `vec<T>` is a u32 count and the items. A write id is `client id: u64
-//! | sequence: u64` ([`WriteId`]). Flag bytes must have their unused bits clear.
+//! | sequence: u64 | first unanswered: u64` ([`Write`], below). Flag bytes must have their
+//! unused bits clear.
 //!
 //! # Requests
 //!
@@ -71,7 +72,7 @@
 //! | 2    | Get        | key: bytes \| consistency: u8 |
 //! | 3    | Delete     | write id \| key: bytes \| flags: u8 (bit 0 `prev_kv`) |
 //! | 4    | Range      | key: bytes \| range_end: bytes \| limit: u64 \| revision: u64 \| flags: u8 (bit 0 `keys_only`, bit 1 `count_only`) \| consistency: u8 |
-//! | 5    | Txn        | option<write id> \| compares: vec<compare> \| success: vec<op> \| failure: vec<op> |
+//! | 5    | Txn        | `option<write id> \| compares: vec<compare> \| success: vec<op> \| failure: vec<op>` |
 //! | 6    | Status     | empty |
 //!
 //! consistency: 0 linearizable, 1 lease, 2 serializable ([`ReadConsistency`]). A compare is
@@ -86,12 +87,12 @@
 //!
 //! | kind | response | payload |
 //! |-----:|----------|---------|
-//! | 1    | Put      | header \| prev_kv: option<kv> |
-//! | 2    | Get      | header \| kv: option<kv> |
-//! | 3    | Delete   | header \| deleted: u64 \| prev_kvs: vec<kv> |
-//! | 4    | Range    | header \| kvs: vec<kv> \| count: u64 \| more: bool |
-//! | 5    | Txn      | header \| succeeded: bool \| responses: vec<op response> |
-//! | 6    | Status   | member id: u64 \| groups: u32 \| members: vec<member id: u64 \| client address: string> \| leaders: vec<option<member id: u64>> (one per group) |
+//! | 1    | Put      | `header \| prev_kv: option<kv>` |
+//! | 2    | Get      | `header \| kv: option<kv>` |
+//! | 3    | Delete   | `header \| deleted: u64 \| prev_kvs: vec<kv>` |
+//! | 4    | Range    | `header \| kvs: vec<kv> \| count: u64 \| more: bool` |
+//! | 5    | Txn      | `header \| succeeded: bool \| responses: vec<op response>` |
+//! | 6    | Status   | `member id: u64 \| groups: u32 \| members: vec<member id: u64 \| client address: string> \| leaders: vec<option<member id: u64>> (one per group)` |
 //!
 //! A header is `group: u32 | revision: u64 | member id: u64` (the group's store revision
 //! after the request, and the member that answered); a kv is `key: bytes | value: bytes |
@@ -102,17 +103,37 @@
 //!
 //! | status | error            | payload |
 //! |-------:|------------------|---------|
-//! | 1      | NotLeader        | group: u32 \| leader: option<member id: u64 \| client address: string> |
+//! | 1      | NotLeader        | `group: u32 \| leader: option<member id: u64 \| client address: string>` |
 //! | 2      | GroupUnavailable | group: u32 |
 //! | 3      | InvalidArgument  | message: string |
 //! | 4      | TooLarge         | message: string (names the limit) |
-//! | 5      | TxnSpansGroups   | groups: vec<u32> |
+//! | 5      | TxnSpansGroups   | `groups: vec<u32>` |
 //! | 6      | WrongGroup       | groups: u32 (the cluster's group count) |
 //! | 7      | Compacted        | compact revision: u64 |
 //! | 8      | Busy             | empty |
 //! | 9      | Internal         | message: string |
 //!
 //! A payload must be consumed exactly: trailing bytes are an error.
+//!
+//! # Exactly-once writes
+//!
+//! Every request that may write carries a write id ([`Write`]). A client picks a random
+//! non-zero client id, numbers its writes from 1, and sends every retry of a write, over any
+//! connection to any member, with the same client id and sequence; `first unanswered` is the
+//! smallest sequence of its writes still waiting for an answer (at most the write's own).
+//! The server keeps, per client id and as part of each group's replicated state (so that a
+//! new leader knows it too), the response of each applied write of that client whose
+//! sequence is at least the highest `first unanswered` seen from it:
+//!
+//! - a write whose (client id, sequence) was already applied is answered with the stored
+//!   response and not applied again;
+//! - a write whose sequence is below that floor was answered already; it is refused with
+//!   `InvalidArgument` and not applied;
+//! - responses below the floor are dropped. The server bounds the clients it remembers
+//!   (evicting the least recently seen); a retry from an evicted client can apply twice,
+//!   which is why the bound is generous and the client id random.
+//!
+//! Reads carry no write id: retrying them is harmless.
 //!
 //! # Code map
 //!
@@ -134,7 +155,7 @@ pub use message::{
     ClusterStatus, Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, ErrorStatus,
     GetRequest, GetResponse, KeyValue, LeaderHint, MemberInfo, OpResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, ReadConsistency, Request, RequestFrame, Response, ResponseFrame,
-    ResponseHeader, TxnOp, TxnRequest, TxnResponse, WriteId,
+    ResponseHeader, TxnOp, TxnRequest, TxnResponse, Write, WriteId,
 };
 pub use preface::{PrefaceCode, ServerPreface, client_preface, decode_client_preface};
 

@@ -12,7 +12,7 @@ use keel_client::wire::{
     self, ClientLimits, ClusterStatus, Compare, CompareOp, CompareTarget, DeleteResponse,
     ErrorStatus, GetResponse, KeyValue, LeaderHint, MemberInfo, OpResponse, PrefaceCode,
     PutRequest, PutResponse, RangeRequest, RangeResponse, Request, RequestDecoder, RequestFrame,
-    Response, ResponseFrame, ResponseHeader, ServerPreface, TxnOp, TxnRequest, TxnResponse,
+    Response, ResponseFrame, ResponseHeader, ServerPreface, TxnOp, TxnRequest, TxnResponse, Write,
     WriteId,
 };
 use keel_client::{Client, ClientOptions, Error, group_of};
@@ -37,8 +37,8 @@ struct State {
     data: Vec<Group>,
     /// Responses of applied writes, by write id: the exactly-once table.
     applied: HashMap<WriteId, Response>,
-    /// Every write id received, by member, in order, with its key.
-    writes_seen: Vec<(usize, WriteId, Vec<u8>)>,
+    /// Every write received, by member, in order, with its key.
+    writes_seen: Vec<(usize, Write, Vec<u8>)>,
     /// Requests each member received for each group (status excluded).
     requests: HashMap<(usize, u32), u64>,
     /// Connections each member accepted.
@@ -221,10 +221,10 @@ impl State {
                 }),
             });
         }
-        if let Some(w) = frame.request.write_id() {
+        if let Some(w) = frame.request.write() {
             let key = keys.first().map(|k| k.to_vec()).unwrap_or_default();
             self.writes_seen.push((me, w, key));
-            if let Some(done) = self.applied.get(&w) {
+            if let Some(done) = self.applied.get(&w.id) {
                 return Ok(done.clone());
             }
         }
@@ -497,11 +497,13 @@ async fn requests_reach_group_leaders_and_a_stale_leader_cache_is_refreshed() {
 
     // Every write carried this client's id and a fresh sequence number.
     let state = cluster.state();
+    // These writes were made one after the other: each found every earlier one answered.
     let mut sequences: Vec<u64> = state
         .writes_seen
         .iter()
-        .inspect(|(_, w, _)| assert_eq!(w.client_id, client.client_id()))
-        .map(|(_, w, _)| w.sequence)
+        .inspect(|(_, w, _)| assert_eq!(w.id.client_id, client.client_id()))
+        .inspect(|(_, w, _)| assert_eq!(w.first_unanswered, w.id.sequence))
+        .map(|(_, w, _)| w.id.sequence)
         .collect();
     sequences.dedup();
     let mut sorted = sequences.clone();
@@ -542,6 +544,24 @@ async fn many_requests_share_one_connection_in_flight() {
         assert_eq!(kv.value, format!("v{i}").into_bytes());
     }
     assert_eq!(cluster.state().connections.get(&0), Some(&1));
+
+    // Concurrent writes told the server how far the client had heard back: never past a
+    // write still waiting, and, once all were answered, up to the next write.
+    let seen: Vec<Write> = cluster
+        .state()
+        .writes_seen
+        .iter()
+        .map(|(_, w, _)| *w)
+        .collect();
+    assert_eq!(seen.len(), REQUESTS);
+    assert!(
+        seen.iter()
+            .all(|w| w.first_unanswered >= 1 && w.first_unanswered <= w.id.sequence)
+    );
+    client.put("after", "all").await.unwrap();
+    let last = cluster.state().writes_seen.last().unwrap().1;
+    assert_eq!(last.first_unanswered, last.id.sequence);
+    assert_eq!(last.id.sequence, REQUESTS as u64 + 1);
 }
 
 #[tokio::test]
@@ -557,7 +577,7 @@ async fn a_write_whose_connection_drops_is_retried_with_the_same_id_and_applied_
     assert_eq!(put.header.member_id, 1);
 
     let state = cluster.state();
-    let attempts: Vec<WriteId> = state
+    let attempts: Vec<Write> = state
         .writes_seen
         .iter()
         .filter(|(_, _, key)| key == b"fragile")
@@ -572,8 +592,11 @@ async fn a_write_whose_connection_drops_is_retried_with_the_same_id_and_applied_
         attempts[0], attempts[1],
         "the retry reused (client id, sequence)"
     );
-    assert_eq!(attempts[0].client_id, client.client_id());
-    assert_eq!(attempts[0].sequence, 2, "the second write of this client");
+    assert_eq!(attempts[0].id.client_id, client.client_id());
+    assert_eq!(
+        attempts[0].id.sequence, 2,
+        "the second write of this client"
+    );
     // Applied once: version 1, and the group's revision moved by one for it.
     let kv = &state.data[0].kvs[&b"fragile"[..]];
     assert_eq!((kv.version, state.data[0].revision), (1, 2));

@@ -7,7 +7,7 @@ use keel_client::wire::{
     DeleteResponse, ErrorStatus, GetRequest, GetResponse, KeyValue, LeaderHint, MemberInfo,
     OpResponse, PrefaceCode, PutRequest, PutResponse, RangeRequest, RangeResponse, ReadConsistency,
     Request, RequestDecoder, RequestFrame, Response, ResponseDecoder, ResponseFrame,
-    ResponseHeader, ServerPreface, TxnOp, TxnRequest, TxnResponse, WireError, WriteId,
+    ResponseHeader, ServerPreface, TxnOp, TxnRequest, TxnResponse, WireError, Write, WriteId,
 };
 use proptest::prelude::*;
 
@@ -23,10 +23,13 @@ fn consistency() -> impl Strategy<Value = ReadConsistency> {
     ]
 }
 
-fn write_id() -> impl Strategy<Value = WriteId> {
-    (any::<u64>(), any::<u64>()).prop_map(|(client_id, sequence)| WriteId {
-        client_id,
-        sequence,
+fn write_id() -> impl Strategy<Value = Write> {
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(client_id, sequence, behind)| Write {
+        id: WriteId {
+            client_id,
+            sequence,
+        },
+        first_unanswered: sequence.saturating_sub(behind),
     })
 }
 
@@ -488,7 +491,7 @@ fn the_encoder_checks_limits_and_leaves_the_buffer_unchanged() {
     let frame = RequestFrame {
         id: 1,
         group: 0,
-        request: Request::Put(WriteId::default(), PutRequest::new("too long", "v")),
+        request: Request::Put(Write::default(), PutRequest::new("too long", "v")),
     };
     let error = wire::encode_request(&frame, &limits, &mut out).unwrap_err();
     assert!(error.to_string().contains("key_bytes_max"), "{error}");
@@ -607,4 +610,25 @@ fn ranges_select_like_etcd() {
     assert_eq!(prefix.range_end, b"b");
     assert!(prefix.contains(b"a\xff\x01") && !prefix.contains(b"b"));
     assert_eq!(RangeRequest::prefix("").range_end, vec![0]);
+}
+
+#[test]
+fn a_write_claiming_answers_beyond_itself_is_refused() {
+    let mut body = Vec::new();
+    body.extend(9u64.to_le_bytes());
+    body.push(3); // delete
+    body.extend(0u32.to_le_bytes());
+    body.extend(77u64.to_le_bytes()); // client id
+    body.extend(5u64.to_le_bytes()); // sequence
+    body.extend(6u64.to_le_bytes()); // first unanswered, above the sequence
+    body.extend(1u32.to_le_bytes());
+    body.extend([b'k', 0]);
+    let mut decoder = RequestDecoder::new(ClientLimits::default());
+    decoder.extend(&frame(&body));
+    let error = decoder.next_frame().unwrap_err();
+    assert!(
+        matches!(error, WireError::Malformed { request_id: 9, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("first unanswered"), "{error}");
 }

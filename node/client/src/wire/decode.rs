@@ -6,7 +6,7 @@ use super::{
     KIND_GET, KIND_PUT, KIND_RANGE, KIND_STATUS, KIND_TXN, KeyValue, LeaderHint, MemberInfo,
     OpResponse, PutRequest, PutResponse, REQUEST_BODY_BYTES_MIN, RESPONSE_BODY_BYTES_MIN,
     RangeRequest, RangeResponse, ReadConsistency, Request, RequestFrame, Response, ResponseFrame,
-    ResponseHeader, TxnOp, TxnRequest, TxnResponse, WireError, WriteId,
+    ResponseHeader, TxnOp, TxnRequest, TxnResponse, WireError, Write, WriteId,
 };
 
 /// Splits a byte stream into checked frame bodies. Feed it what the socket returns with
@@ -301,10 +301,21 @@ fn key(r: &mut Reader<'_>, limits: &ClientLimits) -> Decoded<Vec<u8>> {
     r.bytes("key", "key_bytes_max", limits.key_bytes_max)
 }
 
-fn write_id(r: &mut Reader<'_>) -> Decoded<WriteId> {
-    Ok(WriteId {
+fn write_id(r: &mut Reader<'_>) -> Decoded<Write> {
+    let id = WriteId {
         client_id: r.u64("client id")?,
         sequence: r.u64("sequence")?,
+    };
+    let first_unanswered = r.u64("first unanswered")?;
+    if first_unanswered > id.sequence {
+        return Err(r.malformed(format!(
+            "first unanswered {first_unanswered} is above the write's own sequence {}",
+            id.sequence
+        )));
+    }
+    Ok(Write {
+        id,
+        first_unanswered,
     })
 }
 

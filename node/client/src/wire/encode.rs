@@ -4,7 +4,7 @@ use super::{
     ClientLimits, CompareOp, CompareTarget, DeleteRequest, ErrorStatus, FRAME_HEADER_BYTES,
     KIND_DELETE, KIND_PUT, KIND_RANGE, KeyValue, OpResponse, PutRequest, RangeRequest,
     ReadConsistency, Request, RequestFrame, Response, ResponseFrame, ResponseHeader, TxnOp,
-    WireError, WriteId,
+    WireError, Write,
 };
 
 /// Appends one request frame to `out`. Checks the request against `limits` first, so that a
@@ -309,9 +309,10 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn put_write_id(out: &mut Vec<u8>, w: WriteId) {
-    put_u64(out, w.client_id);
-    put_u64(out, w.sequence);
+fn put_write_id(out: &mut Vec<u8>, w: Write) {
+    put_u64(out, w.id.client_id);
+    put_u64(out, w.id.sequence);
+    put_u64(out, w.first_unanswered);
 }
 
 fn put_put(out: &mut Vec<u8>, p: &PutRequest) {

@@ -9,7 +9,7 @@ pub struct ClientLimits {
     /// Largest request frame body, in bytes. Default 1.5 MiB, etcd's `--max-request-bytes`.
     pub request_bytes_max: u32,
     /// Largest response frame body, in bytes. Default 64 MiB; a server answers a read that
-    /// would not fit with [`ErrorStatus::TooLarge`].
+    /// would not fit with [`ErrorStatus::TooLarge`](super::ErrorStatus::TooLarge).
     pub response_bytes_max: u32,
     /// Largest key, in bytes. Default 64 KiB.
     pub key_bytes_max: u32,
@@ -20,7 +20,7 @@ pub struct ClientLimits {
     /// etcd's `--max-txn-ops`.
     pub ops_per_txn_max: u32,
     /// Most requests in flight on one connection: the client waits for a slot before
-    /// sending more, the server refuses more with [`ErrorStatus::Busy`]. Default 1024.
+    /// sending more, the server refuses more with [`ErrorStatus::Busy`](super::ErrorStatus::Busy). Default 1024.
     pub in_flight_per_connection_max: u32,
     /// Longest string (error message, member address), in bytes. Default 4 KiB.
     pub string_bytes_max: u32,

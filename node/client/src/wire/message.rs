@@ -30,6 +30,20 @@ pub struct WriteId {
     pub sequence: u64,
 }
 
+/// What every request that may write carries: its identity, and how far the client has
+/// heard back, so that the server can forget the responses it keeps for retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Write {
+    /// The write's identity, the same in every retry: the server deduplicates on it alone.
+    pub id: WriteId,
+    /// The smallest sequence of this client's writes still waiting for an answer when the
+    /// request was built: every earlier write of the client has been answered, so the server
+    /// may drop their stored responses and must refuse them if they arrive again. Never
+    /// above `id.sequence` (this write is itself unanswered), and never decreasing from one
+    /// write of a client to its next.
+    pub first_unanswered: u64,
+}
+
 /// Write `value` under `key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutRequest {
@@ -270,15 +284,15 @@ impl TxnRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Kind 1.
-    Put(WriteId, PutRequest),
+    Put(Write, PutRequest),
     /// Kind 2.
     Get(GetRequest),
     /// Kind 3.
-    Delete(WriteId, DeleteRequest),
+    Delete(Write, DeleteRequest),
     /// Kind 4.
     Range(RangeRequest),
-    /// Kind 5; the write id is present when the transaction may write.
-    Txn(Option<WriteId>, TxnRequest),
+    /// Kind 5; the write is present when the transaction may write.
+    Txn(Option<Write>, TxnRequest),
     /// Kind 6: the group map, for routing.
     Status,
 }
@@ -296,13 +310,18 @@ impl Request {
         }
     }
 
-    /// The write id, for a request that may write.
-    pub fn write_id(&self) -> Option<WriteId> {
+    /// The write, for a request that may write.
+    pub fn write(&self) -> Option<Write> {
         match self {
             Request::Put(w, _) | Request::Delete(w, _) => Some(*w),
             Request::Txn(w, _) => *w,
             _ => None,
         }
+    }
+
+    /// The write's identity, for a request that may write.
+    pub fn write_id(&self) -> Option<WriteId> {
+        self.write().map(|w| w.id)
     }
 }
 
