@@ -2,6 +2,7 @@
 //! connections, and retries what can be retried.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,6 +16,7 @@ use crate::wire::{
     GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, Request, Response,
     TxnRequest, TxnResponse, Write, WriteId,
 };
+use crate::wire::{KIND_DELETE, KIND_GET, KIND_PUT, KIND_RANGE, KIND_STATUS, KIND_TXN};
 
 /// How a [`Client`] connects and retries. Every field has a default.
 #[derive(Clone, Debug)]
@@ -131,6 +133,16 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.inner.client_id)
+            .field("endpoints", &self.inner.seeds)
+            .field("groups", &self.groups())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     options: ClientOptions,
     client_id: u64,
@@ -229,7 +241,7 @@ impl Client {
         let write = self.begin_write();
         match self.call(route, Request::Put(write.write, put)).await? {
             Response::Put(r) => Ok(r),
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_PUT, other)),
         }
     }
 
@@ -243,7 +255,7 @@ impl Client {
         let route = Route::Keys(vec![get.key.clone()]);
         match self.call(route, Request::Get(get)).await? {
             Response::Get(r) => Ok(r),
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_GET, other)),
         }
     }
 
@@ -261,7 +273,7 @@ impl Client {
             .await?
         {
             Response::Delete(r) => Ok(r),
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_DELETE, other)),
         }
     }
 
@@ -288,7 +300,10 @@ impl Client {
         }
         let mut parts = Vec::new();
         while let Some(joined) = reads.join_next().await {
-            let (group, part) = joined.map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            // The set is never aborted, so a join fails only when a read panicked: pass the
+            // panic on rather than turn a bug into an error value.
+            let (group, part) =
+                joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             parts.push((group, part?));
         }
         parts.sort_by_key(|(group, _)| *group);
@@ -318,7 +333,7 @@ impl Client {
             .await?
         {
             Response::Range(r) => Ok(r),
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_RANGE, other)),
         }
     }
 
@@ -330,7 +345,7 @@ impl Client {
         let request = Request::Txn(write.as_ref().map(|w| w.write), txn);
         match self.call(Route::Keys(keys), request).await? {
             Response::Txn(r) => Ok(r),
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_TXN, other)),
         }
     }
 
@@ -341,7 +356,7 @@ impl Client {
                 self.learn_status(&s);
                 Ok(s)
             }
-            other => Err(self.unexpected(other)),
+            other => Err(unexpected(KIND_STATUS, other)),
         }
     }
 
@@ -359,7 +374,7 @@ impl Client {
                     self.learn_status(&s);
                     return Ok(s);
                 }
-                Ok(other) => last = Some(self.unexpected(other)),
+                Ok(other) => last = Some(unexpected(KIND_STATUS, other)),
                 Err(e) => {
                     self.forget_endpoint(&endpoint);
                     last = Some(e);
@@ -567,13 +582,6 @@ impl Client {
         }
     }
 
-    fn unexpected(&self, response: Response) -> Error {
-        Error::InvalidArgument(format!(
-            "the server answered with a response of kind {} to another kind of request",
-            response.kind()
-        ))
-    }
-
     fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
         self.inner
             .routing
@@ -586,6 +594,14 @@ impl Client {
             .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The error for a response of another kind than its request's.
+fn unexpected(request_kind: u8, response: Response) -> Error {
+    Error::UnexpectedResponse {
+        expected: request_kind,
+        found: response.kind(),
     }
 }
 

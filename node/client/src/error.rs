@@ -73,6 +73,14 @@ pub enum Error {
     /// match the request).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The server answered a request with a response of another kind: a server bug.
+    #[error("the server answered a request of kind {expected} with a response of kind {found}")]
+    UnexpectedResponse {
+        /// The request's kind byte.
+        expected: u8,
+        /// The response's kind byte.
+        found: u8,
+    },
     /// The request exceeds a limit, found before sending it.
     #[error("request too large: {what} of {len} bytes exceeds {limit} ({max})")]
     TooLarge {

@@ -47,6 +47,10 @@ struct State {
     drop_after_applying: Option<Vec<u8>>,
     /// Hold responses back until this many are waiting, then send them in reverse order.
     hold: Option<usize>,
+    /// Answer this many of the next requests (status excluded) with `Busy`.
+    busy_for: u32,
+    /// Refuse new connections in the preface with this code.
+    refuse: Option<PrefaceCode>,
 }
 
 #[derive(Clone)]
@@ -110,13 +114,17 @@ impl FakeCluster {
             wire::VERSION
         );
         let limits = ClientLimits::default();
+        let refuse = self.state().refuse;
         let answer = ServerPreface {
-            version: wire::VERSION,
-            code: PrefaceCode::Accepted,
+            version: wire::VERSION + u16::from(refuse == Some(PrefaceCode::VersionUnsupported)),
+            code: refuse.unwrap_or(PrefaceCode::Accepted),
             request_bytes_max: limits.request_bytes_max,
             in_flight_per_connection_max: limits.in_flight_per_connection_max,
         };
         stream.write_all(&answer.encode()).await.unwrap();
+        if refuse.is_some() {
+            return;
+        }
         let mut decoder = RequestDecoder::new(limits.clone());
         let mut held: Vec<ResponseFrame> = Vec::new();
         let mut chunk = vec![0u8; 4096];
@@ -227,6 +235,10 @@ impl State {
             if let Some(done) = self.applied.get(&w.id) {
                 return Ok(done.clone());
             }
+        }
+        if self.busy_for > 0 {
+            self.busy_for -= 1;
+            return Err(ErrorStatus::Busy);
         }
         let data = &mut self.data[group as usize];
         let header = |data: &Group| ResponseHeader {
@@ -605,4 +617,57 @@ async fn a_write_whose_connection_drops_is_retried_with_the_same_id_and_applied_
         Some(&2),
         "the client reconnected"
     );
+}
+
+#[tokio::test]
+async fn busy_answers_are_retried_with_the_same_write_and_then_given_up_typed() {
+    let cluster = FakeCluster::start(1, 1).await;
+    let client = Client::connect_with(&[cluster.address(0).as_str()], quick())
+        .await
+        .unwrap();
+    cluster.state().busy_for = 3;
+    client.put("k", "v").await.unwrap();
+    {
+        let state = cluster.state();
+        let ids: Vec<WriteId> = state.writes_seen.iter().map(|(_, w, _)| w.id).collect();
+        assert_eq!(ids.len(), 4, "three refusals and a success");
+        assert!(ids.iter().all(|id| *id == ids[0]));
+        assert_eq!(state.data[0].kvs[&b"k"[..]].version, 1);
+    }
+
+    cluster.state().busy_for = u32::MAX;
+    let error = client.get("k").await.unwrap_err();
+    match &error {
+        Error::RetriesExhausted { attempts, last } => {
+            assert_eq!(*attempts, quick().attempts_max);
+            assert!(matches!(last.status(), Some(ErrorStatus::Busy)), "{last}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(error.to_string().contains(&cluster.address(0)), "{error}");
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_a_typed_error_naming_the_endpoint() {
+    let cluster = FakeCluster::start(1, 1).await;
+    let address = cluster.address(0);
+    cluster.state().refuse = Some(PrefaceCode::VersionUnsupported);
+    let error = Client::connect_with(&[address.as_str()], quick())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Handshake { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&address) && message.contains("version"),
+        "{message}"
+    );
+
+    cluster.state().refuse = Some(PrefaceCode::Busy);
+    let error = Client::connect_with(&[address.as_str()], quick())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no more connections"), "{error}");
+
+    let error = Client::connect(&["db-1"]).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidEndpoint { .. }), "{error}");
 }

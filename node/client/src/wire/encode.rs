@@ -211,13 +211,14 @@ pub fn check_request(request: &Request, limits: &ClientLimits) -> Result<(), Wir
     let key = |k: &[u8]| check_len("key", k.len(), "key_bytes_max", limits.key_bytes_max);
     let value = |v: &[u8]| check_len("value", v.len(), "value_bytes_max", limits.value_bytes_max);
     let range = |r: &RangeRequest| key(&r.key).and_then(|_| key(&r.range_end));
+    let put = |p: &PutRequest| key(&p.key).and_then(|_| value(&p.value));
     let op = |op: &TxnOp| match op {
-        TxnOp::Put(p) => key(&p.key).and_then(|_| value(&p.value)),
+        TxnOp::Put(p) => put(p),
         TxnOp::Delete(d) => key(&d.key),
         TxnOp::Range(r) => range(r),
     };
     match request {
-        Request::Put(_, p) => op(&TxnOp::Put(p.clone())),
+        Request::Put(_, p) => put(p),
         Request::Get(g) => key(&g.key),
         Request::Delete(_, d) => key(&d.key),
         Request::Range(r) => range(r),
