@@ -409,6 +409,10 @@ impl Client {
         let options = &self.inner.options;
         let mut backoff = options.backoff_initial;
         let mut last = None;
+        // One retry per call may skip the backoff: following a leader hint or a new group map
+        // once is cheap, but members naming each other in turn during an election must not
+        // burn every attempt within a millisecond.
+        let mut skipped_backoff = false;
         for _ in 0..options.attempts_max {
             let group = self.group_for(&route)?;
             let endpoint = self.endpoint_for(group, &route);
@@ -419,7 +423,8 @@ impl Client {
             if !error.is_retryable() {
                 return Err(error);
             }
-            let at_once = self.learn_from(&endpoint, group, &error).await;
+            let at_once = self.learn_from(&endpoint, group, &error).await && !skipped_backoff;
+            skipped_backoff |= at_once;
             last = Some(error);
             if !at_once {
                 tokio::time::sleep(backoff).await;

@@ -19,7 +19,7 @@
 //! first byte: an HTTP/2 connection preface starts with `P` (`PRI * HTTP/2.0`), TLS with
 //! `0x16`, HTTP/1 with an ASCII method, the native protocol with `0xCB`, which is none of
 //! them (it is not even ASCII). A server that has read eight bytes equal to [`MAGIC`] knows
-//! it talks the native protocol.
+//! it talks the native protocol; [`sniff`] makes that decision.
 //!
 //! The server answers with its own preface of 20 bytes, then closes the connection if it
 //! refused it:
@@ -157,7 +157,9 @@ pub use message::{
     RangeRequest, RangeResponse, ReadConsistency, Request, RequestFrame, Response, ResponseFrame,
     ResponseHeader, TxnOp, TxnRequest, TxnResponse, Write, WriteId,
 };
-pub use preface::{PrefaceCode, ServerPreface, client_preface, decode_client_preface};
+pub use preface::{
+    PrefaceCode, ServerPreface, Sniffed, client_preface, decode_client_preface, sniff,
+};
 
 /// The first eight bytes of every native connection, from either side.
 pub const MAGIC: [u8; 8] = [0xCB, b'K', b'E', b'E', b'L', b'\r', b'\n', 0x1A];

@@ -546,6 +546,17 @@ fn prefaces_are_fixed_and_checked() {
         Err(WireError::BadMagic { .. })
     ));
 
+    assert_eq!(wire::sniff(b""), wire::Sniffed::NeedMore);
+    assert_eq!(wire::sniff(&client[..5]), wire::Sniffed::NeedMore);
+    assert_eq!(wire::sniff(&client), wire::Sniffed::Native);
+    assert_eq!(wire::sniff(b"P"), wire::Sniffed::Other);
+    assert_eq!(
+        wire::sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        wire::Sniffed::Other
+    );
+    assert_eq!(wire::sniff(&[0x16, 3, 1]), wire::Sniffed::Other); // TLS
+    assert_eq!(wire::sniff(b"\xCBKEEX"), wire::Sniffed::Other);
+
     let server = ServerPreface {
         version: 1,
         code: PrefaceCode::Busy,

@@ -90,3 +90,30 @@ impl ServerPreface {
         })
     }
 }
+
+/// What the first bytes of a connection on the client port say it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Too few bytes to tell: read more. Only while every byte so far matches [`MAGIC`].
+    NeedMore,
+    /// The native protocol: the bytes start with [`MAGIC`]; read the rest of the client
+    /// preface and answer with a [`ServerPreface`].
+    Native,
+    /// Something else (the etcd gRPC API's HTTP/2 preface starts with `PRI`): hand the bytes
+    /// read so far and the connection to that protocol.
+    Other,
+}
+
+/// Tells the native protocol from anything else by a connection's first bytes, without
+/// consuming them: decided at the first byte for any other protocol, and after eight bytes
+/// for the native one.
+pub fn sniff(first_bytes: &[u8]) -> Sniffed {
+    let n = first_bytes.len().min(MAGIC.len());
+    if first_bytes[..n] != MAGIC[..n] {
+        Sniffed::Other
+    } else if n < MAGIC.len() {
+        Sniffed::NeedMore
+    } else {
+        Sniffed::Native
+    }
+}
