@@ -51,6 +51,8 @@ struct State {
     busy_for: u32,
     /// Refuse new connections in the preface with this code.
     refuse: Option<PrefaceCode>,
+    /// Advertise this `request_bytes_max` in the preface instead of the default.
+    request_bytes_max: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -114,11 +116,14 @@ impl FakeCluster {
             wire::VERSION
         );
         let limits = ClientLimits::default();
-        let refuse = self.state().refuse;
+        let (refuse, request_bytes_max) = {
+            let state = self.state();
+            (state.refuse, state.request_bytes_max)
+        };
         let answer = ServerPreface {
             version: wire::VERSION + u16::from(refuse == Some(PrefaceCode::VersionUnsupported)),
             code: refuse.unwrap_or(PrefaceCode::Accepted),
-            request_bytes_max: limits.request_bytes_max,
+            request_bytes_max: request_bytes_max.unwrap_or(limits.request_bytes_max),
             in_flight_per_connection_max: limits.in_flight_per_connection_max,
         };
         stream.write_all(&answer.encode()).await.unwrap();
@@ -670,4 +675,48 @@ async fn a_refused_handshake_is_a_typed_error_naming_the_endpoint() {
 
     let error = Client::connect(&["db-1"]).await.unwrap_err();
     assert!(matches!(error, Error::InvalidEndpoint { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_the_client_recovers_on_a_new_connection() {
+    let cluster = FakeCluster::start(1, 1).await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        attempts_max: 2,
+        ..quick()
+    };
+    let client = Client::connect_with(&[cluster.address(0).as_str()], options)
+        .await
+        .unwrap();
+    cluster.state().hold = Some(usize::MAX);
+    let error = client.put("k", "v").await.unwrap_err();
+    match &error {
+        Error::RetriesExhausted { attempts: 2, last } => {
+            assert!(matches!(**last, Error::Timeout { .. }), "{last}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    // The timed-out connection was given up; the next request opens a new one.
+    cluster.state().hold = None;
+    client.put("k", "v").await.unwrap();
+    assert_eq!(client.get("k").await.unwrap().kv.unwrap().value, b"v");
+    assert!(cluster.state().connections[&0] >= 2);
+}
+
+#[tokio::test]
+async fn the_servers_smaller_request_limit_is_checked_before_sending() {
+    let cluster = FakeCluster::start(1, 1).await;
+    cluster.state().request_bytes_max = Some(1024);
+    let client = Client::connect_with(&[cluster.address(0).as_str()], quick())
+        .await
+        .unwrap();
+    let error = client.put("k", vec![7u8; 2000]).await.unwrap_err();
+    match &error {
+        Error::TooLarge { limit, max, .. } => {
+            assert_eq!((*limit, *max), ("request_bytes_max", 1024))
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(cluster.state().writes_seen.is_empty(), "nothing was sent");
+    client.put("k", vec![7u8; 500]).await.unwrap();
 }
