@@ -80,11 +80,18 @@ impl ClientOptions {
 /// timeout) with the same write id, which the server uses to apply it at most once. Cloning a
 /// `Client` is cheap and shares its connections and write numbering.
 ///
+/// Retried, up to [`ClientOptions::attempts_max`] attempts with exponential backoff: a
+/// connection that fails or breaks, a timeout, `NotLeader` (at once towards the named leader,
+/// once per request), `GroupUnavailable`, `WrongGroup` (after reloading the group map) and
+/// `Busy`. Returned at once: `InvalidArgument`, `TooLarge`, `TxnSpansGroups`, `Compacted`,
+/// `Internal`, and the limits and routing errors found before sending.
+///
 /// # Examples
 ///
 /// ```no_run
-/// use keel_client::{Client, Compare, CompareOp, CompareTarget, RangeRequest, TxnOp, TxnRequest};
-/// use keel_client::wire::PutRequest;
+/// use keel_client::{
+///     Client, Compare, CompareOp, CompareTarget, PutRequest, RangeRequest, TxnOp, TxnRequest,
+/// };
 ///
 /// # async fn example() -> Result<(), keel_client::Error> {
 /// let client = Client::connect(&["127.0.0.1:2379", "http://10.0.0.2:2379"]).await?;
