@@ -705,7 +705,7 @@ impl CheckpointReader {
     }
 }
 
-/// A checkpoint file that failed to open or verify and was skipped.
+/// A checkpoint file that failed verification and was skipped.
 #[derive(Debug)]
 pub struct SkippedCheckpoint {
     /// The file.
@@ -811,8 +811,15 @@ impl CheckpointDir {
         CheckpointReader::open(&path)
     }
 
-    /// The newest checkpoint that verifies, with every newer one that did not (and why).
+    /// The newest checkpoint that verifies, with every newer one that is corrupt (and why).
     /// Recovery uses the returned one and must report the skipped ones.
+    ///
+    /// Only verified corruption ([`CheckpointError::Corrupt`]: bad magic or checksum,
+    /// truncated or inconsistent content) skips a file. Any other error opening one — an
+    /// I/O error such as running out of file descriptors, or a format version this build
+    /// does not read (written by a newer build before a downgrade) — is returned as it is,
+    /// naming the file: falling back to an older checkpoint then would silently lose what
+    /// only the newer one holds once the log behind it has been purged.
     pub fn newest_valid(
         &self,
     ) -> Result<(Option<CheckpointReader>, Vec<SkippedCheckpoint>), CheckpointError> {
@@ -820,7 +827,10 @@ impl CheckpointDir {
         for (_, path) in self.list()?.into_iter().rev() {
             match CheckpointReader::open(&path) {
                 Ok(r) => return Ok((Some(r), skipped)),
-                Err(error) => skipped.push(SkippedCheckpoint { path, error }),
+                Err(error @ CheckpointError::Corrupt { .. }) => {
+                    skipped.push(SkippedCheckpoint { path, error })
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok((None, skipped))

@@ -38,18 +38,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_wal::{Wal, WalOptions};
 
-use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta};
+use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, sync_parent};
 use crate::log_backend::{BackendError, LogBackend};
 use crate::memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 use crate::revision::{KeyMeta, KeyValue};
 use crate::txn::{Op, OpResponse, RangeRequest, RangeResponse, Txn, TxnResponse};
 use crate::txn_codec::{decode_txn, encode_txn};
 
-/// What opening a store does with a checkpoint that fails verification.
+/// What opening a store does with a checkpoint that fails verification (is corrupt). Any
+/// other error opening a checkpoint — I/O, a format version this build does not read — fails
+/// the open in every mode, naming the file and leaving it in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CheckpointRecovery {
     /// Report it in [`DbRecovery::skipped_checkpoints`], quarantine it (`<name>.corrupt`) and
@@ -205,6 +207,12 @@ pub enum DbError {
 /// Entries a checkpoint copies from the memtable per read lock.
 const CHECKPOINT_CHUNK_ENTRIES: usize = 1024;
 
+/// How long the checkpoint thread sleeps between looks when it is not woken.
+const CHECKPOINT_IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// How long after a failed background checkpoint the next attempt waits.
+const CHECKPOINT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// Replayed records between two progress reports during recovery.
 const REPLAY_PROGRESS_RECORDS: u64 = 100_000;
 
@@ -240,6 +248,8 @@ pub struct DbStats {
     pub log_appends: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Checkpoint attempts that failed (background or [`Db::checkpoint`]).
+    pub checkpoints_failed: u64,
 }
 
 /// A queued write: the transaction and, once the leader ran it, its outcome.
@@ -268,6 +278,22 @@ struct Durable {
     poison: Option<String>,
 }
 
+impl Durable {
+    /// `Err(DbError::Poisoned)` with the first failure once the store is poisoned.
+    fn check(&self) -> Result<(), DbError> {
+        self.poison
+            .as_deref()
+            .map_or(Ok(()), |cause| Err(poisoned(cause)))
+    }
+}
+
+/// The error of every call on a poisoned store: the one place a poison becomes an error.
+fn poisoned(cause: &str) -> DbError {
+    DbError::Poisoned {
+        cause: cause.to_string(),
+    }
+}
+
 struct Inner<B> {
     options: DbOptions,
     dir: PathBuf,
@@ -289,6 +315,7 @@ struct Inner<B> {
     txns_logged: AtomicU64,
     log_appends: AtomicU64,
     checkpoints_written: AtomicU64,
+    checkpoints_failed: AtomicU64,
     shutdown: AtomicBool,
     /// Wakes the checkpoint thread; paired with `checkpoint_wake`.
     checkpoint_wake_lock: Mutex<()>,
@@ -296,9 +323,7 @@ struct Inner<B> {
 }
 
 fn lock_poisoned<T>(_: T) -> DbError {
-    DbError::Poisoned {
-        cause: "a thread panicked while holding a store lock".into(),
-    }
+    poisoned("a thread panicked while holding a store lock")
 }
 
 /// A log a [`Db`] can run on: a [`LogBackend`] whose clones are handles to the same log,
@@ -340,9 +365,14 @@ impl Db {
     ) -> Result<Db, DbError> {
         options.validate()?;
         let dir = dir.as_ref();
+        let created = !dir.exists();
         // The WAL takes the directory's lock: open it first, so that a second opener fails
         // before it touches the checkpoint directory (which removes temporary files).
         let wal = Wal::open(dir.join("wal"), options.wal.clone())?;
+        if created {
+            // The store's directory itself is new: make its entry in the parent durable.
+            sync_parent(dir)?;
+        }
         Db::open_on(dir, options, Arc::new(wal), progress)
     }
 }
@@ -359,6 +389,9 @@ impl<B: SharedLog> Db<B> {
     ) -> Result<Db<B>, DbError> {
         options.validate()?;
         let checkpoints = CheckpointDir::open(&dir.join("checkpoints"))?;
+        // `wal/` and `checkpoints/` may have just been created: make their entries durable,
+        // or a crash could lose a directory whose files were already fsynced.
+        sync_parent(checkpoints.path())?;
         let mut recovery = DbRecovery::default();
         let (newest, mut skipped) = checkpoints.newest_valid()?;
         if options.checkpoint_recovery == CheckpointRecovery::Strict && !skipped.is_empty() {
@@ -447,6 +480,7 @@ impl<B: SharedLog> Db<B> {
             txns_logged: AtomicU64::new(0),
             log_appends: AtomicU64::new(0),
             checkpoints_written: AtomicU64::new(0),
+            checkpoints_failed: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             checkpoint_wake_lock: Mutex::new(()),
             checkpoint_wake: Condvar::new(),
@@ -482,18 +516,15 @@ impl<B: SharedLog> Db<B> {
             txns_logged: self.inner.txns_logged.load(Ordering::Relaxed),
             log_appends: self.inner.log_appends.load(Ordering::Relaxed),
             checkpoints: self.inner.checkpoints_written.load(Ordering::Relaxed),
+            checkpoints_failed: self.inner.checkpoints_failed.load(Ordering::Relaxed),
         }
     }
 
     /// The current (durable) store revision.
     pub fn revision(&self) -> Result<u64, DbError> {
         let d = self.inner.durable.lock().map_err(lock_poisoned)?;
-        match &d.poison {
-            Some(cause) => Err(DbError::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(d.revision),
-        }
+        d.check()?;
+        Ok(d.revision)
     }
 
     /// The value and metadata of `key`.
@@ -616,13 +647,7 @@ impl<B: SharedLog> Inner<B> {
         if !self.poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
-        let d = self.durable.lock().map_err(lock_poisoned)?;
-        match &d.poison {
-            Some(cause) => Err(DbError::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.durable.lock().map_err(lock_poisoned)?.check()
     }
 
     /// Waits until every transaction up to `revision` is durable.
@@ -637,11 +662,7 @@ impl<B: SharedLog> Inner<B> {
         }
         let mut d = self.durable.lock().map_err(lock_poisoned)?;
         loop {
-            if let Some(cause) = &d.poison {
-                return Err(DbError::Poisoned {
-                    cause: cause.clone(),
-                });
-            }
+            d.check()?;
             if d.revision >= revision {
                 return Ok(());
             }
@@ -716,13 +737,12 @@ impl<B: SharedLog> Inner<B> {
             }
         };
         if let Err(e) = self.check_poison() {
+            let cause = match e {
+                DbError::Poisoned { cause } => cause,
+                other => other.to_string(),
+            };
             for p in group {
-                set(
-                    p,
-                    Err(DbError::Poisoned {
-                        cause: e.to_string(),
-                    }),
-                );
+                set(p, Err(poisoned(&cause)));
             }
             return;
         }
@@ -783,6 +803,9 @@ impl<B: SharedLog> Inner<B> {
                 Some(cause) => {
                     d.poison.get_or_insert_with(|| cause.clone());
                     self.poisoned.store(true, Ordering::Release);
+                    // The checkpoint thread stops once it sees the poison.
+                    let _g = self.checkpoint_wake_lock.lock();
+                    self.checkpoint_wake.notify_all();
                 }
                 None => {
                     d.revision = revision;
@@ -796,38 +819,60 @@ impl<B: SharedLog> Inner<B> {
         }
         for (p, outcome) in group.iter().zip(outcomes) {
             let outcome = match &failure {
-                Some(cause) => Err(DbError::Poisoned {
-                    cause: cause.clone(),
-                }),
+                Some(cause) => Err(poisoned(cause)),
                 None => outcome,
             };
             set(p, outcome);
         }
     }
 
+    /// The checkpoint thread: writes a checkpoint whenever one is due. It stops at shutdown
+    /// and as soon as the store is poisoned (a poisoned store makes no checkpoints: its
+    /// memory may be ahead of the log). A failed attempt is retried no sooner than
+    /// `CHECKPOINT_RETRY_DELAY` later, however often writers signal that one is due.
     fn checkpoint_loop(&self) {
-        while !self.shutdown.load(Ordering::SeqCst) {
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if self.shutdown.load(Ordering::SeqCst) || self.poisoned.load(Ordering::Acquire) {
+                return;
+            }
             let due = self.log_bytes_since_checkpoint.load(Ordering::Relaxed)
                 >= self.options.checkpoint_log_bytes;
-            if due {
-                // A failure is not fatal here: the log still holds everything, the next
+            let now = Instant::now();
+            if retry_at.is_some_and(|at| now >= at) {
+                retry_at = None;
+            }
+            if due && retry_at.is_none() {
+                // A failure is not fatal here: the log still holds everything, a later
                 // attempt retries, and `Db::checkpoint` reports errors to a caller.
-                let _ = self.checkpoint();
+                retry_at = match self.checkpoint() {
+                    Ok(_) => None,
+                    Err(_) => Some(now + CHECKPOINT_RETRY_DELAY),
+                };
                 continue;
             }
+            let wait = retry_at.map_or(CHECKPOINT_IDLE_WAIT, |at| {
+                at.saturating_duration_since(now).min(CHECKPOINT_IDLE_WAIT)
+            });
             let Ok(g) = self.checkpoint_wake_lock.lock() else {
                 return;
             };
-            if self.shutdown.load(Ordering::SeqCst) {
+            if self.shutdown.load(Ordering::SeqCst) || self.poisoned.load(Ordering::Acquire) {
                 return;
             }
-            let _ = self
-                .checkpoint_wake
-                .wait_timeout(g, Duration::from_millis(200));
+            let _ = self.checkpoint_wake.wait_timeout(g, wait);
         }
     }
 
     fn checkpoint(&self) -> Result<Option<CheckpointMeta>, DbError> {
+        let result = self.try_checkpoint();
+        if result.is_err() {
+            self.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn try_checkpoint(&self) -> Result<Option<CheckpointMeta>, DbError> {
         let mut last = self.checkpoint_lock.lock().map_err(lock_poisoned)?;
         self.check_poison()?;
         // Open a snapshot of the memtable: writers go on, and the snapshot keeps the

@@ -19,7 +19,7 @@
 //! with segment boundaries and failure injection.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// An error from a log backend, passed through to the caller unchanged.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,6 +69,10 @@ struct MemLogState {
     next_lsn: u64,
     fail_appends: bool,
     appends: u64,
+    /// While set, `purge_before` waits (a test holds a caller inside a purge).
+    hold_purges: bool,
+    /// Purges waiting because of `hold_purges`.
+    held_purges: u64,
 }
 
 /// An in-memory log for tests. Clones share the same records, so a test can "crash" by
@@ -77,6 +81,8 @@ struct MemLogState {
 #[derive(Clone, Debug)]
 pub struct MemLog {
     state: Arc<Mutex<MemLogState>>,
+    /// Signalled when `hold_purges` is cleared.
+    released: Arc<Condvar>,
     records_per_segment: usize,
 }
 
@@ -92,6 +98,7 @@ impl MemLog {
                 next_lsn: 1,
                 ..MemLogState::default()
             })),
+            released: Arc::new(Condvar::new()),
             records_per_segment: records_per_segment.max(1),
         }
     }
@@ -101,6 +108,20 @@ impl MemLog {
         if let Ok(mut s) = self.state.lock() {
             s.fail_appends = fail;
         }
+    }
+
+    /// While `hold` is set, every `purge_before` waits (so that a test can stop a caller,
+    /// such as a checkpoint thread, in the middle of its work).
+    pub fn set_hold_purges(&self, hold: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.hold_purges = hold;
+        }
+        self.released.notify_all();
+    }
+
+    /// Number of purges waiting because of [`MemLog::set_hold_purges`].
+    pub fn held_purges(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.held_purges)
     }
 
     /// Number of successful appends so far (for group-commit tests).
@@ -176,6 +197,13 @@ impl LogBackend for MemLog {
 
     fn purge_before(&mut self, lsn: u64) -> Result<(), BackendError> {
         let mut s = self.state.lock().map_err(|_| poisoned())?;
+        if s.hold_purges {
+            s.held_purges += 1;
+            while s.hold_purges {
+                s = self.released.wait(s).map_err(|_| poisoned())?;
+            }
+            s.held_purges -= 1;
+        }
         // The newest segment is never dropped: the log keeps its open segment.
         while s.segments.len() > 1 {
             let (first, recs) = &s.segments[0];
