@@ -111,10 +111,12 @@ mod wal_backend;
 
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
 pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
-pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
+pub use log_backend::{
+    AppendFuture, AsyncLogBackend, BackendError, LogBackend, MemLog, SegmentSpan,
+};
 pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, LogStoreStats,
-    SnapshotMeta, StagedWrite, WriteBatch,
+    SnapshotMeta, Ticket, WriteBatch,
 };
 pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
 pub use revision::{KeyMeta, KeyValue};

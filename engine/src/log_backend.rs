@@ -14,12 +14,20 @@
 //!   or above `lsn` stay readable. It may keep more than asked, never less.
 //! - `segments` lists the live segments, oldest first, so a caller can tell which records pin
 //!   which segment.
+//! - [`AsyncLogBackend::append_async`] is `append` without blocking the calling thread: the
+//!   returned future owns its records and resolves as `append` returns. The log places an
+//!   asynchronous append when its future is first polled, so two appends polled in turn may
+//!   land in either order: a caller that needs an order (the log store does) keeps one
+//!   append in flight at a time.
 //!
 //! The production implementation is `keel_wal::Wal`; [`MemLog`] is an in-memory one for tests
 //! with segment boundaries and failure injection.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Poll, Waker};
 
 /// An error from a log backend, passed through to the caller unchanged.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +69,18 @@ pub trait LogBackend {
     fn next_lsn(&self) -> u64;
 }
 
+/// The future of an asynchronous append: owns everything it needs, resolves to the LSN of
+/// the first record once all are durable (or to the log's error).
+pub type AppendFuture =
+    Pin<Box<dyn Future<Output = Result<u64, BackendError>> + Send + Sync + 'static>>;
+
+/// A log that can append without blocking the calling thread (for async runtimes). See the
+/// module documentation for the contract.
+pub trait AsyncLogBackend: LogBackend {
+    /// Starts appending `records` atomically and durably, as [`LogBackend::append`] does.
+    fn append_async(&self, records: Vec<Vec<u8>>) -> AppendFuture;
+}
+
 /// What a [`MemLog`] shares between its clones: the "disk".
 #[derive(Debug, Default)]
 struct MemLogState {
@@ -73,6 +93,10 @@ struct MemLogState {
     hold_purges: bool,
     /// Purges waiting because of `hold_purges`.
     held_purges: u64,
+    /// While set, asynchronous appends stay pending (in flight) until it is cleared.
+    hold_appends: bool,
+    /// Tasks waiting for `hold_appends` to clear.
+    held_appends: Vec<Waker>,
 }
 
 /// An in-memory log for tests. Clones share the same records, so a test can "crash" by
@@ -117,6 +141,23 @@ impl MemLog {
             s.hold_purges = hold;
         }
         self.released.notify_all();
+    }
+
+    /// While `hold` is set, asynchronous appends stay in flight: their futures are pending
+    /// and nothing reaches the log until `hold` is cleared.
+    pub fn set_hold_appends(&self, hold: bool) {
+        let wakers = match self.state.lock() {
+            Ok(mut s) => {
+                s.hold_appends = hold;
+                if hold {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut s.held_appends)
+                }
+            }
+            Err(_) => Vec::new(),
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Number of purges waiting because of [`MemLog::set_hold_purges`].
@@ -236,5 +277,24 @@ impl LogBackend for MemLog {
 
     fn next_lsn(&self) -> u64 {
         self.state.lock().map_or(0, |s| s.next_lsn)
+    }
+}
+
+impl AsyncLogBackend for MemLog {
+    fn append_async(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+        let mut log = self.clone();
+        Box::pin(std::future::poll_fn(move |cx| {
+            {
+                let mut s = log.state.lock().map_err(|_| poisoned())?;
+                if s.hold_appends {
+                    if !s.held_appends.iter().any(|w| w.will_wake(cx.waker())) {
+                        s.held_appends.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            Poll::Ready(log.append(&refs))
+        }))
     }
 }

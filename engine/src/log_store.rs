@@ -29,9 +29,11 @@
 //! # How a raft node drives it
 //!
 //! 1. Each round, put every group's unstable entries and hard state into one [`WriteBatch`]
-//!    and [`LogStore::write`] it — or, from an async runtime, [`LogStore::stage`] it, append
-//!    [`StagedWrite::payloads`] with `Wal::append_async`, and [`LogStore::complete`] it
-//!    (several rounds may be in flight). Acknowledge the appends only after that.
+//!    and [`LogStore::write`] it — or, from an async runtime, [`LogStore::stage`] it and
+//!    await [`LogStore::durable`], which hands back the tickets of durable writes in stage
+//!    order (several rounds may be staged at once; the store appends them itself, in
+//!    order, over an [`AsyncLogBackend`] such as `Arc<Wal>`). Acknowledge the appends only
+//!    after that.
 //! 2. Apply committed entries, read with [`LogStore::entries`], to the group's
 //!    [`crate::Memtable`].
 //! 3. To snapshot a group: open [`crate::Memtable::begin_snapshot`], write it with
@@ -60,7 +62,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::log_backend::{BackendError, LogBackend};
+use std::task::{Context, Poll, ready};
+
+use crate::log_backend::{AppendFuture, AsyncLogBackend, BackendError, LogBackend};
 use crate::log_record::LogRecord;
 
 /// Identifies a raft group within a store.
@@ -258,22 +262,19 @@ pub enum LogStoreError {
         source: BackendError,
     },
     /// An earlier append failed, so memory and log may disagree; reopen to recover.
-    #[error("log store poisoned by an earlier failed append; reopen it")]
-    Poisoned,
-    /// Staged writes are still waiting for [`LogStore::complete`].
-    #[error("staged writes are in flight; complete them first")]
+    #[error("log store poisoned by an earlier failure ({cause}); reopen it")]
+    Poisoned {
+        /// The first failure.
+        cause: String,
+    },
+    /// Staged writes are queued or in flight; wait for them with [`LogStore::durable`].
+    #[error("staged writes are in flight; wait until they are durable first")]
     WriteInFlight,
     /// `inflight_writes_max` staged writes are already in flight.
     #[error("{max} staged writes already in flight (inflight_writes_max)")]
     TooManyInFlight {
         /// The limit.
         max: usize,
-    },
-    /// Staged writes were completed or appended out of stage order; the store is poisoned.
-    #[error("staged writes out of order: {reason}")]
-    OutOfOrder {
-        /// What happened.
-        reason: String,
     },
     /// Inconsistent options.
     #[error("invalid log store options: {reason}")]
@@ -385,7 +386,7 @@ pub struct LogStoreStats {
     pub pinned_lsn: u64,
     /// Live log segments.
     pub segments: usize,
-    /// Staged writes awaiting completion.
+    /// Staged writes whose tickets [`LogStore::durable`] has not handed back yet.
     pub inflight_writes: usize,
 }
 
@@ -647,25 +648,80 @@ struct View {
     hard_state: HardState,
 }
 
-/// A validated, encoded batch waiting for the caller to append it (see [`LogStore::stage`]).
+/// A validated, encoded batch: what one log append will carry.
 #[derive(Debug)]
-pub struct StagedWrite {
+struct Prepared {
     records: Vec<LogRecord>,
     encoded: Vec<Vec<u8>>,
-    /// Stage order (0 for writes that are not staged by the caller).
-    seq: u64,
 }
 
-impl StagedWrite {
-    /// The payloads to append, in order, as one atomic log append.
-    pub fn payloads(&self) -> &[Vec<u8>] {
-        &self.encoded
+impl Prepared {
+    fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
     }
 
-    /// Whether there is nothing to append (the batch changed nothing); then skip the append
-    /// and pass any LSN to `complete`.
-    pub fn is_empty(&self) -> bool {
-        self.encoded.is_empty()
+    fn bytes(&self) -> usize {
+        self.encoded.iter().map(Vec::len).sum()
+    }
+}
+
+/// Identifies a staged write (see [`LogStore::stage`]). Tickets ascend in stage order, and
+/// [`LogStore::durable`] hands them back in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    /// The write's place in stage order (the first staged write of a store is 1).
+    pub fn seq(self) -> u64 {
+        self.0
+    }
+}
+
+/// A staged write waiting for its append.
+#[derive(Debug)]
+struct Staged {
+    ticket: Ticket,
+    write: Prepared,
+}
+
+/// The one append in flight: the staged writes it carries, in stage order, and the log's
+/// future for it.
+struct InFlight {
+    writes: Vec<Staged>,
+    append: AppendFuture,
+}
+
+/// The asynchronous write pipeline: staged writes go to the log one append at a time, in
+/// stage order, and are applied in that order once durable.
+///
+/// Invariants: `queued`, then `in_flight`, then `durable` hold tickets in descending stage
+/// order (`durable` the oldest); their total is at most `inflight_writes_max`; `views` is
+/// empty when all three are.
+#[derive(Default)]
+struct Pipeline {
+    /// Staged writes not yet handed to the log, oldest first.
+    queued: VecDeque<Staged>,
+    /// The append in flight, if any.
+    in_flight: Option<InFlight>,
+    /// Writes durable and applied whose tickets `durable` has not returned yet.
+    durable: VecDeque<Ticket>,
+    /// Ticket of the last staged write.
+    last_ticket: u64,
+    /// Groups touched by staged writes, as they will be once those are applied.
+    views: HashMap<GroupId, View>,
+}
+
+impl Pipeline {
+    fn len(&self) -> usize {
+        self.queued.len()
+            + self.in_flight.as_ref().map_or(0, |f| f.writes.len())
+            + self.durable.len()
+    }
+
+    /// Whether a staged write is queued or in flight (tickets still to hand back do not
+    /// count: their writes are applied).
+    fn busy(&self) -> bool {
+        !self.queued.is_empty() || self.in_flight.is_some()
     }
 }
 
@@ -674,15 +730,10 @@ pub struct LogStore<B: LogBackend = keel_wal::Wal> {
     log: B,
     state: State,
     options: LogStoreOptions,
-    poisoned: bool,
-    /// Staged writes awaiting `complete`, oldest first (their sequence numbers).
-    inflight: VecDeque<u64>,
-    /// Sequence number of the last staged write.
-    stage_seq: u64,
-    /// Groups touched by staged writes, as they will be once those are applied.
-    pending_views: HashMap<GroupId, View>,
-    /// One past the last LSN applied (0 before the first write of this session).
-    log_end_lsn: u64,
+    /// Why the store is poisoned: a failed append left memory and log possibly apart.
+    poison: Option<String>,
+    /// Staged writes (asynchronous appends).
+    pipeline: Pipeline,
 }
 
 impl<B: LogBackend> std::fmt::Debug for LogStore<B> {
@@ -690,7 +741,7 @@ impl<B: LogBackend> std::fmt::Debug for LogStore<B> {
         f.debug_struct("LogStore")
             .field("groups", &self.state.groups.len())
             .field("cache_bytes", &self.state.cache_bytes)
-            .field("poisoned", &self.poisoned)
+            .field("poison", &self.poison)
             .finish()
     }
 }
@@ -760,11 +811,8 @@ impl<B: LogBackend> LogStore<B> {
             log,
             state,
             options,
-            poisoned: false,
-            inflight: VecDeque::new(),
-            stage_seq: 0,
-            pending_views: HashMap::new(),
-            log_end_lsn: 0,
+            poison: None,
+            pipeline: Pipeline::default(),
         })
     }
 
@@ -796,7 +844,7 @@ impl<B: LogBackend> LogStore<B> {
             cache_bytes: self.state.cache_bytes,
             pinned_lsn: self.pinned_lsn(),
             segments: self.log.segments().len(),
-            inflight_writes: self.inflight.len(),
+            inflight_writes: self.pipeline.len(),
         }
     }
 
@@ -935,19 +983,34 @@ impl<B: LogBackend> LogStore<B> {
         }
     }
 
-    /// Checks that the store accepts writes: not poisoned, no staged write in flight.
+    /// `Err(Poisoned)` once an append failed: the one place a poison becomes an error.
     fn check_poison(&self) -> Result<(), LogStoreError> {
-        if self.poisoned {
-            Err(LogStoreError::Poisoned)
-        } else if !self.inflight.is_empty() {
-            Err(LogStoreError::WriteInFlight)
-        } else {
-            Ok(())
+        match &self.poison {
+            Some(cause) => Err(LogStoreError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
+    /// Poisons the store (the first cause is kept) and returns `error`.
+    fn poison(&mut self, error: LogStoreError) -> LogStoreError {
+        self.poison.get_or_insert_with(|| error.to_string());
+        error
+    }
+
+    /// Checks that the store accepts a blocking write: not poisoned, no staged write queued
+    /// or in flight.
+    fn check_writable(&self) -> Result<(), LogStoreError> {
+        self.check_poison()?;
+        if self.pipeline.busy() {
+            return Err(LogStoreError::WriteInFlight);
+        }
+        Ok(())
+    }
+
     /// Encodes `records` and checks them against the store's and the log's limits.
-    fn prepare(&self, records: Vec<LogRecord>) -> Result<StagedWrite, LogStoreError> {
+    fn prepare(&self, records: Vec<LogRecord>) -> Result<Prepared, LogStoreError> {
         let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
         let bytes: usize = encoded.iter().map(Vec::len).sum();
         if bytes > self.options.batch_bytes_max {
@@ -960,39 +1023,15 @@ impl<B: LogBackend> LogStore<B> {
             let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
             self.log.check_append(&refs).map_err(log_err("append"))?;
         }
-        Ok(StagedWrite {
-            records,
-            encoded,
-            seq: 0,
-        })
+        Ok(Prepared { records, encoded })
     }
 
-    /// Applies a prepared write once the log has placed it at `outcome` (its first LSN), or
-    /// poisons the store if the append failed.
-    fn finish(
-        &mut self,
-        staged: StagedWrite,
-        outcome: Result<u64, BackendError>,
-    ) -> Result<(), LogStoreError> {
-        if staged.records.is_empty() {
-            return Ok(());
-        }
-        let first = match outcome {
-            Ok(first) => first,
-            Err(source) => {
-                self.poisoned = true;
-                return Err(LogStoreError::Log {
-                    op: "append",
-                    source,
-                });
-            }
-        };
-        self.log_end_lsn = first + staged.records.len() as u64;
-        for (i, rec) in staged.records.into_iter().enumerate() {
-            if let Err(e) = self.state.apply(first + i as u64, rec, false) {
+    /// Applies a write the log has made durable from LSN `first` on.
+    fn apply(&mut self, first: u64, write: Prepared) -> Result<(), LogStoreError> {
+        for (lsn, rec) in (first..).zip(write.records) {
+            if let Err(e) = self.state.apply(lsn, rec, false) {
                 // Validation should have made this impossible; memory no longer matches the log.
-                self.poisoned = true;
-                return Err(e);
+                return Err(self.poison(e));
             }
         }
         Ok(())
@@ -1000,89 +1039,24 @@ impl<B: LogBackend> LogStore<B> {
 
     /// Writes `records` in one append and applies them. A failed append poisons the store.
     fn commit(&mut self, records: Vec<LogRecord>) -> Result<(), LogStoreError> {
-        let staged = self.prepare(records)?;
-        if staged.is_empty() {
+        let write = self.prepare(records)?;
+        if write.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&[u8]> = staged.encoded.iter().map(Vec::as_slice).collect();
-        let outcome = self.log.append(&refs);
-        self.finish(staged, outcome)
-    }
-
-    /// Validates and encodes a batch for an append the caller performs itself — typically
-    /// `Wal::append_async` from an async runtime, where a blocking `write` would stall the
-    /// core — and hands the outcome to [`LogStore::complete`].
-    ///
-    /// Up to `inflight_writes_max` staged writes may be in flight (pipelining, as etcd-raft's
-    /// asynchronous storage writes do): each is validated as if those staged before it had
-    /// been applied. The caller must append them in stage order and complete them in that
-    /// order; a store that sees otherwise poisons itself, since memory would no longer
-    /// follow the log. Reads do not see a staged batch until it completes. Other writes
-    /// (`write`, `compact`, `maintain`, ...) wait until nothing is in flight
-    /// ([`LogStoreError::WriteInFlight`]).
-    pub fn stage(&mut self, batch: WriteBatch) -> Result<StagedWrite, LogStoreError> {
-        if self.poisoned {
-            return Err(LogStoreError::Poisoned);
+        let refs: Vec<&[u8]> = write.encoded.iter().map(Vec::as_slice).collect();
+        match self.log.append(&refs) {
+            Ok(first) => self.apply(first, write),
+            Err(source) => Err(self.poison(LogStoreError::Log {
+                op: "append",
+                source,
+            })),
         }
-        if self.inflight.len() >= self.options.inflight_writes_max {
-            return Err(LogStoreError::TooManyInFlight {
-                max: self.options.inflight_writes_max,
-            });
-        }
-        let (records, views) = self.batch_records(batch)?;
-        let mut staged = self.prepare(records)?;
-        if !staged.is_empty() {
-            self.stage_seq += 1;
-            staged.seq = self.stage_seq;
-            self.inflight.push_back(self.stage_seq);
-            self.pending_views.extend(views);
-        }
-        Ok(staged)
-    }
-
-    /// Finishes the oldest staged write: `outcome` is the first LSN the log gave its
-    /// payloads, or the log's error (which poisons the store).
-    pub fn complete(
-        &mut self,
-        staged: StagedWrite,
-        outcome: Result<u64, BackendError>,
-    ) -> Result<(), LogStoreError> {
-        if staged.is_empty() {
-            return Ok(());
-        }
-        if self.inflight.front() != Some(&staged.seq) {
-            self.poisoned = true;
-            return Err(LogStoreError::OutOfOrder {
-                reason: format!(
-                    "staged write {} completed while {:?} was the oldest in flight",
-                    staged.seq,
-                    self.inflight.front()
-                ),
-            });
-        }
-        self.inflight.pop_front();
-        if self.inflight.is_empty() {
-            self.pending_views.clear();
-        }
-        if let Ok(first) = &outcome {
-            if *first < self.log_end_lsn {
-                self.poisoned = true;
-                return Err(LogStoreError::OutOfOrder {
-                    reason: format!(
-                        "staged write {} was appended at lsn {first}, before lsn {} of the \
-                         write staged ahead of it",
-                        staged.seq, self.log_end_lsn
-                    ),
-                });
-            }
-        }
-        self.finish(staged, outcome)
     }
 
     /// Writes a batch touching any number of groups as one atomic log append. The batch is
     /// validated first; a rejected batch writes nothing.
     pub fn write(&mut self, batch: WriteBatch) -> Result<(), LogStoreError> {
-        self.check_poison()?;
+        self.check_writable()?;
         let (records, _) = self.batch_records(batch)?;
         self.commit(records)
     }
@@ -1098,7 +1072,7 @@ impl<B: LogBackend> LogStore<B> {
         let mut records = Vec::new();
         for (group, op) in batch.ops {
             let v = views.entry(group).or_insert_with(|| {
-                self.pending_views.get(&group).cloned().unwrap_or(View {
+                self.pipeline.views.get(&group).cloned().unwrap_or(View {
                     first: self.first_index(group),
                     last: self.last_index(group),
                     snapshot_index: self.snapshot(group).map(|s| s.index),
@@ -1186,7 +1160,7 @@ impl<B: LogBackend> LogStore<B> {
     /// Drops `group`'s entries up to and including `to`. `to` must be above the current
     /// compaction point and at most the last index.
     pub fn compact(&mut self, group: GroupId, to: u64) -> Result<(), LogStoreError> {
-        self.check_poison()?;
+        self.check_writable()?;
         let compacted = self.first_index(group) - 1;
         if to <= compacted {
             return Err(LogStoreError::Compacted {
@@ -1206,7 +1180,7 @@ impl<B: LogBackend> LogStore<B> {
     /// Removes `group` and all its state (its replica was destroyed): it no longer pins any
     /// segment, and afterwards reads as a new group.
     pub fn remove_group(&mut self, group: GroupId) -> Result<(), LogStoreError> {
-        self.check_poison()?;
+        self.check_writable()?;
         if self.group(group).is_none() {
             return Ok(());
         }
@@ -1225,7 +1199,7 @@ impl<B: LogBackend> LogStore<B> {
 
     /// Drops every log segment no group needs. Returns the LSN purged below.
     pub fn purge(&mut self) -> Result<u64, LogStoreError> {
-        self.check_poison()?;
+        self.check_writable()?;
         let lsn = self.pinned_lsn();
         self.log.purge_before(lsn).map_err(log_err("purge"))?;
         Ok(lsn)
@@ -1234,7 +1208,7 @@ impl<B: LogBackend> LogStore<B> {
     /// Rewrites `group`'s state and live entries to the head of the log in one atomic append,
     /// so that it no longer pins older segments. Returns the number of entries rewritten.
     pub fn rewrite_group(&mut self, group: GroupId) -> Result<u64, LogStoreError> {
-        self.check_poison()?;
+        self.check_writable()?;
         let Some(g) = self.group(group) else {
             return Ok(0);
         };
@@ -1285,5 +1259,140 @@ impl<B: LogBackend> LogStore<B> {
         }
         report.segments_after = self.log.segments().len();
         Ok(report)
+    }
+}
+
+/// The asynchronous write path, for a caller that must not block (a raft node's async shard
+/// runtime): the store owns the appends, and the caller only awaits them.
+impl<B: AsyncLogBackend> LogStore<B> {
+    /// Validates `batch` and queues it for a log append (its own, or one shared with the
+    /// writes staged right after it), returning its ticket. Nothing is visible to reads
+    /// until [`LogStore::durable`] hands the ticket back.
+    ///
+    /// Up to `inflight_writes_max` staged writes may be outstanding (pipelining, as
+    /// etcd-raft's asynchronous storage writes do): each is validated as if those staged
+    /// before it had been applied. The store appends them itself, one log append at a time
+    /// and in stage order, so the log always holds them in the order they were validated
+    /// for: there is no order for the caller to get wrong. A write staged behind an append
+    /// that failed never reaches the log. Blocking writes (`write`, `compact`, `maintain`,
+    /// ...) are refused with [`LogStoreError::WriteInFlight`] while a staged write is
+    /// queued or in flight.
+    pub fn stage(&mut self, batch: WriteBatch) -> Result<Ticket, LogStoreError> {
+        self.check_poison()?;
+        if self.pipeline.len() >= self.options.inflight_writes_max {
+            return Err(LogStoreError::TooManyInFlight {
+                max: self.options.inflight_writes_max,
+            });
+        }
+        let (records, views) = self.batch_records(batch)?;
+        let write = self.prepare(records)?;
+        self.pipeline.last_ticket += 1;
+        let ticket = Ticket(self.pipeline.last_ticket);
+        self.pipeline.views.extend(views);
+        self.pipeline.queued.push_back(Staged { ticket, write });
+        Ok(ticket)
+    }
+
+    /// Waits until the oldest staged write is durable and applied, and returns its ticket.
+    /// Tickets come back in stage order, each once. Pending while nothing is staged.
+    ///
+    /// Cancel-safe: the append in flight belongs to the store, so dropping this future and
+    /// calling again later loses nothing. A failed append poisons the store: this returns
+    /// the log's error once and [`LogStoreError::Poisoned`] afterwards, and no write staged
+    /// at that time is acknowledged.
+    pub async fn durable(&mut self) -> Result<Ticket, LogStoreError> {
+        std::future::poll_fn(|cx| self.poll_durable(cx)).await
+    }
+
+    /// [`LogStore::durable`] as a poll function, for hand-written futures and event loops:
+    /// drives the append in flight, starts the next one, and returns the oldest durable
+    /// ticket.
+    pub fn poll_durable(&mut self, cx: &mut Context<'_>) -> Poll<Result<Ticket, LogStoreError>> {
+        loop {
+            self.check_poison()?;
+            if let Some(ticket) = self.pipeline.durable.pop_front() {
+                if self.pipeline.len() == 0 {
+                    self.pipeline.views.clear();
+                }
+                return Poll::Ready(Ok(ticket));
+            }
+            let Some(in_flight) = &mut self.pipeline.in_flight else {
+                if !self.start_append() {
+                    return Poll::Pending;
+                }
+                continue;
+            };
+            let outcome = ready!(in_flight.append.as_mut().poll(cx));
+            let writes = self
+                .pipeline
+                .in_flight
+                .take()
+                .map_or_else(Vec::new, |f| f.writes);
+            let first = match outcome {
+                Ok(first) => first,
+                Err(source) => {
+                    self.pipeline = Pipeline {
+                        last_ticket: self.pipeline.last_ticket,
+                        ..Pipeline::default()
+                    };
+                    return Poll::Ready(Err(self.poison(LogStoreError::Log {
+                        op: "append",
+                        source,
+                    })));
+                }
+            };
+            let mut lsn = first;
+            for staged in writes {
+                let n = staged.write.records.len() as u64;
+                self.apply(lsn, staged.write)?;
+                lsn += n;
+                self.pipeline.durable.push_back(staged.ticket);
+            }
+        }
+    }
+
+    /// Moves the oldest queued writes on: those with nothing to append become durable at
+    /// once; otherwise as many as fit the store's and the log's batch limits (at least one:
+    /// each fits on its own) go to the log as one append. Returns whether anything moved.
+    fn start_append(&mut self) -> bool {
+        let mut writes: Vec<Staged> = Vec::new();
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.pipeline.queued.front() {
+            if next.write.is_empty() {
+                if !writes.is_empty() {
+                    break;
+                }
+                if let Some(s) = self.pipeline.queued.pop_front() {
+                    self.pipeline.durable.push_back(s.ticket);
+                }
+                return true;
+            }
+            if !writes.is_empty() {
+                let fits = bytes + next.write.bytes() <= self.options.batch_bytes_max && {
+                    let refs: Vec<&[u8]> = records
+                        .iter()
+                        .chain(&next.write.encoded)
+                        .map(Vec::as_slice)
+                        .collect();
+                    self.log.check_append(&refs).is_ok()
+                };
+                if !fits {
+                    break;
+                }
+            }
+            let Some(mut staged) = self.pipeline.queued.pop_front() else {
+                break;
+            };
+            bytes += staged.write.bytes();
+            records.append(&mut staged.write.encoded);
+            writes.push(staged);
+        }
+        if writes.is_empty() {
+            return false;
+        }
+        let append = self.log.append_async(records);
+        self.pipeline.in_flight = Some(InFlight { writes, append });
+        true
     }
 }

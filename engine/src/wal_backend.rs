@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use keel_wal::Wal;
 
-use crate::log_backend::{BackendError, LogBackend, RecordVisitor, SegmentSpan};
+use crate::log_backend::{
+    AppendFuture, AsyncLogBackend, BackendError, LogBackend, RecordVisitor, SegmentSpan,
+};
 
 fn scan(wal: &Wal, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
     for record in wal.iter_from(from)? {
@@ -74,3 +76,12 @@ macro_rules! wal_backend {
 
 wal_backend!(Wal);
 wal_backend!(Arc<Wal>);
+
+/// A shared log can hand out futures that own a handle to it; an owned `Wal` cannot (its
+/// futures would borrow the store that owns it), so asynchronous appends need `Arc<Wal>`.
+impl AsyncLogBackend for Arc<Wal> {
+    fn append_async(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+        let wal = Arc::clone(self);
+        Box::pin(async move { Ok(Wal::append_async(&wal, &records).await?.first_lsn) })
+    }
+}
