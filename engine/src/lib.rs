@@ -104,13 +104,14 @@ pub mod log_backend;
 pub mod log_record;
 pub mod log_store;
 pub mod memtable;
+mod progress;
 pub mod revision;
 pub mod txn;
 pub mod txn_codec;
 mod wal_backend;
 
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
-pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
+pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbStats};
 pub use log_backend::{
     AppendFuture, AsyncLogBackend, BackendError, LogBackend, MemLog, SegmentSpan,
 };
@@ -119,6 +120,7 @@ pub use log_store::{
     SnapshotMeta, Ticket, WriteBatch,
 };
 pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
+pub use progress::ReplayProgress;
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,

@@ -10,7 +10,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use keel_engine::log_store::{MaintenanceReport, RecoveryProgress};
+use keel_engine::ReplayProgress;
+use keel_engine::log_store::MaintenanceReport;
 use keel_engine::{
     AsyncLogBackend, Entry, HardState, LogBackend, LogStore, LogStoreError, LogStoreOptions,
     MemLog, SnapshotMeta, WriteBatch,
@@ -504,7 +505,7 @@ fn a_failed_append_poisons_and_recovery_reports_progress() {
     log.set_fail_appends(false);
     assert!(matches!(s.write(b), Err(LogStoreError::Poisoned { .. })));
     drop(s);
-    let mut seen: Vec<RecoveryProgress> = Vec::new();
+    let mut seen: Vec<ReplayProgress> = Vec::new();
     let opts = LogStoreOptions {
         progress_records_interval: 4,
         ..options()

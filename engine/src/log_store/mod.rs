@@ -87,7 +87,6 @@ pub use batch::WriteBatch;
 pub use error::LogStoreError;
 pub use options::LogStoreOptions;
 pub use pipeline::Ticket;
-pub use recovery::RecoveryProgress;
 pub use space::MaintenanceReport;
 
 use apply::State;

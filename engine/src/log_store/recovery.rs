@@ -6,17 +6,7 @@ use super::pipeline::Pipeline;
 use super::{LogStore, LogStoreError, LogStoreOptions};
 use crate::log_backend::LogBackend;
 use crate::log_record::LogRecord;
-
-/// Recovery progress, reported every `progress_records_interval` records and at the end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecoveryProgress {
-    /// Records replayed so far.
-    pub records: u64,
-    /// LSN of the last record replayed.
-    pub lsn: u64,
-    /// LSN one past the last record of the log.
-    pub end_lsn: u64,
-}
+use crate::progress::ReplayProgress;
 
 impl<B: LogBackend> LogStore<B> {
     /// Opens a store over `log`, rebuilding every group's index from it. `progress` is called
@@ -24,7 +14,7 @@ impl<B: LogBackend> LogStore<B> {
     pub fn open(
         log: B,
         options: LogStoreOptions,
-        progress: &mut dyn FnMut(RecoveryProgress),
+        progress: &mut dyn FnMut(ReplayProgress),
     ) -> Result<LogStore<B>, LogStoreError> {
         options.validate()?;
         let mut state = State {
@@ -47,7 +37,7 @@ impl<B: LogBackend> LogStore<B> {
             records += 1;
             last_lsn = lsn;
             if records % options.progress_records_interval == 0 {
-                progress(RecoveryProgress {
+                progress(ReplayProgress {
                     records,
                     lsn,
                     end_lsn,
@@ -74,7 +64,7 @@ impl<B: LogBackend> LogStore<B> {
                 });
             }
         }
-        progress(RecoveryProgress {
+        progress(ReplayProgress {
             records,
             lsn: last_lsn,
             end_lsn,
