@@ -98,6 +98,7 @@
 //!   `maintain` and compaction requests. `Db` owns one background checkpoint thread.
 
 pub mod bench;
+mod bytes;
 pub mod checkpoint;
 pub mod db;
 pub mod log_backend;
