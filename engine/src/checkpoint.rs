@@ -93,7 +93,7 @@ pub enum CheckpointError {
     },
     /// The file failed verification.
     #[error("corrupt checkpoint {path} at offset {offset}: {reason}")]
-    Corrupt {
+    Corruption {
         /// The file.
         path: PathBuf,
         /// Where the problem was found.
@@ -411,7 +411,7 @@ impl CheckpointReader {
         let file = File::open(path).map_err(io_err("open", path))?;
         let len = file.metadata().map_err(io_err("stat", path))?.len();
         if len < (HEADER_BYTES + FOOTER_BYTES) as u64 {
-            return Err(CheckpointError::Corrupt {
+            return Err(CheckpointError::Corruption {
                 path: path.to_path_buf(),
                 offset: len,
                 reason: format!("file of {len} bytes is shorter than header and footer"),
@@ -462,7 +462,7 @@ impl CheckpointReader {
             Backing::Map(m) => m,
             Backing::Buf(v) => v,
         };
-        let corrupt = |offset: usize, reason: String| CheckpointError::Corrupt {
+        let corrupt = |offset: usize, reason: String| CheckpointError::Corruption {
             path: path.clone(),
             offset: offset as u64,
             reason,
@@ -620,7 +620,7 @@ impl CheckpointReader {
     /// map (which the store never does); it is reported rather than trusted.
     pub fn entry(&self, i: usize) -> Result<EntryRef<'_>, CheckpointError> {
         let b = self.bytes();
-        let bad = |reason: String| CheckpointError::Corrupt {
+        let bad = |reason: String| CheckpointError::Corruption {
             path: self.path.clone(),
             offset: (self.table_offset + 8 * i.min(self.entry_count)) as u64,
             reason,
@@ -812,7 +812,7 @@ impl CheckpointDir {
     /// The newest checkpoint that verifies, with every newer one that is corrupt (and why).
     /// Recovery uses the returned one and must report the skipped ones.
     ///
-    /// Only verified corruption ([`CheckpointError::Corrupt`]: bad magic or checksum,
+    /// Only verified corruption ([`CheckpointError::Corruption`]: bad magic or checksum,
     /// truncated or inconsistent content) skips a file. Any other error opening one — an
     /// I/O error such as running out of file descriptors, or a format version this build
     /// does not read (written by a newer build before a downgrade) — is returned as it is,
@@ -825,7 +825,7 @@ impl CheckpointDir {
         for (_, path) in self.list()?.into_iter().rev() {
             match CheckpointReader::open(&path) {
                 Ok(r) => return Ok((Some(r), skipped)),
-                Err(error @ CheckpointError::Corrupt { .. }) => {
+                Err(error @ CheckpointError::Corruption { .. }) => {
                     skipped.push(SkippedCheckpoint { path, error })
                 }
                 Err(error) => return Err(error),

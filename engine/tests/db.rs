@@ -133,7 +133,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(matches!(
         Db::open(dir.path(), strict),
         Err(DbError::Checkpoint(
-            keel_engine::CheckpointError::Corrupt { .. }
+            keel_engine::CheckpointError::Corruption { .. }
         ))
     ));
     assert!(newest.exists());

@@ -528,7 +528,7 @@ fn a_corrupt_record_is_reported_with_its_lsn() {
     drop(s);
     log.append(&[&[9, 9, 9]]).unwrap();
     match LogStore::open(log.clone(), options(), &mut |_| {}) {
-        Err(LogStoreError::Corrupt { lsn: 3, .. }) => {}
+        Err(LogStoreError::Corruption { lsn: 3, .. }) => {}
         other => panic!("expected corruption at lsn 3, got {other:?}"),
     }
 }

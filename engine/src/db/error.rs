@@ -27,7 +27,7 @@ pub enum DbError {
     },
     /// A log record could not be replayed.
     #[error("corrupt log record at lsn {lsn}: {reason}")]
-    Corrupt {
+    Corruption {
         /// Where.
         lsn: u64,
         /// What.

@@ -67,9 +67,9 @@ pub(super) fn recover<B: LogBackend>(
     let mut failure: Option<DbError> = None;
     let scanned = log.scan(from.max(log_first), &mut |lsn, data| {
         let replayed = decode_txn(data)
-            .map_err(|reason| DbError::Corrupt { lsn, reason })
+            .map_err(|reason| DbError::Corruption { lsn, reason })
             .and_then(|txn| {
-                memtable.txn(&txn).map_err(|e| DbError::Corrupt {
+                memtable.txn(&txn).map_err(|e| DbError::Corruption {
                     lsn,
                     reason: format!("transaction no longer valid: {e}"),
                 })

@@ -66,7 +66,7 @@ impl State {
                 } else if recovering && i >= 1 {
                     Self::truncate(&mut self.cache_bytes, g, 0);
                 } else {
-                    return Err(LogStoreError::Corrupt {
+                    return Err(LogStoreError::Corruption {
                         lsn,
                         reason: format!(
                             "group {group}: entry {i} does not follow last index {}",
@@ -106,7 +106,7 @@ impl State {
                         g.compacted_index
                     );
                     if !recovering {
-                        return Err(LogStoreError::Corrupt { lsn, reason });
+                        return Err(LogStoreError::Corruption { lsn, reason });
                     }
                     g.broken = Some((lsn, reason));
                     return Ok(());

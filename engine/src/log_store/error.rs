@@ -79,7 +79,7 @@ pub enum LogStoreError {
     },
     /// A record in the log made no sense.
     #[error("corrupt log store record at lsn {lsn}: {reason}")]
-    Corrupt {
+    Corruption {
         /// Where.
         lsn: u64,
         /// What.

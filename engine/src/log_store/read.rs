@@ -132,14 +132,14 @@ impl<B: LogBackend> LogStore<B> {
             {
                 Ok(entry.data)
             }
-            Ok(other) => Err(LogStoreError::Corrupt {
+            Ok(other) => Err(LogStoreError::Corruption {
                 lsn,
                 reason: format!(
                     "expected entry {index} of group {group}, found a record of group {}",
                     other.group()
                 ),
             }),
-            Err(reason) => Err(LogStoreError::Corrupt { lsn, reason }),
+            Err(reason) => Err(LogStoreError::Corruption { lsn, reason }),
         }
     }
 }

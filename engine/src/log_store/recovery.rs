@@ -28,7 +28,7 @@ impl<B: LogBackend> LogStore<B> {
         let mut failure: Option<LogStoreError> = None;
         let scanned = log.scan(log.first_lsn(), &mut |lsn, bytes| {
             let applied = LogRecord::decode(bytes)
-                .map_err(|reason| LogStoreError::Corrupt { lsn, reason })
+                .map_err(|reason| LogStoreError::Corruption { lsn, reason })
                 .and_then(|rec| state.apply(lsn, rec, true));
             if let Err(e) = applied {
                 failure = Some(e);
@@ -51,10 +51,10 @@ impl<B: LogBackend> LogStore<B> {
         scanned.map_err(log_err("scan"))?;
         for (group, g) in &mut state.groups {
             if let Some((lsn, reason)) = g.broken.take() {
-                return Err(LogStoreError::Corrupt { lsn, reason });
+                return Err(LogStoreError::Corruption { lsn, reason });
             }
             if !g.entries.is_empty() && g.start != g.compacted_index + 1 {
-                return Err(LogStoreError::Corrupt {
+                return Err(LogStoreError::Corruption {
                     lsn: g.entries.front().map_or(0, |s| s.lsn),
                     reason: format!(
                         "group {group}: entries start at {} but the compaction point is {} \
