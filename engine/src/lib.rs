@@ -71,7 +71,6 @@
 //!   [`MemLog`] for tests). Read API shaped like etcd-raft's `Storage`.
 //! - [`db`], [`txn_codec`]: [`Db`], the standalone durable store (memtable + its own WAL +
 //!   background checkpoints), with group commit.
-//! - [`bench`](mod@bench): the load generator behind `keel bench engine`.
 //!
 //! # Invariants
 //!
@@ -97,7 +96,6 @@
 //! - No threads inside [`LogStore`]: the caller (the node's storage pipeline) drives writes,
 //!   `maintain` and compaction requests. `Db` owns one background checkpoint thread.
 
-pub mod bench;
 mod bytes;
 pub mod checkpoint;
 pub mod db;

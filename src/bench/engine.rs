@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use keel_engine::bench::{self, BenchParams, Workload};
+
+mod driver;
+
+use driver::{BenchParams, Workload};
 
 use super::{BenchDir, clear_progress, show_progress, thousands, whole};
 
@@ -75,7 +78,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<ExitCode, String> {
     params.duration = Duration::from_secs_f64(args.secs);
     params.scan_keys = args.scan_keys;
     params.mixed_write_percent = args.write_percent;
-    let report = bench::run(&params, &mut |p| {
+    let report = driver::run(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);
         show_progress(&format!(
             "{:6.1}s  ops {:>12}  ops/s {:>12}",

@@ -1,4 +1,4 @@
-//! The load generator behind `keel bench engine`: runs a workload against a [`Db`] from
+//! The load generator behind `keel bench engine`: runs a workload against a `Db` from
 //! several threads for a fixed time and reports throughput and latency percentiles.
 //!
 //! Workloads: `put` (durable single-key writes), `get` (point reads), `scan` (range reads of
@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::db::{Db, DbError, DbOptions};
-use crate::txn::{Op, RangeEnd, RangeRequest, Txn};
+use keel_engine::{Db, DbError, DbOptions, Op, RangeEnd, RangeRequest, Txn};
 
 /// What the benchmark threads do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,7 +187,7 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so the engine needs no RNG dependency.
+/// A small deterministic generator (xorshift64*), so the benchmark needs no RNG dependency.
 struct Rng(u64);
 
 impl Rng {
@@ -345,4 +344,38 @@ pub fn run(
         log_appends: after.log_appends - before.log_appends,
         txns_logged: after.txns_logged - before.txns_logged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every workload runs briefly and reports sane numbers.
+    #[test]
+    fn every_workload_runs_and_reports() {
+        for (w, name) in [
+            (Workload::Put, "put"),
+            (Workload::Get, "get"),
+            (Workload::Scan, "scan"),
+            (Workload::Mixed, "mixed"),
+        ] {
+            assert_eq!(name.parse::<Workload>().unwrap(), w);
+            let dir = tempfile::tempdir().unwrap();
+            let mut params = BenchParams::new(dir.path());
+            params.workload = w;
+            params.writers = 2;
+            params.keys = 500;
+            params.duration = Duration::from_millis(300);
+            params.db.wal.segment_bytes = 8 << 20;
+            let mut ticks = 0;
+            let report = run(&params, &mut |_| ticks += 1).unwrap();
+            assert!(report.ops > 0, "{report}");
+            assert!(report.p50_us <= report.p99_us && report.p99_us <= report.max_us);
+            assert!(ticks >= 1);
+            if w == Workload::Put {
+                assert_eq!(report.txns_logged, report.ops);
+            }
+        }
+        assert!("nope".parse::<Workload>().is_err());
+    }
 }
