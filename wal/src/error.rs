@@ -89,9 +89,31 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// A segment was written by another version of the on-disk format. Nothing is changed.
+    #[error(
+        "{path} was written in format version {version}; this build reads version {}",
+        crate::format::FORMAT_VERSION
+    )]
+    UnsupportedFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// The version its header names.
+        version: u32,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,
+    /// A positioned read named a segment or offset that holds no durable frame (a purged
+    /// segment, or an offset past the durable end).
+    #[error("no durable frame at segment {segment} offset {offset}: {reason}")]
+    NoFrame {
+        /// The segment asked for.
+        segment: u64,
+        /// The offset asked for.
+        offset: u64,
+        /// Why there is none.
+        reason: String,
+    },
 }
 
 /// The log's result type.

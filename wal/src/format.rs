@@ -9,7 +9,7 @@
 //! ```text
 //! offset size field
 //!      0    8 magic            b"KEELWAL\0"
-//!      8    4 format version   FORMAT_VERSION (1)
+//!      8    4 format version   FORMAT_VERSION (2)
 //!     12    4 data offset      BLOCK_BYTES (4096): where the first frame starts
 //!     16    8 segment seq      the number in the file name; salts every frame checksum
 //!     24    8 first lsn        the position of the first record this segment holds
@@ -25,6 +25,22 @@
 //! last frame of a recycled segment as old data, not as a torn write. A recycled segment
 //! that has not been written yet has first lsn [`UNUSED_LSN`].
 //!
+//! # Write
+//!
+//! Frames reach the disk in *writes*: one group commit is one write of whole blocks. A
+//! write never shares a block with an earlier write: it starts on a block boundary (the
+//! first write of a segment at offset 0, with the header block), and the bytes after its
+//! last frame up to the next block boundary are zeros (*padding*). So a write never
+//! rewrites a block that holds acknowledged frames, and a write that a power loss tears —
+//! any subset of its blocks holding new bytes, old bytes or zeros — can only damage
+//! frames of that write, which was never acknowledged.
+//!
+//! Every frame names the offset where its write starts. Recovery uses it to tell a torn
+//! last write (damage followed only by frames of the same write) from corruption (damage
+//! followed by a frame of a later write, which was issued only after the damaged one was
+//! durable). A zero length field at an offset that is not a block boundary is padding:
+//! the next frame, if any, starts at the next block boundary.
+//!
 //! # Frame
 //!
 //! One append is one frame, so a batch of records is atomic: either its whole frame
@@ -39,9 +55,15 @@
 //!     20    1 kind             1 = records
 //!     21    1 frame magic      0xA7
 //!     22    2 reserved         zero
-//!     24    . records          `count` times: u32 length, then that many payload bytes
+//!     24    4 write start      offset of the first byte of the write holding this frame (a block boundary)
+//!     28    4 reserved         zero
+//!     32    . records          `count` times: u32 length, then that many payload bytes
 //!      .    . padding          zeros up to the next multiple of 8
 //! ```
+//!
+//! Version 1 (before this layout) had a 24-byte frame header without the write start,
+//! and writes that shared blocks; this build refuses version-1 segments with
+//! [`crate::Error::UnsupportedFormat`].
 //!
 //! The checksum is seeded with the segment's sequence number so that a frame copied into
 //! (or left over in) a segment with another sequence number never verifies.
@@ -55,13 +77,13 @@ const _: () = assert!(BLOCK_BYTES_U32 as usize == BLOCK_BYTES);
 /// Bytes of the segment header block.
 pub const SEGMENT_HEADER_BYTES: usize = BLOCK_BYTES;
 /// Bytes of a frame header.
-pub const FRAME_HEADER_BYTES: usize = 24;
+pub const FRAME_HEADER_BYTES: usize = 32;
 /// Bytes of the length prefix in front of each record.
 pub const RECORD_PREFIX_BYTES: usize = 4;
 /// Frames start on multiples of this.
 pub const FRAME_ALIGN: usize = 8;
 /// The on-disk format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Magic bytes at the start of each segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
 /// Frame kind: a batch of records.
@@ -234,6 +256,17 @@ impl SegmentHeader {
     }
 }
 
+/// The format version of a header block that is intact (magic and checksum verify) but
+/// written by another version of the format; `None` for any other block.
+pub fn other_version(block: &[u8]) -> Option<u32> {
+    if block.len() < SEGMENT_HEADER_USED || block[0..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    let version = read_u32(block, 8);
+    let intact = read_u32(block, 36) == crc32fast::hash(&block[0..36]);
+    (intact && version != FORMAT_VERSION).then_some(version)
+}
+
 /// Length of the frame that holds records of the given payload lengths.
 pub fn frame_len(payload_lens: impl IntoIterator<Item = usize>) -> usize {
     let body: usize = payload_lens
@@ -245,9 +278,19 @@ pub fn frame_len(payload_lens: impl IntoIterator<Item = usize>) -> usize {
 
 /// Encodes one frame into `out`, which must be exactly `frame_len` of the records. Every
 /// byte is written, padding included, so `out` may hold anything before.
-pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, records: &[P]) {
+///
+/// `write_start` is the offset where the write holding the frame starts (see the module
+/// documentation); it is a block boundary that is not above the frame's own offset.
+pub fn encode_frame<P: Payload>(
+    out: &mut [u8],
+    seq: u64,
+    first_lsn: Lsn,
+    write_start: u64,
+    records: &[P],
+) {
     let total = out.len();
     debug_assert_eq!(total % FRAME_ALIGN, 0);
+    debug_assert_eq!(write_start % BLOCK_BYTES as u64, 0);
     let count = u32::try_from(records.len()).expect("record count is bounded by the batch size");
     out[4..8].copy_from_slice(&u32::try_from(total).expect("frame bounded").to_le_bytes());
     out[8..16].copy_from_slice(&first_lsn.to_le_bytes());
@@ -255,6 +298,9 @@ pub fn encode_frame<P: Payload>(out: &mut [u8], seq: u64, first_lsn: Lsn, record
     out[20] = FRAME_KIND_RECORDS;
     out[21] = FRAME_MAGIC;
     out[22..24].fill(0);
+    let write_start = u32::try_from(write_start).expect("segments are below 4 GiB");
+    out[24..28].copy_from_slice(&write_start.to_le_bytes());
+    out[28..32].fill(0);
     let mut at = FRAME_HEADER_BYTES;
     for record in records {
         let len = record.encoded_len();
@@ -279,6 +325,8 @@ pub struct FrameInfo {
     pub first_lsn: Lsn,
     /// Number of records.
     pub count: u32,
+    /// Offset where the write holding this frame starts.
+    pub write_start: u64,
 }
 
 impl FrameInfo {
@@ -310,7 +358,12 @@ pub fn decode_frame(
     }
     let len = read_u32(header, 4) as usize;
     let count = read_u32(header, 16);
-    if header[20] != FRAME_KIND_RECORDS || header[21] != FRAME_MAGIC || header[22..24] != [0, 0] {
+    if header[20] != FRAME_KIND_RECORDS
+        || header[21] != FRAME_MAGIC
+        || header[22..24] != [0, 0]
+        || header[28..32] != [0; 4]
+        || read_u32(header, 24) % BLOCK_BYTES_U32 != 0
+    {
         return Err(FrameError::BadHeader);
     }
     if len < FRAME_HEADER_BYTES + RECORD_PREFIX_BYTES
@@ -350,7 +403,17 @@ pub fn decode_frame(
         len,
         first_lsn: read_u64(frame, 8),
         count,
+        write_start: u64::from(read_u32(frame, 24)),
     })
+}
+
+/// True when `bytes`, found at segment offset `offset` below the durable end, are a
+/// write's padding: a zero length field at an offset that is not a block boundary. The
+/// next frame, if any, starts at the next block boundary. (A real frame's length is never
+/// zero.) Recovery also checks that the whole padding is zeros; readers of verified data
+/// need not.
+pub fn is_padding(bytes: &[u8], offset: u64) -> bool {
+    offset % BLOCK_BYTES as u64 != 0 && bytes.len() >= 8 && read_u32(bytes, 4) == 0
 }
 
 /// Iterates the records of a frame that [`decode_frame`] verified.
@@ -410,7 +473,7 @@ mod tests {
         let records: [&[u8]; 1] = [b"hello"];
         let len = frame_len([5]);
         let mut a = vec![0u8; len];
-        encode_frame(&mut a, 1, 10, &records);
+        encode_frame(&mut a, 1, 10, 0, &records);
         assert!(decode_frame(&a, 1, 1 << 20).is_ok());
         assert_eq!(decode_frame(&a, 2, 1 << 20), Err(FrameError::Checksum));
     }

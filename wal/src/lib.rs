@@ -34,7 +34,7 @@ mod wal;
 
 pub use error::{Error, FrameError, Result};
 pub use format::{Lsn, Payload, SegmentHeader};
-pub use io::Faults;
+pub use io::{CapturedWrite, Faults};
 pub use options::{Backend, RecoveryMode, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WalOptions};
 pub use reader::{Record, WalIter};
 pub use recovery::{

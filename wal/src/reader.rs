@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Error, FrameError, Result};
-use crate::format::{self, Lsn};
+use crate::format::{self, BLOCK_BYTES, Lsn, SEGMENT_HEADER_BYTES};
 use crate::segment::SegmentView;
 
 /// One record read back from the log.
@@ -74,6 +74,18 @@ impl WalIter {
                 self.seeked = false;
                 continue;
             }
+            if self.chunk.len() < self.pos + 8 {
+                self.chunk = view.read_chunk(offset, 0)?;
+                self.chunk_offset = offset;
+                self.pos = 0;
+            }
+            if format::is_padding(&self.chunk[self.pos..], offset) {
+                // The write ended; the next one starts on the next block boundary.
+                let skip =
+                    usize::try_from(format::align_up_u64(offset) - offset).expect("below a block");
+                self.pos += skip;
+                continue;
+            }
             let info = match format::decode_frame(
                 &self.chunk[self.pos..],
                 view.seq,
@@ -115,6 +127,69 @@ impl WalIter {
             self.next_lsn = info.end_lsn();
         }
         Ok(true)
+    }
+}
+
+/// See [`crate::Wal::read_frames`].
+pub(crate) fn read_frames(
+    view: &SegmentView,
+    first_frame: u64,
+    last_frame: u64,
+    visit: &mut dyn FnMut(Lsn, &[u8]) -> bool,
+) -> Result<()> {
+    let end = view.end_off();
+    let no_frame = |offset: u64, reason: String| Error::NoFrame {
+        segment: view.seq,
+        offset,
+        reason,
+    };
+    if first_frame > last_frame || last_frame >= end || first_frame < SEGMENT_HEADER_BYTES as u64 {
+        return Err(no_frame(
+            first_frame,
+            format!(
+                "frames {first_frame}..={last_frame} are not within the durable frames \
+                 [{SEGMENT_HEADER_BYTES}, {end})"
+            ),
+        ));
+    }
+    // One read covers the frames before the last one and (usually) the last one: frames
+    // hold raft entries, mostly far smaller than a block. A longer last frame costs a
+    // second read of its remainder.
+    let span = usize::try_from(last_frame - first_frame)
+        .map_err(|_| no_frame(first_frame, "span beyond the address space".into()))?;
+    let mut bytes = view.read_chunk_exact(first_frame, span + BLOCK_BYTES)?;
+    let mut pos = 0usize;
+    loop {
+        let offset = first_frame + pos as u64;
+        if bytes.len() >= pos + 8 {
+            let need = pos + format::read_u32(&bytes, pos + 4) as usize;
+            if need > bytes.len() && need <= pos + view.frame_bytes_max() {
+                bytes = view.read_chunk_exact(first_frame, need)?;
+            }
+        }
+        let info = format::decode_frame(&bytes[pos..], view.seq, view.frame_bytes_max())
+            .map_err(|e| corrupt(view, offset, e))?;
+        let frame = &bytes[pos..pos + info.len];
+        for (i, data) in format::frame_records(frame, info.count).enumerate() {
+            if !visit(info.first_lsn + i as u64, data) {
+                return Ok(());
+            }
+        }
+        pos += info.len;
+        let mut next = first_frame + pos as u64;
+        if next < end && format::is_padding(bytes.get(pos..).unwrap_or(&[]), next) {
+            next = format::align_up_u64(next);
+            pos = usize::try_from(next - first_frame).expect("within the span");
+        }
+        if next > last_frame {
+            return Ok(());
+        }
+        if next >= end {
+            return Err(no_frame(
+                last_frame,
+                "no frame starts at this offset (it lies inside another frame)".into(),
+            ));
+        }
     }
 }
 

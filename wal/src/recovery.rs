@@ -78,16 +78,21 @@ enum HeaderState {
     Zero,
     /// Recycled, not written since: a spare holding old data.
     Unused,
+    /// Intact, but written by another format version.
+    Unsupported(u32),
     Bad(String),
 }
 
 enum Damage {
     /// Not explicable by a crash.
     Corrupt { offset: u64, reason: String },
-    /// Non-zero bytes after the end that contain no valid frame.
+    /// The last write was torn: damage at `offset`, followed by nothing but frames of the
+    /// same write. Repair zeroes `[cut, dirty_end)`: the whole torn write, from its first
+    /// block (`cut`, a block boundary; 0 when it was the segment's first write).
     Torn {
         offset: u64,
         reason: String,
+        cut: u64,
         dirty_end: u64,
     },
 }
@@ -100,6 +105,116 @@ struct Scan {
     records: u64,
     index: Vec<(Lsn, u64)>,
     damage: Option<Damage>,
+    /// The segment's data ends in old bytes of an earlier life of the file.
+    recycled: bool,
+}
+
+/// Where a write started, and the scan's totals just before it: what to roll back to when
+/// the write turns out to be torn.
+#[derive(Clone, Copy)]
+struct WriteMark {
+    start: usize,
+    end_off: usize,
+    lsn: Lsn,
+    frames: u64,
+    records: u64,
+}
+
+/// Walks the frames of a segment with a valid header. Returns where the walk stopped, why
+/// (`None`: clean zeros), and the start of the write the stop lies in (what to roll back
+/// to if that write is torn). Sets `scan.damage` for damage no crash explains.
+fn walk_frames(
+    bytes: &[u8],
+    seq: u64,
+    frame_bytes_max: usize,
+    first_lsn: Lsn,
+    scan: &mut Scan,
+) -> (usize, Option<String>, WriteMark) {
+    let mut lsn = first_lsn;
+    let mut off = SEGMENT_HEADER_BYTES;
+    // The segment's first write starts at 0 with the header block.
+    let mut write = WriteMark {
+        start: 0,
+        end_off: SEGMENT_HEADER_BYTES,
+        lsn,
+        frames: 0,
+        records: 0,
+    };
+    let reason = loop {
+        if off >= bytes.len() {
+            break None;
+        }
+        let at = off as u64;
+        if format::is_padding(&bytes[off..], at) {
+            let boundary = format::align_up(off, BLOCK_BYTES).min(bytes.len());
+            if !format::is_zero(&bytes[off..boundary]) {
+                break Some("non-zero bytes in the padding after a write".to_string());
+            }
+            off = boundary;
+            continue;
+        }
+        let frame = match format::decode_frame(&bytes[off..], seq, frame_bytes_max) {
+            Ok(frame) => frame,
+            Err(FrameError::Empty) if off % BLOCK_BYTES == 0 => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        if frame.first_lsn != lsn {
+            scan.damage = Some(Damage::Corrupt {
+                offset: at,
+                reason: format!(
+                    "frame starts at position {} but {lsn} was expected",
+                    frame.first_lsn
+                ),
+            });
+            break None;
+        }
+        let write_start = usize::try_from(frame.write_start).unwrap_or(usize::MAX);
+        if write_start != write.start {
+            // A new write begins on the block boundary where this frame starts.
+            if write_start != off || off % BLOCK_BYTES != 0 {
+                scan.damage = Some(Damage::Corrupt {
+                    offset: at,
+                    reason: format!(
+                        "frame names its write as starting at {write_start}, which is not \
+                         where it or its write's first frame lies"
+                    ),
+                });
+                break None;
+            }
+            write = WriteMark {
+                start: off,
+                end_off: usize::try_from(scan.end_off).expect("within the segment"),
+                lsn,
+                frames: scan.frames,
+                records: scan.records,
+            };
+        }
+        let due = scan
+            .index
+            .last()
+            .is_none_or(|&(_, at)| off as u64 >= at + INDEX_STRIDE_BYTES);
+        if due {
+            scan.index.push((lsn, at));
+        }
+        scan.frames += 1;
+        scan.records += u64::from(frame.count);
+        lsn = frame.end_lsn();
+        off += frame.len;
+        scan.end_off = off as u64;
+        scan.end_lsn = lsn;
+    };
+    // A stop on a block boundary is where a new write would start; anywhere else it lies
+    // in the block (and so the write) of the last frame.
+    if off % BLOCK_BYTES == 0 {
+        write = WriteMark {
+            start: off,
+            end_off: usize::try_from(scan.end_off).expect("within the segment"),
+            lsn,
+            frames: scan.frames,
+            records: scan.records,
+        };
+    }
+    (off, reason, write)
 }
 
 /// Scans one segment's bytes. Never reads out of bounds, whatever the bytes are.
@@ -109,6 +224,8 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
             "file is {} bytes, shorter than the segment header",
             bytes.len()
         ))
+    } else if let Some(version) = format::other_version(bytes) {
+        HeaderState::Unsupported(version)
     } else {
         match SegmentHeader::decode(bytes) {
             Ok(Some(h)) if h.is_unused() && h.seq == seq => HeaderState::Unused,
@@ -116,6 +233,11 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
             Ok(None) => HeaderState::Zero,
             Err(reason) => HeaderState::Bad(reason),
         }
+    };
+    let recycled = match &header {
+        HeaderState::Valid(h) => h.recycled,
+        HeaderState::Unused => true,
+        _ => false,
     };
     let mut scan = Scan {
         header,
@@ -125,8 +247,10 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
         records: 0,
         index: Vec::new(),
         damage: None,
+        recycled,
     };
-    let (mut off, reason) = match &scan.header {
+    let (off, reason, write) = match &scan.header {
+        HeaderState::Unsupported(_) => return scan,
         HeaderState::Valid(h) if h.seq != seq => {
             scan.damage = Some(Damage::Corrupt {
                 offset: 16,
@@ -135,80 +259,105 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
             return scan;
         }
         HeaderState::Valid(h) => {
-            let mut lsn = h.first_lsn;
-            let mut off = SEGMENT_HEADER_BYTES;
-            let reason = loop {
-                match format::decode_frame(&bytes[off..], seq, frame_bytes_max) {
-                    Ok(frame) => {
-                        if frame.first_lsn != lsn {
-                            scan.damage = Some(Damage::Corrupt {
-                                offset: off as u64,
-                                reason: format!(
-                                    "frame starts at position {} but {lsn} was expected",
-                                    frame.first_lsn
-                                ),
-                            });
-                            return scan;
-                        }
-                        let due = scan
-                            .index
-                            .last()
-                            .is_none_or(|&(_, at)| off as u64 >= at + INDEX_STRIDE_BYTES);
-                        if due {
-                            scan.index.push((lsn, off as u64));
-                        }
-                        scan.frames += 1;
-                        scan.records += u64::from(frame.count);
-                        lsn = frame.end_lsn();
-                        off += frame.len;
-                    }
-                    Err(FrameError::Empty) => break None,
-                    Err(e) => break Some(e.to_string()),
-                }
-            };
-            scan.end_lsn = lsn;
-            scan.end_off = off as u64;
-            (off, reason)
+            let first_lsn = h.first_lsn;
+            scan.end_lsn = first_lsn;
+            let (off, reason, write) =
+                walk_frames(bytes, seq, frame_bytes_max, first_lsn, &mut scan);
+            if scan.damage.is_some() {
+                return scan;
+            }
+            (off, reason, write)
         }
-        HeaderState::Zero | HeaderState::Unused => (SEGMENT_HEADER_BYTES, None),
-        HeaderState::Bad(reason) => (0, Some(reason.clone())),
+        // The segment's first write (header block and frames) may be torn: its frames
+        // name write start 0.
+        HeaderState::Zero | HeaderState::Unused => (
+            SEGMENT_HEADER_BYTES,
+            None,
+            WriteMark {
+                start: SEGMENT_HEADER_BYTES,
+                end_off: SEGMENT_HEADER_BYTES,
+                lsn: 0,
+                frames: 0,
+                records: 0,
+            },
+        ),
+        HeaderState::Bad(reason) => (
+            0,
+            Some(reason.clone()),
+            WriteMark {
+                start: 0,
+                end_off: SEGMENT_HEADER_BYTES,
+                lsn: 0,
+                frames: 0,
+                records: 0,
+            },
+        ),
     };
-    let recycled = match &scan.header {
-        HeaderState::Valid(h) => h.recycled,
-        HeaderState::Unused => true,
-        _ => false,
+    let off = off.min(bytes.len());
+    // Frames after the stop: a frame of a later write means the damaged write had
+    // completed (writes are issued one after another), so the damage is corruption. Frames
+    // of the same write mean the last write was torn.
+    let mut torn_frames_end = None;
+    let mut from = off + 1;
+    while let Some((found, info)) = find_valid_frame(bytes, from, seq, frame_bytes_max) {
+        if info.write_start > off as u64 {
+            let (what, offset) = match &scan.header {
+                HeaderState::Zero => ("zeroed segment header".to_string(), 0),
+                HeaderState::Unused => ("unwritten segment header".to_string(), 0),
+                _ => (
+                    reason.clone().unwrap_or_else(|| "zeroed data".into()),
+                    off as u64,
+                ),
+            };
+            scan.damage = Some(Damage::Corrupt {
+                offset,
+                reason: format!("{what}, yet a frame of a later write follows at offset {found}"),
+            });
+            return scan;
+        }
+        torn_frames_end = Some(found + info.len);
+        from = found + info.len;
+    }
+    let dirty_end = if scan.recycled {
+        // Old data of the file's earlier life follows: only this life's bytes need zeroing.
+        match torn_frames_end {
+            Some(end) => Some(end),
+            None if reason.is_some() && off % BLOCK_BYTES != 0 => Some(off + 1),
+            None => None,
+        }
+    } else {
+        bytes[off..]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map(|last| off + last + 1)
     };
-    off = off.min(bytes.len());
-    // Whatever stopped the scan, a valid frame further on means the log was damaged in
-    // the middle, which no crash explains.
-    if let Some(found) = find_valid_frame(bytes, off + 1, seq, frame_bytes_max) {
-        let (what, offset) = match &scan.header {
-            HeaderState::Zero => ("zeroed segment header".to_string(), 0),
-            _ => (
-                reason.clone().unwrap_or_else(|| "zeroed data".into()),
-                off as u64,
-            ),
-        };
-        scan.damage = Some(Damage::Corrupt {
-            offset,
-            reason: format!("{what}, yet a valid frame follows at offset {found}"),
-        });
+    let Some(dirty_end) = dirty_end else {
         return scan;
+    };
+    let dirty_end = (format::align_up(dirty_end, BLOCK_BYTES) as u64).min(bytes.len() as u64);
+    // Roll the scan back to before the torn write.
+    let cut = write.start.min(off);
+    if let HeaderState::Valid(h) = &scan.header {
+        if cut == 0 {
+            scan.end_off = SEGMENT_HEADER_BYTES as u64;
+            scan.end_lsn = h.first_lsn;
+            scan.frames = 0;
+            scan.records = 0;
+            scan.index.clear();
+        } else {
+            scan.end_off = write.end_off as u64;
+            scan.end_lsn = write.lsn;
+            scan.frames = write.frames;
+            scan.records = write.records;
+            scan.index.retain(|&(_, at)| at < cut as u64);
+        }
     }
-    if recycled {
-        // Old data of the file's earlier life follows the last frame: a clean end. (A torn
-        // last write looks the same; it was never acknowledged, and the next write
-        // overwrites it.)
-        return scan;
-    }
-    if let Some(last) = bytes[off..].iter().rposition(|&b| b != 0) {
-        let dirty_end = format::align_up(off + last + 1, BLOCK_BYTES) as u64;
-        scan.damage = Some(Damage::Torn {
-            offset: off as u64,
-            reason: reason.unwrap_or_else(|| "non-zero bytes after the end of the data".into()),
-            dirty_end: dirty_end.min(bytes.len() as u64),
-        });
-    }
+    scan.damage = Some(Damage::Torn {
+        offset: off as u64,
+        reason: reason.unwrap_or_else(|| "non-zero bytes after the end of the data".into()),
+        cut: cut as u64,
+        dirty_end,
+    });
     scan
 }
 
@@ -241,15 +390,20 @@ pub fn scan_segment_bytes(bytes: &[u8], seq: u64) -> ScanSummary {
 }
 
 /// The first offset at or after `from` (rounded up to [`FRAME_ALIGN`]) where a frame
-/// verifies, if any.
-fn find_valid_frame(bytes: &[u8], from: usize, seq: u64, frame_bytes_max: usize) -> Option<usize> {
+/// verifies, if any, with the frame.
+fn find_valid_frame(
+    bytes: &[u8],
+    from: usize,
+    seq: u64,
+    frame_bytes_max: usize,
+) -> Option<(usize, format::FrameInfo)> {
     let mut at = format::align_up(from.max(SEGMENT_HEADER_BYTES), FRAME_ALIGN);
     while at + FRAME_HEADER_BYTES <= bytes.len() {
         // Zero words cannot start a frame; skip them cheaply.
-        if bytes[at..at + 8] != [0u8; 8]
-            && format::decode_frame(&bytes[at..], seq, frame_bytes_max).is_ok()
-        {
-            return Some(at);
+        if bytes[at..at + 8] != [0u8; 8] {
+            if let Ok(info) = format::decode_frame(&bytes[at..], seq, frame_bytes_max) {
+                return Some((at, info));
+            }
         }
         at += FRAME_ALIGN;
     }
@@ -308,6 +462,7 @@ pub(crate) fn recover(
             Some(Damage::Torn {
                 offset,
                 reason,
+                cut,
                 dirty_end,
             }) => {
                 if !tolerate {
@@ -317,11 +472,24 @@ pub(crate) fn recover(
                         reason,
                     });
                 }
-                segment::zero_range(path, offset, dirty_end)?;
+                let header_lost = cut < SEGMENT_HEADER_BYTES as u64;
+                if header_lost && scan.recycled {
+                    // The file's earlier life stays behind; only this life's first write
+                    // goes, and the file is a recycled spare again.
+                    segment::zero_range(path, SEGMENT_HEADER_BYTES as u64, dirty_end)?;
+                    segment::write_unused_header(path, *seq)?;
+                } else {
+                    segment::zero_range(path, cut, dirty_end)?;
+                }
                 repairs.push(format!(
-                    "cut a torn tail in {} at offset {offset} ({reason})",
+                    "cut a torn last write in {} from offset {cut} (damage at offset {offset}: \
+                     {reason})",
                     path.display()
                 ));
+                if header_lost {
+                    spares.push((*seq, path.clone(), len, scan.recycled));
+                    continue;
+                }
             }
             None => {}
         }
@@ -349,6 +517,12 @@ pub(crate) fn recover(
                     end_lsn: scan.end_lsn,
                     capacity: len,
                     index: scan.index,
+                });
+            }
+            HeaderState::Unsupported(version) => {
+                return Err(Error::UnsupportedFormat {
+                    path: path.clone(),
+                    version,
                 });
             }
             // A segment without a header before one with data: a header block was lost.
@@ -459,6 +633,10 @@ pub fn inspect(dir: &Path) -> Result<Vec<SegmentSummary>> {
             let mut off = SEGMENT_HEADER_BYTES;
             let mut lsn = h.first_lsn;
             loop {
+                if off < map.len() && format::is_padding(&map[off..], off as u64) {
+                    off = format::align_up(off, BLOCK_BYTES);
+                    continue;
+                }
                 match format::decode_frame(&map[off..], seq, FRAME_READ_MAX) {
                     Ok(info) => {
                         let frame = &map[off..off + info.len];

@@ -4,8 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use memmap2::Mmap;
 
@@ -133,6 +133,15 @@ pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
     let tmp = dir.join(format!("{seq:020}{SEGMENT_SUFFIX}{TMP_SUFFIX}"));
     fs::rename(old, &tmp).map_err(|e| Error::io("renaming segment", old, e))?;
     sync_dir(dir)?;
+    write_unused_header(&tmp, seq)?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Writes the header of a recycled segment that holds no data of its own yet (first lsn
+/// [`format::UNUSED_LSN`]) and makes it durable.
+pub(crate) fn write_unused_header(path: &Path, seq: u64) -> Result<()> {
     let mut block = vec![0u8; format::SEGMENT_HEADER_BYTES];
     format::SegmentHeader {
         seq,
@@ -142,15 +151,12 @@ pub(crate) fn recycle(dir: &Path, old: &Path, seq: u64) -> Result<PathBuf> {
     .encode(&mut block);
     let file = OpenOptions::new()
         .write(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("opening segment", &tmp, e))?;
+        .open(path)
+        .map_err(|e| Error::io("opening segment", path, e))?;
     file.write_all_at(&block, 0)
-        .map_err(|e| Error::io("writing segment header", &tmp, e))?;
+        .map_err(|e| Error::io("writing segment header", path, e))?;
     file.sync_data()
-        .map_err(|e| Error::io("syncing segment", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("renaming segment", &tmp, e))?;
-    sync_dir(dir)?;
-    Ok(path)
+        .map_err(|e| Error::io("syncing segment", path, e))
 }
 
 /// Overwrites `[from, to)` of a file with zeros and makes it durable.
@@ -173,9 +179,12 @@ pub(crate) fn zero_range(path: &Path, from: u64, to: u64) -> Result<()> {
 /// Maps a whole segment read-only.
 pub(crate) fn map(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
-    // SAFETY: the log never writes to a segment through this mapping, and never writes
-    // the part of a segment a reader may look at (below the durable end) again except
-    // during truncation, which first removes the segment from readers' view.
+    // SAFETY: the log never writes into a segment file while a map of it can be read.
+    // Readers copy out of a map only under its view's read lock ([`SegmentView::read`]);
+    // truncation switches the view of the segment it cuts to `pread` under the write lock
+    // before it writes into the file, and purge retires the views of the segments it
+    // removes the same way before it recycles their files. (Recovery maps files before any
+    // writer exists, and drops its maps before the log opens for writing.)
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping segment", path, e))
 }
 
@@ -184,6 +193,13 @@ pub(crate) fn map(path: &Path) -> Result<Mmap> {
 pub(crate) enum SegmentBytes {
     Mapped(Mmap),
     Active(File),
+    /// The segment was cut or removed while this view was alive: nothing may be read from
+    /// `at` on (`reason` says why).
+    Retired {
+        at: u64,
+        reason: &'static str,
+        file: Option<File>,
+    },
 }
 
 /// What readers know of one segment.
@@ -191,7 +207,9 @@ pub(crate) struct SegmentView {
     pub(crate) seq: u64,
     pub(crate) path: PathBuf,
     pub(crate) first_lsn: Lsn,
-    pub(crate) bytes: SegmentBytes,
+    /// Locked for reading while bytes are copied out; locked for writing to switch a
+    /// map away before the log writes into the file (see [`map`]).
+    bytes: RwLock<SegmentBytes>,
     /// Byte offset one past the last durable frame.
     end_off: AtomicU64,
     /// Position one past the last durable record. Stored after `index` and `end_off`, so
@@ -217,7 +235,7 @@ impl SegmentView {
             seq,
             path,
             first_lsn,
-            bytes,
+            bytes: RwLock::new(bytes),
             end_off: AtomicU64::new(end.0),
             end_lsn: AtomicU64::new(end.1),
             index: Mutex::new(index),
@@ -273,8 +291,8 @@ impl SegmentView {
     }
 
     /// Reads and verifies the frame at `offset`, which must lie below the durable end.
-    /// Returns the frame's bytes and what it holds.
-    pub(crate) fn frame_at(&self, offset: u64) -> Result<(FrameBytes<'_>, FrameInfo)> {
+    /// Returns a copy of the frame's bytes and what it holds.
+    pub(crate) fn frame_at(&self, offset: u64) -> Result<(Vec<u8>, FrameInfo)> {
         let end = self.end_off();
         let corrupt = |reason: String| Error::Corruption {
             path: self.path.clone(),
@@ -284,32 +302,44 @@ impl SegmentView {
         if offset >= end {
             return Err(corrupt(format!("read past the durable end {end}")));
         }
-        let avail = usize::try_from(end - offset).map_err(|_| corrupt("offset".into()))?;
-        let start = usize::try_from(offset).map_err(|_| corrupt("offset".into()))?;
-        match &self.bytes {
-            SegmentBytes::Mapped(map) => {
-                let bytes = map
-                    .get(start..start + avail)
-                    .ok_or_else(|| corrupt("segment shorter than its durable end".into()))?;
-                let info = format::decode_frame(bytes, self.seq, self.frame_bytes_max)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                Ok((FrameBytes::Borrowed(&bytes[..info.len]), info))
-            }
-            SegmentBytes::Active(file) => {
-                let mut header = [0u8; FRAME_HEADER_BYTES];
-                file.read_exact_at(&mut header, offset)
-                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
-                let len = format::read_u32(&header, 4) as usize;
-                if len < FRAME_HEADER_BYTES || len > avail || len > self.frame_bytes_max {
-                    return Err(corrupt(format!("frame length {len} out of bounds")));
-                }
-                let mut frame = vec![0u8; len];
-                file.read_exact_at(&mut frame, offset)
-                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
-                let info = format::decode_frame(&frame, self.seq, self.frame_bytes_max)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                Ok((FrameBytes::Owned(frame), info))
-            }
+        let header = self.read_chunk_exact(offset, FRAME_HEADER_BYTES)?;
+        if header.len() < FRAME_HEADER_BYTES {
+            return Err(corrupt("frame header past the durable end".into()));
+        }
+        let len = format::read_u32(&header, 4) as usize;
+        let avail = end - offset;
+        if len < FRAME_HEADER_BYTES || len as u64 > avail || len > self.frame_bytes_max {
+            return Err(corrupt(format!("frame length {len} out of bounds")));
+        }
+        let frame = self.read_chunk_exact(offset, len)?;
+        let info = format::decode_frame(&frame, self.seq, self.frame_bytes_max)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok((frame, info))
+    }
+
+    /// Ends reading from `at` on: the segment is being cut there (`at` > 0) or removed
+    /// (`at` = 0). Readers holding this view get [`Error::NoFrame`] for those bytes
+    /// instead of whatever the file holds next.
+    pub(crate) fn retire(&self, at: u64, reason: &'static str) -> Result<()> {
+        let mut bytes = self.bytes.write().map_err(|_| self.lock_poisoned())?;
+        let at = match &*bytes {
+            SegmentBytes::Retired { at: before, .. } => at.min(*before),
+            _ => at,
+        };
+        // Bytes below a cut stay as they are; a removed segment is not read at all (its
+        // file may be recycled).
+        let file = if at > 0 { Some(self.reopen()?) } else { None };
+        *bytes = SegmentBytes::Retired { at, reason, file };
+        Ok(())
+    }
+
+    fn reopen(&self) -> Result<File> {
+        File::open(&self.path).map_err(|e| Error::io("opening segment", &self.path, e))
+    }
+
+    fn lock_poisoned(&self) -> Error {
+        Error::Poisoned {
+            cause: format!("a reader of {} panicked", self.path.display()),
         }
     }
 }
@@ -319,18 +349,28 @@ impl SegmentView {
     /// and otherwise up to [`READ_CHUNK_BYTES`], so that readers walk the active segment
     /// with one `pread` per chunk instead of two per frame.
     pub(crate) fn read_chunk(&self, offset: u64, min_len: usize) -> Result<Vec<u8>> {
+        self.read_chunk_exact(offset, min_len.max(READ_CHUNK_BYTES))
+    }
+
+    /// Copies `len` bytes from `offset`, or fewer if the durable end comes first (exactly
+    /// what is asked: no read-ahead).
+    pub(crate) fn read_chunk_exact(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = self.end_off();
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let avail = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let len = avail.min(min_len.max(READ_CHUNK_BYTES));
+        let avail = usize::try_from(end.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let len = len.min(avail);
         let start = usize::try_from(offset).map_err(|_| Error::Corruption {
             path: self.path.clone(),
             offset,
             reason: "offset beyond the address space".into(),
         })?;
-        match &self.bytes {
+        let bytes = self.bytes.read().map_err(|_| self.lock_poisoned())?;
+        let pread = |file: &File| {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io("reading segment", &self.path, e))?;
+            Ok(buf)
+        };
+        match &*bytes {
             SegmentBytes::Mapped(map) => map
                 .get(start..start + len)
                 .map(<[u8]>::to_vec)
@@ -339,13 +379,31 @@ impl SegmentView {
                     offset,
                     reason: "segment shorter than its durable end".into(),
                 }),
-            SegmentBytes::Active(file) => {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset)
-                    .map_err(|e| Error::io("reading segment", &self.path, e))?;
-                Ok(buf)
-            }
+            SegmentBytes::Active(file) => pread(file),
+            SegmentBytes::Retired { at, reason, file } => match file {
+                Some(file) if offset + len as u64 <= *at => pread(file),
+                _ => Err(Error::NoFrame {
+                    segment: self.seq,
+                    offset,
+                    reason: format!("{reason} while it was being read"),
+                }),
+            },
         }
+    }
+
+    /// Where the next frame starts when one is expected at `offset` (below the durable
+    /// end): `offset` itself, or the next block boundary when `offset` is in a write's
+    /// padding (see the format's "Write" section).
+    pub(crate) fn skip_padding(&self, offset: u64) -> Result<u64> {
+        if offset % format::BLOCK_BYTES as u64 == 0 {
+            return Ok(offset);
+        }
+        let head = self.read_chunk_exact(offset, 8)?;
+        Ok(if format::is_padding(&head, offset) {
+            format::align_up_u64(offset)
+        } else {
+            offset
+        })
     }
 
     pub(crate) fn frame_bytes_max(&self) -> usize {
@@ -357,29 +415,6 @@ impl SegmentView {
 /// from its index entry takes one or two reads.
 pub(crate) const READ_CHUNK_BYTES: usize = 128 << 10;
 const _: () = assert!(READ_CHUNK_BYTES as u64 >= 2 * INDEX_STRIDE_BYTES);
-
-/// A verified frame's bytes, borrowed from a map or read into memory.
-pub(crate) enum FrameBytes<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for FrameBytes<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            FrameBytes::Borrowed(b) => b,
-            FrameBytes::Owned(v) => v,
-        }
-    }
-}
-
-/// Reads the whole of a small file region with `pread` (used for the tail block).
-pub(crate) fn read_at(path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io("opening segment", path, e))?;
-    file.read_exact_at(buf, offset)
-        .map_err(|e| Error::io("reading segment", path, e))
-}
 
 /// Removes a file, treating "already gone" as done (recovery may repeat a removal).
 pub(crate) fn remove_if_present(path: &Path) -> Result<()> {

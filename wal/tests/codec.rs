@@ -7,8 +7,12 @@ use proptest::prelude::*;
 const MAX: usize = 1 << 20;
 
 fn encode(seq: u64, first: u64, records: &[Vec<u8>]) -> Vec<u8> {
+    encode_in(seq, first, 0, records)
+}
+
+fn encode_in(seq: u64, first: u64, write_start: u64, records: &[Vec<u8>]) -> Vec<u8> {
     let mut buf = vec![0u8; frame_len(records.iter().map(Vec::len))];
-    encode_frame(&mut buf, seq, first, records);
+    encode_frame(&mut buf, seq, first, write_start, records);
     buf
 }
 
@@ -62,7 +66,9 @@ proptest! {
     }
 }
 
-fn segment_with(records: &[Vec<Vec<u8>>], seq: u64) -> (Vec<u8>, Vec<usize>) {
+/// A segment holding `records` as frames: each frame its own write (starting on a block
+/// boundary) or all of them one write (the segment's first, starting at 0).
+fn segment_with(records: &[Vec<Vec<u8>>], seq: u64, one_write: bool) -> (Vec<u8>, Vec<usize>) {
     use keel_wal::format::BLOCK_BYTES;
     let mut segment = vec![0u8; BLOCK_BYTES];
     keel_wal::SegmentHeader {
@@ -73,9 +79,17 @@ fn segment_with(records: &[Vec<Vec<u8>>], seq: u64) -> (Vec<u8>, Vec<usize>) {
     .encode(&mut segment);
     let mut lsn = 1;
     let mut starts = Vec::new();
-    for frame in records {
+    for (i, frame) in records.iter().enumerate() {
+        if !one_write && i > 0 {
+            segment.resize(segment.len().next_multiple_of(BLOCK_BYTES), 0);
+        }
+        let write_start = if one_write || i == 0 {
+            0
+        } else {
+            segment.len() as u64
+        };
         starts.push(segment.len());
-        segment.extend_from_slice(&encode(seq, lsn, frame));
+        segment.extend_from_slice(&encode_in(seq, lsn, write_start, frame));
         lsn += frame.len() as u64;
     }
     segment.resize(segment.len() + 4096, 0);
@@ -97,13 +111,13 @@ proptest! {
         at in any::<prop::sample::Index>(),
         mask in 1u8..=255,
     ) {
-        let (mut segment, starts) = segment_with(&frames, 2);
+        let (mut segment, starts) = segment_with(&frames, 2, false);
         let clean = keel_wal::scan_segment_bytes(&segment, 2);
         prop_assert_eq!(clean.frames as usize, frames.len());
         prop_assert!(clean.damage.is_none());
         let v = victim.index(frames.len());
-        let end = starts.get(v + 1).copied().unwrap_or(clean.end_offset as usize);
-        let pos = starts[v] + at.index(end - starts[v]);
+        let len = frame_len(frames[v].iter().map(Vec::len));
+        let pos = starts[v] + at.index(len);
         segment[pos] ^= mask;
         let hurt = keel_wal::scan_segment_bytes(&segment, 2);
         // The scan stops at the damaged frame and reports it: corruption if valid frames
@@ -112,5 +126,28 @@ proptest! {
         let (offset, _, corrupt) = hurt.damage.expect("damage is reported");
         prop_assert_eq!(offset as usize, starts[v]);
         prop_assert_eq!(corrupt, v + 1 < frames.len());
+    }
+
+    #[test]
+    fn damage_inside_the_last_write_is_a_torn_tail(
+        frames in prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..4), 2..12),
+        victim in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        mask in 1u8..=255,
+    ) {
+        // All frames are one write, the segment's first: damage anywhere in it is a torn
+        // write (never acknowledged), whatever valid frames of that write follow.
+        let (mut segment, starts) = segment_with(&frames, 2, true);
+        let clean = keel_wal::scan_segment_bytes(&segment, 2);
+        prop_assert_eq!(clean.frames as usize, frames.len());
+        let v = victim.index(frames.len());
+        let end = starts.get(v + 1).copied().unwrap_or(clean.end_offset as usize);
+        let pos = starts[v] + at.index(end - starts[v]);
+        segment[pos] ^= mask;
+        let hurt = keel_wal::scan_segment_bytes(&segment, 2);
+        let (_, _, corrupt) = hurt.damage.expect("damage is reported");
+        prop_assert!(!corrupt);
+        prop_assert!(hurt.frames as usize <= v);
     }
 }

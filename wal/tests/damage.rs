@@ -254,7 +254,7 @@ fn flipped_byte_in_the_middle_is_corruption_in_every_mode() {
 fn zeroed_block_in_the_middle_is_corruption() {
     let fx = Fixture::new();
     let seq = fx.frames[0].0.segment;
-    let frame = fx.frames_in(seq)[40].0;
+    let frame = fx.frames_in(seq)[10].0;
     let block = frame.offset / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
     let (_keep, dir) = fx.copy();
     let file = segment_file(&dir, seq);
