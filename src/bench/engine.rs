@@ -1,5 +1,5 @@
 //! `keel bench engine`: the embedded store (`keel_engine::Db`) under put, get, scan and
-//! mixed workloads.
+//! mixed workloads, and in-order reads of evicted raft log store entries (`log-read`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,9 @@ pub enum WorkloadArg {
     Scan,
     /// Gets and durable puts, --write-percent of them puts.
     Mixed,
+    /// In-order reads of --keys raft log store entries that are not in its cache, --scan-keys
+    /// per call (a follower catching up); ops are entries.
+    LogRead,
 }
 
 /// The embedded key-value store.
@@ -71,6 +74,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<ExitCode, String> {
         WorkloadArg::Get => Workload::Get,
         WorkloadArg::Scan => Workload::Scan,
         WorkloadArg::Mixed => Workload::Mixed,
+        WorkloadArg::LogRead => Workload::LogRead,
     };
     params.writers = args.writers;
     params.value_bytes = args.size;

@@ -2,7 +2,10 @@
 //! several threads for a fixed time and reports throughput and latency percentiles.
 //!
 //! Workloads: `put` (durable single-key writes), `get` (point reads), `scan` (range reads of
-//! `scan_keys` keys) and `mixed` (`mixed_write_percent` puts, the rest gets). Keys are
+//! `scan_keys` keys) and `mixed` (`mixed_write_percent` puts, the rest gets). `log-read`
+//! measures the raft log store instead: one group of `keys` entries of `value_bytes`,
+//! none of them in the entry cache, read in order `scan_keys` entries per call (what a
+//! leader does for a follower catching up); an operation is one entry, a latency one call. Keys are
 //! 8-byte big-endian numbers drawn uniformly from `[0, keys)`; reads run against a store
 //! preloaded with every key. Latencies are per operation, in microseconds, recorded in
 //! HdrHistograms (3 significant digits) and merged across threads.
@@ -15,7 +18,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use keel_engine::{Db, DbError, DbOptions, Op, RangeEnd, RangeRequest, Txn};
+use keel_engine::{
+    Db, DbError, DbOptions, Entry, LogStore, LogStoreOptions, Op, RangeEnd, RangeRequest, Txn,
+    WriteBatch,
+};
+use keel_wal::Wal;
 
 /// What the benchmark threads do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +35,8 @@ pub enum Workload {
     Scan,
     /// `mixed_write_percent` puts, the rest gets.
     Mixed,
+    /// In-order reads of log store entries that are not in its cache.
+    LogRead,
 }
 
 impl FromStr for Workload {
@@ -38,8 +47,9 @@ impl FromStr for Workload {
             "get" => Ok(Workload::Get),
             "scan" => Ok(Workload::Scan),
             "mixed" => Ok(Workload::Mixed),
+            "log-read" => Ok(Workload::LogRead),
             other => Err(format!(
-                "unknown workload {other:?}: expected put|get|scan|mixed"
+                "unknown workload {other:?}: expected put|get|scan|mixed|log-read"
             )),
         }
     }
@@ -52,6 +62,7 @@ impl std::fmt::Display for Workload {
             Workload::Get => "get",
             Workload::Scan => "scan",
             Workload::Mixed => "mixed",
+            Workload::LogRead => "log-read",
         })
     }
 }
@@ -214,6 +225,9 @@ pub fn run(
     progress: &mut dyn FnMut(BenchProgress),
 ) -> Result<BenchReport, DbError> {
     params.validate()?;
+    if params.workload == Workload::LogRead {
+        return run_log_read(params, progress);
+    }
     let db = Arc::new(Db::open(&params.dir, params.db.clone())?);
     let value = vec![0xA5u8; params.value_bytes];
     if params.workload != Workload::Put {
@@ -272,6 +286,7 @@ pub fn run(
                                 sort: None,
                             })?;
                         }
+                        Workload::LogRead => unreachable!("handled before the threads start"),
                         Workload::Mixed => {
                             if rng.next() % 100 < u64::from(p.mixed_write_percent) {
                                 db.put(&key(k), &value)?;
@@ -346,6 +361,96 @@ pub fn run(
     })
 }
 
+/// The `log-read` workload: fills one raft group of a log store (with no entry cache, so
+/// every read goes to the log), then reads it in order, `scan_keys` entries per call, again
+/// and again until the time is up.
+fn run_log_read(
+    params: &BenchParams,
+    progress: &mut dyn FnMut(BenchProgress),
+) -> Result<BenchReport, DbError> {
+    const GROUP: u64 = 1;
+    let failed = |e: &dyn std::fmt::Display| DbError::InvalidOptions {
+        reason: format!("log store: {e}"),
+    };
+    let wal = Wal::open(&params.dir, params.db.wal.clone())?;
+    let options = LogStoreOptions {
+        cache_bytes_max: 0,
+        ..LogStoreOptions::default()
+    };
+    let mut store: LogStore = LogStore::open(wal, options, &mut |_| {}).map_err(|e| failed(&e))?;
+    // Fill in appends of about 1 MiB.
+    let per_write = ((1 << 20) / (params.value_bytes + 32)).max(1) as u64;
+    let value = vec![0xA5u8; params.value_bytes];
+    let mut next = 1u64;
+    while next <= params.keys {
+        let end = (next + per_write).min(params.keys + 1);
+        let entries = (next..end)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: value.clone(),
+            })
+            .collect();
+        let mut batch = WriteBatch::new();
+        batch.append(GROUP, entries);
+        store.write(batch).map_err(|e| failed(&e))?;
+        next = end;
+    }
+    let mut hist = new_histogram();
+    let mut entries_read = 0u64;
+    let start = Instant::now();
+    let mut last_report = start;
+    let chunk = params.scan_keys as u64;
+    'outer: loop {
+        let mut lo = 1u64;
+        while lo <= params.keys {
+            let hi = (lo + chunk).min(params.keys + 1);
+            let began = Instant::now();
+            let got = store
+                .entries(GROUP, lo, hi, u64::MAX)
+                .map_err(|e| failed(&e))?;
+            let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.saturating_record(us.max(1));
+            if got.len() as u64 != hi - lo || got.iter().any(|e| e.data.len() != value.len()) {
+                return Err(failed(&format!("entries {lo}..{hi} read back wrong")));
+            }
+            entries_read += got.len() as u64;
+            lo = hi;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                progress(BenchProgress {
+                    elapsed: start.elapsed(),
+                    ops: entries_read,
+                });
+            }
+            if start.elapsed() >= params.duration {
+                break 'outer;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    progress(BenchProgress {
+        elapsed: start.elapsed(),
+        ops: entries_read,
+    });
+    Ok(BenchReport {
+        workload: params.workload,
+        writers: 1,
+        value_bytes: params.value_bytes,
+        ops: entries_read,
+        seconds,
+        ops_per_sec: entries_read as f64 / seconds,
+        mean_us: hist.mean(),
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        log_appends: 0,
+        txns_logged: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +463,7 @@ mod tests {
             (Workload::Get, "get"),
             (Workload::Scan, "scan"),
             (Workload::Mixed, "mixed"),
+            (Workload::LogRead, "log-read"),
         ] {
             assert_eq!(name.parse::<Workload>().unwrap(), w);
             let dir = tempfile::tempdir().unwrap();
