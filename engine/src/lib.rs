@@ -112,7 +112,8 @@ mod wal_backend;
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
 pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbStats};
 pub use log_backend::{
-    AppendFuture, AsyncLogBackend, BackendError, LogBackend, MemLog, SegmentSpan,
+    AppendFuture, AsyncLogBackend, BackendError, FramePos, FrameVisitor, LogBackend, MemLog,
+    Placed, SegmentSpan,
 };
 pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, LogStoreStats,

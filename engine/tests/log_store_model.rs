@@ -727,3 +727,47 @@ proptest! {
         }
     }
 }
+
+/// A cache miss reads the entry's frame, and a run of missing entries one read per segment
+/// (not one read per entry).
+#[test]
+fn evicted_entries_are_read_back_one_read_per_segment() {
+    let log = MemLog::new(20);
+    let opts = LogStoreOptions {
+        cache_bytes_max: 0,
+        ..LogStoreOptions::default()
+    };
+    let mut s = LogStore::open(log.clone(), opts, &mut |_| {}).unwrap();
+    // Five appends of ten entries; segments roll at 20 records: three segments.
+    for k in 0..5u64 {
+        let mut b = WriteBatch::new();
+        b.append(1, entries(k * 10 + 1..k * 10 + 11, 1));
+        // Another group's entry in the same frames, which the reads must skip.
+        b.append(2, entries(k + 1..k + 2, 1));
+        s.write(b).unwrap();
+    }
+    assert_eq!(s.cache_bytes(), 0);
+    let before = log.reads();
+    let got = s.entries(1, 1, 51, u64::MAX).unwrap();
+    assert_eq!(got, entries(1..51, 1));
+    assert_eq!(log.reads() - before, 3, "one read per segment");
+    let before = log.reads();
+    assert_eq!(s.entries(1, 17, 18, u64::MAX).unwrap(), entries(17..18, 1));
+    assert_eq!(log.reads() - before, 1);
+    // Reads stop at `max_bytes` without reading further.
+    let before = log.reads();
+    assert_eq!(s.entries(1, 21, 51, 25).unwrap(), entries(21..23, 1));
+    assert_eq!(log.reads() - before, 1);
+    // After a restart (the index is rebuilt from a scan) the entries read back the same.
+    drop(s);
+    let s = LogStore::open(log.clone(), opts_no_cache(), &mut |_| {}).unwrap();
+    assert_eq!(s.entries(1, 1, 51, u64::MAX).unwrap(), entries(1..51, 1));
+    assert_eq!(s.entries(2, 1, 6, u64::MAX).unwrap(), entries(1..6, 1));
+}
+
+fn opts_no_cache() -> LogStoreOptions {
+    LogStoreOptions {
+        cache_bytes_max: 0,
+        ..LogStoreOptions::default()
+    }
+}

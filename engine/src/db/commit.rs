@@ -136,7 +136,7 @@ impl<B: SharedLog> Inner<B> {
             let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
             let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
             match self.log.clone().append(&refs) {
-                Ok(first) if first == first_lsn => {
+                Ok(placed) if placed.first_lsn == first_lsn => {
                     self.txns_logged
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     self.log_appends.fetch_add(1, Ordering::Relaxed);
@@ -149,9 +149,10 @@ impl<B: SharedLog> Inner<B> {
                         self.checkpoint_wake.notify_all();
                     }
                 }
-                Ok(first) => {
+                Ok(placed) => {
                     failure = Some(format!(
-                        "log placed the group at lsn {first} instead of {first_lsn}"
+                        "log placed the group at lsn {} instead of {first_lsn}",
+                        placed.first_lsn
                     ))
                 }
                 Err(e) => failure = Some(format!("log append failed: {e}")),

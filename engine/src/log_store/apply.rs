@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::index::{GroupLog, Slot};
 use super::{GroupId, LogStoreError};
+use crate::log_backend::FramePos;
 use crate::log_record::LogRecord;
 
 /// The in-memory side of the store, apart from the log, so recovery can fill it while the
@@ -39,8 +40,12 @@ impl State {
         &mut self,
         lsn: u64,
         rec: LogRecord,
-        recovering: bool,
+        origin: Origin,
     ) -> Result<(), LogStoreError> {
+        let (recovering, frame) = match origin {
+            Origin::Live(frame) => (false, Some(frame)),
+            Origin::Recovery => (true, None),
+        };
         let group = rec.group();
         if let LogRecord::Remove { .. } = rec {
             if let Some(g) = self.groups.remove(&group) {
@@ -84,6 +89,7 @@ impl State {
                     lsn,
                     len: len as u64,
                     data: cache.then(|| Arc::from(entry.data)),
+                    frame,
                 });
                 if cache {
                     self.cache_bytes += len;
@@ -175,6 +181,16 @@ impl State {
             }
         }
     }
+}
+
+/// Where a record being applied comes from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Origin {
+    /// A write of this session, durable in the frame at this position.
+    Live(FramePos),
+    /// Recovery's scan of the log, which may meet records a later one supersedes, and
+    /// gives no frame positions.
+    Recovery,
 }
 
 /// Releases the cached payloads of `slots`, which are leaving the index.

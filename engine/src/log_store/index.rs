@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{HardState, SnapshotMeta};
+use crate::log_backend::FramePos;
 
 /// Where one entry lives.
 #[derive(Clone, Debug)]
@@ -15,6 +16,9 @@ pub(super) struct Slot {
     pub(super) len: u64,
     /// The payload, while it is in the cache.
     pub(super) data: Option<Arc<[u8]>>,
+    /// The frame holding the entry, when known: for entries written since the store opened
+    /// (the log's scan in recovery gives no frame positions).
+    pub(super) frame: Option<FramePos>,
 }
 
 /// A group's index and state.

@@ -89,11 +89,11 @@ pub use options::LogStoreOptions;
 pub use pipeline::Ticket;
 pub use space::MaintenanceReport;
 
-use apply::State;
+use apply::{Origin, State};
 use pipeline::Pipeline;
 use validate::Prepared;
 
-use crate::log_backend::LogBackend;
+use crate::log_backend::{FramePos, LogBackend};
 use crate::log_record::LogRecord;
 
 /// Identifies a raft group within a store.
@@ -229,10 +229,10 @@ impl<B: LogBackend> LogStore<B> {
         Ok(())
     }
 
-    /// Applies a write the log has made durable from LSN `first` on.
-    fn apply(&mut self, first: u64, write: Prepared) -> Result<(), LogStoreError> {
+    /// Applies a write the log has made durable in `frame`, from LSN `first` on.
+    fn apply(&mut self, first: u64, frame: FramePos, write: Prepared) -> Result<(), LogStoreError> {
         for (lsn, rec) in (first..).zip(write.records) {
-            if let Err(e) = self.state.apply(lsn, rec, false) {
+            if let Err(e) = self.state.apply(lsn, rec, Origin::Live(frame)) {
                 // Validation should have made this impossible; memory no longer matches the log.
                 return Err(self.poison(e));
             }
@@ -248,7 +248,7 @@ impl<B: LogBackend> LogStore<B> {
         }
         let refs: Vec<&[u8]> = write.encoded.iter().map(Vec::as_slice).collect();
         match self.log.append(&refs) {
-            Ok(first) => self.apply(first, write),
+            Ok(placed) => self.apply(placed.first_lsn, placed.frame, write),
             Err(source) => Err(self.poison(LogStoreError::Log {
                 op: "append",
                 source,

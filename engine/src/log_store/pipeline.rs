@@ -133,8 +133,8 @@ impl<B: AsyncLogBackend> LogStore<B> {
                 .in_flight
                 .take()
                 .map_or_else(Vec::new, |f| f.writes);
-            let first = match outcome {
-                Ok(first) => first,
+            let placed = match outcome {
+                Ok(placed) => placed,
                 Err(source) => {
                     self.pipeline = Pipeline {
                         last_ticket: self.pipeline.last_ticket,
@@ -146,10 +146,10 @@ impl<B: AsyncLogBackend> LogStore<B> {
                     })));
                 }
             };
-            let mut lsn = first;
+            let mut lsn = placed.first_lsn;
             for staged in writes {
                 let n = staged.write.records.len() as u64;
-                self.apply(lsn, staged.write)?;
+                self.apply(lsn, placed.frame, staged.write)?;
                 lsn += n;
                 self.pipeline.durable.push_back(staged.ticket);
             }

@@ -2,9 +2,9 @@
 //! and entries (from the cache, or read back from the log).
 
 use super::error::log_err;
-use super::index::{GroupLog, Slot};
+use super::index::GroupLog;
 use super::{Entry, GroupId, HardState, LogStore, LogStoreError, SnapshotMeta};
-use crate::log_backend::LogBackend;
+use crate::log_backend::{FramePos, LogBackend};
 use crate::log_record::LogRecord;
 
 impl<B: LogBackend> LogStore<B> {
@@ -95,6 +95,7 @@ impl<B: LogBackend> LogStore<B> {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
+        let mut misses = Vec::new();
         let mut bytes = 0u64;
         for index in lo..hi {
             let Some(slot) = g.slot_of(index).and_then(|k| g.entries.get(k)) else {
@@ -106,7 +107,14 @@ impl<B: LogBackend> LogStore<B> {
             }
             let data = match &slot.data {
                 Some(d) => d.to_vec(),
-                None => self.read_entry(group, index, slot)?,
+                None => {
+                    misses.push(Miss {
+                        at: out.len(),
+                        lsn: slot.lsn,
+                        frame: slot.frame,
+                    });
+                    Vec::new()
+                }
             };
             out.push(Entry {
                 index,
@@ -114,32 +122,142 @@ impl<B: LogBackend> LogStore<B> {
                 data,
             });
         }
+        let mut k = 0;
+        while k < misses.len() {
+            k += self.read_misses(group, &misses[k..], &mut out)?;
+        }
         Ok(out)
     }
 
-    /// Reads an entry's payload from the log and checks it is the entry the index expects.
-    pub(super) fn read_entry(
+    /// Reads the payloads of the first misses of `misses` that one log read covers, into
+    /// `out`; returns how many. Misses whose frame position is known (entries written since
+    /// the store opened) and that lie in one segment, each frame at most
+    /// `READ_GAP_BYTES_MAX` after the previous, take one `read_frames`; entries recovered
+    /// from the log (whose scan gives no frame positions) take one scan from the first.
+    fn read_misses(
         &self,
         group: GroupId,
-        index: u64,
-        slot: &Slot,
-    ) -> Result<Vec<u8>, LogStoreError> {
-        let lsn = slot.lsn;
-        let bytes = self.log.read(lsn).map_err(log_err("read"))?;
-        match LogRecord::decode(&bytes) {
-            Ok(LogRecord::Entry { group: g, entry })
-                if g == group && entry.index == index && entry.term == slot.term =>
-            {
-                Ok(entry.data)
+        misses: &[Miss],
+        out: &mut [Entry],
+    ) -> Result<usize, LogStoreError> {
+        let Some(first) = misses.first() else {
+            return Ok(0);
+        };
+        let mut n = 1;
+        match first.frame {
+            Some(f) => {
+                let mut last = f;
+                while let Some(next) = misses.get(n).and_then(|m| m.frame) {
+                    let near = next.segment == last.segment
+                        && next.offset >= last.offset
+                        && next.offset - last.offset <= READ_GAP_BYTES_MAX;
+                    if !near {
+                        break;
+                    }
+                    last = next;
+                    n += 1;
+                }
             }
-            Ok(other) => Err(LogStoreError::Corruption {
-                lsn,
-                reason: format!(
-                    "expected entry {index} of group {group}, found a record of group {}",
-                    other.group()
-                ),
-            }),
-            Err(reason) => Err(LogStoreError::Corruption { lsn, reason }),
+            None => {
+                while misses.get(n).is_some_and(|m| m.frame.is_none()) {
+                    n += 1;
+                }
+            }
         }
+        let run = &misses[..n];
+        let mut next = 0;
+        let mut failure = None;
+        let mut visit = |lsn: u64, bytes: &[u8]| -> bool {
+            let Some(miss) = run.get(next).filter(|m| m.lsn == lsn) else {
+                // Another record of the frames read (another group's, or not needed).
+                return run.get(next).is_some_and(|m| m.lsn > lsn);
+            };
+            match take_entry(group, &out[miss.at], lsn, bytes) {
+                Ok(data) => out[miss.at].data = data,
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+            next += 1;
+            next < run.len()
+        };
+        let read = match first.frame {
+            Some(f) => {
+                let last = run.last().and_then(|m| m.frame).unwrap_or(f);
+                self.log
+                    .read_frames(f.segment, f.offset, last.offset, &mut visit)
+            }
+            None => {
+                let scanned = self.log.scan(first.lsn, &mut |lsn, bytes| {
+                    if visit(lsn, bytes) {
+                        Ok(())
+                    } else {
+                        Err(STOP.into())
+                    }
+                });
+                // The visitor's stop is not a failure.
+                scanned.or_else(|e| {
+                    if e.to_string() == STOP {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            }
+        };
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        read.map_err(log_err("read"))?;
+        if let Some(missing) = run.get(next) {
+            return Err(LogStoreError::Corruption {
+                lsn: missing.lsn,
+                reason: format!(
+                    "entry {} of group {group} is not where the index puts it",
+                    out[missing.at].index
+                ),
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Most bytes between two frames read in one `read_frames`: misses further apart are read
+/// separately, so that a few entries spread over a segment do not read all of it.
+const READ_GAP_BYTES_MAX: u64 = 256 * 1024;
+
+/// What a scan's visitor returns to end a read early.
+const STOP: &str = "read complete";
+
+/// An entry to read from the log: its place in the output, its LSN and frame.
+struct Miss {
+    at: usize,
+    lsn: u64,
+    frame: Option<FramePos>,
+}
+
+/// Decodes the record at `lsn` and checks it is the entry `want` (index and term) of `group`.
+fn take_entry(
+    group: GroupId,
+    want: &Entry,
+    lsn: u64,
+    bytes: &[u8],
+) -> Result<Vec<u8>, LogStoreError> {
+    match LogRecord::decode(bytes) {
+        Ok(LogRecord::Entry { group: g, entry })
+            if g == group && entry.index == want.index && entry.term == want.term =>
+        {
+            Ok(entry.data)
+        }
+        Ok(other) => Err(LogStoreError::Corruption {
+            lsn,
+            reason: format!(
+                "expected entry {} of group {group}, found a record of group {}",
+                want.index,
+                other.group()
+            ),
+        }),
+        Err(reason) => Err(LogStoreError::Corruption { lsn, reason }),
     }
 }

@@ -1,6 +1,6 @@
 //! Opening a store: rebuilding every group's index from the log.
 
-use super::apply::State;
+use super::apply::{Origin, State};
 use super::error::log_err;
 use super::pipeline::Pipeline;
 use super::{LogStore, LogStoreError, LogStoreOptions};
@@ -29,7 +29,7 @@ impl<B: LogBackend> LogStore<B> {
         let scanned = log.scan(log.first_lsn(), &mut |lsn, bytes| {
             let applied = LogRecord::decode(bytes)
                 .map_err(|reason| LogStoreError::Corruption { lsn, reason })
-                .and_then(|rec| state.apply(lsn, rec, true));
+                .and_then(|rec| state.apply(lsn, rec, Origin::Recovery));
             if let Err(e) = applied {
                 failure = Some(e);
                 return Err("stopped by a corrupt record".into());
