@@ -17,7 +17,7 @@ pub enum DbError {
     /// The log failed.
     #[error("log: {0}")]
     Wal(#[from] keel_wal::Error),
-    /// The log (through its [`LogBackend`]) failed.
+    /// The log (through its [`LogBackend`](crate::LogBackend)) failed.
     #[error("log {op} failed: {source}")]
     Log {
         /// The operation.

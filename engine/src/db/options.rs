@@ -10,7 +10,7 @@ use crate::memtable::KvLimits;
 /// the open in every mode, naming the file and leaving it in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CheckpointRecovery {
-    /// Report it in [`DbRecovery::skipped_checkpoints`], quarantine it (`<name>.corrupt`) and
+    /// Report it in [`DbRecovery::skipped_checkpoints`](super::DbRecovery::skipped_checkpoints), quarantine it (`<name>.corrupt`) and
     /// recover from the newest older one that verifies plus the log after it (the log is kept
     /// from the oldest retained checkpoint for this). The default.
     #[default]
@@ -19,7 +19,7 @@ pub enum CheckpointRecovery {
     Strict,
 }
 
-/// Options of a [`Db`].
+/// Options of a [`Db`](super::Db).
 #[derive(Clone, Debug)]
 pub struct DbOptions {
     /// Key, value and transaction size limits. Default [`KvLimits::default`] except
@@ -34,7 +34,7 @@ pub struct DbOptions {
     /// Most transactions one leader writes in one log append. Default 512.
     pub group_commit_txns_max: usize,
     /// Whether a background thread writes checkpoints. Default true; when false, only
-    /// [`Db::checkpoint`] writes them.
+    /// [`Db::checkpoint`](super::Db::checkpoint) writes them.
     pub background_checkpoints: bool,
     /// Most key and value bytes the store holds (all data lives in memory). A transaction
     /// whose puts would take the store past it is refused with [`DbError::StoreFull`];

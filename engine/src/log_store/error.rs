@@ -99,7 +99,7 @@ pub enum LogStoreError {
         /// The first failure.
         cause: String,
     },
-    /// Staged writes are queued or in flight; wait for them with [`LogStore::durable`].
+    /// Staged writes are queued or in flight; wait for them with [`LogStore::durable`](super::LogStore::durable).
     #[error("staged writes are in flight; wait until they are durable first")]
     WriteInFlight,
     /// `inflight_writes_max` staged writes are already in flight.

@@ -32,7 +32,7 @@
 //!    and [`LogStore::write`] it — or, from an async runtime, [`LogStore::stage`] it and
 //!    await [`LogStore::durable`], which hands back the tickets of durable writes in stage
 //!    order (several rounds may be staged at once; the store appends them itself, in
-//!    order, over an [`AsyncLogBackend`] such as `Arc<Wal>`). Acknowledge the appends only
+//!    order, over an [`AsyncLogBackend`](crate::AsyncLogBackend) such as `Arc<Wal>`). Acknowledge the appends only
 //!    after that.
 //! 2. Apply committed entries, read with [`LogStore::entries`], to the group's
 //!    [`crate::Memtable`].

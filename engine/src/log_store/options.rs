@@ -2,7 +2,7 @@
 
 use super::LogStoreError;
 
-/// Options of a [`LogStore`].
+/// Options of a [`LogStore`](super::LogStore).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogStoreOptions {
     /// Most entry payload bytes kept in memory across all groups. Default 64 MiB.
@@ -21,7 +21,7 @@ pub struct LogStoreOptions {
     pub segments_live_max: usize,
     /// Recovery reports progress every this many records. Default 100,000.
     pub progress_records_interval: u64,
-    /// Most staged writes in flight at once (see [`LogStore::stage`]). Default 8.
+    /// Most staged writes in flight at once (see [`LogStore::stage`](super::LogStore::stage)). Default 8.
     pub inflight_writes_max: usize,
 }
 
