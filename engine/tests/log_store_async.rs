@@ -251,3 +251,19 @@ fn a_batch_with_nothing_to_append_is_durable_in_its_turn() {
     assert_eq!(block_on(store.durable()).unwrap(), t1);
     assert_eq!(block_on(store.durable()).unwrap(), t2);
 }
+
+#[test]
+fn a_blocking_write_after_the_appends_finish_is_seen_by_the_next_stage() {
+    let log = MemLog::new(64);
+    let mut store = open_mem(&log);
+    let t1 = store.stage(append(1, (1..=3).map(entry))).unwrap();
+    let t2 = store.stage(append(1, (4..=5).map(entry))).unwrap();
+    // Both went in one append: once t1 is back, t2 is applied too and nothing is in
+    // flight, so blocking writes are allowed again before t2 is handed back.
+    assert_eq!(block_on(store.durable()).unwrap(), t1);
+    store.write(append(1, [entry(6)])).unwrap();
+    let t3 = store.stage(append(1, [entry(7)])).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t2);
+    assert_eq!(block_on(store.durable()).unwrap(), t3);
+    assert_eq!(store.last_index(1), 7);
+}

@@ -38,7 +38,7 @@ pub(super) struct InFlight {
 ///
 /// Invariants: `queued`, then `in_flight`, then `durable` hold tickets in descending stage
 /// order (`durable` the oldest); their total is at most `inflight_writes_max`; `views` is
-/// empty when all three are.
+/// empty when nothing is queued or in flight.
 #[derive(Default)]
 pub(super) struct Pipeline {
     /// Staged writes not yet handed to the log, oldest first.
@@ -58,6 +58,14 @@ impl Pipeline {
         self.queued.len()
             + self.in_flight.as_ref().map_or(0, |f| f.writes.len())
             + self.durable.len()
+    }
+
+    /// Drops the views once every staged write is applied: the state is then what they
+    /// foresaw, and blocking writes may change it from now on.
+    fn forget_views_if_idle(&mut self) {
+        if !self.busy() {
+            self.views.clear();
+        }
     }
 
     /// Whether a staged write is queued or in flight (tickets still to hand back do not
@@ -116,9 +124,6 @@ impl<B: AsyncLogBackend> LogStore<B> {
         loop {
             self.check_poison()?;
             if let Some(ticket) = self.pipeline.durable.pop_front() {
-                if self.pipeline.len() == 0 {
-                    self.pipeline.views.clear();
-                }
                 return Poll::Ready(Ok(ticket));
             }
             let Some(in_flight) = &mut self.pipeline.in_flight else {
@@ -153,6 +158,7 @@ impl<B: AsyncLogBackend> LogStore<B> {
                 lsn += n;
                 self.pipeline.durable.push_back(staged.ticket);
             }
+            self.pipeline.forget_views_if_idle();
         }
     }
 
@@ -171,6 +177,7 @@ impl<B: AsyncLogBackend> LogStore<B> {
                 if let Some(s) = self.pipeline.queued.pop_front() {
                     self.pipeline.durable.push_back(s.ticket);
                 }
+                self.pipeline.forget_views_if_idle();
                 return true;
             }
             if !writes.is_empty() {
