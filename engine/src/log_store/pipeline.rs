@@ -54,6 +54,7 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
+    /// Staged writes whose tickets are not handed back yet: queued, in flight or durable.
     pub(super) fn len(&self) -> usize {
         self.queued.len()
             + self.in_flight.as_ref().map_or(0, |f| f.writes.len())
@@ -103,6 +104,7 @@ impl<B: AsyncLogBackend> LogStore<B> {
         let ticket = Ticket(self.pipeline.last_ticket);
         self.pipeline.views.extend(views);
         self.pipeline.queued.push_back(Staged { ticket, write });
+        debug_assert!(self.pipeline.len() <= self.options.inflight_writes_max);
         Ok(ticket)
     }
 
