@@ -44,7 +44,7 @@ fn sigkill_never_loses_an_acknowledged_append() {
     let rounds: u32 = std::env::var("KEEL_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(100);
     eprintln!("crash test seed {seed} (replay with KEEL_CRASH_SEED={seed})");
     let mut rng = seed;
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +84,7 @@ fn sigkill_never_loses_an_acknowledged_append() {
             }
             acks
         });
-        std::thread::sleep(Duration::from_millis(20 + next_random(&mut rng) % 250));
+        std::thread::sleep(Duration::from_millis(15 + next_random(&mut rng) % 100));
         child.kill().expect("SIGKILL the writer");
         child.wait().unwrap();
         let acks = reader.join().unwrap();

@@ -267,13 +267,19 @@ pub fn other_version(block: &[u8]) -> Option<u32> {
     (intact && version != FORMAT_VERSION).then_some(version)
 }
 
-/// Length of the frame that holds records of the given payload lengths.
+/// Length of the frame that holds records of the given payload lengths: the one place
+/// frame sizes are computed (the log's size checks and its users' batching use it).
+/// Saturates instead of overflowing, so a caller can compare any input with a limit.
 pub fn frame_len(payload_lens: impl IntoIterator<Item = usize>) -> usize {
-    let body: usize = payload_lens
-        .into_iter()
-        .map(|len| RECORD_PREFIX_BYTES + len)
-        .sum();
-    align_up(FRAME_HEADER_BYTES + body, FRAME_ALIGN)
+    let body = payload_lens.into_iter().fold(0usize, |sum, len| {
+        sum.saturating_add(RECORD_PREFIX_BYTES).saturating_add(len)
+    });
+    align_up(
+        FRAME_HEADER_BYTES
+            .saturating_add(body)
+            .min(usize::MAX - FRAME_ALIGN),
+        FRAME_ALIGN,
+    )
 }
 
 /// Encodes one frame into `out`, which must be exactly `frame_len` of the records. Every

@@ -29,10 +29,7 @@ use super::sys::futex;
 use super::{Appended, Inner, SEALED_BATCHES_MAX, lock_err};
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::format::{
-    self, BLOCK_BYTES, FRAME_HEADER_BYTES, Lsn, Payload, RECORD_PREFIX_BYTES, SEGMENT_HEADER_BYTES,
-    SegmentHeader,
-};
+use crate::format::{self, BLOCK_BYTES, Lsn, Payload, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::io::WriteIo;
 use crate::recovery::FRAME_READ_MAX;
 use crate::segment::{self, INDEX_STRIDE_BYTES, SegmentBytes, SegmentView};
@@ -87,18 +84,10 @@ impl Inner {
             return Err(Error::EmptyBatch);
         }
         let max = self.opts.record_bytes_max;
-        let mut body = 0usize;
-        for record in records {
-            let len = record.encoded_len();
-            if len > max {
-                return Err(Error::RecordTooLarge { len, max });
-            }
-            body = body.saturating_add(RECORD_PREFIX_BYTES + len);
+        if let Some(len) = records.iter().map(P::encoded_len).find(|&len| len > max) {
+            return Err(Error::RecordTooLarge { len, max });
         }
-        let frame = format::align_up(
-            FRAME_HEADER_BYTES.saturating_add(body).min(usize::MAX - 8),
-            format::FRAME_ALIGN,
-        );
+        let frame = format::frame_len(records.iter().map(P::encoded_len));
         if frame > self.opts.batch_bytes_max {
             return Err(Error::BatchTooLarge {
                 bytes: frame,
