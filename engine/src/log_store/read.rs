@@ -189,21 +189,17 @@ impl<B: LogBackend> LogStore<B> {
                     .read_frames(f.segment, f.offset, last.offset, &mut visit)
             }
             None => {
+                let mut stopped = false;
                 let scanned = self.log.scan(first.lsn, &mut |lsn, bytes| {
                     if visit(lsn, bytes) {
                         Ok(())
                     } else {
-                        Err(STOP.into())
+                        stopped = true;
+                        Err("read complete".into())
                     }
                 });
                 // The visitor's stop is not a failure.
-                scanned.or_else(|e| {
-                    if e.to_string() == STOP {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
+                if stopped { Ok(()) } else { scanned }
             }
         };
         if let Some(e) = failure {
@@ -226,9 +222,6 @@ impl<B: LogBackend> LogStore<B> {
 /// Most bytes between two frames read in one `read_frames`: misses further apart are read
 /// separately, so that a few entries spread over a segment do not read all of it.
 const READ_GAP_BYTES_MAX: u64 = 256 * 1024;
-
-/// What a scan's visitor returns to end a read early.
-const STOP: &str = "read complete";
 
 /// An entry to read from the log: its place in the output, its LSN and frame.
 struct Miss {
