@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::bytes::Reader;
 use crate::memtable::{KvLimits, Memtable, RestoreError};
 use crate::revision::{KeyMeta, KeyValue};
 
@@ -92,7 +93,7 @@ pub enum CheckpointError {
     },
     /// The file failed verification.
     #[error("corrupt checkpoint {path} at offset {offset}: {reason}")]
-    Corrupt {
+    Corruption {
         /// The file.
         path: PathBuf,
         /// Where the problem was found.
@@ -404,25 +405,13 @@ pub struct EntryRef<'a> {
     pub meta: KeyMeta,
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl CheckpointReader {
     /// Opens and verifies the checkpoint at `path`.
     pub fn open(path: &Path) -> Result<CheckpointReader, CheckpointError> {
         let file = File::open(path).map_err(io_err("open", path))?;
         let len = file.metadata().map_err(io_err("stat", path))?.len();
         if len < (HEADER_BYTES + FOOTER_BYTES) as u64 {
-            return Err(CheckpointError::Corrupt {
+            return Err(CheckpointError::Corruption {
                 path: path.to_path_buf(),
                 offset: len,
                 reason: format!("file of {len} bytes is shorter than header and footer"),
@@ -473,11 +462,15 @@ impl CheckpointReader {
             Backing::Map(m) => m,
             Backing::Buf(v) => v,
         };
-        let corrupt = |offset: usize, reason: String| CheckpointError::Corrupt {
+        let corrupt = |offset: usize, reason: String| CheckpointError::Corruption {
             path: path.clone(),
             offset: offset as u64,
             reason,
         };
+        // Fixed-offset fields of the header and footer; the length check below keeps every
+        // one of them in bounds, and a read out of bounds would be reported, not a panic.
+        let u32_at = |at: usize| Reader::at(b, at).u32().map_err(|r| corrupt(at, r));
+        let u64_at = |at: usize| Reader::at(b, at).u64().map_err(|r| corrupt(at, r));
         let len = b.len();
         if len < HEADER_BYTES + FOOTER_BYTES {
             return Err(corrupt(len, "shorter than header and footer".into()));
@@ -485,16 +478,16 @@ impl CheckpointReader {
         if b[0..8] != MAGIC {
             return Err(corrupt(0, "bad magic".into()));
         }
-        if le_u32(b, 56) != crc32fast::hash(&b[0..56]) {
+        if u32_at(56)? != crc32fast::hash(&b[0..56]) {
             return Err(corrupt(56, "header checksum mismatch".into()));
         }
-        if le_u32(b, 12) != 0 || le_u32(b, 60) != 0 {
+        if u32_at(12)? != 0 || u32_at(60)? != 0 {
             return Err(corrupt(
                 12,
                 "unknown flags or nonzero reserved bytes".into(),
             ));
         }
-        let version = le_u32(b, 8);
+        let version = u32_at(8)?;
         if version != FORMAT_VERSION {
             return Err(CheckpointError::UnsupportedVersion {
                 path,
@@ -505,19 +498,19 @@ impl CheckpointReader {
         if b[f + 24..f + 32] != END_MAGIC {
             return Err(corrupt(f + 24, "bad end magic (truncated file?)".into()));
         }
-        if le_u32(b, f + 20) != crc32fast::hash(&b[f..f + 20]) {
+        if u32_at(f + 20)? != crc32fast::hash(&b[f..f + 20]) {
             return Err(corrupt(f + 20, "footer checksum mismatch".into()));
         }
         let meta = CheckpointMeta {
-            index: le_u64(b, 16),
-            term: le_u64(b, 24),
-            revision: le_u64(b, 32),
-            entry_count: le_u64(b, 40),
+            index: u64_at(16)?,
+            term: u64_at(24)?,
+            revision: u64_at(32)?,
+            entry_count: u64_at(40)?,
             conf_state: Vec::new(),
         };
-        let conf_len = le_u32(b, 48) as usize;
-        let data_offset = usize::try_from(le_u64(b, f)).unwrap_or(usize::MAX);
-        let table_offset = usize::try_from(le_u64(b, f + 8)).unwrap_or(usize::MAX);
+        let conf_len = u32_at(48)? as usize;
+        let data_offset = usize::try_from(u64_at(f)?).unwrap_or(usize::MAX);
+        let table_offset = usize::try_from(u64_at(f + 8)?).unwrap_or(usize::MAX);
         let entry_count = usize::try_from(meta.entry_count).unwrap_or(usize::MAX);
         let table_end = entry_count
             .checked_mul(8)
@@ -535,7 +528,7 @@ impl CheckpointReader {
                 ),
             ));
         }
-        if le_u32(b, f + 16) != crc32fast::hash(&b[HEADER_BYTES..f]) {
+        if u32_at(f + 16)? != crc32fast::hash(&b[HEADER_BYTES..f]) {
             return Err(corrupt(HEADER_BYTES, "body checksum mismatch".into()));
         }
         let mut reader = CheckpointReader {
@@ -555,7 +548,7 @@ impl CheckpointReader {
         let mut cursor = data_offset;
         let mut prev: Option<&[u8]> = None;
         for i in 0..entry_count {
-            if reader.table_entry(b, i) != cursor as u64 {
+            if reader.table_entry(b, i) != Some(cursor as u64) {
                 return Err(corrupt(
                     cursor,
                     format!("offset table entry {i} does not match"),
@@ -589,8 +582,11 @@ impl CheckpointReader {
         Ok(reader)
     }
 
-    fn table_entry(&self, b: &[u8], i: usize) -> u64 {
-        le_u64(b, self.table_offset + 8 * i)
+    /// The offset the table gives for entry `i`.
+    fn table_entry(&self, b: &[u8], i: usize) -> Option<u64> {
+        Reader::at(b, self.table_offset.checked_add(i.checked_mul(8)?)?)
+            .u64()
+            .ok()
     }
 
     /// Decodes the entry at `at`, or None if it would overrun the data section.
@@ -599,8 +595,14 @@ impl CheckpointReader {
         if at < self.data_offset || head_end > self.table_offset {
             return None;
         }
-        let kl = le_u32(b, at) as usize;
-        let vl = le_u32(b, at + 4) as usize;
+        let mut head = Reader::at(b, at);
+        let kl = usize::try_from(head.u32().ok()?).ok()?;
+        let vl = usize::try_from(head.u32().ok()?).ok()?;
+        let meta = KeyMeta {
+            create_revision: head.u64().ok()?,
+            mod_revision: head.u64().ok()?,
+            version: head.u64().ok()?,
+        };
         let key_end = head_end.checked_add(kl)?;
         let end = key_end.checked_add(vl)?;
         if end > self.table_offset {
@@ -609,11 +611,7 @@ impl CheckpointReader {
         Some(EntryRef {
             key: &b[head_end..key_end],
             value: &b[key_end..end],
-            meta: KeyMeta {
-                create_revision: le_u64(b, at + 8),
-                mod_revision: le_u64(b, at + 16),
-                version: le_u64(b, at + 24),
-            },
+            meta,
         })
     }
 
@@ -622,7 +620,7 @@ impl CheckpointReader {
     /// map (which the store never does); it is reported rather than trusted.
     pub fn entry(&self, i: usize) -> Result<EntryRef<'_>, CheckpointError> {
         let b = self.bytes();
-        let bad = |reason: String| CheckpointError::Corrupt {
+        let bad = |reason: String| CheckpointError::Corruption {
             path: self.path.clone(),
             offset: (self.table_offset + 8 * i.min(self.entry_count)) as u64,
             reason,
@@ -630,8 +628,8 @@ impl CheckpointReader {
         if i >= self.entry_count {
             return Err(bad(format!("entry {i} of {}", self.entry_count)));
         }
-        usize::try_from(self.table_entry(b, i))
-            .ok()
+        self.table_entry(b, i)
+            .and_then(|at| usize::try_from(at).ok())
             .and_then(|at| self.entry_at(b, at))
             .ok_or_else(|| bad(format!("entry {i} no longer decodes (file changed?)")))
     }
@@ -705,7 +703,7 @@ impl CheckpointReader {
     }
 }
 
-/// A checkpoint file that failed to open or verify and was skipped.
+/// A checkpoint file that failed verification and was skipped.
 #[derive(Debug)]
 pub struct SkippedCheckpoint {
     /// The file.
@@ -811,8 +809,15 @@ impl CheckpointDir {
         CheckpointReader::open(&path)
     }
 
-    /// The newest checkpoint that verifies, with every newer one that did not (and why).
+    /// The newest checkpoint that verifies, with every newer one that is corrupt (and why).
     /// Recovery uses the returned one and must report the skipped ones.
+    ///
+    /// Only verified corruption ([`CheckpointError::Corruption`]: bad magic or checksum,
+    /// truncated or inconsistent content) skips a file. Any other error opening one — an
+    /// I/O error such as running out of file descriptors, or a format version this build
+    /// does not read (written by a newer build before a downgrade) — is returned as it is,
+    /// naming the file: falling back to an older checkpoint then would silently lose what
+    /// only the newer one holds once the log behind it has been purged.
     pub fn newest_valid(
         &self,
     ) -> Result<(Option<CheckpointReader>, Vec<SkippedCheckpoint>), CheckpointError> {
@@ -820,7 +825,10 @@ impl CheckpointDir {
         for (_, path) in self.list()?.into_iter().rev() {
             match CheckpointReader::open(&path) {
                 Ok(r) => return Ok((Some(r), skipped)),
-                Err(error) => skipped.push(SkippedCheckpoint { path, error }),
+                Err(error @ CheckpointError::Corruption { .. }) => {
+                    skipped.push(SkippedCheckpoint { path, error })
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok((None, skipped))

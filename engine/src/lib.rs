@@ -66,12 +66,15 @@
 //! - [`checkpoint`]: the memtable as an immutable sorted file (format documented byte by
 //!   byte there), verified on open and read through a memory map; [`CheckpointDir`] picks
 //!   the newest valid one. A checkpoint file is also what a raft snapshot carries.
-//! - [`log_store`], [`log_record`], [`log_backend`]: the multi-group raft log store over a
-//!   log seam ([`LogBackend`], implemented for `keel_wal::Wal` and by the in-memory
-//!   [`MemLog`] for tests). Read API shaped like etcd-raft's `Storage`.
-//! - [`db`], [`txn_codec`]: [`Db`], the standalone durable store (memtable + its own WAL +
+//! - [`log_store`] (a folder, one file per part), [`log_record`], [`log_backend`]: the
+//!   multi-group raft log store over a log seam ([`LogBackend`], and [`AsyncLogBackend`]
+//!   for appends from an async runtime; implemented for `keel_wal::Wal` / `Arc<Wal>` and by
+//!   the in-memory [`MemLog`] for tests). Read API shaped like etcd-raft's `Storage`.
+//! - [`db`] (a folder: options, errors, commit queue, recovery, checkpointer),
+//!   [`txn_codec`]: [`Db`], the standalone durable store (memtable + its own WAL +
 //!   background checkpoints), with group commit.
-//! - [`bench`](mod@bench): the load generator behind `keel bench engine`.
+//! - `bytes.rs`: the one bounds-checked little-endian reader behind every decoder;
+//!   `progress.rs`: [`ReplayProgress`], reported by both stores while they recover.
 //!
 //! # Invariants
 //!
@@ -81,10 +84,15 @@
 //!   batches and `Db` transactions are all-or-nothing across crashes.
 //! - Memory follows the log: state changes are applied only in log order (live and in
 //!   recovery through the same code), so recovery reproduces exactly what was acknowledged.
-//! - A failed log write poisons the writer (`LogStoreError::Poisoned`, `DbError::Poisoned`);
-//!   nothing retries an fsync. Reopening recovers what was durable.
+//! - A failed log write poisons the writer (`LogStoreError::Poisoned`, `DbError::Poisoned`,
+//!   both carrying the first failure); nothing retries an fsync, and a poisoned `Db` makes
+//!   no more checkpoints. Reopening recovers what was durable.
+//! - Staged log store writes reach the log in stage order: the store owns their appends
+//!   (one in flight at a time) and the caller can only await them.
 //! - A checkpoint only ever contains durable state, and the log is kept from the oldest
-//!   retained checkpoint, so a corrupt newest checkpoint falls back to an older one.
+//!   retained checkpoint, so a corrupt newest checkpoint falls back to an older one. Only
+//!   verified corruption makes a checkpoint fall back (and be quarantined); any other error
+//!   opening one (I/O, a newer format version) fails the open, naming the file.
 //! - Nothing read from disk is trusted: checkpoints and log records are bounds-checked and
 //!   checksummed (the WAL frames records with CRCs), and bad data is an error naming where.
 //!
@@ -97,26 +105,31 @@
 //! - No threads inside [`LogStore`]: the caller (the node's storage pipeline) drives writes,
 //!   `maintain` and compaction requests. `Db` owns one background checkpoint thread.
 
-pub mod bench;
+mod bytes;
 pub mod checkpoint;
 pub mod db;
 pub mod log_backend;
 pub mod log_record;
 pub mod log_store;
 pub mod memtable;
+mod progress;
 pub mod revision;
 pub mod txn;
 pub mod txn_codec;
 mod wal_backend;
 
 pub use checkpoint::{CheckpointDir, CheckpointError, CheckpointMeta, CheckpointReader};
-pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbReplayProgress, DbStats};
-pub use log_backend::{BackendError, LogBackend, MemLog, SegmentSpan};
+pub use db::{CheckpointRecovery, Db, DbError, DbOptions, DbRecovery, DbStats};
+pub use log_backend::{
+    AppendFuture, AsyncLogBackend, BackendError, FramePos, FrameVisitor, LogBackend, MemLog,
+    Placed, SegmentSpan,
+};
 pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, LogStoreStats,
-    SnapshotMeta, StagedWrite, WriteBatch,
+    SnapshotMeta, Ticket, WriteBatch,
 };
 pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
+pub use progress::ReplayProgress;
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,

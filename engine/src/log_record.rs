@@ -20,6 +20,7 @@
 //! An `Entry` at index `i` replaces the group's entries from `i` on: that is how a
 //! conflicting suffix is truncated, with no separate record.
 
+use crate::bytes::Reader;
 use crate::log_store::{Entry, GroupId, HardState, SnapshotMeta};
 
 const KIND_ENTRY: u8 = 1;
@@ -166,7 +167,7 @@ impl LogRecord {
 
     /// Decodes a record; the error says what is malformed.
     pub fn decode(bytes: &[u8]) -> Result<LogRecord, String> {
-        let mut r = Reader { b: bytes, at: 0 };
+        let mut r = Reader::new(bytes);
         let kind = r.u8()?;
         let group = r.u64()?;
         let rec = match kind {
@@ -227,41 +228,7 @@ impl LogRecord {
             KIND_REMOVE => LogRecord::Remove { group },
             other => return Err(format!("unknown record kind {other}")),
         };
-        if r.at != bytes.len() {
-            return Err(format!("{} trailing bytes", bytes.len() - r.at));
-        }
+        r.finish()?;
         Ok(rec)
-    }
-}
-
-/// Bounds-checked little-endian reads from a record.
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| format!("record truncated at byte {}", self.at))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let s = &self.b[self.at..];
-        self.at = self.b.len();
-        s
     }
 }

@@ -20,6 +20,7 @@
 //! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
 //! ```
 
+use crate::bytes::Reader;
 use crate::txn::{
     Compare, CompareOp, CompareTarget, Op, RangeEnd, RangeRequest, RangeSort, RevisionFilter,
     SortOrder, SortTarget, Txn,
@@ -143,48 +144,14 @@ pub fn encode_txn(txn: &Txn) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
+/// Domain reads of the transaction encoding, over the engine's byte [`Reader`].
+trait TxnReader {
+    fn flag(&mut self) -> Result<bool, String>;
+    fn end(&mut self) -> Result<RangeEnd, String>;
+    fn ops(&mut self) -> Result<Vec<Op>, String>;
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(a))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>, String> {
-        let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
-    }
-    /// A count of items, each at least `min_item_bytes` long: bounded by what is left, so a
-    /// corrupt count cannot make the decoder reserve huge amounts of memory.
-    fn count(&mut self, min_item_bytes: usize) -> Result<usize, String> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_item_bytes) > self.b.len() - self.at {
-            return Err(format!("count {n} exceeds the record"));
-        }
-        Ok(n)
-    }
+impl TxnReader for Reader<'_> {
     fn flag(&mut self) -> Result<bool, String> {
         match self.u8()? {
             0 => Ok(false),
@@ -265,7 +232,7 @@ impl<'a> Reader<'a> {
 
 /// Decodes a transaction; the error says what is malformed.
 pub fn decode_txn(bytes: &[u8]) -> Result<Txn, String> {
-    let mut r = Reader { b: bytes, at: 0 };
+    let mut r = Reader::new(bytes);
     let version = r.u8()?;
     if version != VERSION {
         return Err(format!("unknown transaction encoding version {version}"));
@@ -292,9 +259,7 @@ pub fn decode_txn(bytes: &[u8]) -> Result<Txn, String> {
     }
     let success = r.ops()?;
     let failure = r.ops()?;
-    if r.at != bytes.len() {
-        return Err(format!("{} trailing bytes", bytes.len() - r.at));
-    }
+    r.finish()?;
     Ok(Txn {
         compares,
         success,

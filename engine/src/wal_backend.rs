@@ -11,7 +11,20 @@ use std::sync::Arc;
 
 use keel_wal::Wal;
 
-use crate::log_backend::{BackendError, LogBackend, RecordVisitor, SegmentSpan};
+use crate::log_backend::{
+    AppendFuture, AsyncLogBackend, BackendError, FramePos, FrameVisitor, LogBackend, Placed,
+    RecordVisitor, SegmentSpan,
+};
+
+fn placed(a: keel_wal::Appended) -> Placed {
+    Placed {
+        first_lsn: a.first_lsn,
+        frame: FramePos {
+            segment: a.segment,
+            offset: a.offset,
+        },
+    }
+}
 
 fn scan(wal: &Wal, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
     for record in wal.iter_from(from)? {
@@ -40,12 +53,19 @@ macro_rules! wal_backend {
                 Ok(())
             }
 
-            fn append(&mut self, records: &[&[u8]]) -> Result<u64, BackendError> {
-                Ok(Wal::append(self, records)?.first_lsn)
+            fn append(&mut self, records: &[&[u8]]) -> Result<Placed, BackendError> {
+                Ok(placed(Wal::append(self, records)?))
             }
 
-            fn read(&self, lsn: u64) -> Result<Vec<u8>, BackendError> {
-                Ok(Wal::read(self, lsn)?)
+            fn read_frames(
+                &self,
+                segment: u64,
+                first_frame: u64,
+                last_frame: u64,
+                visit: &mut FrameVisitor<'_>,
+            ) -> Result<(), BackendError> {
+                Wal::read_frames(self, segment, first_frame, last_frame, visit)?;
+                Ok(())
             }
 
             fn scan(&self, from: u64, visit: &mut RecordVisitor<'_>) -> Result<(), BackendError> {
@@ -74,3 +94,12 @@ macro_rules! wal_backend {
 
 wal_backend!(Wal);
 wal_backend!(Arc<Wal>);
+
+/// A shared log can hand out futures that own a handle to it; an owned `Wal` cannot (its
+/// futures would borrow the store that owns it), so asynchronous appends need `Arc<Wal>`.
+impl AsyncLogBackend for Arc<Wal> {
+    fn append_async(&self, records: Vec<Vec<u8>>) -> AppendFuture {
+        let wal = Arc::clone(self);
+        Box::pin(async move { Ok(placed(Wal::append_async(&wal, &records).await?)) })
+    }
+}

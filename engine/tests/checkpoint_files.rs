@@ -75,7 +75,7 @@ fn every_flipped_byte_and_every_truncation_is_detected() {
     for len in 0..bytes.len() {
         fs::write(&bad, &bytes[..len]).unwrap();
         match CheckpointReader::open(&bad) {
-            Err(CheckpointError::Corrupt { .. }) => {}
+            Err(CheckpointError::Corruption { .. }) => {}
             other => panic!("truncation to {len} bytes gave {other:?}"),
         }
     }

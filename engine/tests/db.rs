@@ -133,7 +133,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(matches!(
         Db::open(dir.path(), strict),
         Err(DbError::Checkpoint(
-            keel_engine::CheckpointError::Corrupt { .. }
+            keel_engine::CheckpointError::Corruption { .. }
         ))
     ));
     assert!(newest.exists());
@@ -575,4 +575,106 @@ fn db_runs_on_the_in_memory_log_with_injected_failures() {
     assert_eq!(db.revision().unwrap(), 21);
     assert!(db.get(b"lost").unwrap().is_none());
     assert_eq!(db.get(&[19]).unwrap().unwrap().value, vec![19; 10]);
+}
+
+#[test]
+fn a_poisoned_store_stops_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = keel_engine::MemLog::new(8);
+    let opts = DbOptions {
+        checkpoint_log_bytes: 1,
+        background_checkpoints: true,
+        ..small()
+    };
+    let db = Db::open_on(dir.path(), opts, log.clone(), &mut |_| {}).unwrap();
+    // Hold the checkpoint thread inside its first checkpoint (in the purge that ends it),
+    // so that the next write leaves a checkpoint due.
+    log.set_hold_purges(true);
+    db.put(b"a", b"1").unwrap();
+    while log.held_purges() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    db.put(b"b", b"2").unwrap();
+    log.set_fail_appends(true);
+    assert!(db.put(b"c", b"3").is_err());
+    log.set_hold_purges(false);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let failed = db.stats().checkpoints_failed;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        db.stats().checkpoints_failed <= 1 && db.stats().checkpoints_failed == failed,
+        "checkpoint attempts after poisoning: {failed} then {}",
+        db.stats().checkpoints_failed
+    );
+}
+
+/// Rewrites the format version of a checkpoint file (with a valid header checksum), as a
+/// newer build would have written it.
+fn set_checkpoint_version(path: &std::path::Path, version: u32) {
+    let mut b = fs::read(path).unwrap();
+    b[8..12].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..56]);
+    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_checkpoint_of_a_newer_version_is_an_error_naming_it_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        for round in 0..3u8 {
+            for i in 0..20u8 {
+                db.put(&[i], &[round; 100]).unwrap();
+            }
+            db.checkpoint().unwrap().unwrap();
+        }
+    }
+    let ckpt = dir.path().join("checkpoints");
+    let newest = fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    set_checkpoint_version(&newest, 2);
+    let err = Db::open(dir.path(), small()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            DbError::Checkpoint(keel_engine::CheckpointError::UnsupportedVersion { path, found: 2 })
+                if path == &newest
+        ),
+        "{err}"
+    );
+    assert!(newest.exists(), "the newer checkpoint was moved");
+    // Once a build that reads it is back (here: the version restored), nothing was lost.
+    set_checkpoint_version(&newest, 1);
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.get(&[3]).unwrap().unwrap().value, vec![2; 100]);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_read_is_an_error_naming_it_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        db.put(b"a", b"1").unwrap();
+        db.checkpoint().unwrap().unwrap();
+    }
+    // A directory where a checkpoint file should be: opening it fails with an I/O error,
+    // which says nothing about the checkpoint's contents.
+    let odd = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("checkpoint-{:020}.ckpt", 5));
+    fs::create_dir(&odd).unwrap();
+    let err = Db::open(dir.path(), small()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            DbError::Checkpoint(keel_engine::CheckpointError::Io { path, .. }) if path == &odd
+        ),
+        "{err}"
+    );
+    assert!(odd.is_dir(), "the unreadable checkpoint was moved");
 }

@@ -1,19 +1,30 @@
-//! Crash test: a child process writes from several threads and prints every acknowledged
-//! write; the parent kills it with SIGKILL at an arbitrary moment, reopens the store and
-//! checks that no acknowledged write was lost. Background checkpoints and log purges run in
-//! the child meanwhile, so crashes land in the middle of those too.
+//! Crash test: a child process writes three-key transactions from several threads and prints
+//! every acknowledged one; the parent kills it with SIGKILL at a seeded random moment (after
+//! some number of acknowledgements, or before the first, while the store recovers), reopens
+//! the store and checks it, `KEEL_CRASH_KILLS` times (default 100). Background checkpoints and
+//! log purges run in the child meanwhile, so crashes land in the middle of those too.
+//!
+//! After every crash: every acknowledged transaction is there; every transaction is there
+//! whole or not at all; at most one unacknowledged transaction per writer thread is there;
+//! and the store's revisions are gap-free (each revision names exactly one whole
+//! transaction, from 1 to the store revision). The seed is printed; `KEEL_CRASH_SEED=<seed>`
+//! replays the same kill points (the moments in between still depend on timing).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use keel_engine::{Db, DbOptions, KvLimits};
+use keel_engine::{Db, DbOptions, KvLimits, Op, RangeEnd, RangeRequest, Txn};
 use keel_wal::WalOptions;
 
 const CHILD_DIR: &str = "KEEL_DB_CRASH_DIR";
 const CHILD_ROUND: &str = "KEEL_DB_CRASH_ROUND";
+const WRITERS: u64 = 4;
+/// Keys each transaction writes.
+const TXN_KEYS: u8 = 3;
 
 fn options() -> DbOptions {
     DbOptions {
@@ -35,14 +46,54 @@ fn options() -> DbOptions {
     }
 }
 
-fn key(round: u8, n: u64) -> Vec<u8> {
-    let mut k = vec![round];
+/// Key `j` of transaction `n` of round `round`: round, n, j big-endian, so that a range
+/// scan returns them in that order.
+fn key(round: u32, n: u64, j: u8) -> Vec<u8> {
+    let mut k = round.to_be_bytes().to_vec();
     k.extend_from_slice(&n.to_be_bytes());
+    k.push(j);
     k
 }
 
-fn value(round: u8, n: u64) -> Vec<u8> {
-    format!("value-{round}-{n}-").repeat(4).into_bytes()
+fn parse_key(k: &[u8]) -> (u32, u64, u8) {
+    let round = u32::from_be_bytes(k[0..4].try_into().unwrap());
+    let n = u64::from_be_bytes(k[4..12].try_into().unwrap());
+    (round, n, k[12])
+}
+
+fn value(round: u32, n: u64, j: u8) -> Vec<u8> {
+    format!("value-{round}-{n}-{j}-").repeat(4).into_bytes()
+}
+
+/// A small seeded generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("KEEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() << 30 ^ u64::from(d.subsec_nanos()))
+                | 1
+        })
+}
+
+fn kills() -> u64 {
+    std::env::var("KEEL_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100)
 }
 
 /// The child's body; a no-op unless the parent started this binary for it.
@@ -51,20 +102,23 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let round: u8 = std::env::var(CHILD_ROUND)
+    let round: u32 = std::env::var(CHILD_ROUND)
         .ok()
         .and_then(|r| r.parse().ok())
         .expect("round");
     let db = Arc::new(Db::open(&dir, options()).expect("child open"));
     let counter = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = (0..4)
+    let writers: Vec<_> = (0..WRITERS)
         .map(|_| {
             let db = Arc::clone(&db);
             let counter = Arc::clone(&counter);
             std::thread::spawn(move || {
                 loop {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    db.put(&key(round, n), &value(round, n)).expect("put");
+                    let ops = (0..TXN_KEYS)
+                        .map(|j| Op::put(key(round, n, j), value(round, n, j)))
+                        .collect();
+                    db.txn(Txn::batch(ops)).expect("txn");
                     // One println is one locked write of a whole line.
                     println!("ACK {n}");
                 }
@@ -76,12 +130,84 @@ fn crash_child() {
     }
 }
 
+/// The number in an `ACK <n>` line. The first one shares its line with the test harness's
+/// `test crash_child ... `, so the marker is looked for anywhere in the line.
+fn ack(line: &str) -> Option<u64> {
+    line.rsplit("ACK ").next()?.trim().parse().ok()
+}
+
+/// Checks the store after a crash in `round`, in which `acked` transactions were
+/// acknowledged.
+fn check(db: &Db, round: u32, acked: &BTreeSet<u64>) {
+    let all = db
+        .range(&RangeRequest {
+            start: vec![0],
+            end: RangeEnd::Unbounded,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+            filter: Default::default(),
+            sort: None,
+        })
+        .unwrap();
+    // Every revision names one whole transaction: its three keys, all with that revision.
+    let mut by_revision: BTreeMap<u64, Vec<(u32, u64, u8)>> = BTreeMap::new();
+    for kv in &all.kvs {
+        let (r, n, j) = parse_key(&kv.key);
+        assert_eq!(kv.value, value(r, n, j), "round {round}: key {r}/{n}/{j}");
+        assert_eq!(kv.meta.version, 1, "keys are written once");
+        by_revision
+            .entry(kv.meta.mod_revision)
+            .or_default()
+            .push((r, n, j));
+    }
+    let revision = db.revision().unwrap();
+    assert_eq!(
+        by_revision.keys().copied().collect::<Vec<_>>(),
+        (1..=revision).collect::<Vec<_>>(),
+        "round {round}: revisions are not gap-free up to {revision}"
+    );
+    for (rev, keys) in &by_revision {
+        let (r, n, _) = keys[0];
+        let whole: Vec<_> = (0..TXN_KEYS).map(|j| (r, n, j)).collect();
+        assert_eq!(
+            keys, &whole,
+            "round {round}: revision {rev} is not one whole txn"
+        );
+    }
+    // Every acknowledged transaction of this round is there; of the others, at most one
+    // per writer (the one it had in flight).
+    let present: BTreeSet<u64> = by_revision
+        .values()
+        .filter(|keys| keys[0].0 == round)
+        .map(|keys| keys[0].1)
+        .collect();
+    let lost: Vec<_> = acked.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "round {round}: acknowledged txns lost: {lost:?}"
+    );
+    let unacked: Vec<_> = present.difference(acked).collect();
+    assert!(
+        unacked.len() as u64 <= WRITERS,
+        "round {round}: unacknowledged txns present: {unacked:?} (acknowledged: {} up to {:?})",
+        acked.len(),
+        acked.last()
+    );
+}
+
 #[test]
 fn sigkill_loses_no_acknowledged_write() {
+    let seed = seed();
+    let kills = kills();
+    eprintln!("db_crash: seed {seed}, {kills} kills (replay with KEEL_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
     let mut checkpoints_seen = 0;
-    for round in 0..4u8 {
+    let mut early_kills = 0;
+    for round in 0..u32::try_from(kills).expect("kills fit u32") {
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, dir.path())
@@ -92,40 +218,50 @@ fn sigkill_loses_no_acknowledged_write() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut acked = BTreeSet::new();
-        let kill_after = 300 + 250 * u64::from(round);
-        for line in BufReader::new(stdout).lines() {
+        // One kill in ten lands before the first acknowledgement, during recovery or the
+        // first writes; the others after 1..=200 acknowledgements.
+        let pick = rng.next();
+        let kill_after = if pick % 10 == 0 { 0 } else { 1 + pick % 200 };
+        let mut lines = BufReader::new(stdout).lines();
+        if kill_after == 0 {
+            std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
+            child.kill().unwrap(); // SIGKILL on Unix.
+            early_kills += 1;
+        }
+        for line in lines.by_ref() {
             let Ok(line) = line else { break };
-            if let Some(n) = line
-                .strip_prefix("ACK ")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            if let Some(n) = ack(&line) {
                 acked.insert(n);
                 if acked.len() as u64 >= kill_after {
-                    child.kill().unwrap(); // SIGKILL on Unix.
                     break;
                 }
             }
         }
+        if kill_after > 0 {
+            child.kill().unwrap();
+        }
+        // What the child printed before it died is acknowledged too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(n) = ack(&line) {
+                acked.insert(n);
+            }
+        }
         child.wait().unwrap();
-        assert!(acked.len() as u64 >= kill_after, "child died early");
+        assert!(
+            acked.len() as u64 >= kill_after,
+            "round {round}: child died early (seed {seed})"
+        );
 
         let db = Db::open(dir.path(), options()).unwrap();
         if db.recovery().checkpoint_index.is_some() {
             checkpoints_seen += 1;
         }
-        for &n in &acked {
-            let got = db.get(&key(round, n)).unwrap();
-            assert_eq!(
-                got.map(|kv| kv.value),
-                Some(value(round, n)),
-                "round {round}: acknowledged write {n} lost"
-            );
-        }
-        // Earlier rounds' acknowledged writes must still be there too (spot check).
-        if round > 0 {
-            assert!(db.get(&key(round - 1, 0)).unwrap().is_some());
-        }
+        check(&db, round, &acked);
     }
+    eprintln!(
+        "db_crash: {kills} kills ({early_kills} before the first acknowledgement) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         checkpoints_seen > 0,
         "no checkpoint was ever written before a crash"

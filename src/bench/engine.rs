@@ -1,12 +1,15 @@
 //! `keel bench engine`: the embedded store (`keel_engine::Db`) under put, get, scan and
-//! mixed workloads.
+//! mixed workloads, and in-order reads of evicted raft log store entries (`log-read`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use keel_engine::bench::{self, BenchParams, Workload};
+
+mod driver;
+
+use driver::{BenchParams, Workload};
 
 use super::{BenchDir, clear_progress, show_progress, thousands, whole};
 
@@ -20,6 +23,9 @@ pub enum WorkloadArg {
     Scan,
     /// Gets and durable puts, --write-percent of them puts.
     Mixed,
+    /// In-order reads of --keys raft log store entries that are not in its cache, --scan-keys
+    /// per call (a follower catching up); ops are entries.
+    LogRead,
 }
 
 /// The embedded key-value store.
@@ -68,6 +74,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<ExitCode, String> {
         WorkloadArg::Get => Workload::Get,
         WorkloadArg::Scan => Workload::Scan,
         WorkloadArg::Mixed => Workload::Mixed,
+        WorkloadArg::LogRead => Workload::LogRead,
     };
     params.writers = args.writers;
     params.value_bytes = args.size;
@@ -75,7 +82,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<ExitCode, String> {
     params.duration = Duration::from_secs_f64(args.secs);
     params.scan_keys = args.scan_keys;
     params.mixed_write_percent = args.write_percent;
-    let report = bench::run(&params, &mut |p| {
+    let report = driver::run(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);
         show_progress(&format!(
             "{:6.1}s  ops {:>12}  ops/s {:>12}",

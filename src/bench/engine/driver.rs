@@ -1,4 +1,4 @@
-//! The load generator behind `keel bench engine`: runs a workload against a [`Db`] from
+//! The load generator behind `keel bench engine`: runs a workload against a `Db` from
 //! several threads for a fixed time and reports throughput and latency percentiles.
 //!
 //! Workloads: `put` (durable single-key writes), `get` (point reads), `scan` (range reads of
@@ -6,6 +6,11 @@
 //! 8-byte big-endian numbers drawn uniformly from `[0, keys)`; reads run against a store
 //! preloaded with every key. Latencies are per operation, in microseconds, recorded in
 //! HdrHistograms (3 significant digits) and merged across threads.
+//!
+//! `log-read` measures the raft log store instead: one group of `keys` entries of
+//! `value_bytes`, written in appends of about 16 KiB, none of them in the entry cache, read
+//! in order `scan_keys` entries per call (what a leader does for a follower catching up);
+//! an operation is one entry, a latency one call.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,8 +20,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::db::{Db, DbError, DbOptions};
-use crate::txn::{Op, RangeEnd, RangeRequest, Txn};
+use keel_engine::{
+    Db, DbError, DbOptions, Entry, LogStore, LogStoreOptions, Op, RangeEnd, RangeRequest, Txn,
+    WriteBatch,
+};
+use keel_wal::Wal;
 
 /// What the benchmark threads do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +37,8 @@ pub enum Workload {
     Scan,
     /// `mixed_write_percent` puts, the rest gets.
     Mixed,
+    /// In-order reads of log store entries that are not in its cache.
+    LogRead,
 }
 
 impl FromStr for Workload {
@@ -39,8 +49,9 @@ impl FromStr for Workload {
             "get" => Ok(Workload::Get),
             "scan" => Ok(Workload::Scan),
             "mixed" => Ok(Workload::Mixed),
+            "log-read" => Ok(Workload::LogRead),
             other => Err(format!(
-                "unknown workload {other:?}: expected put|get|scan|mixed"
+                "unknown workload {other:?}: expected put|get|scan|mixed|log-read"
             )),
         }
     }
@@ -53,6 +64,7 @@ impl std::fmt::Display for Workload {
             Workload::Get => "get",
             Workload::Scan => "scan",
             Workload::Mixed => "mixed",
+            Workload::LogRead => "log-read",
         })
     }
 }
@@ -188,7 +200,7 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so the engine needs no RNG dependency.
+/// A small deterministic generator (xorshift64*), so the benchmark needs no RNG dependency.
 struct Rng(u64);
 
 impl Rng {
@@ -215,6 +227,9 @@ pub fn run(
     progress: &mut dyn FnMut(BenchProgress),
 ) -> Result<BenchReport, DbError> {
     params.validate()?;
+    if params.workload == Workload::LogRead {
+        return run_log_read(params, progress);
+    }
     let db = Arc::new(Db::open(&params.dir, params.db.clone())?);
     let value = vec![0xA5u8; params.value_bytes];
     if params.workload != Workload::Put {
@@ -273,6 +288,7 @@ pub fn run(
                                 sort: None,
                             })?;
                         }
+                        Workload::LogRead => unreachable!("handled before the threads start"),
                         Workload::Mixed => {
                             if rng.next() % 100 < u64::from(p.mixed_write_percent) {
                                 db.put(&key(k), &value)?;
@@ -345,4 +361,130 @@ pub fn run(
         log_appends: after.log_appends - before.log_appends,
         txns_logged: after.txns_logged - before.txns_logged,
     })
+}
+
+/// The `log-read` workload: fills one raft group of a log store (with no entry cache, so
+/// every read goes to the log), then reads it in order, `scan_keys` entries per call, again
+/// and again until the time is up.
+fn run_log_read(
+    params: &BenchParams,
+    progress: &mut dyn FnMut(BenchProgress),
+) -> Result<BenchReport, DbError> {
+    const GROUP: u64 = 1;
+    let failed = |e: &dyn std::fmt::Display| DbError::InvalidOptions {
+        reason: format!("log store: {e}"),
+    };
+    let wal = Wal::open(&params.dir, params.db.wal.clone())?;
+    let options = LogStoreOptions {
+        cache_bytes_max: 0,
+        ..LogStoreOptions::default()
+    };
+    let mut store: LogStore = LogStore::open(wal, options, &mut |_| {}).map_err(|e| failed(&e))?;
+    // Fill in appends of about 16 KiB, a raft round's worth: a read that misses the cache
+    // reads whole frames, so their size matters.
+    let per_write = ((16 << 10) / (params.value_bytes + 32)).max(1) as u64;
+    let value = vec![0xA5u8; params.value_bytes];
+    let mut next = 1u64;
+    while next <= params.keys {
+        let end = (next + per_write).min(params.keys + 1);
+        let entries = (next..end)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: value.clone(),
+            })
+            .collect();
+        let mut batch = WriteBatch::new();
+        batch.append(GROUP, entries);
+        store.write(batch).map_err(|e| failed(&e))?;
+        next = end;
+    }
+    let mut hist = new_histogram();
+    let mut entries_read = 0u64;
+    let start = Instant::now();
+    let mut last_report = start;
+    let chunk = params.scan_keys as u64;
+    'outer: loop {
+        let mut lo = 1u64;
+        while lo <= params.keys {
+            let hi = (lo + chunk).min(params.keys + 1);
+            let began = Instant::now();
+            let got = store
+                .entries(GROUP, lo, hi, u64::MAX)
+                .map_err(|e| failed(&e))?;
+            let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.saturating_record(us.max(1));
+            if got.len() as u64 != hi - lo || got.iter().any(|e| e.data.len() != value.len()) {
+                return Err(failed(&format!("entries {lo}..{hi} read back wrong")));
+            }
+            entries_read += got.len() as u64;
+            lo = hi;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                progress(BenchProgress {
+                    elapsed: start.elapsed(),
+                    ops: entries_read,
+                });
+            }
+            if start.elapsed() >= params.duration {
+                break 'outer;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    progress(BenchProgress {
+        elapsed: start.elapsed(),
+        ops: entries_read,
+    });
+    Ok(BenchReport {
+        workload: params.workload,
+        writers: 1,
+        value_bytes: params.value_bytes,
+        ops: entries_read,
+        seconds,
+        ops_per_sec: entries_read as f64 / seconds,
+        mean_us: hist.mean(),
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        log_appends: 0,
+        txns_logged: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every workload runs briefly and reports sane numbers.
+    #[test]
+    fn every_workload_runs_and_reports() {
+        for (w, name) in [
+            (Workload::Put, "put"),
+            (Workload::Get, "get"),
+            (Workload::Scan, "scan"),
+            (Workload::Mixed, "mixed"),
+            (Workload::LogRead, "log-read"),
+        ] {
+            assert_eq!(name.parse::<Workload>().unwrap(), w);
+            let dir = tempfile::tempdir().unwrap();
+            let mut params = BenchParams::new(dir.path());
+            params.workload = w;
+            params.writers = 2;
+            params.keys = 500;
+            params.duration = Duration::from_millis(300);
+            params.db.wal.segment_bytes = 8 << 20;
+            let mut ticks = 0;
+            let report = run(&params, &mut |_| ticks += 1).unwrap();
+            assert!(report.ops > 0, "{report}");
+            assert!(report.p50_us <= report.p99_us && report.p99_us <= report.max_us);
+            assert!(ticks >= 1);
+            if w == Workload::Put {
+                assert_eq!(report.txns_logged, report.ops);
+            }
+        }
+        assert!("nope".parse::<Workload>().is_err());
+    }
 }
