@@ -114,6 +114,20 @@ fn run_command(env: &mut Env, line: &str) -> String {
                 }
             }
         }
+        "write-append" => {
+            for id in ids(args) {
+                if !env.write_append(id) {
+                    let _ = writeln!(env.out, "> {id} no append work");
+                }
+            }
+        }
+        "ack-append" => {
+            for id in ids(args) {
+                if !env.ack_append(id) {
+                    let _ = writeln!(env.out, "> {id} no held acknowledgement");
+                }
+            }
+        }
         "process-apply" => {
             for id in ids(args) {
                 if !env.process_apply(id) {

@@ -306,17 +306,20 @@ fn entries_of_previous_terms_are_not_committed_by_counting_replicas() {
     // entry from the current term has been committed in this way, then all prior entries are
     // committed indirectly because of the Log Matching Property."
     let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-    log.append(ents(&[1, 2]));
+    log.append(3, ents(&[1, 2]));
     assert!(
         !log.maybe_commit(2, 3),
         "index 2 is from term 2; the leader is in term 3"
     );
     assert_eq!(log.committed, 0);
-    log.append(vec![Entry {
-        index: 3,
-        term: 3,
-        ..Entry::default()
-    }]);
+    log.append(
+        3,
+        vec![Entry {
+            index: 3,
+            term: 3,
+            ..Entry::default()
+        }],
+    );
     assert!(log.maybe_commit(3, 3));
     assert_eq!(log.committed, 3);
 }

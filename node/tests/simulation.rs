@@ -7,6 +7,12 @@
 //! simulation checks election safety, log matching, leader completeness and state-machine
 //! safety; at the end it heals everything and checks that the cluster converges.
 //!
+//! A third of the seeds run with slow storage threads: writes land in storage one at a time
+//! and send their responses right away, but their acknowledgements reach the node late, so
+//! leaders change and overwrite or restore a node's suffix while its earlier writes are still
+//! unacknowledged (the stale-acknowledgement races). Those seeds also check that nothing is
+//! applied before it is durable in the node's own storage.
+//!
 //! - `KEEL_SIM_SEED=n` replays one seed (every failure prints its seed).
 //! - `KEEL_SIM_SEEDS=n` sets the number of seeds for the soak test (`cargo test --test
 //!   simulation -- --ignored`).
@@ -67,6 +73,7 @@ struct Stats {
     refused: u64,
     steps_with_leader: u64,
     snapshots_sent: u64,
+    overwritten_acks: u64,
 }
 
 struct Sim {
@@ -77,6 +84,8 @@ struct Sim {
     truth: Truth,
     next_payload: u64,
     step: u64,
+    /// Whether acknowledgements of durable writes reach the nodes late (see the module doc).
+    late_acks: bool,
 }
 
 fn same_entry(a: &Entry, b: &Entry) -> bool {
@@ -84,7 +93,7 @@ fn same_entry(a: &Entry, b: &Entry) -> bool {
 }
 
 impl Sim {
-    fn new(seed: u64, n: u64) -> Sim {
+    fn new(seed: u64, n: u64, late_acks: bool) -> Sim {
         let mut env = Env::new();
         env.verbose = false;
         let voters: Vec<u64> = (1..=n).collect();
@@ -109,11 +118,21 @@ impl Sim {
             truth,
             next_payload: 0,
             step: 0,
+            late_acks,
         }
     }
 
     fn chance(&mut self, percent: u64) -> bool {
         self.rng.below(100) < percent
+    }
+
+    /// Whether node `id` hears about its durable writes now, in late-acknowledgement mode:
+    /// always while it campaigns or leads (its own votes and appends count only once
+    /// acknowledged), with `percent` chance as a follower, whose acknowledgements can then
+    /// lag across several leader changes.
+    fn acks_due(&mut self, id: u64, percent: u64) -> bool {
+        let follower = self.env.is_up(id) && self.env.raw(id).role() == StateRole::Follower;
+        !follower || self.chance(percent)
     }
 
     fn pick_node(&mut self) -> u64 {
@@ -158,6 +177,11 @@ impl Sim {
             }
             r -= w;
         }
+        if self.late_acks && matches!(action, Action::Tick) && self.chance(3) {
+            // Leaders change often, so that suffixes are overwritten and restored while
+            // acknowledgements are held.
+            action = Action::LeaderFault;
+        }
         let id = self.pick_node();
         let up = self.env.is_up(id);
         match action {
@@ -169,6 +193,14 @@ impl Sim {
             Action::Ready => {
                 self.env.process_ready(id);
             }
+            Action::Append if self.late_acks => {
+                // The storage thread lands a write; the node hears about it later.
+                if self.chance(50) {
+                    self.env.write_append(id);
+                } else if self.acks_due(id, 10) {
+                    self.env.ack_append(id);
+                }
+            }
             Action::Append => {
                 self.env.process_append(id);
             }
@@ -176,6 +208,19 @@ impl Sim {
                 self.env.process_apply(id);
             }
             Action::Deliver => self.deliver_random(),
+            Action::Round if self.late_acks => {
+                // A host cycle whose storage thread hears back from the disk and reports to
+                // the node only now and then, so writes pile up in flight.
+                self.env.process_ready(id);
+                if self.acks_due(id, 3) {
+                    while self.env.ack_append(id) {}
+                }
+                if self.chance(50) {
+                    self.env.write_append(id);
+                }
+                while self.env.process_apply(id) {}
+                self.env.process_ready(id);
+            }
             Action::Round => {
                 // A whole host cycle: take the Ready, finish all storage and apply work, and
                 // take the Ready that releases the responses.
@@ -475,6 +520,10 @@ impl Sim {
                 }
             }
         }
+        // Nothing is applied before it is durable in the node's own storage.
+        if let Some(v) = self.env.violations.first() {
+            return Err(v.clone());
+        }
         // State-machine safety: every applied state equals the committed log's prefix.
         for ev in std::mem::take(&mut self.env.applied_events) {
             let StateMachine { index, hash } = ev.sm;
@@ -636,9 +685,12 @@ impl Sim {
 
 fn run_seed(seed: u64) -> Result<(), String> {
     let n = if seed % 2 == 0 { 3 } else { 5 };
-    let mut sim = Sim::new(seed, n);
+    let late_acks = seed % 3 == 2;
+    let mut sim = Sim::new(seed, n, late_acks);
+    let mode = if late_acks { ", late acks" } else { "" };
     sim.run(4000)
-        .map_err(|e| format!("seed {seed} ({n} nodes): {e}"))?;
+        .map_err(|e| format!("seed {seed} ({n} nodes{mode}): {e}"))?;
+    sim.stats.overwritten_acks = sim.env.overwritten_acks;
     // Make sure the run did something: at least one entry committed.
     if sim.truth.log.is_empty() {
         return Err(format!("seed {seed}: nothing was committed"));

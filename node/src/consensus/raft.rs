@@ -687,7 +687,7 @@ impl<S: LogStorage> Raft<S> {
             return false;
         }
         self.uncommitted_bytes += bytes;
-        let last = self.raft_log.append(entries);
+        let last = self.raft_log.append(self.term, entries);
         // The leader's own acknowledgement is released only when its write is durable.
         let mut ack = Message::new(MessageType::AppendResponse, self.id, self.id);
         ack.index = last;
@@ -878,7 +878,7 @@ impl<S: LogStorage> Raft<S> {
         let entries = std::mem::take(&mut m.entries);
         match self
             .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, entries)
+            .maybe_append(self.term, m.index, m.log_term, m.commit, entries)
         {
             Ok(Some(last_new)) => resp.index = last_new,
             Ok(None) => {
@@ -939,7 +939,7 @@ impl<S: LogStorage> Raft<S> {
             return false;
         }
         let cs = meta.conf_state.clone();
-        self.raft_log.restore(snapshot);
+        self.raft_log.restore(self.term, snapshot);
         let last = self.raft_log.last_index();
         self.tracker.reset_config(&cs, last + 1);
         true

@@ -136,11 +136,13 @@ impl<S: LogStorage> RaftLog<S> {
         }
     }
 
-    /// Appends `entries` received after (`index`, `log_term`) if that entry matches, then
-    /// advances the commit index to `min(committed, last new index)`. Returns the last new
-    /// index, `Ok(None)` on a mismatch, or `Err` if the entries would overwrite committed ones.
+    /// Appends `entries` the leader of `leader_term` sent after (`index`, `log_term`) if that
+    /// entry matches, then advances the commit index to `min(committed, last new index)`.
+    /// Returns the last new index, `Ok(None)` on a mismatch, or `Err` if the entries would
+    /// overwrite committed ones.
     pub fn maybe_append(
         &mut self,
+        leader_term: Term,
         index: Index,
         log_term: Term,
         committed: Index,
@@ -157,18 +159,18 @@ impl<S: LogStorage> RaftLog<S> {
             }
             let start = usize::try_from(conflict - index - 1).unwrap_or(usize::MAX);
             entries.drain(..start);
-            self.append(entries);
+            self.append(leader_term, entries);
         }
         self.commit_to(committed.min(last_new));
         Ok(Some(last_new))
     }
 
-    /// Appends `entries` (contiguous, starting at or below `last_index() + 1` and above the
-    /// commit index) and returns the new last index.
-    pub fn append(&mut self, entries: Vec<Entry>) -> Index {
+    /// Appends `entries` of the leader of `leader_term` (contiguous, starting at or below
+    /// `last_index() + 1` and above the commit index) and returns the new last index.
+    pub fn append(&mut self, leader_term: Term, entries: Vec<Entry>) -> Index {
         if let Some(first) = entries.first() {
             debug_assert!(first.index > self.committed);
-            self.unstable.truncate_and_append(entries);
+            self.unstable.truncate_and_append(leader_term, entries);
         }
         self.last_index()
     }
@@ -259,9 +261,10 @@ impl<S: LogStorage> RaftLog<S> {
         false
     }
 
-    /// Marks entries up to `id` durable (see [`Unstable::stable_to`]).
-    pub fn stable_to(&mut self, id: EntryId) -> bool {
-        self.unstable.stable_to(id)
+    /// Marks entries up to `id` durable unless the acknowledgement is stale (see
+    /// [`Unstable::stable_to`]).
+    pub fn stable_to(&mut self, accepted_term: Term, id: EntryId) -> bool {
+        self.unstable.stable_to(accepted_term, id)
     }
 
     /// Marks the snapshot at `index` durable.
@@ -277,10 +280,11 @@ impl<S: LogStorage> RaftLog<S> {
         }
     }
 
-    /// Replaces the log with `snapshot`; the snapshot's index becomes committed.
-    pub fn restore(&mut self, snapshot: Snapshot) {
+    /// Replaces the log with `snapshot` from the leader of `leader_term`; the snapshot's index
+    /// becomes committed.
+    pub fn restore(&mut self, leader_term: Term, snapshot: Snapshot) {
         self.committed = snapshot.metadata.index;
-        self.unstable.restore(snapshot);
+        self.unstable.restore(leader_term, snapshot);
         self.check_invariants();
     }
 
@@ -359,16 +363,16 @@ mod tests {
     #[test]
     fn maybe_append_truncates_conflicts_and_refuses_committed_overwrite() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1), (3, 2)]));
+        log.append(2, ents(&[(1, 1), (2, 1), (3, 2)]));
         assert_eq!(
-            log.maybe_append(1, 1, 2, ents(&[(2, 1), (3, 3)])),
+            log.maybe_append(3, 1, 1, 2, ents(&[(2, 1), (3, 3)])),
             Ok(Some(3))
         );
         assert_eq!(log.term(3), Ok(3));
         assert_eq!(log.committed, 2);
-        assert_eq!(log.maybe_append(3, 2, 3, Vec::new()), Ok(None));
+        assert_eq!(log.maybe_append(3, 3, 2, 3, Vec::new()), Ok(None));
         assert_eq!(
-            log.maybe_append(1, 1, 3, ents(&[(2, 9)])),
+            log.maybe_append(9, 1, 1, 3, ents(&[(2, 9)])),
             Err(CommittedConflict { index: 2 })
         );
     }
@@ -376,7 +380,7 @@ mod tests {
     #[test]
     fn find_conflict_by_term_skips_higher_terms() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
+        log.append(5, ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
         assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
         assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
         assert_eq!(log.find_conflict_by_term(5, 0), (0, 0));
@@ -385,11 +389,11 @@ mod tests {
     #[test]
     fn committed_entries_wait_for_local_durability() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1)]));
+        log.append(1, ents(&[(1, 1), (2, 1)]));
         log.commit_to(2);
         assert!(log.next_committed_entries().is_empty());
         log.storage.append(&ents(&[(1, 1)])).unwrap();
-        log.stable_to(EntryId { index: 1, term: 1 });
+        log.stable_to(1, EntryId { index: 1, term: 1 });
         assert_eq!(log.next_committed_entries().len(), 1);
         assert_eq!(log.slice(1, 3, u64::MAX).unwrap().len(), 2);
     }

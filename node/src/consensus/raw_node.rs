@@ -39,22 +39,28 @@ pub struct AppendWork {
     pub ack: AppendAck,
 }
 
-/// The acknowledgement of an [`AppendWork`]. It is stamped with the term in which the work was
-/// handed out and the id of its last entry, so a late acknowledgement for entries a newer
-/// leader has overwritten in the meantime is recognized and ignored.
+/// The acknowledgement of an [`AppendWork`]. It is stamped with a log mark: the term of the
+/// leader whose append the log had accepted last when the work was handed out, and the id of
+/// its last entry. A late acknowledgement whose term is older than the log's current one is
+/// ignored for the entries (a newer leader may have overwritten them, even with entries of the
+/// same index and term, before this write's turn came), and the acknowledgement of a later
+/// write covers them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppendAck {
     /// The group.
     pub group_id: u64,
-    /// The node's term when the work was handed out.
-    pub term: Term,
+    /// The term of the leader whose append the log had accepted last when the work was handed
+    /// out (not the node's term: a vote changes that, and votes do not change the log).
+    pub accepted_term: Term,
     /// The last entry written, if any.
     pub last: Option<EntryId>,
     /// The index of the snapshot written, if any.
     pub snapshot_index: Option<Index>,
     /// Responses that vouch for what was written (append acknowledgements, votes). They are
     /// released once the write is durable: the ones for this node are stepped, the others are
-    /// queued for the next Ready's messages.
+    /// queued for the next Ready's messages. A host whose storage thread reports back late may
+    /// instead send the ones for other nodes itself as soon as the write is durable, and hand
+    /// the acknowledgement back without them.
     pub responses: Vec<Message>,
 }
 
@@ -250,7 +256,7 @@ impl<S: LogStorage> RawNode<S> {
         {
             let ack = AppendAck {
                 group_id,
-                term: r.term,
+                accepted_term: r.raft_log.unstable.term,
                 last: entries.last().map(Entry::id),
                 snapshot_index: snapshot.as_ref().map(|s| s.metadata.index),
                 responses,
@@ -326,8 +332,10 @@ impl<S: LogStorage> RawNode<S> {
         rd
     }
 
-    /// Reports that an [`AppendWork`] is durable. Stale parts (entries a newer leader
-    /// replaced, responses of an older term) are ignored.
+    /// Reports that an [`AppendWork`] is durable. Stale parts are ignored: entries of a write
+    /// handed out before the log accepted a newer leader's append (see [`AppendAck`]),
+    /// responses of an older term. A snapshot is recognized by its index alone: it is
+    /// committed, so no leader replaces it with another at the same index.
     pub fn on_append_durable(&mut self, ack: AppendAck) {
         if ack.group_id != self.raft.group_id {
             return;
@@ -343,7 +351,7 @@ impl<S: LogStorage> RawNode<S> {
             }
         }
         if let Some(last) = ack.last {
-            self.raft.raft_log.stable_to(last);
+            self.raft.raft_log.stable_to(ack.accepted_term, last);
         }
         for m in ack.responses {
             if m.to == self.raft.id {
@@ -426,7 +434,7 @@ mod tests {
         );
         raw.on_append_durable(AppendAck {
             group_id: 7,
-            term: 1,
+            accepted_term: 1,
             last: Some(EntryId { index: 1, term: 1 }),
             ..AppendAck::default()
         });
