@@ -177,3 +177,72 @@ fn fast_backtracking_skips_a_divergent_term_in_one_round_trip() {
         env.out
     );
 }
+
+fn storage_with_commit(last: u64, commit: u64) -> MemStorage {
+    let mut storage = MemStorage::new_with_conf(&[1, 2, 3], &[]);
+    let entries: Vec<Entry> = (1..=last)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            ..Entry::default()
+        })
+        .collect();
+    storage.append(&entries).unwrap();
+    storage.set_hard_state(HardState {
+        term: 1,
+        vote: 1,
+        commit,
+    });
+    storage
+}
+
+#[test]
+fn restart_from_a_log_that_lost_committed_entries_is_an_error() {
+    // The hard state says 5 is committed but the log ends at 3: committed entries were lost,
+    // and starting anyway would hide it.
+    let err = keel_node::consensus::RawNode::new(&test_config(1), storage_with_commit(3, 5))
+        .err()
+        .expect("a commit index beyond the log is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains('5') && text.contains('3'),
+        "the message names both numbers: {text}"
+    );
+
+    // The state machine claims more than the log says is committed.
+    let mut c = test_config(1);
+    c.applied = 4;
+    let err = keel_node::consensus::RawNode::new(&c, storage_with_commit(5, 3))
+        .err()
+        .expect("applied beyond the commit index is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains('4') && text.contains('3'),
+        "the message names both numbers: {text}"
+    );
+
+    let mut c = test_config(1);
+    c.applied = 3;
+    assert!(keel_node::consensus::RawNode::new(&c, storage_with_commit(5, 3)).is_ok());
+}
+
+#[test]
+fn errors_explain_themselves() {
+    let mut c = test_config(1);
+    c.election_ticks = 1;
+    let err = c.validate().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("election_ticks") && text.contains('1'),
+        "{text}"
+    );
+    let boxed: Box<dyn std::error::Error> = Box::new(err);
+    assert!(!boxed.to_string().is_empty());
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(RaftError::ProposalDropped),
+        Box::new(keel_node::consensus::StorageError::Compacted),
+    ];
+    for e in errors {
+        assert!(!e.to_string().is_empty());
+    }
+}

@@ -47,7 +47,63 @@ pub struct Config {
 
 /// Why a [`Config`] is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError(pub &'static str);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `id` is 0, the marker for "no node".
+    IdZero,
+    /// `heartbeat_ticks` is 0.
+    HeartbeatTicksZero,
+    /// `election_ticks` does not exceed `heartbeat_ticks`.
+    ElectionTicksNotAboveHeartbeat {
+        /// The configured `election_ticks`.
+        election_ticks: u64,
+        /// The configured `heartbeat_ticks`.
+        heartbeat_ticks: u64,
+    },
+    /// `inflight_msgs_max` is 0.
+    InflightMsgsMaxZero,
+    /// `inflight_bytes_max` is below `max_msg_bytes`, so a full message could never be sent.
+    InflightBytesBelowMsgBytes {
+        /// The configured `inflight_bytes_max`.
+        inflight_bytes_max: u64,
+        /// The configured `max_msg_bytes`.
+        max_msg_bytes: u64,
+    },
+    /// Lease-based reads are configured without `check_quorum`, which the lease relies on.
+    LeaseWithoutCheckQuorum,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::IdZero => write!(f, "id must not be 0 (0 means no node)"),
+            ConfigError::HeartbeatTicksZero => write!(f, "heartbeat_ticks must be positive, got 0"),
+            ConfigError::ElectionTicksNotAboveHeartbeat {
+                election_ticks,
+                heartbeat_ticks,
+            } => write!(
+                f,
+                "election_ticks ({election_ticks}) must exceed heartbeat_ticks ({heartbeat_ticks})"
+            ),
+            ConfigError::InflightMsgsMaxZero => {
+                write!(f, "inflight_msgs_max must be positive, got 0")
+            }
+            ConfigError::InflightBytesBelowMsgBytes {
+                inflight_bytes_max,
+                max_msg_bytes,
+            } => write!(
+                f,
+                "inflight_bytes_max ({inflight_bytes_max}) must be 0 (no limit) or at least \
+                 max_msg_bytes ({max_msg_bytes})"
+            ),
+            ConfigError::LeaseWithoutCheckQuorum => {
+                write!(f, "lease-based reads require check_quorum")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl Config {
     /// The defaults for node `id`.
@@ -74,24 +130,28 @@ impl Config {
     /// Checks the relations between the options.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
-            return Err(ConfigError("id must not be 0"));
+            return Err(ConfigError::IdZero);
         }
         if self.heartbeat_ticks == 0 {
-            return Err(ConfigError("heartbeat_ticks must be positive"));
+            return Err(ConfigError::HeartbeatTicksZero);
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return Err(ConfigError("election_ticks must exceed heartbeat_ticks"));
+            return Err(ConfigError::ElectionTicksNotAboveHeartbeat {
+                election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
         }
         if self.inflight_msgs_max == 0 {
-            return Err(ConfigError("inflight_msgs_max must be positive"));
+            return Err(ConfigError::InflightMsgsMaxZero);
         }
         if self.inflight_bytes_max != 0 && self.inflight_bytes_max < self.max_msg_bytes {
-            return Err(ConfigError(
-                "inflight_bytes_max must be at least max_msg_bytes",
-            ));
+            return Err(ConfigError::InflightBytesBelowMsgBytes {
+                inflight_bytes_max: self.inflight_bytes_max,
+                max_msg_bytes: self.max_msg_bytes,
+            });
         }
         if self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum {
-            return Err(ConfigError("lease-based reads require check_quorum"));
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
         Ok(())
     }

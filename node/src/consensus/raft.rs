@@ -61,10 +61,28 @@ pub struct SoftState {
     pub role: StateRole,
 }
 
-/// Why an input was refused.
+/// Why a node could not be started or an input was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RaftError {
+    /// The options are invalid.
+    Config(ConfigError),
+    /// The stored hard state says `commit` is committed but the log ends at `last_index`:
+    /// committed entries were lost.
+    CommitBeyondLog {
+        /// The commit index of the stored hard state.
+        commit: Index,
+        /// The last index of the stored log.
+        last_index: Index,
+    },
+    /// The state machine says it applied `applied` but the log's commit index is only
+    /// `commit`.
+    AppliedBeyondCommit {
+        /// [`Config::applied`].
+        applied: Index,
+        /// The commit index restored from storage.
+        commit: Index,
+    },
     /// The proposal or read could not be accepted (no leader, leadership transfer under way,
     /// uncommitted limit reached, node removed); the client should retry.
     ProposalDropped,
@@ -74,6 +92,48 @@ pub enum RaftError {
     BadMessage(&'static str),
     /// A membership change cannot be applied.
     ConfChange(ConfChangeError),
+}
+
+impl std::fmt::Display for RaftError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftError::Config(e) => write!(f, "invalid raft options: {e}"),
+            RaftError::CommitBeyondLog { commit, last_index } => write!(
+                f,
+                "the stored hard state commits index {commit} but the stored log ends at \
+                 {last_index}: committed entries were lost"
+            ),
+            RaftError::AppliedBeyondCommit { applied, commit } => write!(
+                f,
+                "the state machine applied index {applied} but the log commits only up to \
+                 {commit}"
+            ),
+            RaftError::ProposalDropped => write!(
+                f,
+                "the proposal was dropped (no leader, leadership transfer under way, \
+                 uncommitted limit reached or node removed); retry"
+            ),
+            RaftError::Misrouted => write!(f, "the message belongs to another group or node"),
+            RaftError::BadMessage(why) => write!(f, "malformed message: {why}"),
+            RaftError::ConfChange(e) => write!(f, "membership change refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RaftError::Config(e) => Some(e),
+            RaftError::ConfChange(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for RaftError {
+    fn from(e: ConfigError) -> RaftError {
+        RaftError::Config(e)
+    }
 }
 
 /// Why a node campaigns.
@@ -138,8 +198,10 @@ pub struct Raft<S> {
 }
 
 impl<S: LogStorage> Raft<S> {
-    /// A follower restored from `storage`.
-    pub fn new(config: &Config, storage: S) -> Result<Raft<S>, ConfigError> {
+    /// A follower restored from `storage`. Refuses invalid options and a stored state that
+    /// contradicts itself (a commit index beyond the log, an applied index beyond the commit
+    /// index): those mean lost data, which must not be hidden.
+    pub fn new(config: &Config, storage: S) -> Result<Raft<S>, RaftError> {
         config.validate()?;
         let (hard_state, conf_state) = storage.initial_state();
         let raft_log = RaftLog::new(storage, config.apply_bytes_max);
@@ -178,13 +240,25 @@ impl<S: LogStorage> Raft<S> {
         if hard_state != HardState::default() {
             raft.term = hard_state.term;
             raft.vote = hard_state.vote;
-            // A commit index beyond the durable log cannot be trusted; the leader resends it.
-            raft.raft_log
-                .commit_to(hard_state.commit.min(raft.raft_log.last_index()));
+            let last_index = raft.raft_log.last_index();
+            if hard_state.commit > last_index {
+                // The hard state and the entries it commits are written in order, so this
+                // log lost entries after they were committed.
+                return Err(RaftError::CommitBeyondLog {
+                    commit: hard_state.commit,
+                    last_index,
+                });
+            }
+            raft.raft_log.commit_to(hard_state.commit);
+        }
+        if config.applied > raft.raft_log.committed {
+            return Err(RaftError::AppliedBeyondCommit {
+                applied: config.applied,
+                commit: raft.raft_log.committed,
+            });
         }
         if config.applied > 0 {
-            let applied = config.applied.min(raft.raft_log.committed);
-            raft.raft_log.applied_to(applied);
+            raft.raft_log.applied_to(config.applied);
         }
         raft.become_follower(raft.term, NO_NODE);
         Ok(raft)

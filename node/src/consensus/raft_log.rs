@@ -12,6 +12,18 @@ pub struct CommittedConflict {
     pub index: Index,
 }
 
+impl std::fmt::Display for CommittedConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the appended entries conflict with committed entry {}",
+            self.index
+        )
+    }
+}
+
+impl std::error::Error for CommittedConflict {}
+
 /// A node's log.
 ///
 /// Invariant: `applied <= applying <= committed <= last_index()`; also `committed` entries are

@@ -16,7 +16,7 @@
 //! many groups can collect the Readies of all of them and persist their append work in one
 //! write.
 
-use super::config::{Config, ConfigError};
+use super::config::Config;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
     NodeId, Payload, Snapshot, Term, payload_bytes,
@@ -121,8 +121,8 @@ pub struct RawNode<S> {
 }
 
 impl<S: LogStorage> RawNode<S> {
-    /// A node restored from `storage`.
-    pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, ConfigError> {
+    /// A node restored from `storage` (see [`Raft::new`] for what is refused).
+    pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, RaftError> {
         let raft = Raft::new(config, storage)?;
         let prev_hard_state = raft.hard_state();
         let prev_soft_state = raft.soft_state();

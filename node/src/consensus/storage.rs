@@ -22,6 +22,23 @@ pub enum StorageError {
     SnapshotOutOfDate,
 }
 
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageError::Compacted => {
+                "the requested index is at or below the snapshot and was compacted away"
+            }
+            StorageError::Unavailable => "the requested index is beyond the last stored entry",
+            StorageError::SnapshotTemporarilyUnavailable => {
+                "a snapshot is being produced; ask again later"
+            }
+            StorageError::SnapshotOutOfDate => "the snapshot offered is older than the one stored",
+        })
+    }
+}
+
+impl std::error::Error for StorageError {}
+
 /// Durable log state, read by the consensus core.
 ///
 /// Contract:
