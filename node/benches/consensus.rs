@@ -23,7 +23,7 @@ fn commit_throughput(c: &mut Criterion) {
                     proposers,
                     size: 16,
                     duration: Duration::from_secs(60),
-                    max_commits: iters,
+                    commits_max: iters,
                 };
                 let report = run_consensus(&params, &mut |_| {});
                 // Scale to exactly `iters` commits; a run may overshoot by one batch.

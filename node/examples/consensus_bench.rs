@@ -16,7 +16,7 @@ fn main() {
         proposers: usize::try_from(arg(1, 256)).unwrap_or(256),
         size: usize::try_from(arg(2, 16)).unwrap_or(16),
         duration: Duration::from_secs(arg(3, 5)),
-        max_commits: 0,
+        commits_max: 0,
     };
     let report = run_consensus(&params, &mut |_| {});
     println!(

@@ -26,7 +26,7 @@ pub struct ConsensusBenchParams {
     /// How long to run.
     pub duration: Duration,
     /// Stop early after this many commits (0: no limit).
-    pub max_commits: u64,
+    pub commits_max: u64,
 }
 
 impl Default for ConsensusBenchParams {
@@ -36,7 +36,7 @@ impl Default for ConsensusBenchParams {
             proposers: 256,
             size: 16,
             duration: Duration::from_secs(5),
-            max_commits: 0,
+            commits_max: 0,
         }
     }
 }
@@ -95,7 +95,7 @@ impl BenchCluster {
                 let mut c = Config::new(id);
                 c.inflight_msgs_max = 4096;
                 c.inflight_bytes_max = 0;
-                c.max_msg_bytes = 1 << 20;
+                c.msg_bytes_max = 1 << 20;
                 c.uncommitted_bytes_max = 0;
                 let storage = MemStorage::new_with_conf(&voters, &[]);
                 // A fixed configuration cannot be invalid.
@@ -245,7 +245,7 @@ pub fn run_consensus(
             progress(&ConsensusBenchProgress { elapsed, commits });
             next_report += Duration::from_secs(1);
         }
-        if elapsed >= params.duration || (params.max_commits > 0 && commits >= params.max_commits) {
+        if elapsed >= params.duration || (params.commits_max > 0 && commits >= params.commits_max) {
             break;
         }
     }
@@ -269,7 +269,7 @@ mod tests {
             proposers: 8,
             size: 16,
             duration: Duration::from_secs(5),
-            max_commits: 200,
+            commits_max: 200,
         };
         let report = run_consensus(&params, &mut |_| {});
         assert!(report.commits >= 200);

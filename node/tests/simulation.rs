@@ -102,7 +102,7 @@ impl Sim {
             c.seed = seed.wrapping_mul(1000).wrapping_add(id);
             c.inflight_msgs_max = 4;
             c.election_ticks = 5;
-            c.max_msg_bytes = 64;
+            c.msg_bytes_max = 64;
             c.inflight_bytes_max = 256;
             env.add_node(c, &voters, &[]);
         }

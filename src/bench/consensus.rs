@@ -47,7 +47,7 @@ pub fn run(args: &ConsensusBenchArgs) -> Result<ExitCode, String> {
         proposers: args.proposers,
         size: args.size,
         duration: Duration::from_secs_f64(args.secs),
-        max_commits: 0,
+        commits_max: 0,
     };
     let report = run_consensus(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);

@@ -20,7 +20,7 @@ pub struct Config {
     pub applied: Index,
     /// The most payload bytes in one append message (at least one entry is always sent).
     /// Default 1 MiB.
-    pub max_msg_bytes: u64,
+    pub msg_bytes_max: u64,
     /// The most append messages in flight to one follower. Default 256.
     pub inflight_msgs_max: usize,
     /// The most payload bytes in flight to one follower; 0 for no limit. Default 32 MiB.
@@ -62,12 +62,12 @@ pub enum ConfigError {
     },
     /// `inflight_msgs_max` is 0.
     InflightMsgsMaxZero,
-    /// `inflight_bytes_max` is below `max_msg_bytes`, so a full message could never be sent.
+    /// `inflight_bytes_max` is below `msg_bytes_max`, so a full message could never be sent.
     InflightBytesBelowMsgBytes {
         /// The configured `inflight_bytes_max`.
         inflight_bytes_max: u64,
-        /// The configured `max_msg_bytes`.
-        max_msg_bytes: u64,
+        /// The configured `msg_bytes_max`.
+        msg_bytes_max: u64,
     },
     /// Lease-based reads are configured without `check_quorum`, which the lease relies on.
     LeaseWithoutCheckQuorum,
@@ -90,11 +90,11 @@ impl std::fmt::Display for ConfigError {
             }
             ConfigError::InflightBytesBelowMsgBytes {
                 inflight_bytes_max,
-                max_msg_bytes,
+                msg_bytes_max,
             } => write!(
                 f,
                 "inflight_bytes_max ({inflight_bytes_max}) must be 0 (no limit) or at least \
-                 max_msg_bytes ({max_msg_bytes})"
+                 msg_bytes_max ({msg_bytes_max})"
             ),
             ConfigError::LeaseWithoutCheckQuorum => {
                 write!(f, "lease-based reads require check_quorum")
@@ -114,7 +114,7 @@ impl Config {
             election_ticks: 10,
             heartbeat_ticks: 1,
             applied: 0,
-            max_msg_bytes: 1 << 20,
+            msg_bytes_max: 1 << 20,
             inflight_msgs_max: 256,
             inflight_bytes_max: 32 << 20,
             uncommitted_bytes_max: 64 << 20,
@@ -144,10 +144,10 @@ impl Config {
         if self.inflight_msgs_max == 0 {
             return Err(ConfigError::InflightMsgsMaxZero);
         }
-        if self.inflight_bytes_max != 0 && self.inflight_bytes_max < self.max_msg_bytes {
+        if self.inflight_bytes_max != 0 && self.inflight_bytes_max < self.msg_bytes_max {
             return Err(ConfigError::InflightBytesBelowMsgBytes {
                 inflight_bytes_max: self.inflight_bytes_max,
-                max_msg_bytes: self.max_msg_bytes,
+                msg_bytes_max: self.msg_bytes_max,
             });
         }
         if self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum {

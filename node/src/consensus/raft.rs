@@ -23,10 +23,10 @@ pub const CAMPAIGN_TRANSFER: &[u8] = b"transfer";
 
 /// The largest index or term a message may carry. Real values are nowhere near it; bounding
 /// them keeps every `index + n` computation on message data free of overflow.
-pub const MAX_INDEX_OR_TERM: u64 = 1 << 62;
+pub const INDEX_OR_TERM_MAX: u64 = 1 << 62;
 
 fn message_in_range(m: &Message) -> bool {
-    let ok = |v: u64| v <= MAX_INDEX_OR_TERM;
+    let ok = |v: u64| v <= INDEX_OR_TERM_MAX;
     ok(m.term)
         && ok(m.log_term)
         && ok(m.index)
@@ -191,7 +191,7 @@ pub struct Raft<S> {
     check_quorum: bool,
     pre_vote: bool,
     read_only_option: ReadOnlyOption,
-    max_msg_bytes: u64,
+    msg_bytes_max: u64,
     uncommitted_bytes_max: u64,
     disable_proposal_forwarding: bool,
     rng: Prng,
@@ -232,7 +232,7 @@ impl<S: LogStorage> Raft<S> {
             check_quorum: config.check_quorum,
             pre_vote: config.pre_vote,
             read_only_option: config.read_only,
-            max_msg_bytes: config.max_msg_bytes,
+            msg_bytes_max: config.msg_bytes_max,
             uncommitted_bytes_max: config.uncommitted_bytes_max,
             disable_proposal_forwarding: config.disable_proposal_forwarding,
             rng: Prng::new(config.seed ^ config.id.rotate_left(32)),
@@ -334,13 +334,13 @@ impl<S: LogStorage> Raft<S> {
         self.lead_transferee = None;
         self.tracker.reset_votes();
         let next = self.raft_log.last_index() + 1;
-        let (count_max, bytes_max) = (
+        let (msgs_max, bytes_max) = (
             self.tracker.inflight_msgs_max,
             self.tracker.inflight_bytes_max,
         );
         for pr in self.tracker.progress.values_mut() {
             let is_learner = pr.is_learner;
-            *pr = super::progress::Progress::new(next, count_max, bytes_max);
+            *pr = super::progress::Progress::new(next, msgs_max, bytes_max);
             pr.is_learner = is_learner;
         }
         // The leader's own match starts at zero and moves only when its own writes are
@@ -1084,7 +1084,7 @@ impl<S: LogStorage> Raft<S> {
         let Ok(prev_term) = self.raft_log.term(prev_index) else {
             return self.maybe_send_snapshot(to);
         };
-        let entries = match self.raft_log.entries(next, self.max_msg_bytes) {
+        let entries = match self.raft_log.entries(next, self.msg_bytes_max) {
             Ok(entries) => entries,
             Err(_) => return self.maybe_send_snapshot(to),
         };

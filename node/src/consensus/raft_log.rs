@@ -41,13 +41,13 @@ pub struct RaftLog<S> {
     /// The highest index the state machine reported applied.
     pub applied: Index,
     /// The most payload bytes of committed entries one Ready hands to the state machine.
-    pub max_apply_bytes: u64,
+    pub apply_bytes_max: u64,
 }
 
 impl<S: LogStorage> RaftLog<S> {
     /// A log over `storage` with everything in storage considered durable and the cursors at
     /// the snapshot.
-    pub fn new(storage: S, max_apply_bytes: u64) -> RaftLog<S> {
+    pub fn new(storage: S, apply_bytes_max: u64) -> RaftLog<S> {
         let first = storage.first_index();
         let last = storage.last_index();
         RaftLog {
@@ -56,7 +56,7 @@ impl<S: LogStorage> RaftLog<S> {
             committed: first - 1,
             applying: first - 1,
             applied: first - 1,
-            max_apply_bytes,
+            apply_bytes_max,
         }
     }
 
@@ -242,7 +242,7 @@ impl<S: LogStorage> RaftLog<S> {
         self.slice(
             self.applying + 1,
             self.max_appliable_index() + 1,
-            self.max_apply_bytes,
+            self.apply_bytes_max,
         )
         .unwrap_or_default()
     }
@@ -300,18 +300,18 @@ impl<S: LogStorage> RaftLog<S> {
         self.check_invariants();
     }
 
-    /// Entries from `index` to the end, at most `max_bytes` of payload (at least one entry).
-    pub fn entries(&self, index: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    /// Entries from `index` to the end, at most `bytes_max` of payload (at least one entry).
+    pub fn entries(&self, index: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         let last = self.last_index();
         if index > last {
             return Ok(Vec::new());
         }
-        self.slice(index, last + 1, max_bytes)
+        self.slice(index, last + 1, bytes_max)
     }
 
-    /// Entries `[lo, hi)` from storage and the unstable part, at most `max_bytes` of payload
+    /// Entries `[lo, hi)` from storage and the unstable part, at most `bytes_max` of payload
     /// (at least one entry when the range is non-empty).
-    pub fn slice(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    pub fn slice(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         if lo > hi {
             return Err(StorageError::Unavailable);
         }
@@ -327,7 +327,7 @@ impl<S: LogStorage> RaftLog<S> {
         let offset = self.unstable.offset;
         let mut out = Vec::new();
         if lo < offset {
-            out = self.storage.entries(lo, hi.min(offset), max_bytes)?;
+            out = self.storage.entries(lo, hi.min(offset), bytes_max)?;
             let got = lo + out.len() as u64;
             if got < hi.min(offset) || hi <= offset {
                 return Ok(out);
@@ -337,10 +337,10 @@ impl<S: LogStorage> RaftLog<S> {
             let used: u64 = out.iter().map(Entry::payload_bytes).sum();
             let part = self.unstable.slice(lo.max(offset), hi);
             if out.is_empty() {
-                out = part[..count_within(part, max_bytes)].to_vec();
+                out = part[..count_within(part, bytes_max)].to_vec();
             } else {
                 // Storage entries came first; unstable ones join only within the budget.
-                let budget = max_bytes.saturating_sub(used);
+                let budget = bytes_max.saturating_sub(used);
                 let mut bytes = 0u64;
                 let n = part
                     .iter()

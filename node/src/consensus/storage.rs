@@ -48,7 +48,7 @@ impl std::error::Error for StorageError {}
 /// - `term(i)` answers for `first_index() - 1 <= i <= last_index()` (the lower end from the
 ///   snapshot metadata); below that it returns [`StorageError::Compacted`], above it
 ///   [`StorageError::Unavailable`].
-/// - `entries(lo, hi, max_bytes)` returns entries `[lo, hi)` in order, cut at `max_bytes` of
+/// - `entries(lo, hi, bytes_max)` returns entries `[lo, hi)` in order, cut at `bytes_max` of
 ///   payload but always at least one entry when the range is non-empty. The returned vector is
 ///   owned by the caller.
 /// - Everything returned is durable: the host writes a Ready's append work into storage and
@@ -59,8 +59,8 @@ impl std::error::Error for StorageError {}
 pub trait LogStorage {
     /// The durable hard state and the membership as of the last snapshot.
     fn initial_state(&self) -> (HardState, ConfState);
-    /// Entries `[lo, hi)`, at most `max_bytes` of payload but at least one.
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+    /// Entries `[lo, hi)`, at most `bytes_max` of payload but at least one.
+    fn entries(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError>;
     /// The term of the entry at `index`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
     /// The index of the first entry that is still stored (snapshot index + 1).
@@ -189,7 +189,7 @@ impl LogStorage for MemStorage {
         (self.hard_state, self.snapshot.metadata.conf_state.clone())
     }
 
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         if lo < self.first_index() {
             return Err(StorageError::Compacted);
         }
@@ -200,7 +200,7 @@ impl LogStorage for MemStorage {
         let start = usize::try_from(lo - base).unwrap_or(usize::MAX);
         let end = usize::try_from(hi - base).unwrap_or(usize::MAX);
         let range = &self.entries[start..end];
-        Ok(range[..count_within(range, max_bytes)].to_vec())
+        Ok(range[..count_within(range, bytes_max)].to_vec())
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {

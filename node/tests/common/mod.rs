@@ -111,7 +111,7 @@ pub fn test_config(id: u64) -> Config {
     let mut c = Config::new(id);
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
-    c.max_msg_bytes = 1 << 16;
+    c.msg_bytes_max = 1 << 16;
     c.inflight_msgs_max = 8;
     c.inflight_bytes_max = 1 << 20;
     c
