@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
-use keel_node::bench::{ConsensusBenchParams, run_consensus};
-
+use super::consensus_driver::{ConsensusBenchParams, run_consensus};
 use super::{clear_progress, show_progress, thousands, whole};
+use clap::Args;
 
 /// The consensus core alone.
 #[derive(Args, Debug)]

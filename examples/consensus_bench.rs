@@ -1,9 +1,15 @@
 //! Runs the consensus workload once and prints the machine-readable line the CLI prints:
-//! `cargo run --release -p keel-node --example consensus_bench -- [nodes] [proposers] [size] [secs]`.
+//! `cargo run --release -p keel --example consensus_bench -- [nodes] [proposers] [size] [secs]`.
+
+// The driver is the CLI's own, included by path: the CLI is a binary, so it has no library
+// an example could link.
+#[allow(dead_code)]
+#[path = "../src/bench/consensus_driver.rs"]
+mod consensus_driver;
 
 use std::time::Duration;
 
-use keel_node::bench::{ConsensusBenchParams, run_consensus};
+use consensus_driver::{ConsensusBenchParams, run_consensus};
 
 fn main() {
     let args: Vec<u64> = std::env::args()
