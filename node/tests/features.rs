@@ -19,7 +19,7 @@ fn cluster(n: u64, tweak: impl Fn(&mut Config)) -> Env {
     }
     env.raw(1).campaign();
     env.stabilize();
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
     env
 }
 
@@ -91,7 +91,7 @@ fn leader_without_quorum_steps_down() {
         env.tick(1, 1);
         env.stabilize();
     }
-    assert_eq!(env.raw(1).raft.state, StateRole::Follower);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Follower);
 }
 
 #[test]
@@ -102,9 +102,9 @@ fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
         env.tick(3, 1);
         env.stabilize();
     }
-    let term = env.raw(1).raft.term;
+    let term = env.raw(1).basic_status().term;
     assert_eq!(
-        env.raw(3).raft.term,
+        env.raw(3).basic_status().term,
         term,
         "a pre-candidate does not raise its term"
     );
@@ -113,8 +113,8 @@ fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
         env.tick(1, 1);
         env.stabilize();
     }
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
-    assert_eq!(env.raw(1).raft.term, term);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().term, term);
 }
 
 #[test]
@@ -166,9 +166,9 @@ fn fast_backtracking_skips_a_divergent_term_in_one_round_trip() {
     }
     env.raw(1).campaign();
     env.stabilize();
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
-    assert_eq!(env.raw(2).raft.raft_log.last_index(), 12);
-    assert_eq!(env.raw(2).raft.raft_log.term(12), Ok(4));
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
+    assert_eq!(env.raw(2).basic_status().last_index, 12);
+    assert_eq!(env.raw(2).term(12), Ok(4));
     let appends = env.out.matches("1->2 Append").count();
     // Probe, skip back, then the commit notification.
     assert!(
@@ -245,4 +245,24 @@ fn errors_explain_themselves() {
     for e in errors {
         assert!(!e.to_string().is_empty());
     }
+}
+
+#[test]
+fn status_shows_the_leaders_view_of_every_peer() {
+    let mut env = cluster(3, |_| {});
+    env.raw(1).propose(b"x".to_vec()).unwrap();
+    env.stabilize();
+    let st = env.raw(1).status();
+    assert_eq!(st.basic.role, StateRole::Leader);
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(st.members(), vec![1, 2, 3]);
+    assert!(!st.is_joint());
+    let last = st.basic.last_index;
+    assert_eq!(st.basic.commit, last);
+    for (id, peer) in &st.progress {
+        assert_eq!(peer.matched, last, "peer {id}");
+        assert_eq!(peer.next, last + 1, "peer {id}");
+    }
+    assert_eq!(st.progress.len(), 3);
+    assert!(env.raw(2).status().progress.is_empty(), "followers track no peers");
 }

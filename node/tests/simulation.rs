@@ -359,15 +359,15 @@ impl Sim {
 
     fn change_membership(&mut self) {
         let Some(l) = self.env.leader() else { return };
-        let config = self.env.raw(l).raft.tracker.config.clone();
-        let voters: Vec<u64> = config.voters.incoming.voters.iter().copied().collect();
-        let learners: Vec<u64> = config.learners.iter().copied().collect();
+        let st = self.env.raw(l).status();
+        let voters = st.conf_state.voters.clone();
+        let learners = st.conf_state.learners.clone();
         let outsiders: Vec<u64> = (1..=self.n)
             .filter(|id| !voters.contains(id) && !learners.contains(id))
             .collect();
         let mut cc = ConfChange::default();
-        if config.voters.is_joint() {
-            if !config.auto_leave {
+        if st.is_joint() {
+            if !st.conf_state.auto_leave {
                 let _ = self.env.raw(l).propose_conf_change(&cc);
             }
             return;
@@ -411,8 +411,9 @@ impl Sim {
     }
 
     fn entry_at(&mut self, id: u64, index: u64) -> Option<Entry> {
-        let log = &self.env.raw(id).raft.raft_log;
-        log.slice(index, index + 1, u64::MAX)
+        self.env
+            .raw(id)
+            .entries(index, index + 1)
             .ok()
             .and_then(|mut v| v.pop())
     }
@@ -421,9 +422,9 @@ impl Sim {
         let ids = self.up_nodes();
         // Election safety: at most one leader per term.
         for &id in &ids {
-            let r = &self.env.raw(id).raft;
-            if r.state == StateRole::Leader {
-                let term = r.term;
+            let st = self.env.raw(id).basic_status();
+            if st.role == StateRole::Leader {
+                let term = st.term;
                 let prev = *self.truth.leaders.entry(term).or_insert(id);
                 if prev != id {
                     return Err(format!(
@@ -435,14 +436,14 @@ impl Sim {
         // Every node's committed prefix agrees with the cluster's committed log.
         for &id in &ids {
             let (committed, first, term) = {
-                let r = &self.env.raw(id).raft;
-                (r.raft_log.committed, r.raft_log.first_index(), r.term)
+                let st = self.env.raw(id).basic_status();
+                (st.commit, st.first_index, st.term)
             };
             let mut from = self.truth.checked.get(&id).copied().unwrap_or(0) + 1;
             if from < first {
                 // Compacted or replaced by a snapshot: check the snapshot's last entry term.
                 let snap_index = first - 1;
-                let t = self.env.raw(id).raft.raft_log.term(snap_index).unwrap_or(0);
+                let t = self.env.raw(id).term(snap_index).unwrap_or(0);
                 if let Some(e) = self
                     .truth
                     .log
@@ -491,13 +492,8 @@ impl Sim {
         // Leader completeness: a leader holds every entry committed in an earlier term.
         for &id in &ids {
             let (state, term, committed, last) = {
-                let r = &self.env.raw(id).raft;
-                (
-                    r.state,
-                    r.term,
-                    r.raft_log.committed,
-                    r.raft_log.last_index(),
-                )
+                let st = self.env.raw(id).basic_status();
+                (st.role, st.term, st.commit, st.last_index)
             };
             if state != StateRole::Leader {
                 continue;
@@ -543,12 +539,12 @@ impl Sim {
 
     fn check_log_matching(&mut self, a: u64, b: u64) -> Result<(), String> {
         let (la, fa, ca) = {
-            let l = &self.env.raw(a).raft.raft_log;
-            (l.last_index(), l.first_index(), l.committed)
+            let st = self.env.raw(a).basic_status();
+            (st.last_index, st.first_index, st.commit)
         };
         let (lb, fb, cb) = {
-            let l = &self.env.raw(b).raft.raft_log;
-            (l.last_index(), l.first_index(), l.committed)
+            let st = self.env.raw(b).basic_status();
+            (st.last_index, st.first_index, st.commit)
         };
         // Both committed prefixes were checked against the cluster log already.
         let floor = ca.min(cb).max(fa.max(fb)).max(1);
@@ -595,14 +591,15 @@ impl Sim {
             }
             self.check()?;
             let Some(l) = self.env.leader() else { continue };
-            if self.env.raw(l).raft.tracker.config.voters.is_joint() {
+            let st = self.env.raw(l).status();
+            if st.is_joint() {
                 let _ = self.env.raw(l).propose_conf_change(&ConfChange::default());
                 continue;
             }
-            let members = self.env.raw(l).raft.tracker.config.all_ids();
+            let members = st.members();
             let Some(target) = proposed else {
                 if self.env.raw(l).propose(b"final".to_vec()).is_ok() {
-                    proposed = Some(self.env.raw(l).raft.raft_log.last_index());
+                    proposed = Some(self.env.raw(l).basic_status().last_index);
                 }
                 continue;
             };
@@ -610,9 +607,9 @@ impl Sim {
                 .iter()
                 .all(|id| self.env.nodes[id].sm.index >= target);
             if done {
-                let leader_last = self.env.raw(l).raft.raft_log.last_index();
+                let leader_last = self.env.raw(l).basic_status().last_index;
                 for id in members {
-                    let last = self.env.raw(id).raft.raft_log.last_index();
+                    let last = self.env.raw(id).basic_status().last_index;
                     if last != leader_last {
                         return Err(format!(
                             "node {id} log ends at {last}, leader's at {leader_last}"
@@ -628,16 +625,18 @@ impl Sim {
         let mut state = String::new();
         for id in self.env.ids() {
             let sm_index = self.env.nodes[&id].sm.index;
-            let r = &self.env.raw(id).raft;
+            let st = self.env.raw(id).status();
+            let conf = st.conf_state;
+            let st = st.basic;
             state.push_str(&format!(
                 "\n  {id}: {:?} term:{} lead:{} commit:{} applied:{} last:{} conf:{:?} sm:{}",
-                r.state,
-                r.term,
-                r.leader_id,
-                r.raft_log.committed,
-                r.raft_log.applied,
-                r.raft_log.last_index(),
-                r.tracker.config.to_conf_state(),
+                st.role,
+                st.term,
+                st.leader_id,
+                st.commit,
+                st.applied,
+                st.last_index,
+                conf,
                 sm_index
             ));
         }
@@ -660,13 +659,10 @@ impl Sim {
                         if !self.env.is_up(id) {
                             return format!("{id}:down");
                         }
-                        let r = &self.env.raw(id).raft;
+                        let st = self.env.raw(id).basic_status();
                         format!(
                             "{id}:{:?}/t{}/c{}/l{}",
-                            r.state,
-                            r.term,
-                            r.raft_log.committed,
-                            r.raft_log.last_index()
+                            st.role, st.term, st.commit, st.last_index
                         )
                     })
                     .collect();

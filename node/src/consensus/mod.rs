@@ -17,6 +17,7 @@ pub mod raft;
 pub mod raft_log;
 pub mod raw_node;
 pub mod read_only;
+pub mod status;
 pub mod storage;
 pub mod tracker;
 
@@ -25,7 +26,9 @@ pub use message::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryId, EntryType,
     HardState, Message, MessageType, NO_NODE, NodeId, Payload, Snapshot, SnapshotMetadata,
 };
+pub use progress::ProgressState;
 pub use raft::{Raft, RaftError, SoftState, StateRole};
 pub use raw_node::{AppendAck, AppendWork, ApplyAck, ApplyWork, RawNode, Ready};
 pub use read_only::{ReadOnlyOption, ReadState};
+pub use status::{BasicStatus, PeerStatus, Status, UnstableStatus};
 pub use storage::{LogStorage, MemStorage, StorageError};

@@ -409,4 +409,30 @@ mod tests {
         assert_eq!(log.next_committed_entries().len(), 1);
         assert_eq!(log.slice(1, 3, u64::MAX).unwrap().len(), 2);
     }
+
+    #[test]
+    fn entries_of_previous_terms_are_not_committed_by_counting_replicas() {
+        // §5.4.2: "Raft never commits log entries from previous terms by counting replicas. Only
+        // log entries from the leader's current term are committed by counting replicas; once an
+        // entry from the current term has been committed in this way, then all prior entries are
+        // committed indirectly because of the Log Matching Property."
+        // (Moved from tests/paper.rs: it needs the log itself, which is not public.)
+        let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
+        log.append(3, ents(&[(1, 1), (2, 2)]));
+        assert!(
+            !log.maybe_commit(2, 3),
+            "index 2 is from term 2; the leader is in term 3"
+        );
+        assert_eq!(log.committed, 0);
+        log.append(
+            3,
+            vec![Entry {
+                index: 3,
+                term: 3,
+                ..Entry::default()
+            }],
+        );
+        assert!(log.maybe_commit(3, 3));
+        assert_eq!(log.committed, 3);
+    }
 }

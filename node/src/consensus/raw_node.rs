@@ -23,7 +23,8 @@ use super::message::{
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
-use super::storage::LogStorage;
+use super::status::{BasicStatus, PeerStatus, Status, UnstableStatus};
+use super::storage::{LogStorage, StorageError};
 
 /// Storage work: what to make durable before the acknowledgement.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -387,6 +388,71 @@ impl<S: LogStorage> RawNode<S> {
     /// This node's role.
     pub fn role(&self) -> StateRole {
         self.raft.state
+    }
+
+    /// The plain numbers of this node's state (no allocation).
+    pub fn basic_status(&self) -> BasicStatus {
+        let r = &self.raft;
+        let log = &r.raft_log;
+        BasicStatus {
+            id: r.id,
+            group_id: r.group_id,
+            term: r.term,
+            vote: r.vote,
+            role: r.state,
+            leader_id: r.leader_id,
+            commit: log.committed,
+            applying: log.applying,
+            applied: log.applied,
+            first_index: log.first_index(),
+            last_index: log.last_index(),
+            election_timeout_ticks: r.randomized_election_timeout,
+            unstable: UnstableStatus {
+                offset: log.unstable.offset,
+                offset_in_progress: log.unstable.offset_in_progress,
+                accepted_term: log.unstable.term,
+                snapshot_index: log.unstable.snapshot.as_ref().map(|s| s.metadata.index),
+            },
+        }
+    }
+
+    /// A snapshot of this node's state with its membership and, on the leader, every peer's
+    /// replication.
+    pub fn status(&self) -> Status {
+        let r = &self.raft;
+        let progress = if r.state == StateRole::Leader {
+            r.tracker
+                .progress
+                .iter()
+                .map(|(&id, pr)| {
+                    let peer = PeerStatus {
+                        matched: pr.matched,
+                        next: pr.next,
+                        state: pr.state,
+                        is_learner: pr.is_learner,
+                        recent_active: pr.recent_active,
+                    };
+                    (id, peer)
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+        Status {
+            basic: self.basic_status(),
+            conf_state: r.tracker.config.to_conf_state(),
+            progress,
+        }
+    }
+
+    /// The entries `[lo, hi)` of the log, durable or not.
+    pub fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.raft.raft_log.slice(lo, hi, u64::MAX)
+    }
+
+    /// The term of the entry at `index`, durable or not (the snapshot's term at its index).
+    pub fn term(&self, index: Index) -> Result<Term, StorageError> {
+        self.raft.raft_log.term(index)
     }
 }
 

@@ -516,7 +516,7 @@ impl Env {
             return false;
         };
         // Only what the state machine applied, and what is durable, may be compacted.
-        let index = node.sm.index.min(raw.raft.raft_log.applied);
+        let index = node.sm.index.min(raw.basic_status().applied);
         let data = node.sm.encode();
         if index == node.sm.index
             && index > raw.storage().snapshot_metadata().index
@@ -535,23 +535,23 @@ impl Env {
         self.nodes
             .iter()
             .filter_map(|(&id, n)| n.raw.as_ref().map(|r| (id, r)))
-            .filter(|(_, r)| r.raft.state == StateRole::Leader)
-            .max_by_key(|(_, r)| r.raft.term)
+            .map(|(id, r)| (id, r.basic_status()))
+            .filter(|(_, st)| st.role == StateRole::Leader)
+            .max_by_key(|(_, st)| st.term)
             .map(|(id, _)| id)
     }
 
     /// Node `id`'s log as "index/term" items.
     pub fn log_string(&mut self, id: u64) -> String {
         let raw = self.raw(id);
-        let log = &raw.raft.raft_log;
-        let first = log.first_index();
-        let last = log.last_index();
-        let ents = log.slice(first, last + 1, u64::MAX).unwrap_or_default();
+        let st = raw.basic_status();
+        let (first, last) = (st.first_index, st.last_index);
+        let ents = raw.entries(first, last + 1).unwrap_or_default();
         format!(
             "first:{first} last:{last} committed:{} applying:{} applied:{} entries:{}",
-            log.committed,
-            log.applying,
-            log.applied,
+            st.commit,
+            st.applying,
+            st.applied,
             fmt_entries(&ents)
         )
     }
