@@ -264,5 +264,8 @@ fn status_shows_the_leaders_view_of_every_peer() {
         assert_eq!(peer.next, last + 1, "peer {id}");
     }
     assert_eq!(st.progress.len(), 3);
-    assert!(env.raw(2).status().progress.is_empty(), "followers track no peers");
+    assert!(
+        env.raw(2).status().progress.is_empty(),
+        "followers track no peers"
+    );
 }

@@ -65,6 +65,7 @@ impl Inflights {
     }
 
     /// The number of messages in flight.
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.window.len()
     }

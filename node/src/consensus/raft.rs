@@ -4,7 +4,6 @@
 
 use super::confchange::{self, ConfChangeError};
 use super::config::{Config, ConfigError};
-use super::log_unstable::Unstable;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
     NO_NODE, NodeId, Snapshot, Term, payload_bytes,
@@ -288,11 +287,6 @@ impl<S: LogStorage> Raft<S> {
             .get(&self.id)
             .is_some_and(|pr| !pr.is_learner)
             && !self.raft_log.has_next_or_in_progress_snapshot()
-    }
-
-    /// The unstable part of the log (for inspection).
-    pub fn unstable(&self) -> &Unstable {
-        &self.raft_log.unstable
     }
 
     fn send(&mut self, mut m: Message) {

@@ -115,14 +115,15 @@ impl Ready {
 
 /// A raft instance and the bookkeeping to produce Readies.
 pub struct RawNode<S> {
-    /// The state machine.
-    pub raft: Raft<S>,
+    raft: Raft<S>,
     prev_soft_state: SoftState,
     prev_hard_state: HardState,
 }
 
 impl<S: LogStorage> RawNode<S> {
-    /// A node restored from `storage` (see [`Raft::new`] for what is refused).
+    /// A node restored from `storage`. Refuses invalid options and a stored state that
+    /// contradicts itself (a commit index beyond the log, an applied index beyond the commit
+    /// index): those mean lost data, which must not be hidden.
     pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, RaftError> {
         let raft = Raft::new(config, storage)?;
         let prev_hard_state = raft.hard_state();
@@ -209,7 +210,8 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.step(m)
     }
 
-    /// Applies a committed membership change (see [`Raft::apply_conf_change`]).
+    /// Applies a committed membership change and returns the resulting membership. The host
+    /// calls this when it applies an [`EntryType::ConfChange`] entry.
     pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, RaftError> {
         self.raft.apply_conf_change(cc)
     }
@@ -481,8 +483,8 @@ mod tests {
         assert_eq!(peeked, taken);
         assert_eq!(a.has_ready(), b.has_ready());
         assert_eq!(
-            a.raft.unstable().offset_in_progress,
-            b.raft.unstable().offset_in_progress
+            a.basic_status().unstable.offset_in_progress,
+            b.basic_status().unstable.offset_in_progress
         );
     }
 
@@ -504,6 +506,6 @@ mod tests {
             last: Some(EntryId { index: 1, term: 1 }),
             ..AppendAck::default()
         });
-        assert_eq!(raw.raft.unstable().offset, 1);
+        assert_eq!(raw.basic_status().unstable.offset, 1);
     }
 }

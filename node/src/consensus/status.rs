@@ -22,8 +22,7 @@ pub struct PeerStatus {
     pub recent_active: bool,
 }
 
-/// The part of the log that is not yet durable (see
-/// [`Unstable`](super::log_unstable::Unstable)).
+/// The part of the log that is not yet durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnstableStatus {
     /// The first index not known to be durable.
