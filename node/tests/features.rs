@@ -240,7 +240,10 @@ fn errors_explain_themselves() {
     assert!(!boxed.to_string().is_empty());
     let errors: Vec<Box<dyn std::error::Error>> = vec![
         Box::new(RaftError::ProposalDropped),
-        Box::new(keel_node::consensus::StorageError::Compacted),
+        Box::new(keel_node::consensus::StorageError::Compacted {
+            index: 3,
+            snapshot_index: 7,
+        }),
     ];
     for e in errors {
         assert!(!e.to_string().is_empty());

@@ -106,10 +106,16 @@ impl<S: LogStorage> RaftLog<S> {
             return Ok(term);
         }
         if index < self.first_index() - 1 {
-            return Err(StorageError::Compacted);
+            return Err(StorageError::Compacted {
+                index,
+                snapshot_index: self.first_index() - 1,
+            });
         }
         if index > self.last_index() {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::Unavailable {
+                index,
+                last_index: self.last_index(),
+            });
         }
         self.storage.term(index)
     }
@@ -313,13 +319,19 @@ impl<S: LogStorage> RaftLog<S> {
     /// (at least one entry when the range is non-empty).
     pub fn slice(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         if lo > hi {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::InvalidRange { lo, hi });
         }
         if lo < self.first_index() {
-            return Err(StorageError::Compacted);
+            return Err(StorageError::Compacted {
+                index: lo,
+                snapshot_index: self.first_index() - 1,
+            });
         }
         if hi > self.last_index() + 1 {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::Unavailable {
+                index: hi - 1,
+                last_index: self.last_index(),
+            });
         }
         if lo == hi {
             return Ok(Vec::new());
