@@ -297,6 +297,20 @@ impl Env {
         true
     }
 
+    /// Whether node `id`'s newest storage work, not yet written, replaces entries its
+    /// storage holds.
+    pub fn overwrite_in_flight(&self, id: u64) -> bool {
+        let Some(node) = self.nodes.get(&id) else {
+            return false;
+        };
+        let (Some(raw), Some(work)) = (node.raw.as_ref(), node.appends.back()) else {
+            return false;
+        };
+        work.entries
+            .first()
+            .is_some_and(|e| e.index <= raw.storage().last_index())
+    }
+
     /// Hands node `id` the oldest held acknowledgement of a durable write.
     pub fn ack_append(&mut self, id: u64) -> bool {
         let Some(ack) = self
