@@ -508,4 +508,75 @@ mod tests {
         });
         assert_eq!(raw.basic_status().unstable.offset, 1);
     }
+
+    #[test]
+    fn snapshot_ack_counts_even_after_a_newer_leader_appended() {
+        // Write 1 installs a snapshot from the leader of term 2; the leader of term 3 appends
+        // after it (write 2) before write 1 is acknowledged. The snapshot is committed, so
+        // nothing replaces it at the same index: its acknowledgement must still count, or the
+        // node would wait for it forever.
+        let storage = MemStorage::new_with_conf(&[1, 2, 3], &[]);
+        let mut raw = RawNode::new(&Config::new(2), storage).unwrap();
+        let mut m = Message::new(MessageType::Snapshot, 1, 2);
+        m.term = 2;
+        let mut snap = Snapshot::default();
+        snap.metadata.index = 10;
+        snap.metadata.term = 2;
+        snap.metadata.conf_state.voters = vec![1, 2, 3];
+        m.snapshot = Some(snap);
+        raw.step(m).unwrap();
+        let write_1 = raw.ready().append.unwrap();
+        assert_eq!(write_1.ack.snapshot_index, Some(10));
+        let mut m = Message::new(MessageType::Append, 3, 2);
+        m.term = 3;
+        m.index = 10;
+        m.log_term = 2;
+        m.entries = vec![Entry {
+            index: 11,
+            term: 3,
+            ..Entry::default()
+        }];
+        raw.step(m).unwrap();
+        let write_2 = raw.ready().append.unwrap();
+        assert_eq!(write_2.ack.accepted_term, 3);
+        assert!(write_1.ack.accepted_term < write_2.ack.accepted_term);
+        raw.storage_mut()
+            .apply_snapshot(write_1.snapshot.clone().unwrap())
+            .unwrap();
+        raw.on_append_durable(write_1.ack);
+        let st = raw.basic_status();
+        assert_eq!(st.unstable.snapshot_index, None);
+        assert_eq!(st.applied, 10);
+        assert_eq!(
+            st.unstable.offset, 11,
+            "the entry after it is still unstable"
+        );
+        raw.storage_mut().append(&write_2.entries).unwrap();
+        raw.on_append_durable(write_2.ack);
+        assert_eq!(raw.basic_status().unstable.offset, 12);
+    }
+
+    #[test]
+    fn ack_from_before_a_restart_marks_nothing_stable() {
+        // A restarted node's log has accepted no leader's append yet; an acknowledgement the
+        // host kept from before the restart is ignored for its entries.
+        let mut storage = MemStorage::new_with_conf(&[1, 2], &[]);
+        storage
+            .append(&[Entry {
+                index: 1,
+                term: 1,
+                ..Entry::default()
+            }])
+            .unwrap();
+        let mut raw = RawNode::new(&Config::new(1), storage).unwrap();
+        let before = raw.basic_status();
+        assert_eq!(before.unstable.accepted_term, 0);
+        raw.on_append_durable(AppendAck {
+            group_id: 0,
+            accepted_term: 1,
+            last: Some(EntryId { index: 1, term: 1 }),
+            ..AppendAck::default()
+        });
+        assert_eq!(raw.basic_status(), before);
+    }
 }
