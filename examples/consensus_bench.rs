@@ -4,12 +4,12 @@
 // The driver is the CLI's own, included by path: the CLI is a binary, so it has no library
 // an example could link.
 #[allow(dead_code)]
-#[path = "../src/bench/consensus_driver.rs"]
-mod consensus_driver;
+#[path = "../src/bench/consensus/driver.rs"]
+mod driver;
 
 use std::time::Duration;
 
-use consensus_driver::{ConsensusBenchParams, run_consensus};
+use driver::{ConsensusBenchParams, run_consensus};
 
 fn main() {
     let args: Vec<u64> = std::env::args()

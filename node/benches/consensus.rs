@@ -6,7 +6,7 @@
 //! - `ready_cycle/one_proposal`: one Ready cycle of every node with one new proposal per
 //!   cycle (pipelined, so each cycle also commits about one proposal).
 //!
-//! The cluster is a copy of the one `keel bench consensus` drives (src/bench/consensus_driver.rs
+//! The cluster is a copy of the one `keel bench consensus` drives (src/bench/consensus/driver.rs
 //! in the CLI), so that this library needs no benchmark code of its own.
 
 use std::time::{Duration, Instant};

@@ -1,12 +1,15 @@
 //! `keel bench consensus`: a cluster of pure Raft cores in one process, messages delivered
 //! in memory, no disk: committed proposals per second and proposal-to-commit latency.
 
+mod driver;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::consensus_driver::{ConsensusBenchParams, run_consensus};
-use super::{clear_progress, show_progress, thousands, whole};
 use clap::Args;
+
+use super::{clear_progress, show_progress, thousands, whole};
+use driver::{ConsensusBenchParams, run_consensus};
 
 /// The consensus core alone.
 #[derive(Args, Debug)]

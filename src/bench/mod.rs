@@ -2,7 +2,6 @@
 //! table on stdout and one machine-readable line.
 
 mod consensus;
-mod consensus_driver;
 mod engine;
 mod wal;
 

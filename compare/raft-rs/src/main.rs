@@ -1,5 +1,5 @@
 //! The workload of `keel bench consensus` (`run_consensus` in the CLI's
-//! `src/bench/consensus_driver.rs`) driven through tikv/raft-rs: a 3-node cluster in one
+//! `src/bench/consensus/driver.rs`) driven through tikv/raft-rs: a 3-node cluster in one
 //! thread, `MemStorage`, messages delivered in memory, a closed loop of N concurrent proposals
 //! batched into one MsgPropose per cycle, commits counted when the leader applies them. Prints
 //! the same line as Keel with `impl=raft-rs`.
