@@ -19,7 +19,7 @@ fn cluster(n: u64, tweak: impl Fn(&mut Config)) -> Env {
     }
     env.raw(1).campaign();
     env.stabilize();
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
     env
 }
 
@@ -91,7 +91,7 @@ fn leader_without_quorum_steps_down() {
         env.tick(1, 1);
         env.stabilize();
     }
-    assert_eq!(env.raw(1).raft.state, StateRole::Follower);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Follower);
 }
 
 #[test]
@@ -102,9 +102,9 @@ fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
         env.tick(3, 1);
         env.stabilize();
     }
-    let term = env.raw(1).raft.term;
+    let term = env.raw(1).basic_status().term;
     assert_eq!(
-        env.raw(3).raft.term,
+        env.raw(3).basic_status().term,
         term,
         "a pre-candidate does not raise its term"
     );
@@ -113,8 +113,8 @@ fn pre_vote_keeps_a_rejoining_node_from_disrupting_the_leader() {
         env.tick(1, 1);
         env.stabilize();
     }
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
-    assert_eq!(env.raw(1).raft.term, term);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().term, term);
 }
 
 #[test]
@@ -166,14 +166,109 @@ fn fast_backtracking_skips_a_divergent_term_in_one_round_trip() {
     }
     env.raw(1).campaign();
     env.stabilize();
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
-    assert_eq!(env.raw(2).raft.raft_log.last_index(), 12);
-    assert_eq!(env.raw(2).raft.raft_log.term(12), Ok(4));
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
+    assert_eq!(env.raw(2).basic_status().last_index, 12);
+    assert_eq!(env.raw(2).term(12), Ok(4));
     let appends = env.out.matches("1->2 Append").count();
     // Probe, skip back, then the commit notification.
     assert!(
         appends <= 3,
         "caught up after {appends} appends:\n{}",
         env.out
+    );
+}
+
+fn storage_with_commit(last: u64, commit: u64) -> MemStorage {
+    let mut storage = MemStorage::new_with_conf(&[1, 2, 3], &[]);
+    let entries: Vec<Entry> = (1..=last)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            ..Entry::default()
+        })
+        .collect();
+    storage.append(&entries).unwrap();
+    storage.set_hard_state(HardState {
+        term: 1,
+        vote: 1,
+        commit,
+    });
+    storage
+}
+
+#[test]
+fn restart_from_a_log_that_lost_committed_entries_is_an_error() {
+    // The hard state says 5 is committed but the log ends at 3: committed entries were lost,
+    // and starting anyway would hide it.
+    let err = keel_node::consensus::RawNode::new(&test_config(1), storage_with_commit(3, 5))
+        .err()
+        .expect("a commit index beyond the log is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains('5') && text.contains('3'),
+        "the message names both numbers: {text}"
+    );
+
+    // The state machine claims more than the log says is committed.
+    let mut c = test_config(1);
+    c.applied = 4;
+    let err = keel_node::consensus::RawNode::new(&c, storage_with_commit(5, 3))
+        .err()
+        .expect("applied beyond the commit index is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains('4') && text.contains('3'),
+        "the message names both numbers: {text}"
+    );
+
+    let mut c = test_config(1);
+    c.applied = 3;
+    assert!(keel_node::consensus::RawNode::new(&c, storage_with_commit(5, 3)).is_ok());
+}
+
+#[test]
+fn errors_explain_themselves() {
+    let mut c = test_config(1);
+    c.election_ticks = 1;
+    let err = c.validate().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("election_ticks") && text.contains('1'),
+        "{text}"
+    );
+    let boxed: Box<dyn std::error::Error> = Box::new(err);
+    assert!(!boxed.to_string().is_empty());
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(RaftError::ProposalDropped),
+        Box::new(keel_node::consensus::StorageError::Compacted {
+            index: 3,
+            snapshot_index: 7,
+        }),
+    ];
+    for e in errors {
+        assert!(!e.to_string().is_empty());
+    }
+}
+
+#[test]
+fn status_shows_the_leaders_view_of_every_peer() {
+    let mut env = cluster(3, |_| {});
+    env.raw(1).propose(b"x".to_vec()).unwrap();
+    env.stabilize();
+    let st = env.raw(1).status();
+    assert_eq!(st.basic.role, StateRole::Leader);
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(st.members(), vec![1, 2, 3]);
+    assert!(!st.is_joint());
+    let last = st.basic.last_index;
+    assert_eq!(st.basic.commit, last);
+    for (id, peer) in &st.progress {
+        assert_eq!(peer.matched, last, "peer {id}");
+        assert_eq!(peer.next, last + 1, "peer {id}");
+    }
+    assert_eq!(st.progress.len(), 3);
+    assert!(
+        env.raw(2).status().progress.is_empty(),
+        "followers track no peers"
     );
 }

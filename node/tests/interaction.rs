@@ -114,6 +114,20 @@ fn run_command(env: &mut Env, line: &str) -> String {
                 }
             }
         }
+        "write-append" => {
+            for id in ids(args) {
+                if !env.write_append(id) {
+                    let _ = writeln!(env.out, "> {id} no append work");
+                }
+            }
+        }
+        "ack-append" => {
+            for id in ids(args) {
+                if !env.ack_append(id) {
+                    let _ = writeln!(env.out, "> {id} no held acknowledgement");
+                }
+            }
+        }
         "process-apply" => {
             for id in ids(args) {
                 if !env.process_apply(id) {
@@ -144,7 +158,7 @@ fn run_command(env: &mut Env, line: &str) -> String {
         }
         "tick-election" => {
             for id in ids(args) {
-                let n = env.raw(id).raft.randomized_election_timeout;
+                let n = env.raw(id).basic_status().election_timeout_ticks;
                 env.tick(id, n);
             }
         }
@@ -179,15 +193,20 @@ fn run_command(env: &mut Env, line: &str) -> String {
         }
         "unstable" => {
             for id in ids(args) {
-                let u = env.raw(id).raft.unstable().clone();
+                let raw = env.raw(id);
+                let st = raw.basic_status();
+                let u = st.unstable;
+                let entries = raw
+                    .entries(u.offset, st.last_index + 1)
+                    .expect("unstable entries");
                 let _ = writeln!(
                     env.out,
                     "{id}: offset:{} offset_in_progress:{} entries:{} snapshot:{}",
                     u.offset,
                     u.offset_in_progress,
-                    common::fmt_entries(&u.entries),
-                    u.snapshot
-                        .map_or(String::from("-"), |s| s.metadata.index.to_string())
+                    common::fmt_entries(&entries),
+                    u.snapshot_index
+                        .map_or(String::from("-"), |i| i.to_string())
                 );
             }
         }
@@ -197,10 +216,10 @@ fn run_command(env: &mut Env, line: &str) -> String {
                     let _ = writeln!(env.out, "{id}: down");
                     continue;
                 }
-                let r = &env.raw(id).raft;
+                let st = env.raw(id).basic_status();
                 let line = format!(
                     "{id}: {:?} term:{} vote:{} lead:{} commit:{}",
-                    r.state, r.term, r.vote, r.leader_id, r.raft_log.committed
+                    st.role, st.term, st.vote, st.leader_id, st.commit
                 );
                 let _ = writeln!(env.out, "{line}");
             }

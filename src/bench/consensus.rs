@@ -1,13 +1,15 @@
 //! `keel bench consensus`: a cluster of pure Raft cores in one process, messages delivered
 //! in memory, no disk: committed proposals per second and proposal-to-commit latency.
 
+mod driver;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use keel_node::bench::{ConsensusBenchParams, run_consensus};
 
 use super::{clear_progress, show_progress, thousands, whole};
+use driver::{ConsensusBenchParams, run_consensus};
 
 /// The consensus core alone.
 #[derive(Args, Debug)]
@@ -47,7 +49,7 @@ pub fn run(args: &ConsensusBenchArgs) -> Result<ExitCode, String> {
         proposers: args.proposers,
         size: args.size,
         duration: Duration::from_secs_f64(args.secs),
-        max_commits: 0,
+        commits_max: 0,
     };
     let report = run_consensus(&params, &mut |p| {
         let secs = p.elapsed.as_secs_f64().max(1e-9);

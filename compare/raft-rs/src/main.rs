@@ -1,7 +1,8 @@
-//! The workload of `keel_node::bench::run_consensus` driven through tikv/raft-rs: a 3-node
-//! cluster in one thread, `MemStorage`, messages delivered in memory, a closed loop of N
-//! concurrent proposals batched into one MsgPropose per cycle, commits counted when the
-//! leader applies them. Prints the same line as Keel with `impl=raft-rs`.
+//! The workload of `keel bench consensus` (`run_consensus` in the CLI's
+//! `src/bench/consensus/driver.rs`) driven through tikv/raft-rs: a 3-node cluster in one
+//! thread, `MemStorage`, messages delivered in memory, a closed loop of N concurrent proposals
+//! batched into one MsgPropose per cycle, commits counted when the leader applies them. Prints
+//! the same line as Keel with `impl=raft-rs`.
 //!
 //! `cargo run --release -- [nodes] [proposers] [size] [secs]`
 
@@ -129,7 +130,7 @@ fn main() {
     let (nodes, proposers, size, secs) = (arg(0, 3), arg(1, 256) as usize, arg(2, 16) as usize, arg(3, 5));
     let mut cluster = Cluster::new(nodes);
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
-    // Recorded the same way as keel_node::bench does, so that both pay the same cost.
+    // Recorded the same way as the CLI's consensus driver does, so that both pay the same cost.
     let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut commits = 0u64;
     let mut ready_to_propose = proposers.max(1);

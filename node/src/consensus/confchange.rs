@@ -23,6 +23,26 @@ pub enum ConfChangeError {
     InvalidNode,
 }
 
+impl std::fmt::Display for ConfChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConfChangeError::AlreadyJoint => {
+                "the membership is already joint; leave it before entering another"
+            }
+            ConfChangeError::NotJoint => {
+                "the membership is not joint, so there is nothing to leave"
+            }
+            ConfChangeError::MoreThanOneVoterChanged => {
+                "a simple membership change may change at most one voter; use a joint change"
+            }
+            ConfChangeError::NoVoters => "the membership change would leave no voter",
+            ConfChangeError::InvalidNode => "node id 0 is reserved and cannot be a member",
+        })
+    }
+}
+
+impl std::error::Error for ConfChangeError {}
+
 /// The membership and progress map after a change, to be installed by the caller.
 pub struct Changed {
     /// The new membership.

@@ -20,7 +20,7 @@ pub struct Config {
     pub applied: Index,
     /// The most payload bytes in one append message (at least one entry is always sent).
     /// Default 1 MiB.
-    pub max_msg_bytes: u64,
+    pub msg_bytes_max: u64,
     /// The most append messages in flight to one follower. Default 256.
     pub inflight_msgs_max: usize,
     /// The most payload bytes in flight to one follower; 0 for no limit. Default 32 MiB.
@@ -47,7 +47,63 @@ pub struct Config {
 
 /// Why a [`Config`] is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError(pub &'static str);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `id` is 0, the marker for "no node".
+    IdZero,
+    /// `heartbeat_ticks` is 0.
+    HeartbeatTicksZero,
+    /// `election_ticks` does not exceed `heartbeat_ticks`.
+    ElectionTicksNotAboveHeartbeat {
+        /// The configured `election_ticks`.
+        election_ticks: u64,
+        /// The configured `heartbeat_ticks`.
+        heartbeat_ticks: u64,
+    },
+    /// `inflight_msgs_max` is 0.
+    InflightMsgsMaxZero,
+    /// `inflight_bytes_max` is below `msg_bytes_max`, so a full message could never be sent.
+    InflightBytesBelowMsgBytes {
+        /// The configured `inflight_bytes_max`.
+        inflight_bytes_max: u64,
+        /// The configured `msg_bytes_max`.
+        msg_bytes_max: u64,
+    },
+    /// Lease-based reads are configured without `check_quorum`, which the lease relies on.
+    LeaseWithoutCheckQuorum,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::IdZero => write!(f, "id must not be 0 (0 means no node)"),
+            ConfigError::HeartbeatTicksZero => write!(f, "heartbeat_ticks must be positive, got 0"),
+            ConfigError::ElectionTicksNotAboveHeartbeat {
+                election_ticks,
+                heartbeat_ticks,
+            } => write!(
+                f,
+                "election_ticks ({election_ticks}) must exceed heartbeat_ticks ({heartbeat_ticks})"
+            ),
+            ConfigError::InflightMsgsMaxZero => {
+                write!(f, "inflight_msgs_max must be positive, got 0")
+            }
+            ConfigError::InflightBytesBelowMsgBytes {
+                inflight_bytes_max,
+                msg_bytes_max,
+            } => write!(
+                f,
+                "inflight_bytes_max ({inflight_bytes_max}) must be 0 (no limit) or at least \
+                 msg_bytes_max ({msg_bytes_max})"
+            ),
+            ConfigError::LeaseWithoutCheckQuorum => {
+                write!(f, "lease-based reads require check_quorum")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl Config {
     /// The defaults for node `id`.
@@ -58,7 +114,7 @@ impl Config {
             election_ticks: 10,
             heartbeat_ticks: 1,
             applied: 0,
-            max_msg_bytes: 1 << 20,
+            msg_bytes_max: 1 << 20,
             inflight_msgs_max: 256,
             inflight_bytes_max: 32 << 20,
             uncommitted_bytes_max: 64 << 20,
@@ -74,24 +130,28 @@ impl Config {
     /// Checks the relations between the options.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
-            return Err(ConfigError("id must not be 0"));
+            return Err(ConfigError::IdZero);
         }
         if self.heartbeat_ticks == 0 {
-            return Err(ConfigError("heartbeat_ticks must be positive"));
+            return Err(ConfigError::HeartbeatTicksZero);
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return Err(ConfigError("election_ticks must exceed heartbeat_ticks"));
+            return Err(ConfigError::ElectionTicksNotAboveHeartbeat {
+                election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
         }
         if self.inflight_msgs_max == 0 {
-            return Err(ConfigError("inflight_msgs_max must be positive"));
+            return Err(ConfigError::InflightMsgsMaxZero);
         }
-        if self.inflight_bytes_max != 0 && self.inflight_bytes_max < self.max_msg_bytes {
-            return Err(ConfigError(
-                "inflight_bytes_max must be at least max_msg_bytes",
-            ));
+        if self.inflight_bytes_max != 0 && self.inflight_bytes_max < self.msg_bytes_max {
+            return Err(ConfigError::InflightBytesBelowMsgBytes {
+                inflight_bytes_max: self.inflight_bytes_max,
+                msg_bytes_max: self.msg_bytes_max,
+            });
         }
         if self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum {
-            return Err(ConfigError("lease-based reads require check_quorum"));
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
         }
         Ok(())
     }

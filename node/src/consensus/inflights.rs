@@ -11,18 +11,18 @@ pub struct Inflights {
     window: VecDeque<(Index, u64)>,
     bytes: u64,
     /// The most messages in flight.
-    count_max: usize,
+    msgs_max: usize,
     /// The most payload bytes in flight; 0 means no byte limit.
     bytes_max: u64,
 }
 
 impl Inflights {
     /// An empty window.
-    pub fn new(count_max: usize, bytes_max: u64) -> Inflights {
+    pub fn new(msgs_max: usize, bytes_max: u64) -> Inflights {
         Inflights {
             window: VecDeque::new(),
             bytes: 0,
-            count_max,
+            msgs_max,
             bytes_max,
         }
     }
@@ -36,7 +36,7 @@ impl Inflights {
 
     /// Whether no more messages may be sent.
     pub fn full(&self) -> bool {
-        self.window.len() >= self.count_max || (self.bytes_max > 0 && self.bytes >= self.bytes_max)
+        self.window.len() >= self.msgs_max || (self.bytes_max > 0 && self.bytes >= self.bytes_max)
     }
 
     /// Forgets the messages whose last index is at most `to`: the follower acknowledged them.
@@ -65,6 +65,7 @@ impl Inflights {
     }
 
     /// The number of messages in flight.
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.window.len()
     }

@@ -9,6 +9,16 @@ use super::message::{Entry, EntryId, Index, Snapshot, Term};
 /// being written; `[offset_in_progress, offset + entries.len())` have not been handed out yet.
 /// Acknowledgements move `offset` forward; new Readies move `offset_in_progress` forward; a
 /// leader change that overwrites a suffix may move both back.
+///
+/// Every write handed out is stamped with `term`, the term of the leader whose append the log
+/// accepted last. While that term stays the same the log only grows: the leader of a term
+/// never rewrites its own log, and once its append changed this log, the whole log is a prefix
+/// of the leader's. So a write stamped with the current term cannot have been overwritten by a
+/// later one, while a write stamped with an older term may have been, even if an entry with
+/// the same index and term was restored since (a leader of term 3 overwrote 5/2 with 5/3, a
+/// leader of term 4 wrote 5/2 back, and storage holds 5/3 until the last write lands). Its
+/// acknowledgement is ignored: writes complete in order, so the acknowledgement of a write
+/// stamped with the current term comes later and covers it.
 #[derive(Clone, Debug, Default)]
 pub struct Unstable {
     /// A snapshot being installed, if any. Invariant: when present, `offset` is its index + 1
@@ -25,6 +35,9 @@ pub struct Unstable {
     /// Entries below this index have been handed out for writing.
     /// Invariant: `offset <= offset_in_progress <= offset + entries.len()`.
     pub offset_in_progress: Index,
+    /// The term of the leader whose append (entries or snapshot) this log accepted last; 0
+    /// until the first one after a restart. Invariant: it never decreases.
+    pub term: Term,
 }
 
 impl Unstable {
@@ -104,10 +117,14 @@ impl Unstable {
         self.check_invariants();
     }
 
-    /// Drops the entries up to `id` because the host reports them durable. An acknowledgement
-    /// whose entry is no longer here with the same term is stale (a newer leader overwrote the
-    /// entries after the write started) and is ignored.
-    pub fn stable_to(&mut self, id: EntryId) -> bool {
+    /// Drops the entries up to `id` because the host reports durable a write stamped with
+    /// `accepted_term` whose last entry is `id`. The acknowledgement is stale, and ignored,
+    /// when the log accepted a newer leader's append since the write was handed out (see the
+    /// type's documentation) or when its entry is no longer here with the same term.
+    pub fn stable_to(&mut self, accepted_term: Term, id: EntryId) -> bool {
+        if accepted_term != self.term {
+            return false;
+        }
         let Some(term) = self.maybe_term(id.index) else {
             return false;
         };
@@ -137,8 +154,9 @@ impl Unstable {
         false
     }
 
-    /// Replaces everything with a snapshot received from the leader.
-    pub fn restore(&mut self, snapshot: Snapshot) {
+    /// Replaces everything with a snapshot received from the leader of `leader_term`.
+    pub fn restore(&mut self, leader_term: Term, snapshot: Snapshot) {
+        self.accept_leader(leader_term);
         self.offset = snapshot.metadata.index + 1;
         self.offset_in_progress = self.offset;
         self.entries.clear();
@@ -147,13 +165,19 @@ impl Unstable {
         self.check_invariants();
     }
 
-    /// Appends `entries` (contiguous, non-empty), first truncating whatever they overwrite.
-    /// Overwriting entries that are being written moves `offset_in_progress` back so that the
-    /// new entries are handed out again.
-    pub fn truncate_and_append(&mut self, mut entries: Vec<Entry>) {
+    fn accept_leader(&mut self, leader_term: Term) {
+        debug_assert!(leader_term >= self.term, "{leader_term} < {}", self.term);
+        self.term = self.term.max(leader_term);
+    }
+
+    /// Appends `entries` (contiguous, non-empty) from the leader of `leader_term`, first
+    /// truncating whatever they overwrite. Overwriting entries that are being written moves
+    /// `offset_in_progress` back so that the new entries are handed out again.
+    pub fn truncate_and_append(&mut self, leader_term: Term, mut entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
+        self.accept_leader(leader_term);
         let from = first.index;
         let end = self.offset + self.entries.len() as u64;
         if from == end {
@@ -199,12 +223,12 @@ mod tests {
     #[test]
     fn append_while_write_in_progress_keeps_offsets() {
         let mut u = Unstable::new(5);
-        u.truncate_and_append(ents(5, 6, 1));
+        u.truncate_and_append(1, ents(5, 6, 1));
         u.accept_in_progress();
         assert_eq!((u.offset, u.offset_in_progress), (5, 7));
-        u.truncate_and_append(ents(7, 8, 1));
+        u.truncate_and_append(1, ents(7, 8, 1));
         assert_eq!(u.next_entries().len(), 2);
-        assert!(u.stable_to(EntryId { index: 6, term: 1 }));
+        assert!(u.stable_to(1, EntryId { index: 6, term: 1 }));
         assert_eq!((u.offset, u.offset_in_progress), (7, 7));
         assert_eq!(u.next_entries().len(), 2);
     }
@@ -212,27 +236,65 @@ mod tests {
     #[test]
     fn overwrite_in_progress_moves_offsets_back_and_stale_ack_is_ignored() {
         let mut u = Unstable::new(5);
-        u.truncate_and_append(ents(5, 8, 1));
+        u.truncate_and_append(1, ents(5, 8, 1));
         u.accept_in_progress();
-        u.truncate_and_append(ents(7, 7, 2));
+        u.truncate_and_append(2, ents(7, 7, 2));
         assert_eq!((u.offset, u.offset_in_progress), (5, 7));
-        assert!(!u.stable_to(EntryId { index: 7, term: 1 }));
-        assert!(!u.stable_to(EntryId { index: 8, term: 1 }));
-        u.truncate_and_append(ents(4, 4, 3));
+        assert!(!u.stable_to(1, EntryId { index: 7, term: 1 }));
+        assert!(!u.stable_to(1, EntryId { index: 8, term: 1 }));
+        u.truncate_and_append(3, ents(4, 4, 3));
         assert_eq!((u.offset, u.offset_in_progress), (4, 4));
-        assert!(!u.stable_to(EntryId { index: 6, term: 1 }));
-        assert!(u.stable_to(EntryId { index: 4, term: 3 }));
+        assert!(!u.stable_to(1, EntryId { index: 6, term: 1 }));
+        assert!(u.stable_to(3, EntryId { index: 4, term: 3 }));
         assert_eq!(u.offset, 5);
+    }
+
+    #[test]
+    fn ack_of_an_entry_overwritten_and_restored_is_ignored() {
+        // 5/2 is handed out under the leader of term 2 (write 1), overwritten by the leader of
+        // term 3 (write 2) and written back by the leader of term 4 (write 3). Storage holds
+        // 5/3 once write 2 lands, so the acknowledgement of write 1 must not mark 5 stable.
+        let mut u = Unstable::new(5);
+        u.truncate_and_append(2, ents(5, 5, 2));
+        u.accept_in_progress();
+        let write_1 = (u.term, EntryId { index: 5, term: 2 });
+        u.truncate_and_append(3, ents(5, 5, 3));
+        u.accept_in_progress();
+        let write_2 = (u.term, EntryId { index: 5, term: 3 });
+        u.truncate_and_append(4, ents(5, 5, 2));
+        u.accept_in_progress();
+        let write_3 = (u.term, EntryId { index: 5, term: 2 });
+        assert!(!u.stable_to(write_1.0, write_1.1));
+        assert!(!u.stable_to(write_2.0, write_2.1));
+        assert_eq!(u.offset, 5);
+        assert!(u.stable_to(write_3.0, write_3.1));
+        assert_eq!(u.offset, 6);
+    }
+
+    #[test]
+    fn ack_from_before_a_newer_leaders_append_is_ignored_and_covered_later() {
+        // A pure append from a newer leader changes nothing below, but the older write's
+        // acknowledgement is still ignored; the newer write's covers both.
+        let mut u = Unstable::new(5);
+        u.truncate_and_append(2, ents(5, 5, 2));
+        u.accept_in_progress();
+        u.truncate_and_append(3, ents(6, 6, 3));
+        u.accept_in_progress();
+        assert!(!u.stable_to(2, EntryId { index: 5, term: 2 }));
+        assert!(u.stable_to(3, EntryId { index: 6, term: 3 }));
+        assert_eq!((u.offset, u.entries.len()), (7, 0));
     }
 
     #[test]
     fn snapshot_restore_and_stable() {
         let mut u = Unstable::new(1);
-        u.truncate_and_append(ents(1, 3, 1));
+        u.truncate_and_append(1, ents(1, 3, 1));
         let mut snap = Snapshot::default();
         snap.metadata.index = 10;
         snap.metadata.term = 2;
-        u.restore(snap);
+        u.restore(3, snap);
+        assert_eq!(u.term, 3);
+        assert!(!u.stable_to(1, EntryId { index: 3, term: 1 }));
         assert_eq!(u.maybe_first_index(), Some(11));
         assert_eq!(u.maybe_last_index(), Some(10));
         assert_eq!(u.maybe_term(10), Some(2));

@@ -64,13 +64,13 @@ pub fn payload_bytes(entries: &[Entry]) -> u64 {
     entries.iter().map(Entry::payload_bytes).sum()
 }
 
-/// How many leading entries of `entries` fit in `max_bytes` of payload; at least one when
+/// How many leading entries of `entries` fit in `bytes_max` of payload; at least one when
 /// `entries` is not empty, so that an oversized entry still makes progress.
-pub fn count_within(entries: &[Entry], max_bytes: u64) -> usize {
+pub fn count_within(entries: &[Entry], bytes_max: u64) -> usize {
     let mut bytes = 0u64;
     for (i, e) in entries.iter().enumerate() {
         bytes += e.payload_bytes();
-        if i > 0 && bytes > max_bytes {
+        if i > 0 && bytes > bytes_max {
             return i;
         }
     }

@@ -5,27 +5,31 @@
 //! and storage is read through [`LogStorage`] and written by the host from the work in a
 //! [`Ready`], which it acknowledges with [`AppendAck`] and [`ApplyAck`].
 
-pub mod confchange;
+mod confchange;
 pub mod config;
-pub mod inflights;
-pub mod log_unstable;
+mod inflights;
+mod log_unstable;
 pub mod message;
 pub mod prng;
-pub mod progress;
-pub mod quorum;
-pub mod raft;
-pub mod raft_log;
+mod progress;
+mod quorum;
+mod raft;
+mod raft_log;
 pub mod raw_node;
-pub mod read_only;
+mod read_only;
+pub mod status;
 pub mod storage;
-pub mod tracker;
+mod tracker;
 
+pub use confchange::ConfChangeError;
 pub use config::{Config, ConfigError};
 pub use message::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryId, EntryType,
     HardState, Message, MessageType, NO_NODE, NodeId, Payload, Snapshot, SnapshotMetadata,
 };
-pub use raft::{Raft, RaftError, SoftState, StateRole};
+pub use progress::ProgressState;
+pub use raft::{RaftError, SoftState, StateRole};
 pub use raw_node::{AppendAck, AppendWork, ApplyAck, ApplyWork, RawNode, Ready};
 pub use read_only::{ReadOnlyOption, ReadState};
+pub use status::{BasicStatus, PeerStatus, Status, UnstableStatus};
 pub use storage::{LogStorage, MemStorage, StorageError};

@@ -40,7 +40,7 @@ pub struct Progress {
 
 impl Progress {
     /// A fresh progress in Probe state that will first try `next`.
-    pub fn new(next: Index, count_max: usize, bytes_max: u64) -> Progress {
+    pub fn new(next: Index, msgs_max: usize, bytes_max: u64) -> Progress {
         Progress {
             matched: 0,
             next,
@@ -48,7 +48,7 @@ impl Progress {
             pending_snapshot: 0,
             recent_active: false,
             probe_sent: false,
-            inflights: Inflights::new(count_max, bytes_max),
+            inflights: Inflights::new(msgs_max, bytes_max),
             is_learner: false,
         }
     }

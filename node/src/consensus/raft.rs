@@ -4,7 +4,6 @@
 
 use super::confchange::{self, ConfChangeError};
 use super::config::{Config, ConfigError};
-use super::log_unstable::Unstable;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
     NO_NODE, NodeId, Snapshot, Term, payload_bytes,
@@ -23,10 +22,10 @@ pub const CAMPAIGN_TRANSFER: &[u8] = b"transfer";
 
 /// The largest index or term a message may carry. Real values are nowhere near it; bounding
 /// them keeps every `index + n` computation on message data free of overflow.
-pub const MAX_INDEX_OR_TERM: u64 = 1 << 62;
+pub const INDEX_OR_TERM_MAX: u64 = 1 << 62;
 
 fn message_in_range(m: &Message) -> bool {
-    let ok = |v: u64| v <= MAX_INDEX_OR_TERM;
+    let ok = |v: u64| v <= INDEX_OR_TERM_MAX;
     ok(m.term)
         && ok(m.log_term)
         && ok(m.index)
@@ -61,10 +60,28 @@ pub struct SoftState {
     pub role: StateRole,
 }
 
-/// Why an input was refused.
+/// Why a node could not be started or an input was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RaftError {
+    /// The options are invalid.
+    Config(ConfigError),
+    /// The stored hard state says `commit` is committed but the log ends at `last_index`:
+    /// committed entries were lost.
+    CommitBeyondLog {
+        /// The commit index of the stored hard state.
+        commit: Index,
+        /// The last index of the stored log.
+        last_index: Index,
+    },
+    /// The state machine says it applied `applied` but the log's commit index is only
+    /// `commit`.
+    AppliedBeyondCommit {
+        /// [`Config::applied`].
+        applied: Index,
+        /// The commit index restored from storage.
+        commit: Index,
+    },
     /// The proposal or read could not be accepted (no leader, leadership transfer under way,
     /// uncommitted limit reached, node removed); the client should retry.
     ProposalDropped,
@@ -74,6 +91,48 @@ pub enum RaftError {
     BadMessage(&'static str),
     /// A membership change cannot be applied.
     ConfChange(ConfChangeError),
+}
+
+impl std::fmt::Display for RaftError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftError::Config(e) => write!(f, "invalid raft options: {e}"),
+            RaftError::CommitBeyondLog { commit, last_index } => write!(
+                f,
+                "the stored hard state commits index {commit} but the stored log ends at \
+                 {last_index}: committed entries were lost"
+            ),
+            RaftError::AppliedBeyondCommit { applied, commit } => write!(
+                f,
+                "the state machine applied index {applied} but the log commits only up to \
+                 {commit}"
+            ),
+            RaftError::ProposalDropped => write!(
+                f,
+                "the proposal was dropped (no leader, leadership transfer under way, \
+                 uncommitted limit reached or node removed); retry"
+            ),
+            RaftError::Misrouted => write!(f, "the message belongs to another group or node"),
+            RaftError::BadMessage(why) => write!(f, "malformed message: {why}"),
+            RaftError::ConfChange(e) => write!(f, "membership change refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RaftError::Config(e) => Some(e),
+            RaftError::ConfChange(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for RaftError {
+    fn from(e: ConfigError) -> RaftError {
+        RaftError::Config(e)
+    }
 }
 
 /// Why a node campaigns.
@@ -131,15 +190,17 @@ pub struct Raft<S> {
     check_quorum: bool,
     pre_vote: bool,
     read_only_option: ReadOnlyOption,
-    max_msg_bytes: u64,
+    msg_bytes_max: u64,
     uncommitted_bytes_max: u64,
     disable_proposal_forwarding: bool,
     rng: Prng,
 }
 
 impl<S: LogStorage> Raft<S> {
-    /// A follower restored from `storage`.
-    pub fn new(config: &Config, storage: S) -> Result<Raft<S>, ConfigError> {
+    /// A follower restored from `storage`. Refuses invalid options and a stored state that
+    /// contradicts itself (a commit index beyond the log, an applied index beyond the commit
+    /// index): those mean lost data, which must not be hidden.
+    pub fn new(config: &Config, storage: S) -> Result<Raft<S>, RaftError> {
         config.validate()?;
         let (hard_state, conf_state) = storage.initial_state();
         let raft_log = RaftLog::new(storage, config.apply_bytes_max);
@@ -170,7 +231,7 @@ impl<S: LogStorage> Raft<S> {
             check_quorum: config.check_quorum,
             pre_vote: config.pre_vote,
             read_only_option: config.read_only,
-            max_msg_bytes: config.max_msg_bytes,
+            msg_bytes_max: config.msg_bytes_max,
             uncommitted_bytes_max: config.uncommitted_bytes_max,
             disable_proposal_forwarding: config.disable_proposal_forwarding,
             rng: Prng::new(config.seed ^ config.id.rotate_left(32)),
@@ -178,13 +239,25 @@ impl<S: LogStorage> Raft<S> {
         if hard_state != HardState::default() {
             raft.term = hard_state.term;
             raft.vote = hard_state.vote;
-            // A commit index beyond the durable log cannot be trusted; the leader resends it.
-            raft.raft_log
-                .commit_to(hard_state.commit.min(raft.raft_log.last_index()));
+            let last_index = raft.raft_log.last_index();
+            if hard_state.commit > last_index {
+                // The hard state and the entries it commits are written in order, so this
+                // log lost entries after they were committed.
+                return Err(RaftError::CommitBeyondLog {
+                    commit: hard_state.commit,
+                    last_index,
+                });
+            }
+            raft.raft_log.commit_to(hard_state.commit);
+        }
+        if config.applied > raft.raft_log.committed {
+            return Err(RaftError::AppliedBeyondCommit {
+                applied: config.applied,
+                commit: raft.raft_log.committed,
+            });
         }
         if config.applied > 0 {
-            let applied = config.applied.min(raft.raft_log.committed);
-            raft.raft_log.applied_to(applied);
+            raft.raft_log.applied_to(config.applied);
         }
         raft.become_follower(raft.term, NO_NODE);
         Ok(raft)
@@ -214,11 +287,6 @@ impl<S: LogStorage> Raft<S> {
             .get(&self.id)
             .is_some_and(|pr| !pr.is_learner)
             && !self.raft_log.has_next_or_in_progress_snapshot()
-    }
-
-    /// The unstable part of the log (for inspection).
-    pub fn unstable(&self) -> &Unstable {
-        &self.raft_log.unstable
     }
 
     fn send(&mut self, mut m: Message) {
@@ -260,13 +328,13 @@ impl<S: LogStorage> Raft<S> {
         self.lead_transferee = None;
         self.tracker.reset_votes();
         let next = self.raft_log.last_index() + 1;
-        let (count_max, bytes_max) = (
+        let (msgs_max, bytes_max) = (
             self.tracker.inflight_msgs_max,
             self.tracker.inflight_bytes_max,
         );
         for pr in self.tracker.progress.values_mut() {
             let is_learner = pr.is_learner;
-            *pr = super::progress::Progress::new(next, count_max, bytes_max);
+            *pr = super::progress::Progress::new(next, msgs_max, bytes_max);
             pr.is_learner = is_learner;
         }
         // The leader's own match starts at zero and moves only when its own writes are
@@ -687,7 +755,7 @@ impl<S: LogStorage> Raft<S> {
             return false;
         }
         self.uncommitted_bytes += bytes;
-        let last = self.raft_log.append(entries);
+        let last = self.raft_log.append(self.term, entries);
         // The leader's own acknowledgement is released only when its write is durable.
         let mut ack = Message::new(MessageType::AppendResponse, self.id, self.id);
         ack.index = last;
@@ -878,7 +946,7 @@ impl<S: LogStorage> Raft<S> {
         let entries = std::mem::take(&mut m.entries);
         match self
             .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, entries)
+            .maybe_append(self.term, m.index, m.log_term, m.commit, entries)
         {
             Ok(Some(last_new)) => resp.index = last_new,
             Ok(None) => {
@@ -939,7 +1007,7 @@ impl<S: LogStorage> Raft<S> {
             return false;
         }
         let cs = meta.conf_state.clone();
-        self.raft_log.restore(snapshot);
+        self.raft_log.restore(self.term, snapshot);
         let last = self.raft_log.last_index();
         self.tracker.reset_config(&cs, last + 1);
         true
@@ -1010,7 +1078,7 @@ impl<S: LogStorage> Raft<S> {
         let Ok(prev_term) = self.raft_log.term(prev_index) else {
             return self.maybe_send_snapshot(to);
         };
-        let entries = match self.raft_log.entries(next, self.max_msg_bytes) {
+        let entries = match self.raft_log.entries(next, self.msg_bytes_max) {
             Ok(entries) => entries,
             Err(_) => return self.maybe_send_snapshot(to),
         };

@@ -12,6 +12,18 @@ pub struct CommittedConflict {
     pub index: Index,
 }
 
+impl std::fmt::Display for CommittedConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the appended entries conflict with committed entry {}",
+            self.index
+        )
+    }
+}
+
+impl std::error::Error for CommittedConflict {}
+
 /// A node's log.
 ///
 /// Invariant: `applied <= applying <= committed <= last_index()`; also `committed` entries are
@@ -29,13 +41,13 @@ pub struct RaftLog<S> {
     /// The highest index the state machine reported applied.
     pub applied: Index,
     /// The most payload bytes of committed entries one Ready hands to the state machine.
-    pub max_apply_bytes: u64,
+    pub apply_bytes_max: u64,
 }
 
 impl<S: LogStorage> RaftLog<S> {
     /// A log over `storage` with everything in storage considered durable and the cursors at
     /// the snapshot.
-    pub fn new(storage: S, max_apply_bytes: u64) -> RaftLog<S> {
+    pub fn new(storage: S, apply_bytes_max: u64) -> RaftLog<S> {
         let first = storage.first_index();
         let last = storage.last_index();
         RaftLog {
@@ -44,7 +56,7 @@ impl<S: LogStorage> RaftLog<S> {
             committed: first - 1,
             applying: first - 1,
             applied: first - 1,
-            max_apply_bytes,
+            apply_bytes_max,
         }
     }
 
@@ -94,10 +106,16 @@ impl<S: LogStorage> RaftLog<S> {
             return Ok(term);
         }
         if index < self.first_index() - 1 {
-            return Err(StorageError::Compacted);
+            return Err(StorageError::Compacted {
+                index,
+                snapshot_index: self.first_index() - 1,
+            });
         }
         if index > self.last_index() {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::Unavailable {
+                index,
+                last_index: self.last_index(),
+            });
         }
         self.storage.term(index)
     }
@@ -136,11 +154,13 @@ impl<S: LogStorage> RaftLog<S> {
         }
     }
 
-    /// Appends `entries` received after (`index`, `log_term`) if that entry matches, then
-    /// advances the commit index to `min(committed, last new index)`. Returns the last new
-    /// index, `Ok(None)` on a mismatch, or `Err` if the entries would overwrite committed ones.
+    /// Appends `entries` the leader of `leader_term` sent after (`index`, `log_term`) if that
+    /// entry matches, then advances the commit index to `min(committed, last new index)`.
+    /// Returns the last new index, `Ok(None)` on a mismatch, or `Err` if the entries would
+    /// overwrite committed ones.
     pub fn maybe_append(
         &mut self,
+        leader_term: Term,
         index: Index,
         log_term: Term,
         committed: Index,
@@ -157,18 +177,18 @@ impl<S: LogStorage> RaftLog<S> {
             }
             let start = usize::try_from(conflict - index - 1).unwrap_or(usize::MAX);
             entries.drain(..start);
-            self.append(entries);
+            self.append(leader_term, entries);
         }
         self.commit_to(committed.min(last_new));
         Ok(Some(last_new))
     }
 
-    /// Appends `entries` (contiguous, starting at or below `last_index() + 1` and above the
-    /// commit index) and returns the new last index.
-    pub fn append(&mut self, entries: Vec<Entry>) -> Index {
+    /// Appends `entries` of the leader of `leader_term` (contiguous, starting at or below
+    /// `last_index() + 1` and above the commit index) and returns the new last index.
+    pub fn append(&mut self, leader_term: Term, entries: Vec<Entry>) -> Index {
         if let Some(first) = entries.first() {
             debug_assert!(first.index > self.committed);
-            self.unstable.truncate_and_append(entries);
+            self.unstable.truncate_and_append(leader_term, entries);
         }
         self.last_index()
     }
@@ -228,7 +248,7 @@ impl<S: LogStorage> RaftLog<S> {
         self.slice(
             self.applying + 1,
             self.max_appliable_index() + 1,
-            self.max_apply_bytes,
+            self.apply_bytes_max,
         )
         .unwrap_or_default()
     }
@@ -259,9 +279,10 @@ impl<S: LogStorage> RaftLog<S> {
         false
     }
 
-    /// Marks entries up to `id` durable (see [`Unstable::stable_to`]).
-    pub fn stable_to(&mut self, id: EntryId) -> bool {
-        self.unstable.stable_to(id)
+    /// Marks entries up to `id` durable unless the acknowledgement is stale (see
+    /// [`Unstable::stable_to`]).
+    pub fn stable_to(&mut self, accepted_term: Term, id: EntryId) -> bool {
+        self.unstable.stable_to(accepted_term, id)
     }
 
     /// Marks the snapshot at `index` durable.
@@ -277,33 +298,40 @@ impl<S: LogStorage> RaftLog<S> {
         }
     }
 
-    /// Replaces the log with `snapshot`; the snapshot's index becomes committed.
-    pub fn restore(&mut self, snapshot: Snapshot) {
+    /// Replaces the log with `snapshot` from the leader of `leader_term`; the snapshot's index
+    /// becomes committed.
+    pub fn restore(&mut self, leader_term: Term, snapshot: Snapshot) {
         self.committed = snapshot.metadata.index;
-        self.unstable.restore(snapshot);
+        self.unstable.restore(leader_term, snapshot);
         self.check_invariants();
     }
 
-    /// Entries from `index` to the end, at most `max_bytes` of payload (at least one entry).
-    pub fn entries(&self, index: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    /// Entries from `index` to the end, at most `bytes_max` of payload (at least one entry).
+    pub fn entries(&self, index: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         let last = self.last_index();
         if index > last {
             return Ok(Vec::new());
         }
-        self.slice(index, last + 1, max_bytes)
+        self.slice(index, last + 1, bytes_max)
     }
 
-    /// Entries `[lo, hi)` from storage and the unstable part, at most `max_bytes` of payload
+    /// Entries `[lo, hi)` from storage and the unstable part, at most `bytes_max` of payload
     /// (at least one entry when the range is non-empty).
-    pub fn slice(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    pub fn slice(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
         if lo > hi {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::InvalidRange { lo, hi });
         }
         if lo < self.first_index() {
-            return Err(StorageError::Compacted);
+            return Err(StorageError::Compacted {
+                index: lo,
+                snapshot_index: self.first_index() - 1,
+            });
         }
         if hi > self.last_index() + 1 {
-            return Err(StorageError::Unavailable);
+            return Err(StorageError::Unavailable {
+                index: hi - 1,
+                last_index: self.last_index(),
+            });
         }
         if lo == hi {
             return Ok(Vec::new());
@@ -311,7 +339,7 @@ impl<S: LogStorage> RaftLog<S> {
         let offset = self.unstable.offset;
         let mut out = Vec::new();
         if lo < offset {
-            out = self.storage.entries(lo, hi.min(offset), max_bytes)?;
+            out = self.storage.entries(lo, hi.min(offset), bytes_max)?;
             let got = lo + out.len() as u64;
             if got < hi.min(offset) || hi <= offset {
                 return Ok(out);
@@ -321,10 +349,10 @@ impl<S: LogStorage> RaftLog<S> {
             let used: u64 = out.iter().map(Entry::payload_bytes).sum();
             let part = self.unstable.slice(lo.max(offset), hi);
             if out.is_empty() {
-                out = part[..count_within(part, max_bytes)].to_vec();
+                out = part[..count_within(part, bytes_max)].to_vec();
             } else {
                 // Storage entries came first; unstable ones join only within the budget.
-                let budget = max_bytes.saturating_sub(used);
+                let budget = bytes_max.saturating_sub(used);
                 let mut bytes = 0u64;
                 let n = part
                     .iter()
@@ -359,16 +387,16 @@ mod tests {
     #[test]
     fn maybe_append_truncates_conflicts_and_refuses_committed_overwrite() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1), (3, 2)]));
+        log.append(2, ents(&[(1, 1), (2, 1), (3, 2)]));
         assert_eq!(
-            log.maybe_append(1, 1, 2, ents(&[(2, 1), (3, 3)])),
+            log.maybe_append(3, 1, 1, 2, ents(&[(2, 1), (3, 3)])),
             Ok(Some(3))
         );
         assert_eq!(log.term(3), Ok(3));
         assert_eq!(log.committed, 2);
-        assert_eq!(log.maybe_append(3, 2, 3, Vec::new()), Ok(None));
+        assert_eq!(log.maybe_append(3, 3, 2, 3, Vec::new()), Ok(None));
         assert_eq!(
-            log.maybe_append(1, 1, 3, ents(&[(2, 9)])),
+            log.maybe_append(9, 1, 1, 3, ents(&[(2, 9)])),
             Err(CommittedConflict { index: 2 })
         );
     }
@@ -376,7 +404,7 @@ mod tests {
     #[test]
     fn find_conflict_by_term_skips_higher_terms() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
+        log.append(5, ents(&[(1, 1), (2, 1), (3, 4), (4, 4), (5, 5)]));
         assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
         assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
         assert_eq!(log.find_conflict_by_term(5, 0), (0, 0));
@@ -385,12 +413,38 @@ mod tests {
     #[test]
     fn committed_entries_wait_for_local_durability() {
         let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
-        log.append(ents(&[(1, 1), (2, 1)]));
+        log.append(1, ents(&[(1, 1), (2, 1)]));
         log.commit_to(2);
         assert!(log.next_committed_entries().is_empty());
         log.storage.append(&ents(&[(1, 1)])).unwrap();
-        log.stable_to(EntryId { index: 1, term: 1 });
+        log.stable_to(1, EntryId { index: 1, term: 1 });
         assert_eq!(log.next_committed_entries().len(), 1);
         assert_eq!(log.slice(1, 3, u64::MAX).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn entries_of_previous_terms_are_not_committed_by_counting_replicas() {
+        // §5.4.2: "Raft never commits log entries from previous terms by counting replicas. Only
+        // log entries from the leader's current term are committed by counting replicas; once an
+        // entry from the current term has been committed in this way, then all prior entries are
+        // committed indirectly because of the Log Matching Property."
+        // (Moved from tests/paper.rs: it needs the log itself, which is not public.)
+        let mut log = RaftLog::new(MemStorage::default(), u64::MAX);
+        log.append(3, ents(&[(1, 1), (2, 2)]));
+        assert!(
+            !log.maybe_commit(2, 3),
+            "index 2 is from term 2; the leader is in term 3"
+        );
+        assert_eq!(log.committed, 0);
+        log.append(
+            3,
+            vec![Entry {
+                index: 3,
+                term: 3,
+                ..Entry::default()
+            }],
+        );
+        assert!(log.maybe_commit(3, 3));
+        assert_eq!(log.committed, 3);
     }
 }

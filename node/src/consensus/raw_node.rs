@@ -16,14 +16,15 @@
 //! many groups can collect the Readies of all of them and persist their append work in one
 //! write.
 
-use super::config::{Config, ConfigError};
+use super::config::Config;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
     NodeId, Payload, Snapshot, Term, payload_bytes,
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
-use super::storage::LogStorage;
+use super::status::{BasicStatus, PeerStatus, Status, UnstableStatus};
+use super::storage::{LogStorage, StorageError};
 
 /// Storage work: what to make durable before the acknowledgement.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,22 +40,28 @@ pub struct AppendWork {
     pub ack: AppendAck,
 }
 
-/// The acknowledgement of an [`AppendWork`]. It is stamped with the term in which the work was
-/// handed out and the id of its last entry, so a late acknowledgement for entries a newer
-/// leader has overwritten in the meantime is recognized and ignored.
+/// The acknowledgement of an [`AppendWork`]. It is stamped with a log mark: the term of the
+/// leader whose append the log had accepted last when the work was handed out, and the id of
+/// its last entry. A late acknowledgement whose term is older than the log's current one is
+/// ignored for the entries (a newer leader may have overwritten them, even with entries of the
+/// same index and term, before this write's turn came), and the acknowledgement of a later
+/// write covers them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppendAck {
     /// The group.
     pub group_id: u64,
-    /// The node's term when the work was handed out.
-    pub term: Term,
+    /// The term of the leader whose append the log had accepted last when the work was handed
+    /// out (not the node's term: a vote changes that, and votes do not change the log).
+    pub accepted_term: Term,
     /// The last entry written, if any.
     pub last: Option<EntryId>,
     /// The index of the snapshot written, if any.
     pub snapshot_index: Option<Index>,
     /// Responses that vouch for what was written (append acknowledgements, votes). They are
     /// released once the write is durable: the ones for this node are stepped, the others are
-    /// queued for the next Ready's messages.
+    /// queued for the next Ready's messages. A host whose storage thread reports back late may
+    /// instead send the ones for other nodes itself as soon as the write is durable, and hand
+    /// the acknowledgement back without them.
     pub responses: Vec<Message>,
 }
 
@@ -108,15 +115,16 @@ impl Ready {
 
 /// A raft instance and the bookkeeping to produce Readies.
 pub struct RawNode<S> {
-    /// The state machine.
-    pub raft: Raft<S>,
+    raft: Raft<S>,
     prev_soft_state: SoftState,
     prev_hard_state: HardState,
 }
 
 impl<S: LogStorage> RawNode<S> {
-    /// A node restored from `storage`.
-    pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, ConfigError> {
+    /// A node restored from `storage`. Refuses invalid options and a stored state that
+    /// contradicts itself (a commit index beyond the log, an applied index beyond the commit
+    /// index): those mean lost data, which must not be hidden.
+    pub fn new(config: &Config, storage: S) -> Result<RawNode<S>, RaftError> {
         let raft = Raft::new(config, storage)?;
         let prev_hard_state = raft.hard_state();
         let prev_soft_state = raft.soft_state();
@@ -202,7 +210,8 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.step(m)
     }
 
-    /// Applies a committed membership change (see [`Raft::apply_conf_change`]).
+    /// Applies a committed membership change and returns the resulting membership. The host
+    /// calls this when it applies an [`EntryType::ConfChange`] entry.
     pub fn apply_conf_change(&mut self, cc: &ConfChange) -> Result<ConfState, RaftError> {
         self.raft.apply_conf_change(cc)
     }
@@ -250,7 +259,7 @@ impl<S: LogStorage> RawNode<S> {
         {
             let ack = AppendAck {
                 group_id,
-                term: r.term,
+                accepted_term: r.raft_log.unstable.term,
                 last: entries.last().map(Entry::id),
                 snapshot_index: snapshot.as_ref().map(|s| s.metadata.index),
                 responses,
@@ -326,8 +335,10 @@ impl<S: LogStorage> RawNode<S> {
         rd
     }
 
-    /// Reports that an [`AppendWork`] is durable. Stale parts (entries a newer leader
-    /// replaced, responses of an older term) are ignored.
+    /// Reports that an [`AppendWork`] is durable. Stale parts are ignored: entries of a write
+    /// handed out before the log accepted a newer leader's append (see [`AppendAck`]),
+    /// responses of an older term. A snapshot is recognized by its index alone: it is
+    /// committed, so no leader replaces it with another at the same index.
     pub fn on_append_durable(&mut self, ack: AppendAck) {
         if ack.group_id != self.raft.group_id {
             return;
@@ -343,7 +354,7 @@ impl<S: LogStorage> RawNode<S> {
             }
         }
         if let Some(last) = ack.last {
-            self.raft.raft_log.stable_to(last);
+            self.raft.raft_log.stable_to(ack.accepted_term, last);
         }
         for m in ack.responses {
             if m.to == self.raft.id {
@@ -380,6 +391,71 @@ impl<S: LogStorage> RawNode<S> {
     pub fn role(&self) -> StateRole {
         self.raft.state
     }
+
+    /// The plain numbers of this node's state (no allocation).
+    pub fn basic_status(&self) -> BasicStatus {
+        let r = &self.raft;
+        let log = &r.raft_log;
+        BasicStatus {
+            id: r.id,
+            group_id: r.group_id,
+            term: r.term,
+            vote: r.vote,
+            role: r.state,
+            leader_id: r.leader_id,
+            commit: log.committed,
+            applying: log.applying,
+            applied: log.applied,
+            first_index: log.first_index(),
+            last_index: log.last_index(),
+            election_timeout_ticks: r.randomized_election_timeout,
+            unstable: UnstableStatus {
+                offset: log.unstable.offset,
+                offset_in_progress: log.unstable.offset_in_progress,
+                accepted_term: log.unstable.term,
+                snapshot_index: log.unstable.snapshot.as_ref().map(|s| s.metadata.index),
+            },
+        }
+    }
+
+    /// A snapshot of this node's state with its membership and, on the leader, every peer's
+    /// replication.
+    pub fn status(&self) -> Status {
+        let r = &self.raft;
+        let progress = if r.state == StateRole::Leader {
+            r.tracker
+                .progress
+                .iter()
+                .map(|(&id, pr)| {
+                    let peer = PeerStatus {
+                        matched: pr.matched,
+                        next: pr.next,
+                        state: pr.state,
+                        is_learner: pr.is_learner,
+                        recent_active: pr.recent_active,
+                    };
+                    (id, peer)
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+        Status {
+            basic: self.basic_status(),
+            conf_state: r.tracker.config.to_conf_state(),
+            progress,
+        }
+    }
+
+    /// The entries `[lo, hi)` of the log, durable or not.
+    pub fn entries(&self, lo: Index, hi: Index) -> Result<Vec<Entry>, StorageError> {
+        self.raft.raft_log.slice(lo, hi, u64::MAX)
+    }
+
+    /// The term of the entry at `index`, durable or not (the snapshot's term at its index).
+    pub fn term(&self, index: Index) -> Result<Term, StorageError> {
+        self.raft.raft_log.term(index)
+    }
 }
 
 #[cfg(test)]
@@ -407,8 +483,8 @@ mod tests {
         assert_eq!(peeked, taken);
         assert_eq!(a.has_ready(), b.has_ready());
         assert_eq!(
-            a.raft.unstable().offset_in_progress,
-            b.raft.unstable().offset_in_progress
+            a.basic_status().unstable.offset_in_progress,
+            b.basic_status().unstable.offset_in_progress
         );
     }
 
@@ -426,10 +502,81 @@ mod tests {
         );
         raw.on_append_durable(AppendAck {
             group_id: 7,
-            term: 1,
+            accepted_term: 1,
             last: Some(EntryId { index: 1, term: 1 }),
             ..AppendAck::default()
         });
-        assert_eq!(raw.raft.unstable().offset, 1);
+        assert_eq!(raw.basic_status().unstable.offset, 1);
+    }
+
+    #[test]
+    fn snapshot_ack_counts_even_after_a_newer_leader_appended() {
+        // Write 1 installs a snapshot from the leader of term 2; the leader of term 3 appends
+        // after it (write 2) before write 1 is acknowledged. The snapshot is committed, so
+        // nothing replaces it at the same index: its acknowledgement must still count, or the
+        // node would wait for it forever.
+        let storage = MemStorage::new_with_conf(&[1, 2, 3], &[]);
+        let mut raw = RawNode::new(&Config::new(2), storage).unwrap();
+        let mut m = Message::new(MessageType::Snapshot, 1, 2);
+        m.term = 2;
+        let mut snap = Snapshot::default();
+        snap.metadata.index = 10;
+        snap.metadata.term = 2;
+        snap.metadata.conf_state.voters = vec![1, 2, 3];
+        m.snapshot = Some(snap);
+        raw.step(m).unwrap();
+        let write_1 = raw.ready().append.unwrap();
+        assert_eq!(write_1.ack.snapshot_index, Some(10));
+        let mut m = Message::new(MessageType::Append, 3, 2);
+        m.term = 3;
+        m.index = 10;
+        m.log_term = 2;
+        m.entries = vec![Entry {
+            index: 11,
+            term: 3,
+            ..Entry::default()
+        }];
+        raw.step(m).unwrap();
+        let write_2 = raw.ready().append.unwrap();
+        assert_eq!(write_2.ack.accepted_term, 3);
+        assert!(write_1.ack.accepted_term < write_2.ack.accepted_term);
+        raw.storage_mut()
+            .apply_snapshot(write_1.snapshot.clone().unwrap())
+            .unwrap();
+        raw.on_append_durable(write_1.ack);
+        let st = raw.basic_status();
+        assert_eq!(st.unstable.snapshot_index, None);
+        assert_eq!(st.applied, 10);
+        assert_eq!(
+            st.unstable.offset, 11,
+            "the entry after it is still unstable"
+        );
+        raw.storage_mut().append(&write_2.entries).unwrap();
+        raw.on_append_durable(write_2.ack);
+        assert_eq!(raw.basic_status().unstable.offset, 12);
+    }
+
+    #[test]
+    fn ack_from_before_a_restart_marks_nothing_stable() {
+        // A restarted node's log has accepted no leader's append yet; an acknowledgement the
+        // host kept from before the restart is ignored for its entries.
+        let mut storage = MemStorage::new_with_conf(&[1, 2], &[]);
+        storage
+            .append(&[Entry {
+                index: 1,
+                term: 1,
+                ..Entry::default()
+            }])
+            .unwrap();
+        let mut raw = RawNode::new(&Config::new(1), storage).unwrap();
+        let before = raw.basic_status();
+        assert_eq!(before.unstable.accepted_term, 0);
+        raw.on_append_durable(AppendAck {
+            group_id: 0,
+            accepted_term: 1,
+            last: Some(EntryId { index: 1, term: 1 }),
+            ..AppendAck::default()
+        });
+        assert_eq!(raw.basic_status(), before);
     }
 }

@@ -12,15 +12,70 @@ use super::message::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StorageError {
-    /// The requested index is at or below the snapshot: it was compacted away.
-    Compacted,
+    /// The requested index is below the snapshot: it was compacted away.
+    Compacted {
+        /// The index asked for.
+        index: Index,
+        /// The index of the snapshot, the lowest one still answered for.
+        snapshot_index: Index,
+    },
     /// The requested index is above the last stored entry.
-    Unavailable,
+    Unavailable {
+        /// The index asked for.
+        index: Index,
+        /// The last stored index.
+        last_index: Index,
+    },
+    /// The range asked for ends before it starts.
+    InvalidRange {
+        /// The first index of the range.
+        lo: Index,
+        /// The index after the range.
+        hi: Index,
+    },
     /// A snapshot is being produced; ask again later.
     SnapshotTemporarilyUnavailable,
     /// A snapshot older than the one stored was offered.
-    SnapshotOutOfDate,
+    SnapshotOutOfDate {
+        /// The index of the snapshot offered.
+        index: Index,
+        /// The index of the snapshot stored.
+        stored_index: Index,
+    },
 }
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Compacted {
+                index,
+                snapshot_index,
+            } => write!(
+                f,
+                "index {index} was compacted away (the snapshot is at {snapshot_index})"
+            ),
+            StorageError::Unavailable { index, last_index } => write!(
+                f,
+                "index {index} is beyond the last stored entry, {last_index}"
+            ),
+            StorageError::InvalidRange { lo, hi } => {
+                write!(f, "the range [{lo}, {hi}) ends before it starts")
+            }
+            StorageError::SnapshotTemporarilyUnavailable => {
+                write!(f, "a snapshot is being produced; ask again later")
+            }
+            StorageError::SnapshotOutOfDate {
+                index,
+                stored_index,
+            } => write!(
+                f,
+                "the snapshot offered at {index} is older than the one stored at {stored_index}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
 
 /// Durable log state, read by the consensus core.
 ///
@@ -30,8 +85,8 @@ pub enum StorageError {
 ///   log is empty `last_index() == first_index() - 1`.
 /// - `term(i)` answers for `first_index() - 1 <= i <= last_index()` (the lower end from the
 ///   snapshot metadata); below that it returns [`StorageError::Compacted`], above it
-///   [`StorageError::Unavailable`].
-/// - `entries(lo, hi, max_bytes)` returns entries `[lo, hi)` in order, cut at `max_bytes` of
+///   [`StorageError::Unavailable`], each naming the index asked for and the bound.
+/// - `entries(lo, hi, bytes_max)` returns entries `[lo, hi)` in order, cut at `bytes_max` of
 ///   payload but always at least one entry when the range is non-empty. The returned vector is
 ///   owned by the caller.
 /// - Everything returned is durable: the host writes a Ready's append work into storage and
@@ -42,8 +97,8 @@ pub enum StorageError {
 pub trait LogStorage {
     /// The durable hard state and the membership as of the last snapshot.
     fn initial_state(&self) -> (HardState, ConfState);
-    /// Entries `[lo, hi)`, at most `max_bytes` of payload but at least one.
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+    /// Entries `[lo, hi)`, at most `bytes_max` of payload but at least one.
+    fn entries(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError>;
     /// The term of the entry at `index`.
     fn term(&self, index: Index) -> Result<Term, StorageError>;
     /// The index of the first entry that is still stored (snapshot index + 1).
@@ -116,7 +171,11 @@ impl MemStorage {
             return Ok(skip);
         };
         if first.index > self.last_index() + 1 {
-            return Err(StorageError::Unavailable);
+            // The entries would leave a gap after the last stored one.
+            return Err(StorageError::Unavailable {
+                index: first.index,
+                last_index: self.last_index(),
+            });
         }
         let keep = usize::try_from(first.index - snap_index - 1).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
@@ -126,7 +185,10 @@ impl MemStorage {
     /// Replaces the whole log with a snapshot (one the leader sent).
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         if snapshot.metadata.index < self.snapshot.metadata.index {
-            return Err(StorageError::SnapshotOutOfDate);
+            return Err(StorageError::SnapshotOutOfDate {
+                index: snapshot.metadata.index,
+                stored_index: self.snapshot.metadata.index,
+            });
         }
         self.hard_state.term = self.hard_state.term.max(snapshot.metadata.term);
         self.hard_state.commit = self.hard_state.commit.max(snapshot.metadata.index);
@@ -145,7 +207,10 @@ impl MemStorage {
     ) -> Result<(), StorageError> {
         let snap_index = self.snapshot.metadata.index;
         if index <= snap_index {
-            return Err(StorageError::SnapshotOutOfDate);
+            return Err(StorageError::SnapshotOutOfDate {
+                index,
+                stored_index: snap_index,
+            });
         }
         let term = self.term(index)?;
         let drop = usize::try_from(index - snap_index).unwrap_or(usize::MAX);
@@ -172,24 +237,36 @@ impl LogStorage for MemStorage {
         (self.hard_state, self.snapshot.metadata.conf_state.clone())
     }
 
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        if lo < self.first_index() {
-            return Err(StorageError::Compacted);
+    fn entries(&self, lo: Index, hi: Index, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        if lo > hi {
+            return Err(StorageError::InvalidRange { lo, hi });
         }
-        if hi > self.last_index() + 1 || lo > hi {
-            return Err(StorageError::Unavailable);
+        if lo < self.first_index() {
+            return Err(StorageError::Compacted {
+                index: lo,
+                snapshot_index: self.snapshot.metadata.index,
+            });
+        }
+        if hi > self.last_index() + 1 {
+            return Err(StorageError::Unavailable {
+                index: hi - 1,
+                last_index: self.last_index(),
+            });
         }
         let base = self.snapshot.metadata.index + 1;
         let start = usize::try_from(lo - base).unwrap_or(usize::MAX);
         let end = usize::try_from(hi - base).unwrap_or(usize::MAX);
         let range = &self.entries[start..end];
-        Ok(range[..count_within(range, max_bytes)].to_vec())
+        Ok(range[..count_within(range, bytes_max)].to_vec())
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {
         let snap = &self.snapshot.metadata;
         if index < snap.index {
-            return Err(StorageError::Compacted);
+            return Err(StorageError::Compacted {
+                index,
+                snapshot_index: snap.index,
+            });
         }
         if index == snap.index {
             return Ok(snap.term);
@@ -198,7 +275,10 @@ impl LogStorage for MemStorage {
         self.entries
             .get(offset)
             .map(|e| e.term)
-            .ok_or(StorageError::Unavailable)
+            .ok_or(StorageError::Unavailable {
+                index,
+                last_index: self.last_index(),
+            })
     }
 
     fn first_index(&self) -> Index {
@@ -233,12 +313,36 @@ mod tests {
         s.append(&[ent(2, 2)]).unwrap();
         assert_eq!(s.last_index(), 2);
         assert_eq!(s.term(2), Ok(2));
-        assert_eq!(s.append(&[ent(5, 2)]), Err(StorageError::Unavailable));
+        assert_eq!(
+            s.append(&[ent(5, 2)]),
+            Err(StorageError::Unavailable {
+                index: 5,
+                last_index: 2
+            })
+        );
         s.compact(2, ConfState::default(), vec![]).unwrap();
         assert_eq!(s.first_index(), 3);
-        assert_eq!(s.term(1), Err(StorageError::Compacted));
+        let compacted = StorageError::Compacted {
+            index: 1,
+            snapshot_index: 2,
+        };
+        assert_eq!(s.term(1), Err(compacted));
+        assert_eq!(
+            compacted.to_string(),
+            "index 1 was compacted away (the snapshot is at 2)"
+        );
         assert_eq!(s.term(2), Ok(2));
-        assert_eq!(s.entries(2, 3, u64::MAX), Err(StorageError::Compacted));
+        assert_eq!(
+            s.entries(2, 3, u64::MAX),
+            Err(StorageError::Compacted {
+                index: 2,
+                snapshot_index: 2
+            })
+        );
+        assert_eq!(
+            s.entries(3, 2, u64::MAX),
+            Err(StorageError::InvalidRange { lo: 3, hi: 2 })
+        );
         s.append(&[ent(1, 1), ent(2, 2), ent(3, 2)]).unwrap();
         assert_eq!(s.last_index(), 3);
     }

@@ -50,14 +50,6 @@ impl TrackerConfig {
             auto_leave: self.auto_leave,
         }
     }
-
-    /// Every node the configuration mentions.
-    pub fn all_ids(&self) -> BTreeSet<NodeId> {
-        let mut ids = self.voters.ids();
-        ids.extend(self.learners.iter().copied());
-        ids.extend(self.learners_next.iter().copied());
-        ids
-    }
 }
 
 /// Membership, progress of every member, and the votes of the current election.

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use keel_node::consensus::{
-    AppendWork, ApplyWork, ConfChange, ConfState, Config, Entry, EntryType, LogStorage, MemStorage,
-    Message, MessageType, RawNode, ReadState, StateRole,
+    AppendAck, AppendWork, ApplyWork, ConfChange, ConfState, Config, Entry, EntryType, LogStorage,
+    MemStorage, Message, MessageType, RawNode, ReadState, StateRole,
 };
 
 /// The state machine of a test node: a running hash of every applied entry.
@@ -59,6 +59,9 @@ pub struct Node {
     pub disk: MemStorage,
     /// Storage work handed out and not yet durable.
     pub appends: VecDeque<AppendWork>,
+    /// Acknowledgements of storage work already durable but not yet handed back to the node,
+    /// in write order (a host whose storage thread reports back late).
+    pub written: VecDeque<AppendAck>,
     /// Apply work handed out and not yet applied.
     pub applies: VecDeque<ApplyWork>,
     /// The state machine (volatile: rebuilt from the snapshot on restart).
@@ -95,6 +98,12 @@ pub struct Env {
     pub verbose: bool,
     /// State-machine states observed when applying (drained by the simulation).
     pub applied_events: Vec<Applied>,
+    /// Safety violations seen by the host (drained by the simulation): apply work holding an
+    /// entry that is not durable in the node's storage.
+    pub violations: Vec<String>,
+    /// Acknowledgements handed back after a later write had already replaced their last entry
+    /// in storage: the stale acknowledgements the core must ignore.
+    pub overwritten_acks: u64,
 }
 
 /// A default test config for node `id`.
@@ -102,7 +111,7 @@ pub fn test_config(id: u64) -> Config {
     let mut c = Config::new(id);
     c.election_ticks = 10;
     c.heartbeat_ticks = 1;
-    c.max_msg_bytes = 1 << 16;
+    c.msg_bytes_max = 1 << 16;
     c.inflight_msgs_max = 8;
     c.inflight_bytes_max = 1 << 20;
     c
@@ -118,6 +127,8 @@ impl Env {
             out: String::new(),
             verbose: true,
             applied_events: Vec::new(),
+            violations: Vec::new(),
+            overwritten_acks: 0,
         }
     }
 
@@ -138,6 +149,7 @@ impl Env {
                 raw: Some(raw),
                 disk: storage,
                 appends: VecDeque::new(),
+                written: VecDeque::new(),
                 applies: VecDeque::new(),
                 sm: StateMachine::default(),
                 conf_state,
@@ -218,6 +230,20 @@ impl Env {
                 );
             }
         }
+        if let Some(a) = &rd.apply {
+            // Only entries durable locally may be applied.
+            let storage = raw.storage();
+            let snap_index = storage.snapshot_metadata().index;
+            for e in a.entries.iter().filter(|e| e.index > snap_index) {
+                let stored = storage.entries(e.index, e.index + 1, u64::MAX);
+                if !stored.is_ok_and(|s| s.first() == Some(e)) {
+                    self.violations.push(format!(
+                        "node {id} applies {}/{}, which its storage does not hold",
+                        e.index, e.term
+                    ));
+                }
+            }
+        }
         self.net.extend(rd.messages);
         if let Some(a) = rd.append {
             node.appends.push_back(a);
@@ -229,17 +255,81 @@ impl Env {
         true
     }
 
-    /// Makes node `id`'s oldest storage work durable and acknowledges it.
+    /// Makes node `id`'s oldest storage work durable and acknowledges it, after handing back
+    /// the acknowledgements of earlier writes still held (acknowledgements go in write order).
     pub fn process_append(&mut self, id: u64) -> bool {
-        let Some(node) = self.nodes.get_mut(&id) else {
+        let mut progress = false;
+        while self.ack_append(id) {
+            progress = true;
+        }
+        let Some(work) = self.write(id) else {
+            return progress;
+        };
+        self.acknowledge(id, work.ack);
+        true
+    }
+
+    /// Makes node `id`'s oldest storage work durable but holds its acknowledgement back, the
+    /// way a host's storage thread works: the responses for other nodes leave as soon as the
+    /// write is durable, and the node hears about the write later ([`Env::ack_append`]).
+    pub fn write_append(&mut self, id: u64) -> bool {
+        let Some(work) = self.write(id) else {
             return false;
         };
-        let Some(raw) = node.raw.as_mut() else {
+        let mut ack = work.ack;
+        let (mine, others): (Vec<Message>, Vec<Message>) =
+            ack.responses.into_iter().partition(|m| m.to == id);
+        ack.responses = mine;
+        if self.verbose {
+            let _ = writeln!(
+                self.out,
+                "> {id} append written up to {} (acknowledgement held)",
+                fmt_last(&ack)
+            );
+            for m in &others {
+                let _ = writeln!(self.out, "  {}", fmt_msg(m));
+            }
+        }
+        self.net.extend(others);
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.written.push_back(ack);
+        }
+        true
+    }
+
+    /// Whether node `id`'s newest storage work, not yet written, replaces entries its
+    /// storage holds.
+    pub fn overwrite_in_flight(&self, id: u64) -> bool {
+        let Some(node) = self.nodes.get(&id) else {
             return false;
         };
-        let Some(work) = node.appends.pop_front() else {
+        let (Some(raw), Some(work)) = (node.raw.as_ref(), node.appends.back()) else {
             return false;
         };
+        work.entries
+            .first()
+            .is_some_and(|e| e.index <= raw.storage().last_index())
+    }
+
+    /// Hands node `id` the oldest held acknowledgement of a durable write.
+    pub fn ack_append(&mut self, id: u64) -> bool {
+        let Some(ack) = self
+            .nodes
+            .get_mut(&id)
+            .filter(|n| n.raw.is_some())
+            .and_then(|n| n.written.pop_front())
+        else {
+            return false;
+        };
+        self.acknowledge(id, ack);
+        true
+    }
+
+    /// Writes node `id`'s oldest storage work into its storage.
+    fn write(&mut self, id: u64) -> Option<AppendWork> {
+        let node = self.nodes.get_mut(&id)?;
+        let raw = node.raw.as_mut()?;
+        let work = node.appends.pop_front()?;
         let storage = raw.storage_mut();
         if let Some(hs) = work.hard_state {
             storage.set_hard_state(hs);
@@ -253,15 +343,19 @@ impl Env {
             self.applied_events.push(Applied { id, sm: node.sm });
         }
         storage.append(&work.entries).expect("contiguous append");
-        if self.verbose {
-            let last = work
-                .ack
-                .last
-                .map_or(String::from("-"), |l| format!("{}/{}", l.index, l.term));
-            let _ = writeln!(self.out, "> {id} append durable up to {last}");
+        Some(work)
+    }
+
+    fn acknowledge(&mut self, id: u64, ack: AppendAck) {
+        if let Some(last) = ack.last {
+            if self.raw(id).storage().term(last.index) != Ok(last.term) {
+                self.overwritten_acks += 1;
+            }
         }
-        raw.on_append_durable(work.ack);
-        true
+        if self.verbose {
+            let _ = writeln!(self.out, "> {id} append durable up to {}", fmt_last(&ack));
+        }
+        self.raw(id).on_append_durable(ack);
     }
 
     /// Applies node `id`'s oldest apply work and acknowledges it.
@@ -390,6 +484,7 @@ impl Env {
             node.disk = raw.storage().clone();
         }
         node.appends.clear();
+        node.written.clear();
         node.applies.clear();
         node.reads.clear();
         let (lost, kept): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.net)
@@ -435,7 +530,7 @@ impl Env {
             return false;
         };
         // Only what the state machine applied, and what is durable, may be compacted.
-        let index = node.sm.index.min(raw.raft.raft_log.applied);
+        let index = node.sm.index.min(raw.basic_status().applied);
         let data = node.sm.encode();
         if index == node.sm.index
             && index > raw.storage().snapshot_metadata().index
@@ -454,26 +549,31 @@ impl Env {
         self.nodes
             .iter()
             .filter_map(|(&id, n)| n.raw.as_ref().map(|r| (id, r)))
-            .filter(|(_, r)| r.raft.state == StateRole::Leader)
-            .max_by_key(|(_, r)| r.raft.term)
+            .map(|(id, r)| (id, r.basic_status()))
+            .filter(|(_, st)| st.role == StateRole::Leader)
+            .max_by_key(|(_, st)| st.term)
             .map(|(id, _)| id)
     }
 
     /// Node `id`'s log as "index/term" items.
     pub fn log_string(&mut self, id: u64) -> String {
         let raw = self.raw(id);
-        let log = &raw.raft.raft_log;
-        let first = log.first_index();
-        let last = log.last_index();
-        let ents = log.slice(first, last + 1, u64::MAX).unwrap_or_default();
+        let st = raw.basic_status();
+        let (first, last) = (st.first_index, st.last_index);
+        let ents = raw.entries(first, last + 1).unwrap_or_default();
         format!(
             "first:{first} last:{last} committed:{} applying:{} applied:{} entries:{}",
-            log.committed,
-            log.applying,
-            log.applied,
+            st.commit,
+            st.applying,
+            st.applied,
             fmt_entries(&ents)
         )
     }
+}
+
+fn fmt_last(ack: &AppendAck) -> String {
+    ack.last
+        .map_or(String::from("-"), |l| format!("{}/{}", l.index, l.term))
 }
 
 /// Formats entries compactly: `index/term` plus data.

@@ -1,4 +1,6 @@
-//! Benchmark driver: an in-memory cluster of the consensus core in one thread.
+//! The driver of `keel bench consensus`: an in-memory cluster of the consensus core in one
+//! thread. It lives with the CLI, not in `keel-node`, so that the library does not depend on
+//! the histogram crate; the `consensus_bench` example includes this file too.
 //!
 //! Storage is [`MemStorage`] written and acknowledged as soon as a Ready hands out the work,
 //! and messages are delivered in memory, so the numbers measure the consensus core itself:
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::consensus::{Config, EntryType, MemStorage, Message, Payload, RawNode, StateRole};
+use keel_node::consensus::{Config, EntryType, MemStorage, Message, Payload, RawNode, StateRole};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -26,7 +28,7 @@ pub struct ConsensusBenchParams {
     /// How long to run.
     pub duration: Duration,
     /// Stop early after this many commits (0: no limit).
-    pub max_commits: u64,
+    pub commits_max: u64,
 }
 
 impl Default for ConsensusBenchParams {
@@ -36,7 +38,7 @@ impl Default for ConsensusBenchParams {
             proposers: 256,
             size: 16,
             duration: Duration::from_secs(5),
-            max_commits: 0,
+            commits_max: 0,
         }
     }
 }
@@ -53,10 +55,9 @@ pub struct ConsensusBenchProgress {
 /// The result of a run.
 #[derive(Clone, Debug)]
 pub struct ConsensusBenchReport {
-    /// Proposals committed and applied on the leader.
+    /// Proposals committed and applied on the leader (the CLI prints only the rate).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub commits: u64,
-    /// Wall time of the measured part.
-    pub elapsed: Duration,
     /// `commits / elapsed`.
     pub commits_per_sec: f64,
     /// Proposal-to-commit latency of every commit, in microseconds (values below 1 µs
@@ -79,8 +80,7 @@ pub struct BenchCluster {
     nodes: Vec<RawNode<MemStorage>>,
     net: Vec<Message>,
     inbox: Vec<Message>,
-    /// Entries applied on the leader (normal entries with data) since the last call to
-    /// [`BenchCluster::take_commits`].
+    /// Entries applied on the leader (normal entries with data) since the election.
     commits: u64,
     compact_every: u64,
 }
@@ -95,7 +95,7 @@ impl BenchCluster {
                 let mut c = Config::new(id);
                 c.inflight_msgs_max = 4096;
                 c.inflight_bytes_max = 0;
-                c.max_msg_bytes = 1 << 20;
+                c.msg_bytes_max = 1 << 20;
                 c.uncommitted_bytes_max = 0;
                 let storage = MemStorage::new_with_conf(&voters, &[]);
                 // A fixed configuration cannot be invalid.
@@ -245,14 +245,13 @@ pub fn run_consensus(
             progress(&ConsensusBenchProgress { elapsed, commits });
             next_report += Duration::from_secs(1);
         }
-        if elapsed >= params.duration || (params.max_commits > 0 && commits >= params.max_commits) {
+        if elapsed >= params.duration || (params.commits_max > 0 && commits >= params.commits_max) {
             break;
         }
     }
     let elapsed = start.elapsed();
     ConsensusBenchReport {
         commits,
-        elapsed,
         commits_per_sec: commits as f64 / elapsed.as_secs_f64().max(1e-9),
         latency_us: latencies,
     }
@@ -269,7 +268,7 @@ mod tests {
             proposers: 8,
             size: 16,
             duration: Duration::from_secs(5),
-            max_commits: 200,
+            commits_max: 200,
         };
         let report = run_consensus(&params, &mut |_| {});
         assert!(report.commits >= 200);

@@ -1,9 +1,15 @@
 //! Runs the consensus workload once and prints the machine-readable line the CLI prints:
-//! `cargo run --release -p keel-node --example consensus_bench -- [nodes] [proposers] [size] [secs]`.
+//! `cargo run --release -p keel --example consensus_bench -- [nodes] [proposers] [size] [secs]`.
+
+// The driver is the CLI's own, included by path: the CLI is a binary, so it has no library
+// an example could link.
+#[allow(dead_code)]
+#[path = "../src/bench/consensus/driver.rs"]
+mod driver;
 
 use std::time::Duration;
 
-use keel_node::bench::{ConsensusBenchParams, run_consensus};
+use driver::{ConsensusBenchParams, run_consensus};
 
 fn main() {
     let args: Vec<u64> = std::env::args()
@@ -16,7 +22,7 @@ fn main() {
         proposers: usize::try_from(arg(1, 256)).unwrap_or(256),
         size: usize::try_from(arg(2, 16)).unwrap_or(16),
         duration: Duration::from_secs(arg(3, 5)),
-        max_commits: 0,
+        commits_max: 0,
     };
     let report = run_consensus(&params, &mut |_| {});
     println!(
