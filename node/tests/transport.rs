@@ -263,10 +263,33 @@ async fn another_cluster_and_an_unknown_member_are_refused() {
             u.send(vec![heartbeat(6, 4, 2)]);
             sleep(Duration::from_millis(10)).await;
         }
+        // A dialer of a later wire version is refused with a reason it can read.
+        let mut hello = Vec::new();
+        FrameEncoder::new(WireLimits::default())
+            .expect("encoder")
+            .encode_hello(&Hello::new(CLUSTER, 3, 2), &mut hello);
+        hello[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
+        s.write_all(&hello).await.expect("write");
+        let mut reply = Vec::new();
+        timeout(Duration::from_secs(3), s.read_to_end(&mut reply))
+            .await
+            .expect("closed after the refusal")
+            .expect("read");
+        let mut decoder = FrameDecoder::new(WireLimits::default()).expect("decoder");
+        decoder.extend(&reply);
+        match decoder.next_frame() {
+            Ok(Some(Frame::HelloReply(r))) => {
+                assert!(!r.accepted);
+                assert!(r.reason.contains("wire version 2"), "{}", r.reason);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+
         assert!(x.take_unreachable().contains(&(2, 5)));
         assert!(u.take_unreachable().contains(&(2, 6)));
         assert_eq!(x.stats().connects, 0);
-        assert!(b.stats().inbound_refused >= 4);
+        assert!(b.stats().inbound_refused >= 5);
         assert_eq!(b.stats().inbound_accepted, 0);
         assert!(
             b_in.try_recv().is_none(),
@@ -363,9 +386,15 @@ async fn hostile_bytes_close_only_their_connection() {
             expect_closed(&mut s, close, "random bytes").await;
         }
 
+        // A connection that never says hello is closed after handshake_timeout (500 ms).
+        let mut s = TcpStream::connect(b.local_addr()).await.expect("connect");
+        let opened = Instant::now();
+        expect_closed(&mut s, close, "silent").await;
+        assert!(opened.elapsed() >= Duration::from_millis(400));
+
         // Every raw connection broke before a whole valid frame from member 9 arrived, and
         // the established connections went on.
-        assert!(b.stats().inbound_errors >= 25, "{:?}", b.stats());
+        assert!(b.stats().inbound_errors >= 26, "{:?}", b.stats());
         let before = b.stats().connects;
         a.send((0..50).map(|i| message(i % 3, 1, 2, i)).collect());
         let got = recv_appends(&mut b_in, 50, Duration::from_secs(5)).await;
@@ -541,6 +570,68 @@ async fn a_connection_flood_is_refused_without_touching_established_peers() {
         assert_eq!(a.stats().connects, 1);
         assert_eq!(a.stats().messages_dropped, 0);
         drop(flood);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_owner_pushes_back_without_losing_messages() {
+    timeout(TEST_TIME, async {
+        const INBOUND: usize = 8;
+        const SENT: u64 = 2000;
+        let mut members = cluster(&[1, 2], |o| o.inbound_queue_messages_max = INBOUND).await;
+        let (b, mut b_in) = members.pop().expect("b");
+        let (a, _a_in) = members.pop().expect("a");
+        for chunk in 0..SENT / 100 {
+            a.send(
+                (0..100)
+                    .map(|i| message(i % 5, 1, 2, chunk * 100 + i))
+                    .collect(),
+            );
+            tokio::task::yield_now().await;
+        }
+        // b's owner does not read for a while: b's connection stops at the full queue.
+        sleep(Duration::from_millis(200)).await;
+        let received = b.stats().messages_received;
+        assert!(
+            received <= u64::try_from(INBOUND).unwrap(),
+            "{received} messages taken off the connection with a queue of {INBOUND}"
+        );
+        let got = recv_appends(
+            &mut b_in,
+            usize::try_from(SENT).unwrap(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(got.iter().map(|m| m.index).eq(0..SENT));
+        assert_eq!(a.stats().messages_dropped, 0);
+        assert_eq!(a.stats().connects, 1);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn idle_connections_are_closed_and_dialed_again_on_demand() {
+    timeout(TEST_TIME, async {
+        let mut members = cluster(&[1, 2], |o| o.idle_timeout = Duration::from_millis(150)).await;
+        let (b, mut b_in) = members.pop().expect("b");
+        let (a, _a_in) = members.pop().expect("a");
+        a.send(vec![message(1, 1, 2, 0)]);
+        recv_appends(&mut b_in, 1, Duration::from_secs(5)).await;
+        sleep(Duration::from_millis(500)).await;
+        a.send(vec![message(1, 1, 2, 1)]);
+        let got = recv_appends(&mut b_in, 1, Duration::from_secs(5)).await;
+        assert_eq!(got[0].index, 1);
+        let stats = a.stats();
+        assert_eq!(stats.connects, 2, "{stats:?}");
+        assert_eq!(stats.messages_dropped, 0, "an idle close loses nothing");
+        assert!(a.take_unreachable().is_empty());
         a.shutdown().await;
         b.shutdown().await;
     })

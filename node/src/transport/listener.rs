@@ -7,8 +7,8 @@
 //! belongs to another cluster, means another member, speaks another version, or is not a
 //! current peer. A peer that dials again (after a restart, or a connection it gave up on)
 //! replaces its older connection, which is closed. Any bytes that do not decode, a message
-//! not from the dialer or not to this member, or `idle_timeout` without a frame close that
-//! connection alone; the listener and the other connections go on.
+//! not from the dialer or not to this member, or twice `idle_timeout` without a frame close
+//! that connection alone; the listener and the other connections go on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use crate::consensus::{Message, NodeId};
 
 use super::tcp::{Shared, bump, lock};
-use super::wire::{Frame, FrameDecoder, Hello, HelloReply};
+use super::wire::{Frame, FrameDecoder, Hello, HelloReply, WireError};
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -147,7 +147,20 @@ async fn converse(
         Err(_) => {
             return Closed::Error(format!("no hello within {:?}", options.handshake_timeout));
         }
-        Ok(Err(closed)) => return closed,
+        Ok(Err(HelloError::Closed(closed))) => return closed,
+        Ok(Err(HelloError::Version(error))) => {
+            // The wire doc's promise to later versions: a dialer we cannot read still learns
+            // why it is refused.
+            let mut out = Vec::new();
+            let reply = HelloReply::refuse(error.to_string());
+            shared.encoder.encode_hello_reply(&reply, &mut out);
+            let _ = timeout(options.handshake_timeout, async {
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+            return Closed::Refused(reply.reason);
+        }
         Ok(Ok(hello)) => hello,
     };
     let mut reply = hello.answer(options.cluster_id, options.member_id);
@@ -185,6 +198,9 @@ async fn converse(
     // Established: only now is the full read buffer worth its memory.
     buf.resize(READ_CHUNK_BYTES, 0);
     let mut shutdown = shared.shutdown.clone();
+    // Twice the dialer's idle time, so that the dialer, which knows it has nothing to send,
+    // is the one that closes an idle connection, cleanly and without a backoff.
+    let inbound_idle = options.idle_timeout.saturating_mul(2);
     loop {
         loop {
             let frame = match decoder.next_frame() {
@@ -212,7 +228,7 @@ async fn converse(
             }
         }
         let read = tokio::select! {
-            read = timeout(options.idle_timeout, stream.read(&mut buf)) => read,
+            read = timeout(inbound_idle, stream.read(&mut buf)) => read,
             _ = &mut replaced => return Closed::Normally("the peer dialed again"),
             _ = shutdown.wait_for(|stop| *stop) => return Closed::Normally("shutdown"),
         };
@@ -240,28 +256,39 @@ async fn converse(
     }
 }
 
+/// Why no hello was read.
+enum HelloError {
+    /// The first frame is of a wire version this build does not speak: answered with a
+    /// refusal.
+    Version(WireError),
+    /// Anything else: the connection is closed without a word.
+    Closed(Closed),
+}
+
 async fn read_hello(
     stream: &mut TcpStream,
     decoder: &mut FrameDecoder,
     buf: &mut [u8],
-) -> Result<Hello, Closed> {
+) -> Result<Hello, HelloError> {
+    let closed = |c: Closed| Err(HelloError::Closed(c));
     loop {
         match decoder.next_frame() {
             Ok(Some(Frame::Hello(hello))) => return Ok(hello),
-            Ok(Some(_)) => return Err(Closed::Error("the first frame is not a hello".into())),
+            Ok(Some(_)) => return closed(Closed::Error("the first frame is not a hello".into())),
             Ok(None) => {}
-            Err(e) => return Err(Closed::Error(format!("before the hello: {e}"))),
+            Err(e @ WireError::UnsupportedVersion { .. }) => return Err(HelloError::Version(e)),
+            Err(e) => return closed(Closed::Error(format!("before the hello: {e}"))),
         }
         match stream.read(buf).await {
             Ok(0) => {
-                return Err(if decoder.buffered() == 0 {
+                return closed(if decoder.buffered() == 0 {
                     Closed::Normally("the peer closed it before its hello")
                 } else {
                     Closed::Error("the peer closed it in the middle of its hello".into())
                 });
             }
             Ok(n) => decoder.extend(&buf[..n]),
-            Err(e) => return Err(Closed::Error(format!("reading the hello: {e}"))),
+            Err(e) => return closed(Closed::Error(format!("reading the hello: {e}"))),
         }
     }
 }

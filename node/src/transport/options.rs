@@ -83,7 +83,7 @@ pub struct TransportOptions {
     pub write_timeout: Duration,
     /// The idle policy. An outbound connection with nothing to send for this long is
     /// closed, and dialed again on the next send; an inbound connection that receives no
-    /// frame for this long is closed. Raft's heartbeats keep a live peer's connections
+    /// frame for twice this long is closed (twice, so that the dialer closes first). Raft's heartbeats keep a live peer's connections
     /// busy, so this only reaps connections to peers that went silent (or half-open
     /// connections whose peer vanished). Default 60 s.
     pub idle_timeout: Duration,
