@@ -638,3 +638,59 @@ async fn idle_connections_are_closed_and_dialed_again_on_demand() {
     .await
     .expect("test took too long");
 }
+
+#[test]
+fn options_that_cannot_work_are_refused_by_name() {
+    let base = || TransportOptions::new(CLUSTER, 1, loopback());
+    assert!(base().validate().is_ok());
+    type Change = Box<dyn Fn(&mut TransportOptions)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("member_id", Box::new(|o| o.member_id = 0)),
+        (
+            "own id",
+            Box::new(|o| {
+                o.peers.insert(1, loopback());
+            }),
+        ),
+        (
+            "peer id zero",
+            Box::new(|o| {
+                o.peers.insert(0, loopback());
+            }),
+        ),
+        (
+            "send_queue_messages_max",
+            Box::new(|o| o.send_queue_messages_max = 0),
+        ),
+        (
+            "inbound_connections_max",
+            Box::new(|o| o.inbound_connections_max = 0),
+        ),
+        (
+            "inbound_queue_messages_max",
+            Box::new(|o| o.inbound_queue_messages_max = 0),
+        ),
+        (
+            "send_queue_bytes_max",
+            Box::new(|o| o.send_queue_bytes_max = 1 << 20),
+        ),
+        (
+            "handshake_timeout",
+            Box::new(|o| o.handshake_timeout = Duration::ZERO),
+        ),
+        (
+            "backoff_min",
+            Box::new(|o| o.backoff_max = Duration::from_millis(1)),
+        ),
+        (
+            "frame_bytes_max",
+            Box::new(|o| o.limits.frame_bytes_max = 0),
+        ),
+    ];
+    for (name, change) in cases {
+        let mut o = base();
+        change(&mut o);
+        let error = o.validate().expect_err(name).to_string();
+        assert!(error.contains(name), "{name}: {error}");
+    }
+}

@@ -11,6 +11,7 @@
 //! backoff: it starts at `backoff_min`, doubles per failure up to `backoff_max`, is drawn
 //! from the upper half of that range, and resets once a handshake succeeds.
 
+use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ use super::wire::{Frame, FrameDecoder, Hello};
 /// Bytes read at a time while waiting for the handshake reply or watching for the peer
 /// closing its side.
 const READ_CHUNK_BYTES: usize = 4096;
+
+/// A flush buffer larger than this is released after its write rather than kept for the
+/// next flush, so that one burst does not pin its size for the connection's life.
+const FLUSH_BUFFER_KEPT_BYTES_MAX: usize = 4 << 20;
 
 /// Why a connection ended.
 enum Ended {
@@ -239,6 +244,11 @@ async fn connected(
                     continue;
                 }
             };
+            // Only the count and the groups are needed from here on: let the messages go
+            // before the write, so a peer holds at most its queue and one encoded flush.
+            let count = batch.len();
+            let groups: BTreeSet<u64> = batch.iter().map(|m| m.group_id).collect();
+            drop(batch);
             let written = tokio::select! {
                 w = timeout(options.write_timeout, wr.write_all(&out)) => w,
                 _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
@@ -246,11 +256,11 @@ async fn connected(
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    shared.drop_messages(peer.id, &batch);
+                    shared.drop_groups(peer.id, count, groups);
                     return Ended::Broken(format!("writing: {e}"));
                 }
                 Err(_) => {
-                    shared.drop_messages(peer.id, &batch);
+                    shared.drop_groups(peer.id, count, groups);
                     return Ended::Broken(format!(
                         "a flush of {} bytes took longer than {:?}",
                         out.len(),
@@ -259,15 +269,12 @@ async fn connected(
                 }
             }
             let c = &shared.counters;
-            bump(
-                &c.messages_sent,
-                u64::try_from(batch.len()).unwrap_or(u64::MAX),
-            );
+            bump(&c.messages_sent, u64::try_from(count).unwrap_or(u64::MAX));
             bump(&c.frames_sent, u64::try_from(frames).unwrap_or(u64::MAX));
             bump(&c.bytes_sent, u64::try_from(out.len()).unwrap_or(u64::MAX));
             last_flush = Instant::now();
             // Give back the memory of an unusually large flush.
-            if out.capacity() > 4 << 20 {
+            if out.capacity() > FLUSH_BUFFER_KEPT_BYTES_MAX {
                 out = Vec::new();
             }
             continue;

@@ -1,6 +1,6 @@
 //! TCP between members: the handle the owner holds ([`Transport`]), the queue of received
-//! messages it reads ([`Inbound`]), and the state the outbound ([`peer`](super::peer)) and
-//! inbound ([`listener`](super::listener)) tasks share with it.
+//! messages it reads ([`Inbound`]), and the state the outbound (`peer`) and
+//! inbound (`listener`) tasks share with it.
 //!
 //! # Contract
 //!
@@ -27,6 +27,38 @@
 //!   closed (and logged with the peer's address), and only that connection.
 //! - Logs go through `tracing`: refusals and broken connections at `warn`, failed dials at
 //!   `debug` (a peer that is down would otherwise fill the log).
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn shard() -> Result<(), keel_node::transport::TransportError> {
+//! use keel_node::transport::{Transport, TransportOptions};
+//!
+//! let mut options = TransportOptions::new(0x6b65_656c, 1, "127.0.0.1:7001".parse().unwrap());
+//! options.peers.insert(2, "127.0.0.1:7002".parse().unwrap());
+//! let (transport, mut inbound) = Transport::start(options).await?;
+//! // Each round of the shard: hand over every group's outgoing messages at once ...
+//! transport.send(Vec::new() /* the messages of every group's Ready */);
+//! // ... step what arrived ...
+//! while let Some(message) = inbound.try_recv() {
+//!     let _ = message; // groups[message.group_id].step(message)
+//! }
+//! // ... and tell raft which peers lost messages, so it probes them instead of streaming.
+//! for (peer, group) in transport.take_unreachable() {
+//!     let _ = (peer, group); // groups[group].report_unreachable(peer)
+//! }
+//! transport.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Memory
+//!
+//! Per peer: its send queue (`send_queue_bytes_max`) plus the flush being written (at most
+//! as much again, encoded). Per inbound connection: the decoder's buffer (one frame, at most
+//! `frame_bytes_max` plus a read) and one decoded frame waiting for room in the inbound
+//! queue. Over all: `inbound_queue_messages_max` received messages, and one
+//! `(peer, group)` entry per pair that lost messages since the owner last asked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -166,16 +198,26 @@ impl Shared {
 
     /// Records `msgs` as dropped on the way to `peer` and their groups as unreachable.
     pub(crate) fn drop_messages(&self, peer: NodeId, msgs: &[Message]) {
-        if msgs.is_empty() {
+        self.drop_groups(peer, msgs.len(), msgs.iter().map(|m| m.group_id));
+    }
+
+    /// Records `count` messages of `groups` as dropped on the way to `peer`.
+    pub(crate) fn drop_groups(
+        &self,
+        peer: NodeId,
+        count: usize,
+        groups: impl IntoIterator<Item = u64>,
+    ) {
+        if count == 0 {
             return;
         }
         bump(
             &self.counters.messages_dropped,
-            u64::try_from(msgs.len()).unwrap_or(u64::MAX),
+            u64::try_from(count).unwrap_or(u64::MAX),
         );
         let mut unreachable = lock(&self.unreachable);
-        for m in msgs {
-            unreachable.insert((peer, m.group_id));
+        for group in groups {
+            unreachable.insert((peer, group));
         }
     }
 }
