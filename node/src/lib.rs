@@ -2,7 +2,8 @@
 //!
 //! The [`consensus`] module is the pure Raft core: it performs no I/O and owns no thread or
 //! clock. The benchmark driver that runs a cluster of it lives with the CLI (`keel bench
-//! consensus`).
+//! consensus`). The [`transport`] module carries raft messages between members: the wire
+//! format and TCP connections on tokio.
 
 pub mod consensus;
 pub mod transport;
