@@ -1,0 +1,260 @@
+//! One raft group hosted by a shard: its consensus core, its state machine (a memtable with
+//! etcd revisions of its own), its client sessions, and the requests waiting on it.
+
+use std::collections::HashMap;
+
+use keel_engine::log_backend::LogBackend;
+use keel_engine::txn::{RangeRequest, RangeResponse, TxnResponse};
+use keel_engine::{KvLimits, Memtable};
+
+use super::command::Command;
+use super::sessions::{Duplicate, Sessions};
+use super::storage::GroupStorage;
+use super::{Outcome, ReadConsistency, RequestError, RequestId};
+use crate::consensus::{
+    ConfChange, Entry, EntryType, NO_NODE, NodeId, RaftError, RawNode, ReadState, StateRole,
+};
+
+/// A group of the shard.
+pub(super) struct Group<B: LogBackend> {
+    pub(super) raw: RawNode<GroupStorage<B>>,
+    pub(super) kv: Memtable,
+    sessions: Sessions,
+    /// The leader as last known (`NO_NODE` when unknown).
+    pub(super) leader: NodeId,
+    /// Writes proposed through this member: (client, sequence) -> who waits for the result.
+    proposed: HashMap<(u64, u64), Vec<RequestId>>,
+    /// Linearizable reads that arrived this round; they share one ReadIndex request.
+    reads_new: Vec<(RequestId, RangeRequest)>,
+    /// Read batches sent as ReadIndex requests, by context.
+    reads_sent: HashMap<u64, Vec<(RequestId, RangeRequest)>>,
+    /// Read batches whose read index is known, waiting for the state machine to reach it.
+    reads_ready: Vec<(u64, Vec<(RequestId, RangeRequest)>)>,
+}
+
+impl<B: LogBackend> Group<B> {
+    pub(super) fn new(
+        raw: RawNode<GroupStorage<B>>,
+        limits: KvLimits,
+        sessions_max: usize,
+    ) -> Result<Group<B>, String> {
+        Ok(Group {
+            raw,
+            kv: Memtable::new(limits).map_err(|e| e.to_string())?,
+            sessions: Sessions::new(sessions_max),
+            leader: NO_NODE,
+            proposed: HashMap::new(),
+            reads_new: Vec::new(),
+            reads_sent: HashMap::new(),
+            reads_ready: Vec::new(),
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.role() == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> RequestError {
+        RequestError::NotLeader {
+            leader: (self.leader != NO_NODE).then_some(self.leader),
+        }
+    }
+
+    /// Takes a write: proposes it (the leader), answers a duplicate from the session table,
+    /// or refuses it (a follower names the leader).
+    pub(super) fn write(
+        &mut self,
+        id: RequestId,
+        command: Command,
+        out: &mut Vec<(RequestId, Outcome)>,
+    ) {
+        if !self.is_leader() {
+            out.push((id, Outcome::Failed(self.not_leader())));
+            return;
+        }
+        match self.sessions.check(command.client_id, command.sequence) {
+            Duplicate::Answered(result) => {
+                out.push((id, Outcome::Written(result)));
+                return;
+            }
+            Duplicate::Stale { last } => {
+                out.push((
+                    id,
+                    Outcome::Failed(RequestError::StaleSequence {
+                        sequence: command.sequence,
+                        last,
+                    }),
+                ));
+                return;
+            }
+            Duplicate::New => {}
+        }
+        let key = (command.client_id, command.sequence);
+        if command.client_id != 0 && self.proposed.contains_key(&key) {
+            // The same write is in flight already: answer both when it applies.
+            self.proposed.entry(key).or_default().push(id);
+            return;
+        }
+        match self.raw.propose(command.encode()) {
+            Ok(()) => self.proposed.entry(key).or_default().push(id),
+            Err(RaftError::ProposalDropped) => {
+                out.push((id, Outcome::Failed(RequestError::Busy)));
+            }
+            Err(e) => out.push((id, Outcome::Failed(RequestError::Raft(e.to_string())))),
+        }
+    }
+
+    /// Takes a read.
+    pub(super) fn read(
+        &mut self,
+        id: RequestId,
+        request: RangeRequest,
+        consistency: ReadConsistency,
+        out: &mut Vec<(RequestId, Outcome)>,
+    ) {
+        match consistency {
+            ReadConsistency::Serializable => out.push((id, self.serve(&request))),
+            ReadConsistency::Linearizable => {
+                if self.is_leader() {
+                    self.reads_new.push((id, request));
+                } else {
+                    out.push((id, Outcome::Failed(self.not_leader())));
+                }
+            }
+        }
+    }
+
+    fn serve(&self, request: &RangeRequest) -> Outcome {
+        match self.kv.range(request) {
+            Ok(resp) => Outcome::Read(resp),
+            Err(e) => Outcome::Failed(RequestError::Kv(e.to_string())),
+        }
+    }
+
+    /// Sends this round's linearizable reads as one ReadIndex request.
+    pub(super) fn flush_reads(&mut self, context: u64, out: &mut Vec<(RequestId, Outcome)>) {
+        if self.reads_new.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.reads_new);
+        match self.raw.read_index(context.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads_sent.insert(context, batch);
+            }
+            Err(_) => {
+                let error = self.not_leader();
+                out.extend(
+                    batch
+                        .into_iter()
+                        .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
+                );
+            }
+        }
+    }
+
+    /// Read indexes arrived: their batches wait for the state machine to reach them.
+    pub(super) fn read_states(&mut self, states: Vec<ReadState>) {
+        for state in states {
+            let Ok(context) = <[u8; 8]>::try_from(state.context.as_slice()) else {
+                continue;
+            };
+            if let Some(batch) = self.reads_sent.remove(&u64::from_le_bytes(context)) {
+                self.reads_ready.push((state.index, batch));
+            }
+        }
+    }
+
+    /// Serves the reads whose read index the state machine reached.
+    pub(super) fn serve_ready_reads(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
+        let applied = self.kv.applied_index();
+        let mut waiting = Vec::new();
+        for (index, batch) in std::mem::take(&mut self.reads_ready) {
+            if index <= applied {
+                for (id, request) in batch {
+                    out.push((id, self.serve(&request)));
+                }
+            } else {
+                waiting.push((index, batch));
+            }
+        }
+        self.reads_ready = waiting;
+    }
+
+    /// Leadership changed: what waited on this member's leadership cannot be answered here
+    /// any more. Writes are refused (a client retries with the same sequence, so a write
+    /// that did commit is answered from the session table, not applied twice).
+    pub(super) fn lost_leadership(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
+        let error = self.not_leader();
+        for (_, ids) in self.proposed.drain() {
+            out.extend(
+                ids.into_iter()
+                    .map(|id| (id, Outcome::Failed(error.clone()))),
+            );
+        }
+        let reads = self
+            .reads_new
+            .drain(..)
+            .chain(self.reads_sent.drain().flat_map(|(_, b)| b))
+            .chain(self.reads_ready.drain(..).flat_map(|(_, b)| b));
+        out.extend(reads.map(|(id, _)| (id, Outcome::Failed(error.clone()))));
+    }
+
+    /// Applies committed entries (durable locally) to the state machine and answers the
+    /// writes proposed here. Returns an error only for an entry no build could have written
+    /// (the group must stop rather than diverge).
+    pub(super) fn apply(
+        &mut self,
+        entries: &[Entry],
+        out: &mut Vec<(RequestId, Outcome)>,
+    ) -> Result<(), String> {
+        for entry in entries {
+            match entry.entry_type {
+                EntryType::ConfChange => {
+                    let cc = ConfChange::decode(&entry.data).map_err(|_| {
+                        format!("entry {} holds a malformed membership change", entry.index)
+                    })?;
+                    self.raw
+                        .apply_conf_change(&cc)
+                        .map_err(|e| format!("entry {}: {e}", entry.index))?;
+                }
+                // A new leader's empty entry.
+                EntryType::Normal if entry.data.is_empty() => {}
+                EntryType::Normal => {
+                    let command = Command::decode(&entry.data)
+                        .map_err(|e| format!("entry {}: {e}", entry.index))?;
+                    let result = match self.sessions.check(command.client_id, command.sequence) {
+                        Duplicate::Answered(result) => result,
+                        Duplicate::Stale { last } => Err(format!(
+                            "sequence {} is older than the client's last applied write {last}",
+                            command.sequence
+                        )),
+                        Duplicate::New => {
+                            let result: Result<TxnResponse, String> =
+                                self.kv.txn(&command.txn).map_err(|e| e.to_string());
+                            self.sessions.record(
+                                command.client_id,
+                                command.sequence,
+                                result.clone(),
+                                entry.index,
+                            );
+                            result
+                        }
+                    };
+                    if let Some(ids) = self.proposed.remove(&(command.client_id, command.sequence))
+                    {
+                        for id in ids {
+                            out.push((id, Outcome::Written(result.clone())));
+                        }
+                    }
+                }
+            }
+            self.kv.set_applied_index(entry.index);
+        }
+        Ok(())
+    }
+
+    /// A point read straight from the state machine (for tests and status).
+    pub(super) fn range(&self, request: &RangeRequest) -> Option<RangeResponse> {
+        self.kv.range(request).ok()
+    }
+}

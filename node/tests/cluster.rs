@@ -1,0 +1,477 @@
+//! In-process clusters on the simulated seams: members are shards over in-memory logs, the
+//! network is a seeded queue that delays, reorders and (optionally) drops messages, and
+//! crashes drop a member's shard and restart it from its log. Everything runs on one
+//! thread from a seed, so a failure replays (`KEEL_CLUSTER_SEED`).
+#![allow(clippy::cast_possible_truncation)] // Test arithmetic on small values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::task::{Context, Poll, Waker};
+
+use keel_engine::log_backend::MemLog;
+use keel_engine::txn::{Op, RangeRequest, Txn};
+use keel_engine::{LogStore, LogStoreOptions};
+use keel_node::consensus::{Message, NodeId};
+use keel_node::shard::{Outcome, ReadConsistency, RequestError, Shard, ShardOptions};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Member {
+    id: NodeId,
+    log: MemLog,
+    shard: Option<Shard<MemLog>>,
+}
+
+struct Cluster {
+    seed: u64,
+    rng: Rng,
+    members: Vec<Member>,
+    groups: Vec<u64>,
+    /// (delivery step, message)
+    net: Vec<(u64, Message)>,
+    drop_percent: u64,
+    step: u64,
+    answers: HashMap<u64, Outcome>,
+    next_request: u64,
+}
+
+fn open_shard(id: NodeId, members: &[NodeId], log: &MemLog, groups: &[u64]) -> Shard<MemLog> {
+    let store = LogStore::open(log.clone(), LogStoreOptions::default(), &mut |_| {})
+        .expect("the log store recovers");
+    let options = ShardOptions::new(id, members.to_vec());
+    Shard::new(options, store, groups).expect("the shard starts")
+}
+
+impl Cluster {
+    fn new(n: u64, groups: u64, name: &str) -> Cluster {
+        let seed = std::env::var("KEEL_CLUSTER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5EED ^ n ^ (groups << 8));
+        eprintln!("{name}: seed {seed} (replay with KEEL_CLUSTER_SEED={seed})");
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let groups: Vec<u64> = (0..groups).collect();
+        let members = ids
+            .iter()
+            .map(|&id| {
+                let log = MemLog::new(64);
+                let shard = open_shard(id, &ids, &log, &groups);
+                Member {
+                    id,
+                    log,
+                    shard: Some(shard),
+                }
+            })
+            .collect();
+        Cluster {
+            seed,
+            rng: Rng(seed),
+            members,
+            groups,
+            net: Vec::new(),
+            drop_percent: 0,
+            step: 0,
+            answers: HashMap::new(),
+            next_request: 1,
+        }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn member(&mut self, id: NodeId) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("member")
+    }
+
+    fn shard(&mut self, id: NodeId) -> &mut Shard<MemLog> {
+        self.member(id).shard.as_mut().expect("member is up")
+    }
+
+    /// One step: deliver due messages, tick every few steps, run a round on every member,
+    /// complete durable writes, collect answers.
+    fn run_step(&mut self) {
+        self.step += 1;
+        let now = self.step;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.net = later;
+        for (_, m) in due {
+            if let Some(shard) = self
+                .members
+                .iter_mut()
+                .find(|x| x.id == m.to)
+                .and_then(|x| x.shard.as_mut())
+            {
+                shard.step(m);
+            }
+        }
+        let tick = now % 5 == 0;
+        let mut sent = Vec::new();
+        for member in &mut self.members {
+            let Some(shard) = member.shard.as_mut() else {
+                continue;
+            };
+            if tick {
+                shard.tick();
+                shard.balance_leaders();
+            }
+            let round = shard.round().expect("round");
+            sent.extend(round.messages);
+            // The in-memory log completes appends at once: report them durable.
+            let waker = Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            loop {
+                let polled = shard.store().borrow_mut().poll_durable(&mut cx);
+                match polled {
+                    Poll::Ready(Ok(ticket)) => shard.on_durable(ticket).expect("in order"),
+                    Poll::Ready(Err(e)) => panic!("log failed: {e}"),
+                    Poll::Pending => break,
+                }
+            }
+            for (id, outcome) in shard.take_answers() {
+                self.answers.insert(id, outcome);
+            }
+        }
+        for m in sent {
+            if self.drop_percent > 0 && self.rng.below(100) < self.drop_percent {
+                continue;
+            }
+            let delay = 1 + self.rng.below(3);
+            self.net.push((now + delay, m));
+        }
+    }
+
+    fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.run_step();
+        }
+    }
+
+    /// The leader of `group` that every live member agrees on, if there is one.
+    fn agreed_leader(&self, group: u64) -> Option<NodeId> {
+        let mut leaders = self
+            .members
+            .iter()
+            .filter_map(|m| m.shard.as_ref())
+            .map(|s| s.leader(group));
+        let first = leaders.next()??;
+        let up = |id: NodeId| self.members.iter().any(|m| m.id == id && m.shard.is_some());
+        (leaders.all(|l| l == Some(first)) && up(first)).then_some(first)
+    }
+
+    fn wait_for_leaders(&mut self, steps_max: u64) {
+        for _ in 0..steps_max {
+            if self.groups.iter().all(|&g| self.agreed_leader(g).is_some()) {
+                return;
+            }
+            self.run_step();
+        }
+        panic!("seed {}: not every group elected a leader", self.seed);
+    }
+
+    /// Sends a request to `member` and runs until it is answered.
+    fn request(&mut self, member: NodeId, send: impl FnOnce(&mut Shard<MemLog>, u64)) -> Outcome {
+        let id = self.next_request;
+        self.next_request += 1;
+        send(self.shard(member), id);
+        for _ in 0..400 {
+            if let Some(outcome) = self.answers.remove(&id) {
+                return outcome;
+            }
+            self.run_step();
+        }
+        panic!(
+            "seed {}: request {id} to member {member} was never answered",
+            self.seed
+        );
+    }
+
+    /// Writes `key = value` through the group's leader, retrying through the leader named
+    /// in a refusal, with the same (client, sequence) every time.
+    fn put(&mut self, group: u64, client: u64, sequence: u64, key: &str, value: &str) -> Outcome {
+        for _ in 0..50 {
+            let Some(leader) = self.agreed_leader(group) else {
+                self.run(10);
+                continue;
+            };
+            let txn = Txn::batch(vec![Op::put(key, value)]);
+            let outcome = self.request(leader, |s, id| s.write(id, group, client, sequence, txn));
+            match outcome {
+                Outcome::Failed(RequestError::NotLeader { .. } | RequestError::Busy) => {
+                    self.run(10)
+                }
+                other => return other,
+            }
+        }
+        panic!(
+            "seed {}: write to group {group} never went through",
+            self.seed
+        );
+    }
+
+    fn get(&mut self, group: u64, key: &str, consistency: ReadConsistency) -> Option<Vec<u8>> {
+        for _ in 0..50 {
+            let Some(leader) = self.agreed_leader(group) else {
+                self.run(10);
+                continue;
+            };
+            let outcome = self.request(leader, |s, id| {
+                s.read(id, group, RangeRequest::key(key), consistency)
+            });
+            match outcome {
+                Outcome::Read(resp) => return resp.kvs.first().map(|kv| kv.value.clone()),
+                Outcome::Failed(RequestError::NotLeader { .. }) => self.run(10),
+                other => panic!("seed {}: read failed: {other:?}", self.seed),
+            }
+        }
+        panic!(
+            "seed {}: read of group {group} never went through",
+            self.seed
+        );
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.member(id).shard = None;
+        // Messages in flight to it are lost with it.
+        self.net.retain(|(_, m)| m.to != id);
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let ids = self.ids();
+        let groups = self.groups.clone();
+        let member = self.member(id);
+        member.shard = Some(open_shard(id, &ids, &member.log, &groups));
+    }
+
+    /// Every live replica of every group holds the same data once caught up.
+    fn assert_converged(&mut self) {
+        self.run(200);
+        for &group in &self.groups.clone() {
+            let mut states = BTreeMap::new();
+            for m in &self.members {
+                if let Some(shard) = &m.shard {
+                    let all = shard
+                        .local_range(group, &RangeRequest::prefix("k"))
+                        .expect("range");
+                    let kvs: Vec<(Vec<u8>, Vec<u8>, u64)> = all
+                        .kvs
+                        .into_iter()
+                        .map(|kv| (kv.key, kv.value, kv.meta.mod_revision))
+                        .collect();
+                    states.insert(m.id, kvs);
+                }
+            }
+            let first = states.values().next().cloned();
+            for (id, state) in &states {
+                assert_eq!(
+                    Some(state),
+                    first.as_ref(),
+                    "seed {}: member {id} diverged in group {group}",
+                    self.seed
+                );
+            }
+        }
+    }
+}
+
+fn written(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Written(Ok(resp)) => resp.revision,
+        other => panic!("write failed: {other:?}"),
+    }
+}
+
+#[test]
+fn elections_spread_leadership_over_the_members() {
+    for n in [3, 5] {
+        let mut c = Cluster::new(n, 2 * n, "elections");
+        c.wait_for_leaders(2_000);
+        // Leadership moves to each group's preferred member (g mod n) once it is caught up.
+        c.run(600);
+        let ids = c.ids();
+        let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for g in c.groups.clone() {
+            let leader = c.agreed_leader(g).expect("leader");
+            *led.entry(leader).or_default() += 1;
+            assert_eq!(
+                leader,
+                ids[(g % n) as usize],
+                "seed {}: group {g} not led by its preferred member",
+                c.seed
+            );
+        }
+        assert_eq!(led.len(), n as usize, "every member leads a share: {led:?}");
+    }
+}
+
+#[test]
+fn writes_of_many_groups_share_one_durable_write() {
+    let mut c = Cluster::new(3, 6, "shared writes");
+    c.wait_for_leaders(2_000);
+    c.run(600);
+    let before: Vec<_> = c
+        .members
+        .iter()
+        .map(|m| m.shard.as_ref().unwrap().stats())
+        .collect();
+    // Writes to every group at once, so that each round carries several groups.
+    let mut ids = Vec::new();
+    for round in 0..20u64 {
+        for g in c.groups.clone() {
+            let leader = c.agreed_leader(g).unwrap();
+            let id = c.next_request;
+            c.next_request += 1;
+            let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
+            c.shard(leader).write(id, g, 100 + g, round + 1, txn);
+            ids.push(id);
+        }
+        c.run_step();
+    }
+    c.run(200);
+    for id in ids {
+        assert!(
+            matches!(c.answers.get(&id), Some(Outcome::Written(Ok(_)))),
+            "write {id}: {:?}",
+            c.answers.get(&id)
+        );
+    }
+    let mut multi = 0;
+    for (m, before) in c.members.iter().zip(before) {
+        let s = m.shard.as_ref().unwrap().stats();
+        let writes = s.writes - before.writes;
+        let groups = s.groups_written - before.groups_written;
+        assert!(writes > 0);
+        if groups > writes {
+            multi += 1;
+        }
+    }
+    assert_eq!(
+        multi, 3,
+        "on every member, writes carried several groups on average"
+    );
+    c.assert_converged();
+}
+
+#[test]
+fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
+    for n in [3, 5] {
+        let mut c = Cluster::new(n, 2, "failover");
+        c.wait_for_leaders(2_000);
+        let mut acked = BTreeMap::new();
+        for i in 0..30u64 {
+            let key = format!("k{i}");
+            written(&c.put(i % 2, 1, i + 1, &key, "first"));
+            acked.insert(key, (i % 2, "first".to_string()));
+        }
+        // The leader of group 0 crashes; a new one is elected and takes writes.
+        let old = c.agreed_leader(0).unwrap();
+        c.crash(old);
+        c.wait_for_leaders(3_000);
+        assert_ne!(c.agreed_leader(0), Some(old));
+        for i in 0..30u64 {
+            let key = format!("k{i}");
+            written(&c.put(i % 2, 2, i + 1, &key, "second"));
+            acked.insert(key.clone(), (i % 2, "second".to_string()));
+            // A linearizable read right after the write sees it.
+            let got = c.get(i % 2, &key, ReadConsistency::Linearizable);
+            assert_eq!(
+                got.as_deref(),
+                Some(b"second".as_slice()),
+                "seed {}: stale read of {key}",
+                c.seed
+            );
+        }
+        // The old leader comes back, catches up from the log, and agrees.
+        c.restart(old);
+        c.assert_converged();
+        for (key, (group, value)) in &acked {
+            let got = c.get(*group, key, ReadConsistency::Linearizable);
+            assert_eq!(
+                got.as_deref(),
+                Some(value.as_bytes()),
+                "seed {}: {key} lost",
+                c.seed
+            );
+        }
+    }
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let mut c = Cluster::new(3, 1, "retries");
+    c.wait_for_leaders(2_000);
+    let first = c.put(0, 42, 7, "kx", "v");
+    let revision = written(&first);
+    // The same (client, sequence) again, as a client that lost the answer would send it.
+    let again = c.put(0, 42, 7, "kx", "v");
+    assert_eq!(again, first, "the retry is answered with the first result");
+    let leader = c.agreed_leader(0).unwrap();
+    let kv = c
+        .shard(leader)
+        .local_range(0, &RangeRequest::key("kx"))
+        .unwrap()
+        .kvs
+        .remove(0);
+    assert_eq!(
+        (kv.meta.mod_revision, kv.meta.version),
+        (revision, 1),
+        "applied once"
+    );
+    // An older sequence than the last applied one is refused, not applied.
+    written(&c.put(0, 42, 8, "kx", "w"));
+    let stale = c.put(0, 42, 7, "kx", "old");
+    assert!(
+        matches!(stale, Outcome::Failed(RequestError::StaleSequence { .. })),
+        "{stale:?}"
+    );
+    c.assert_converged();
+}
+
+#[test]
+fn a_lossy_network_and_restarts_lose_no_acknowledged_write() {
+    let mut c = Cluster::new(3, 3, "lossy");
+    c.drop_percent = 10;
+    c.wait_for_leaders(5_000);
+    let mut acked = BTreeMap::new();
+    for i in 0..60u64 {
+        let group = i % 3;
+        let key = format!("k{i}");
+        written(&c.put(group, 9, i + 1, &key, &format!("v{i}")));
+        acked.insert(key, (group, format!("v{i}")));
+        if i % 20 == 19 {
+            // Any member may crash and come back; the cluster keeps its acknowledged writes.
+            let victim = 1 + c.rng.below(3);
+            c.crash(victim);
+            c.run(50);
+            c.restart(victim);
+        }
+    }
+    c.drop_percent = 0;
+    c.assert_converged();
+    for (key, (group, value)) in &acked {
+        let got = c.get(*group, key, ReadConsistency::Linearizable);
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "seed {}: {key} lost",
+            c.seed
+        );
+    }
+}
