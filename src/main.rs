@@ -1,7 +1,9 @@
-//! The `keel` command-line tool: benchmarks and log inspection.
+//! The `keel` command-line tool: client commands, benchmarks and log inspection.
 
 mod bench;
+mod client_cmd;
 mod debug;
+mod txn_script;
 mod wal_cmd;
 
 use std::process::ExitCode;
@@ -24,6 +26,17 @@ enum Command {
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCommand),
+    /// Write a key: prints OK.
+    Put(client_cmd::PutArgs),
+    /// Read a key: prints its value; exit 1 when the key is absent.
+    Get(client_cmd::GetArgs),
+    /// Delete a key: prints how many keys were deleted (0 or 1).
+    Del(client_cmd::DelArgs),
+    /// Run a transaction read from stdin: prints SUCCESS or FAILURE and the results.
+    #[command(after_long_help = client_cmd::TXN_HELP)]
+    Txn(client_cmd::TxnArgs),
+    /// Check that every group has a leader that can serve a linearizable read; exit 1 if not.
+    Health(client_cmd::HealthArgs),
     /// Helpers for Keel's own tests (crash tests drive these).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -35,6 +48,11 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Put(args) => client_cmd::put(&args),
+        Command::Get(args) => client_cmd::get(&args),
+        Command::Del(args) => client_cmd::del(&args),
+        Command::Txn(args) => client_cmd::txn(&args),
+        Command::Health(args) => client_cmd::health(&args),
     };
     match result {
         Ok(code) => code,

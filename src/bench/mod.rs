@@ -1,6 +1,7 @@
 //! `keel bench ...`: load generators with HdrHistogram latencies, progress on stderr, a
 //! table on stdout and one machine-readable line.
 
+mod cluster;
 mod consensus;
 mod engine;
 mod wal;
@@ -28,6 +29,9 @@ pub enum BenchCommand {
     Engine(engine::EngineBenchArgs),
     /// The Raft core alone: a cluster in one process, no disk.
     Consensus(consensus::ConsensusBenchArgs),
+    /// A replicated cluster over the client protocol: starts `keel server` members (or
+    /// drives --endpoints), runs closed-loop clients, reports latency and server CPU per op.
+    Cluster(cluster::ClusterBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode, String> {
@@ -35,6 +39,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode, String> {
         BenchCommand::Wal(args) => wal::run(&args),
         BenchCommand::Engine(args) => engine::run(&args),
         BenchCommand::Consensus(args) => consensus::run(&args),
+        BenchCommand::Cluster(args) => cluster::run(&args),
     }
 }
 
