@@ -1,7 +1,8 @@
-//! The `keel` command-line tool: benchmarks and log inspection.
+//! The `keel` command-line tool: the server, benchmarks and log inspection.
 
 mod bench;
 mod debug;
+mod server_cmd;
 mod wal_cmd;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Command {
     /// Run a benchmark (on a temporary directory unless --dir is given).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one member of a replicated cluster (etcd-style flags; see --help).
+    Server(server_cmd::ServerArgs),
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCommand),
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Server(args) => server_cmd::run(args),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
     };
