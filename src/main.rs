@@ -1,8 +1,9 @@
-//! The `keel` command-line tool: client commands, benchmarks and log inspection.
+//! The `keel` command-line tool: the server, client commands, benchmarks and log inspection.
 
 mod bench;
 mod client_cmd;
 mod debug;
+mod server_cmd;
 mod txn_script;
 mod wal_cmd;
 
@@ -23,6 +24,8 @@ enum Command {
     /// Run a benchmark (on a temporary directory unless --dir is given).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one member of a replicated cluster (etcd-style flags; see --help).
+    Server(server_cmd::ServerArgs),
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCommand),
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Server(args) => server_cmd::run(args),
         Command::Wal(cmd) => wal_cmd::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
         Command::Put(args) => client_cmd::put(&args),

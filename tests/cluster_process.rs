@@ -333,7 +333,6 @@ fn expect(output: &Output, code: i32) -> String {
 }
 
 #[test]
-#[ignore = "needs keel server"]
 fn client_commands_against_three_processes() {
     let _turn = serial();
     let mut cluster = Cluster::start(3);
@@ -540,7 +539,6 @@ fn wait_for_progress(cluster: &mut Cluster, acks: &Acks, from: usize, more: usiz
 }
 
 #[test]
-#[ignore = "needs keel server"]
 fn acknowledged_writes_survive_kill_9_of_a_leader_and_of_every_member() {
     let _turn = serial();
     let rt = runtime();
@@ -710,7 +708,6 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-#[ignore = "needs keel server"]
 fn bad_input_on_the_client_port_costs_only_that_connection() {
     let _turn = serial();
     let rt = runtime();

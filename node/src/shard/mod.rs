@@ -374,6 +374,21 @@ impl<B: AsyncLogBackend> Shard<B> {
         g.write(id, command, &mut self.answers);
     }
 
+    /// Proposes an anonymous write to `group` wherever its leader is: a follower's proposal
+    /// is forwarded to the leader by raft. Nobody waits for it; returns whether it was taken
+    /// (no leader known: dropped). For cluster metadata a member publishes about itself.
+    pub fn propose_anywhere(&mut self, group: u64, txn: Txn) -> bool {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        let command = Command {
+            client_id: 0,
+            sequence: 0,
+            txn,
+        };
+        g.raw.propose(command.encode()).is_ok()
+    }
+
     /// Takes a read of `group`.
     pub fn read(
         &mut self,

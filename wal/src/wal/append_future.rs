@@ -11,7 +11,7 @@ use super::lock_err;
 use crate::error::Result;
 use crate::format::Payload;
 
-/// The future of [`Wal::append_async`].
+/// The future of [`Wal::append_async`](super::Wal::append_async).
 pub struct AppendFuture<'a, P> {
     pub(super) inner: &'a Inner,
     pub(super) records: &'a [P],

@@ -1,0 +1,388 @@
+//! The runtime: threads, the per-shard event loop, timers, and the channels between them —
+//! the only part of the node that spawns threads or blocks.
+//!
+//! A member runs `shards` threads. Shard `s` hosts the groups `g` with `g mod shards == s`,
+//! owns its own WAL (`DATA_DIR/shard-<s>/`) with one log store, its own peer transport (it
+//! listens on the member's peer port + `s` and talks to shard `s` of every other member),
+//! and accepts client connections on the shared client port (`SO_REUSEPORT`). Each shard
+//! thread runs a current-thread tokio runtime; its loop feeds the shard what arrived (peer
+//! messages, client requests, ticks, durable appends) and runs a round after each event:
+//! messages go out at once, and all groups' log work of the round is one asynchronous WAL
+//! append (the WAL's own writer thread and io_uring ring make it durable; the shard thread
+//! never blocks on it). Shards talk only through bounded channels.
+
+mod meta;
+mod shard_thread;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use keel_client::wire::{ClientLimits, ClusterStatus, LeaderHint, MemberInfo};
+use keel_engine::txn::{RangeRequest, Txn};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use meta::Meta;
+
+use crate::shard::{Outcome, ReadConsistency};
+
+/// Whether the member starts a new cluster or joins one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Every member of `initial_cluster` starts together (etcd's `new`).
+    New,
+    /// Join a running cluster (etcd's `existing`): needs membership changes, not served yet.
+    Existing,
+}
+
+/// How a member is configured (`keel server`'s flags).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This member's name; one of `initial_cluster`'s.
+    pub name: String,
+    /// Where the member keeps its data.
+    pub data_dir: PathBuf,
+    /// Every member of the cluster: name and peer address. Member ids are the 1-based
+    /// positions in name order; the cluster id is a hash of the list and the group count.
+    pub initial_cluster: Vec<(String, SocketAddr)>,
+    /// New cluster or joining one.
+    pub initial_cluster_state: ClusterState,
+    /// Where the peer listener of shard 0 binds (shard `s`: port + `s`).
+    pub listen_peer: SocketAddr,
+    /// Where clients connect.
+    pub listen_client: SocketAddr,
+    /// The client address other members and clients are told (default: `listen_client`).
+    pub advertise_client: String,
+    /// Raft groups of the cluster (fixed at creation). Default 8.
+    pub groups: u32,
+    /// Shards of this member (fixed at creation). Default: one per core.
+    pub shards: u32,
+    /// The logical clock's tick. Default 50 ms (elections after 10–20 ticks, heartbeats
+    /// every tick).
+    pub tick: Duration,
+    /// Client protocol limits.
+    pub client_limits: ClientLimits,
+    /// Most client connections at once. Default 4096.
+    pub client_connections_max: usize,
+    /// Most requests queued at one shard. Default 8192.
+    pub shard_queue_requests_max: usize,
+    /// WAL segment size. Default 64 MiB.
+    pub wal_segment_bytes: u64,
+}
+
+impl ServerConfig {
+    /// The defaults for a member `name` of `initial_cluster`.
+    pub fn new(
+        name: String,
+        data_dir: PathBuf,
+        initial_cluster: Vec<(String, SocketAddr)>,
+        listen_peer: SocketAddr,
+        listen_client: SocketAddr,
+    ) -> ServerConfig {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ServerConfig {
+            name,
+            data_dir,
+            initial_cluster,
+            initial_cluster_state: ClusterState::New,
+            listen_peer,
+            listen_client,
+            advertise_client: listen_client.to_string(),
+            groups: 8,
+            shards: u32::try_from(cores).unwrap_or(1),
+            tick: Duration::from_millis(50),
+            client_limits: ClientLimits::default(),
+            client_connections_max: 4096,
+            shard_queue_requests_max: 8192,
+            wal_segment_bytes: 64 << 20,
+        }
+    }
+
+    /// The member ids by name (1-based positions in name order).
+    pub fn member_ids(&self) -> BTreeMap<String, u64> {
+        let mut names: Vec<&String> = self.initial_cluster.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names
+            .into_iter()
+            .zip(1u64..)
+            .map(|(n, id)| (n.clone(), id))
+            .collect()
+    }
+
+    /// The cluster id: FNV-1a of the sorted member list and the group count.
+    pub fn cluster_id(&self) -> u64 {
+        let mut members: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect();
+        members.sort();
+        let text = format!("{}|groups={}", members.join(","), self.groups);
+        keel_client::route::fnv1a_64(text.as_bytes()).max(1)
+    }
+
+    /// Checks the configuration; the error names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("--name must not be empty".into());
+        }
+        let Some((_, peer)) = self.initial_cluster.iter().find(|(n, _)| *n == self.name) else {
+            return Err(format!(
+                "--name {} is not a member of --initial-cluster",
+                self.name
+            ));
+        };
+        if peer.port() != self.listen_peer.port() {
+            return Err(format!(
+                "--listen-peer-urls port {} differs from this member's --initial-cluster URL {peer}",
+                self.listen_peer.port()
+            ));
+        }
+        let ids = self.member_ids();
+        if ids.len() != self.initial_cluster.len() {
+            return Err("--initial-cluster names a member twice".into());
+        }
+        if self.groups == 0 || self.groups > 65_536 {
+            return Err(format!("--groups {} must be in 1..=65536", self.groups));
+        }
+        if self.shards == 0 || self.shards > 256 {
+            return Err(format!("--shards {} must be in 1..=256", self.shards));
+        }
+        if self.initial_cluster_state == ClusterState::Existing {
+            return Err(
+                "--initial-cluster-state existing (joining a running cluster) needs membership \
+                 changes, which are not served yet"
+                    .into(),
+            );
+        }
+        self.client_limits.validate()
+    }
+}
+
+/// A request for the shard that hosts its group.
+pub struct ShardRequest {
+    /// The group.
+    pub group: u64,
+    /// What to do.
+    pub work: ShardWork,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// What a request asks of a shard.
+pub enum ShardWork {
+    /// A write, named for exactly-once (client id 0: anonymous).
+    Write {
+        /// The client.
+        client_id: u64,
+        /// The client's sequence number of the write.
+        sequence: u64,
+        /// The write.
+        txn: Txn,
+    },
+    /// A read.
+    Read {
+        /// What to read.
+        range: RangeRequest,
+        /// How.
+        consistency: ReadConsistency,
+    },
+}
+
+/// What a member knows of the cluster, shared by its shards and connections (not on the
+/// hot path: updated every few ticks).
+pub struct ClusterView {
+    /// Member id -> client address, as published in group 0.
+    members: RwLock<BTreeMap<u64, String>>,
+    /// Leader of each group (0: unknown).
+    leaders: Vec<AtomicU64>,
+}
+
+impl ClusterView {
+    fn new(groups: u32, member: u64, address: String) -> ClusterView {
+        let mut members = BTreeMap::new();
+        members.insert(member, address);
+        ClusterView {
+            members: RwLock::new(members),
+            leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn set_leader(&self, group: u64, leader: u64) {
+        if let Some(slot) = usize::try_from(group)
+            .ok()
+            .and_then(|g| self.leaders.get(g))
+        {
+            slot.store(leader, Ordering::Relaxed);
+        }
+    }
+
+    fn set_member(&self, id: u64, address: String) {
+        if let Ok(mut m) = self.members.write() {
+            m.insert(id, address);
+        }
+    }
+
+    /// The status answer: members with their client addresses, and each group's leader.
+    pub fn status(&self, member_id: u64, groups: u32) -> ClusterStatus {
+        let members = self
+            .members
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(&id, a)| MemberInfo {
+                        id,
+                        client_address: a.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClusterStatus {
+            member_id,
+            groups,
+            members,
+            leaders: self
+                .leaders
+                .iter()
+                .map(|l| Some(l.load(Ordering::Relaxed)).filter(|&l| l != 0))
+                .collect(),
+        }
+    }
+
+    /// Where to find member `id`, for a "not leader" answer.
+    pub fn hint(&self, id: u64) -> Option<LeaderHint> {
+        let members = self.members.read().ok()?;
+        members.get(&id).map(|a| LeaderHint {
+            member_id: id,
+            client_address: a.clone(),
+        })
+    }
+}
+
+/// A running member.
+pub struct Server {
+    threads: Vec<JoinHandle<Result<(), String>>>,
+    shutdown: watch::Sender<bool>,
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+}
+
+impl Server {
+    /// Starts the member: checks (or writes) its data directory's identity, then starts one
+    /// thread per shard. Returns once every shard listens.
+    pub fn start(config: ServerConfig) -> Result<Server, String> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
+        let ids = config.member_ids();
+        let member_id = ids[&config.name];
+        let cluster_id = config.cluster_id();
+        let wanted = Meta {
+            cluster_id,
+            member_id,
+            name: config.name.clone(),
+            groups: config.groups,
+            shards: config.shards,
+        };
+        match Meta::load(&config.data_dir)? {
+            None => wanted.store(&config.data_dir)?,
+            Some(found) if found == wanted => {}
+            Some(found) => {
+                return Err(format!(
+                    "{} belongs to member {} ({}) of cluster {:#x} with {} groups and {} shards; \
+                     this member is {} ({}) of cluster {:#x} with {} groups and {} shards — \
+                     refusing to start on another cluster's or member's data",
+                    config.data_dir.display(),
+                    found.member_id,
+                    found.name,
+                    found.cluster_id,
+                    found.groups,
+                    found.shards,
+                    wanted.member_id,
+                    wanted.name,
+                    wanted.cluster_id,
+                    wanted.groups,
+                    wanted.shards,
+                ));
+            }
+        }
+        let view = Arc::new(ClusterView::new(
+            config.groups,
+            member_id,
+            config.advertise_client.clone(),
+        ));
+        let shards = usize::try_from(config.shards).unwrap_or(1);
+        let mut senders = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(config.shard_queue_requests_max.max(1));
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for (index, requests) in receivers.into_iter().enumerate() {
+            let ctx = shard_thread::ShardContext {
+                index: u32::try_from(index).unwrap_or(0),
+                config: config.clone(),
+                member_id,
+                cluster_id,
+                member_ids: ids.clone(),
+                view: view.clone(),
+                senders: senders.clone(),
+                requests,
+                shutdown: shutdown_rx.clone(),
+                ready: ready_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("keel-shard-{index}"))
+                .spawn(move || shard_thread::run(ctx))
+                .map_err(|e| format!("spawning shard thread {index}: {e}"))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = shutdown.send(true);
+                    return Err(e);
+                }
+                Err(_) => return Err("a shard thread stopped while starting".into()),
+            }
+        }
+        Ok(Server {
+            threads,
+            shutdown,
+            member_id,
+            cluster_id,
+        })
+    }
+
+    /// Stops accepting requests, lets the appends in flight become durable, and stops every
+    /// shard. Returns the first shard error, if any.
+    pub fn shutdown(self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err("a shard thread panicked".into())),
+            }
+        }
+        result
+    }
+
+    /// Whether a shard stopped on its own (an error: the member should exit).
+    pub fn failed(&self) -> bool {
+        self.threads.iter().any(JoinHandle::is_finished)
+    }
+}

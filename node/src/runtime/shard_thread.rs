@@ -1,0 +1,387 @@
+//! One shard's thread: its runtime, its WAL and log store, its transport, its share of the
+//! client port, and the event loop that drives the shard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_engine::log_backend::AsyncLogBackend;
+use keel_engine::txn::{Op, RangeRequest, Txn};
+use keel_engine::{LogStore, LogStoreOptions};
+use keel_wal::{Wal, WalOptions};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ClusterView, ServerConfig, ShardRequest, ShardWork};
+use crate::server::{self, RESERVED_PREFIX, ServerContext};
+use crate::shard::{Outcome, RequestId, Shard, ShardOptions};
+use crate::transport::{Transport, TransportOptions};
+
+/// Everything a shard thread starts from.
+pub(super) struct ShardContext {
+    pub(super) index: u32,
+    pub(super) config: ServerConfig,
+    pub(super) member_id: u64,
+    pub(super) cluster_id: u64,
+    pub(super) member_ids: BTreeMap<String, u64>,
+    pub(super) view: Arc<ClusterView>,
+    pub(super) senders: Vec<mpsc::Sender<ShardRequest>>,
+    pub(super) requests: mpsc::Receiver<ShardRequest>,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Ticks between the shard's housekeeping (leadership balance, cluster view).
+const HOUSEKEEPING_TICKS: u64 = 10;
+/// How long a stopping shard waits for its appends in flight.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+pub(super) fn run(ctx: ShardContext) -> Result<(), String> {
+    let ready = ctx.ready.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let e = format!("shard {}: building its runtime: {e}", ctx.index);
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let result = runtime.block_on(serve(ctx));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "shard stopped");
+        let _ = ready.send(Err(e.clone()));
+    }
+    result
+}
+
+fn offset_port(addr: SocketAddr, by: u32) -> Result<SocketAddr, String> {
+    let port = u32::from(addr.port()) + by;
+    let port = u16::try_from(port)
+        .map_err(|_| format!("peer port {port} of shard {by} is out of range"))?;
+    Ok(SocketAddr::new(addr.ip(), port))
+}
+
+/// A listener on the client port that every shard binds (`SO_REUSEPORT`), so that the
+/// kernel spreads connections over the shards.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; the address structures
+    // are fully initialized before being passed with their exact sizes.
+    unsafe {
+        let fd = libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(format!(
+                "client socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const one).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
+            );
+            if rc != 0 {
+                return Err(format!(
+                    "client socket option: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        let rc = match addr {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    (&raw const sin).cast(),
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
+                        .unwrap_or(16),
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10),
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                libc::bind(
+                    fd,
+                    (&raw const sin6).cast(),
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in6>())
+                        .unwrap_or(28),
+                )
+            }
+        };
+        if rc != 0 {
+            return Err(format!(
+                "binding the client port {addr}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::listen(fd, 1024) != 0 {
+            return Err(format!(
+                "listening on {addr}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(listener)
+    }
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut key = RESERVED_PREFIX.to_vec();
+    key.extend_from_slice(format!("members/{id:020}").as_bytes());
+    key
+}
+
+async fn serve(mut ctx: ShardContext) -> Result<(), String> {
+    let index = ctx.index;
+    let config = ctx.config.clone();
+    let shard_dir = config.data_dir.join(format!("shard-{index}"));
+    let wal_options = WalOptions {
+        segment_bytes: config.wal_segment_bytes,
+        ..WalOptions::default()
+    };
+    let (wal, report) =
+        Wal::open_with_progress(&shard_dir, wal_options, &mut |_| {}).map_err(|e| {
+            format!(
+                "shard {index}: opening its log in {}: {e}",
+                shard_dir.display()
+            )
+        })?;
+    tracing::info!(
+        shard = index,
+        records = report.records,
+        segments = report.segments,
+        "log recovered"
+    );
+    let store = LogStore::open(Arc::new(wal), LogStoreOptions::default(), &mut |_| {})
+        .map_err(|e| format!("shard {index}: recovering its log store: {e}"))?;
+    let groups: Vec<u64> = (0..u64::from(config.groups))
+        .filter(|g| g % u64::from(config.shards) == u64::from(index))
+        .collect();
+    let members: Vec<u64> = ctx.member_ids.values().copied().collect();
+    let mut options = ShardOptions::new(ctx.member_id, members);
+    options.raft.election_ticks = 10;
+    options.raft.heartbeat_ticks = 1;
+    let mut shard =
+        Shard::new(options, store, &groups).map_err(|e| format!("shard {index}: {e}"))?;
+
+    let mut transport_options = TransportOptions::new(
+        ctx.cluster_id,
+        ctx.member_id,
+        offset_port(config.listen_peer, index)?,
+    );
+    for (name, addr) in &config.initial_cluster {
+        let id = ctx.member_ids[name];
+        if id != ctx.member_id {
+            transport_options
+                .peers
+                .insert(id, offset_port(*addr, index)?);
+        }
+    }
+    let (transport, mut inbound) = Transport::start(transport_options)
+        .await
+        .map_err(|e| format!("shard {index}: starting its peer transport: {e}"))?;
+
+    let listener = reuseport_listener(config.listen_client)?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| format!("shard {index}: client listener: {e}"))?;
+    let server_ctx = Arc::new(ServerContext {
+        member_id: ctx.member_id,
+        groups: config.groups,
+        shards: ctx.senders.clone(),
+        view: ctx.view.clone(),
+        limits: config.client_limits.clone(),
+        connections_max: config.client_connections_max,
+        connections: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let accept = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(server::serve(server_ctx.clone(), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    let _ = ctx.ready.send(Ok(()));
+    tracing::info!(shard = index, groups = groups.len(), "shard serving");
+
+    let mut pending: HashMap<RequestId, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut next_request: RequestId = 1;
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    let store = shard.store().clone();
+    let result = loop {
+        let durable = std::future::poll_fn(|cx| store.borrow_mut().poll_durable(cx));
+        tokio::select! {
+            biased;
+            changed = ctx.shutdown.changed() => {
+                if changed.is_err() || *ctx.shutdown.borrow() {
+                    break Ok(());
+                }
+            }
+            ticket = durable => match ticket {
+                Ok(ticket) => {
+                    if let Err(e) = shard.on_durable(ticket) {
+                        break Err(e.to_string());
+                    }
+                }
+                Err(e) => break Err(format!("shard {index}: its log failed: {e}")),
+            },
+            Some(m) = inbound.recv() => {
+                shard.step(m);
+                for _ in 0..4096 {
+                    let Some(m) = inbound.try_recv() else { break };
+                    shard.step(m);
+                }
+            }
+            Some(r) = ctx.requests.recv() => {
+                let mut r = Some(r);
+                for _ in 0..4096 {
+                    let Some(req) = r.take().or_else(|| ctx.requests.try_recv().ok()) else { break };
+                    let id = next_request;
+                    next_request += 1;
+                    pending.insert(id, req.reply);
+                    match req.work {
+                        ShardWork::Write { client_id, sequence, txn } => {
+                            shard.write(id, req.group, client_id, sequence, txn);
+                        }
+                        ShardWork::Read { range, consistency } => {
+                            shard.read(id, req.group, range, consistency);
+                        }
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                shard.tick();
+                ticks += 1;
+                if ticks % HOUSEKEEPING_TICKS == 0 {
+                    housekeeping(&mut shard, &ctx, &config);
+                }
+            }
+        }
+        if let Err(e) = run_rounds(&mut shard, &transport, &mut pending) {
+            break Err(format!("shard {index}: {e}"));
+        }
+    };
+    accept.abort();
+    // Drain: the appends in flight become durable before the shard stops.
+    let deadline = Instant::now() + DRAIN_MAX;
+    while shard.in_flight() > 0 && Instant::now() < deadline {
+        let durable = std::future::poll_fn(|cx| store.borrow_mut().poll_durable(cx));
+        match tokio::time::timeout(Duration::from_millis(100), durable).await {
+            Ok(Ok(ticket)) => {
+                if shard.on_durable(ticket).is_err() {
+                    break;
+                }
+                let _ = run_rounds(&mut shard, &transport, &mut pending);
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
+    }
+    transport.shutdown().await;
+    tracing::info!(shard = index, "shard stopped");
+    result
+}
+
+/// Runs rounds until the shard has nothing more to do now, sending messages and answers.
+fn run_rounds<B: AsyncLogBackend>(
+    shard: &mut Shard<B>,
+    transport: &Transport,
+    pending: &mut HashMap<RequestId, oneshot::Sender<Outcome>>,
+) -> Result<(), String> {
+    for _ in 0..16 {
+        let round = shard.round().map_err(|e| e.to_string())?;
+        if !round.messages.is_empty() {
+            transport.send(round.messages);
+        }
+        for (id, outcome) in shard.take_answers() {
+            if let Some(reply) = pending.remove(&id) {
+                let _ = reply.send(outcome);
+            }
+        }
+        if round.staged.is_none() && !shard.has_work() {
+            break;
+        }
+    }
+    for (peer, group) in transport.take_unreachable() {
+        shard.report_unreachable(group, peer);
+    }
+    Ok(())
+}
+
+/// Every few ticks: move leadership to preferred members, publish this shard's leaders, and
+/// (shard 0, which hosts group 0) publish and learn the members' client addresses.
+fn housekeeping<B: AsyncLogBackend>(
+    shard: &mut Shard<B>,
+    ctx: &ShardContext,
+    config: &ServerConfig,
+) {
+    shard.balance_leaders();
+    let groups: Vec<u64> = shard.groups().collect();
+    for g in groups {
+        ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));
+    }
+    if ctx.index != 0 {
+        return;
+    }
+    let mut prefix = RESERVED_PREFIX.to_vec();
+    prefix.extend_from_slice(b"members/");
+    if let Some(found) = shard.local_range(0, &RangeRequest::prefix(prefix)) {
+        let mut published = false;
+        for kv in found.kvs {
+            let id = std::str::from_utf8(&kv.key[RESERVED_PREFIX.len() + 8..])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            let address = String::from_utf8_lossy(&kv.value).into_owned();
+            if let Some(id) = id {
+                if id == ctx.member_id && address == config.advertise_client {
+                    published = true;
+                }
+                ctx.view.set_member(id, address);
+            }
+        }
+        if !published && shard.leader(0).is_some() {
+            let txn = Txn::batch(vec![Op::put(
+                member_key(ctx.member_id),
+                config.advertise_client.clone(),
+            )]);
+            shard.propose_anywhere(0, txn);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The client listener: the native protocol (keel-client's `wire`) on the client port.
+//!
+//! Every shard accepts on the same client port (`SO_REUSEPORT`: the kernel spreads
+//! connections over the shards). A connection's first bytes tell the protocol: the native
+//! preface is served here; anything else is closed for now (the etcd gRPC API will be told
+//! apart the same way). A request goes to the shard that hosts its group, through that
+//! shard's bounded request queue, and its answer comes back on the connection; a connection
+//! carries many requests at once (request ids), at most `in_flight_per_connection_max`.
+
+pub mod convert;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use keel_client::route::group_of;
+use keel_client::wire::{
+    self, CLIENT_PREFACE_BYTES, ClientLimits, ErrorStatus, PrefaceCode, Request, RequestDecoder,
+    RequestFrame, Response, ResponseFrame, ResponseHeader, ServerPreface, Sniffed,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::runtime::{ClusterView, ShardRequest, ShardWork};
+use crate::shard::{Outcome, RequestError};
+
+/// What every connection of a member shares.
+pub struct ServerContext {
+    /// This member's id.
+    pub member_id: u64,
+    /// Number of groups in the cluster.
+    pub groups: u32,
+    /// The request queue of each shard, by shard index (group `g` lives on shard `g mod n`).
+    pub shards: Vec<mpsc::Sender<ShardRequest>>,
+    /// Members, their client addresses and the groups' leaders, as this member knows them.
+    pub view: Arc<ClusterView>,
+    /// Protocol limits.
+    pub limits: ClientLimits,
+    /// Most client connections at once. Default 4096.
+    pub connections_max: usize,
+    /// Client connections open now.
+    pub connections: AtomicUsize,
+}
+
+/// Reserved keys (cluster metadata lives under them); clients cannot write them.
+pub const RESERVED_PREFIX: &[u8] = b"\0keel/";
+
+/// Serves one client connection until it closes or breaks the protocol.
+pub async fn serve(ctx: Arc<ServerContext>, mut stream: TcpStream, peer: SocketAddr) {
+    if ctx.connections.fetch_add(1, Ordering::AcqRel) >= ctx.connections_max {
+        ctx.connections.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(%peer, max = ctx.connections_max, "client connection refused: connections_max reached");
+        return;
+    }
+    if let Err(e) = serve_native(&ctx, &mut stream).await {
+        tracing::debug!(%peer, error = %e, "client connection closed");
+    }
+    ctx.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn serve_native(ctx: &Arc<ServerContext>, stream: &mut TcpStream) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut preface = [0u8; CLIENT_PREFACE_BYTES];
+    let mut got = 0;
+    while got < CLIENT_PREFACE_BYTES {
+        let n = stream.read(&mut preface[got..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        got += n;
+        match wire::sniff(&preface[..got]) {
+            Sniffed::NeedMore | Sniffed::Native => {}
+            Sniffed::Other => {
+                return Err(std::io::Error::other(
+                    "not the native protocol (the etcd API is not served yet)",
+                ));
+            }
+        }
+    }
+    let code = match wire::decode_client_preface(&preface) {
+        Ok(_) => PrefaceCode::Accepted,
+        Err(_) => PrefaceCode::VersionUnsupported,
+    };
+    let in_flight_max = ctx.limits.in_flight_per_connection_max;
+    let answer = ServerPreface {
+        version: wire::VERSION,
+        code,
+        request_bytes_max: ctx.limits.request_bytes_max,
+        in_flight_per_connection_max: in_flight_max,
+    };
+    stream.write_all(&answer.encode()).await?;
+    if code != PrefaceCode::Accepted {
+        return Ok(());
+    }
+    let (mut reader, mut writer) = stream.split();
+    // Answers come back in any order; one writer loop sends them, batching what is ready.
+    let in_flight_max = usize::try_from(in_flight_max.max(1)).unwrap_or(1);
+    let (answers_tx, mut answers_rx) = mpsc::channel::<ResponseFrame>(in_flight_max);
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let limits = ctx.limits.clone();
+    let write_loop = async move {
+        let mut out = Vec::new();
+        while let Some(frame) = answers_rx.recv().await {
+            encode_answer(&frame, &limits, &mut out);
+            while let Ok(more) = answers_rx.try_recv() {
+                encode_answer(&more, &limits, &mut out);
+                if out.len() > 1 << 20 {
+                    break;
+                }
+            }
+            writer.write_all(&out).await?;
+            out.clear();
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let ctx2 = ctx.clone();
+    let read_loop = async move {
+        let mut decoder = RequestDecoder::new(ctx2.limits.clone());
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            decoder.extend(&buf[..n]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        // Bounded in flight: stop reading while the connection has its
+                        // limit of requests outstanding.
+                        let permit = in_flight
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let (ctx, answers) = (ctx2.clone(), answers_tx.clone());
+                        tokio::spawn(async move {
+                            let answer = handle(&ctx, frame).await;
+                            let _ = answers.send(answer).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) if !e.is_fatal() => {
+                        if let Some(id) = e.request_id() {
+                            let frame = ResponseFrame {
+                                id,
+                                result: Err(e.to_status()),
+                            };
+                            if answers_tx.send(frame).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = read_loop => r,
+        r = write_loop => r,
+    }
+}
+
+fn encode_answer(frame: &ResponseFrame, limits: &ClientLimits, out: &mut Vec<u8>) {
+    let len = out.len();
+    if let Err(e) = wire::encode_response(frame, limits, out) {
+        out.truncate(len);
+        let fallback = ResponseFrame {
+            id: frame.id,
+            result: Err(ErrorStatus::TooLarge(e.to_string())),
+        };
+        if wire::encode_response(&fallback, limits, out).is_err() {
+            out.truncate(len);
+        }
+    }
+}
+
+/// Carries out one request: checks its routing, hands it to the shard of its group, and
+/// builds the protocol answer from the outcome.
+async fn handle(ctx: &ServerContext, frame: RequestFrame) -> ResponseFrame {
+    let id = frame.id;
+    let result = execute(ctx, frame).await;
+    ResponseFrame { id, result }
+}
+
+async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, ErrorStatus> {
+    let RequestFrame { group, request, .. } = frame;
+    if let Request::Status = request {
+        return Ok(Response::Status(ctx.view.status(ctx.member_id, ctx.groups)));
+    }
+    if group >= ctx.groups {
+        return Err(ErrorStatus::WrongGroup { groups: ctx.groups });
+    }
+    let keys: Vec<&[u8]> = match &request {
+        Request::Put(_, p) => vec![&p.key],
+        Request::Delete(_, d) => vec![&d.key],
+        Request::Get(g) => vec![&g.key],
+        Request::Txn(_, t) => t.routing_keys(),
+        Request::Range(_) | Request::Status => Vec::new(),
+    };
+    for key in &keys {
+        if group_of(key, ctx.groups) != group {
+            let mut groups: Vec<u32> = keys.iter().map(|k| group_of(k, ctx.groups)).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            return Err(if groups.len() > 1 {
+                ErrorStatus::TxnSpansGroups { groups }
+            } else {
+                ErrorStatus::WrongGroup { groups: ctx.groups }
+            });
+        }
+    }
+    let writes_reserved = match &request {
+        Request::Put(_, p) => p.key.starts_with(RESERVED_PREFIX),
+        Request::Delete(_, d) => d.key.starts_with(RESERVED_PREFIX),
+        Request::Txn(_, t) => t
+            .routing_keys()
+            .iter()
+            .any(|k| k.starts_with(RESERVED_PREFIX)),
+        _ => false,
+    };
+    if writes_reserved {
+        return Err(ErrorStatus::InvalidArgument(
+            "keys starting with \\0keel/ are reserved for cluster metadata".into(),
+        ));
+    }
+    let work = match &request {
+        Request::Put(w, p) => ShardWork::Write {
+            client_id: w.id.client_id,
+            sequence: w.id.sequence,
+            txn: convert::txn(&wire::TxnRequest {
+                compares: Vec::new(),
+                success: vec![wire::TxnOp::Put(p.clone())],
+                failure: Vec::new(),
+            }),
+        },
+        Request::Delete(w, d) => ShardWork::Write {
+            client_id: w.id.client_id,
+            sequence: w.id.sequence,
+            txn: convert::txn(&wire::TxnRequest {
+                compares: Vec::new(),
+                success: vec![wire::TxnOp::Delete(d.clone())],
+                failure: Vec::new(),
+            }),
+        },
+        Request::Txn(w, t) => {
+            let (client_id, sequence) = w.map_or((0, 0), |w| (w.id.client_id, w.id.sequence));
+            ShardWork::Write {
+                client_id,
+                sequence,
+                txn: convert::txn(t),
+            }
+        }
+        Request::Get(g) => ShardWork::Read {
+            range: convert::range(&wire::RangeRequest {
+                key: g.key.clone(),
+                ..wire::RangeRequest::default()
+            }),
+            consistency: convert::consistency(g.consistency),
+        },
+        Request::Range(r) => {
+            if r.revision != 0 {
+                return Err(ErrorStatus::Compacted {
+                    compact_revision: 0,
+                });
+            }
+            ShardWork::Read {
+                range: convert::range(r),
+                consistency: convert::consistency(r.consistency),
+            }
+        }
+        Request::Status => unreachable!("answered above"),
+    };
+    let shard_count = u32::try_from(ctx.shards.len()).unwrap_or(1).max(1);
+    let shard = &ctx.shards[usize::try_from(group % shard_count).unwrap_or(0)];
+    let (reply, answer) = oneshot::channel();
+    let sent = shard.try_send(ShardRequest {
+        group: u64::from(group),
+        work,
+        reply,
+    });
+    if sent.is_err() {
+        return Err(ErrorStatus::Busy);
+    }
+    let outcome = answer
+        .await
+        .map_err(|_| ErrorStatus::Internal("the shard stopped".into()))?;
+    let header = ResponseHeader {
+        group,
+        revision: 0,
+        member_id: ctx.member_id,
+    };
+    match outcome {
+        Outcome::Written(Ok(resp)) => Ok(convert::txn_response(&request, header, resp)),
+        Outcome::Written(Err(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
+        Outcome::Read(resp) => Ok(convert::read_response(&request, header, resp)),
+        Outcome::Failed(RequestError::NotLeader { leader }) => Err(ErrorStatus::NotLeader {
+            group,
+            leader: leader.and_then(|id| ctx.view.hint(id)),
+        }),
+        Outcome::Failed(RequestError::Busy) => Err(ErrorStatus::Busy),
+        Outcome::Failed(RequestError::Kv(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
+        Outcome::Failed(e) => Err(ErrorStatus::Internal(e.to_string())),
+    }
+}
