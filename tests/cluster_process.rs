@@ -211,7 +211,8 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no member serves clients at {client_address}"))
     }
 
-    /// Waits until a status request answers with a leader for every group.
+    /// Waits until a status request answers with a leader for every group and every
+    /// member's client address.
     async fn wait_ready(&mut self) -> Client {
         let started = Instant::now();
         let endpoints = self.endpoints();
@@ -226,10 +227,16 @@ impl Cluster {
             self.assert_running();
             let last = match Client::connect_with(&endpoints, options.clone()).await {
                 Ok(client) => match client.status().await {
-                    Ok(s) if s.groups == GROUPS && s.leaders.iter().all(Option::is_some) => {
+                    // Every member's client address known too: until a member knows
+                    // them, it answers "not the leader" without naming the leader.
+                    Ok(s)
+                        if s.groups == GROUPS
+                            && s.leaders.iter().all(Option::is_some)
+                            && s.members.len() == self.members.len() =>
+                    {
                         return Client::connect(&endpoints).await.unwrap();
                     }
-                    Ok(s) => format!("leaders {:?}", s.leaders),
+                    Ok(s) => format!("leaders {:?}, members {:?}", s.leaders, s.members),
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
@@ -321,13 +328,14 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Asserts the exit code, showing the output otherwise.
-fn expect(output: &Output, code: i32) -> String {
+fn expect(cluster: &Cluster, output: &Output, code: i32) -> String {
     assert_eq!(
         output.status.code(),
         Some(code),
-        "stdout: {}\nstderr: {}",
+        "stdout: {}\nstderr: {}{}",
         text(&output.stdout),
-        text(&output.stderr)
+        text(&output.stderr),
+        cluster.stderr_tails()
     );
     text(&output.stdout)
 }
@@ -342,13 +350,18 @@ fn client_commands_against_three_processes() {
 
     assert_eq!(
         expect(
+            &cluster,
             &keel(&["put", "--endpoints", &all, "greeting", "hello"], ""),
             0
         ),
         "OK\n"
     );
     assert_eq!(
-        expect(&keel(&["get", "--endpoints", &one, "greeting"], ""), 0),
+        expect(
+            &cluster,
+            &keel(&["get", "--endpoints", &one, "greeting"], ""),
+            0
+        ),
         "hello\n"
     );
     // A serializable read may be served by a member that has not applied the put yet.
@@ -375,33 +388,37 @@ fn client_commands_against_three_processes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let absent = keel(&["get", "--endpoints", &all, "no-such-key"], "");
-    assert_eq!(expect(&absent, 1), "");
+    assert_eq!(expect(&cluster, &absent, 1), "");
     assert!(text(&absent.stderr).contains("not found"));
 
     // A transaction over keys of one hash tag: the compare holds, the success branch runs.
-    expect(&keel(&["put", "--endpoints", &all, "{t}/a", "1"], ""), 0);
+    expect(
+        &cluster,
+        &keel(&["put", "--endpoints", &all, "{t}/a", "1"], ""),
+        0,
+    );
     let script = "value(\"{t}/a\") = \"1\"\n\nput {t}/b 2\nget {t}/a\n\nput {t}/c 3\n";
     assert_eq!(
-        expect(&keel(&["txn", "--endpoints", &all], script), 0),
+        expect(&cluster, &keel(&["txn", "--endpoints", &all], script), 0),
         "SUCCESS\n\nOK\n\n{t}/a\n1\n"
     );
     let script = "value(\"{t}/a\") = \"2\"\n\nput {t}/b 9\n\nget {t}/b\n";
     assert_eq!(
-        expect(&keel(&["txn", "--endpoints", &all], script), 0),
+        expect(&cluster, &keel(&["txn", "--endpoints", &all], script), 0),
         "FAILURE\n\n{t}/b\n2\n"
     );
     // Keys of different groups cannot share a transaction; the error says what to do.
     let (x, y) = two_keys_in_different_groups();
     let script = format!("\nput {x} 1\nput {y} 2\n");
     let spans = keel(&["txn", "--endpoints", &all], &script);
-    expect(&spans, 2);
+    expect(&cluster, &spans, 2);
     assert!(
         text(&spans.stderr).contains("hash tag"),
         "{}",
         text(&spans.stderr)
     );
     let bad = keel(&["txn", "--endpoints", &all], "size(\"k\") = \"1\"\n");
-    expect(&bad, 2);
+    expect(&cluster, &bad, 2);
     assert!(
         text(&bad.stderr).contains("line 1"),
         "{}",
@@ -409,16 +426,28 @@ fn client_commands_against_three_processes() {
     );
 
     assert_eq!(
-        expect(&keel(&["del", "--endpoints", &all, "greeting"], ""), 0),
+        expect(
+            &cluster,
+            &keel(&["del", "--endpoints", &all, "greeting"], ""),
+            0
+        ),
         "1\n"
     );
-    expect(&keel(&["get", "--endpoints", &all, "greeting"], ""), 1);
+    expect(
+        &cluster,
+        &keel(&["get", "--endpoints", &all, "greeting"], ""),
+        1,
+    );
     assert_eq!(
-        expect(&keel(&["del", "--endpoints", &all, "greeting"], ""), 0),
+        expect(
+            &cluster,
+            &keel(&["del", "--endpoints", &all, "greeting"], ""),
+            0
+        ),
         "0\n"
     );
 
-    let health = expect(&keel(&["health", "--endpoints", &all], ""), 0);
+    let health = expect(&cluster, &keel(&["health", "--endpoints", &all], ""), 0);
     assert!(
         health.contains("healthy: every one of 4 groups"),
         "{health}"
@@ -426,13 +455,14 @@ fn client_commands_against_three_processes() {
 
     // Errors name the endpoint and exit 2.
     let dead = keel(&["get", "--endpoints", "127.0.0.1:1", "k"], "");
-    expect(&dead, 2);
+    expect(&cluster, &dead, 2);
     assert!(
         text(&dead.stderr).contains("127.0.0.1:1"),
         "{}",
         text(&dead.stderr)
     );
     expect(
+        &cluster,
         &keel(&["get", "--endpoints", "https://127.0.0.1:1", "k"], ""),
         2,
     );
@@ -470,7 +500,7 @@ fn client_commands_against_three_processes() {
         &["health", "--endpoints", &all, "--command-timeout", "2"],
         "",
     );
-    expect(&out, 1);
+    expect(&cluster, &out, 1);
 }
 
 fn two_keys_in_different_groups() -> (String, String) {

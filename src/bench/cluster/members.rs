@@ -169,8 +169,11 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Waits until a status request answers with a leader for every group. Fails at once
-    /// when a member exits, and after `timeout`, with the members' stderr.
+    /// Waits until a status request answers with a leader for every group and with every
+    /// member's client address: until a member has learned the others' addresses it
+    /// answers "not the leader" without naming the leader, and keel-client then asks only
+    /// the members it knows of. Fails at once when a member exits, and after `timeout`,
+    /// with the members' stderr.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Client, String> {
         let started = Instant::now();
         let endpoints = self.endpoints();
@@ -185,12 +188,21 @@ impl LocalCluster {
             self.check_running()?;
             let last = match Client::connect_with(&endpoints, options.clone()).await {
                 Ok(client) => match client.status().await {
-                    Ok(status) if status.leaders.iter().all(Option::is_some) => {
+                    Ok(status)
+                        if status.leaders.iter().all(Option::is_some)
+                            && status.members.len() == self.members.len() =>
+                    {
                         return Ok(client);
                     }
                     Ok(status) => {
                         let without = status.leaders.iter().filter(|l| l.is_none()).count();
-                        format!("{without} of {} groups without a leader", status.groups)
+                        format!(
+                            "{without} of {} groups without a leader, {} of {} members' \
+                             client addresses known",
+                            status.groups,
+                            status.members.len(),
+                            self.members.len()
+                        )
                     }
                     Err(e) => e.to_string(),
                 },

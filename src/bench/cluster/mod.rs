@@ -305,7 +305,9 @@ async fn run_load(
     let client_after = cpu::cpu_time("self")?;
     drop(progress);
     Ok(Report {
-        nodes: status.members.len(),
+        // A member may know of fewer members than were started (their addresses spread
+        // through the cluster), and endpoints may name fewer than there are.
+        nodes: status.members.len().max(endpoints.len()),
         groups: status.groups,
         outcome,
         server_cpu: (!pids.is_empty()).then(|| server_after.saturating_sub(server_before)),
