@@ -212,7 +212,9 @@ impl Cluster {
                 continue;
             };
             let txn = Txn::batch(vec![Op::put(key, value)]);
-            let outcome = self.request(leader, |s, id| s.write(id, group, client, sequence, txn));
+            let outcome = self.request(leader, |s, id| {
+                s.write(id, group, (client, sequence, sequence), txn)
+            });
             match outcome {
                 Outcome::Failed(RequestError::NotLeader { .. } | RequestError::Busy) => {
                     self.run(10)
@@ -339,7 +341,7 @@ fn writes_of_many_groups_share_one_durable_write() {
             let id = c.next_request;
             c.next_request += 1;
             let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
-            c.shard(leader).write(id, g, 100 + g, round + 1, txn);
+            c.shard(leader).write(id, g, (100 + g, round + 1, 1), txn);
             ids.push(id);
         }
         c.run_step();
@@ -434,8 +436,23 @@ fn a_retried_write_is_applied_once() {
         (revision, 1),
         "applied once"
     );
-    // An older sequence than the last applied one is refused, not applied.
-    written(&c.put(0, 42, 8, "kx", "w"));
+    // A pipelining client's writes may apply out of sequence order: both are applied, and
+    // each retry is answered from its own result.
+    let leader = c.agreed_leader(0).unwrap();
+    let pipelined = |c: &mut Cluster, seq: u64, key: &str| {
+        let txn = Txn::batch(vec![Op::put(key, "p")]);
+        c.request(leader, |s, id| s.write(id, 0, (42, seq, 8), txn))
+    };
+    let late = pipelined(&mut c, 20, "ky");
+    let early = pipelined(&mut c, 15, "kz");
+    written(&late);
+    written(&early);
+    assert_eq!(
+        pipelined(&mut c, 15, "kz"),
+        early,
+        "a retry of an out-of-order write"
+    );
+    // Below the client's floor (its smallest unanswered write) a write is refused.
     let stale = c.put(0, 42, 7, "kx", "old");
     assert!(
         matches!(stale, Outcome::Failed(RequestError::StaleSequence { .. })),
@@ -474,4 +491,38 @@ fn a_lossy_network_and_restarts_lose_no_acknowledged_write() {
             c.seed
         );
     }
+}
+
+#[test]
+fn a_slow_log_holds_rounds_back_instead_of_failing() {
+    let mut c = Cluster::new(3, 4, "slow log");
+    c.wait_for_leaders(2_000);
+    c.run(600);
+    // Member 1's log stops completing appends: its shard keeps at most the log store's
+    // bound of appends in flight, and its groups wait instead of failing.
+    c.member(1).log.set_hold_appends(true);
+    let mut ids = Vec::new();
+    for round in 0..40u64 {
+        for g in c.groups.clone() {
+            let leader = c.agreed_leader(g).unwrap();
+            let id = c.next_request;
+            c.next_request += 1;
+            let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
+            c.shard(leader).write(id, g, (500 + g, round + 1, 1), txn);
+            ids.push(id);
+        }
+        c.run_step();
+        let shard = c.shard(1);
+        assert!(shard.in_flight() <= LogStoreOptions::default().inflight_writes_max);
+    }
+    c.member(1).log.set_hold_appends(false);
+    c.run(300);
+    for id in ids {
+        assert!(
+            matches!(c.answers.get(&id), Some(Outcome::Written(Ok(_)))),
+            "write {id}: {:?}",
+            c.answers.get(&id)
+        );
+    }
+    c.assert_converged();
 }

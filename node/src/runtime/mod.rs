@@ -181,6 +181,8 @@ pub enum ShardWork {
         client_id: u64,
         /// The client's sequence number of the write.
         sequence: u64,
+        /// The client's smallest unanswered sequence.
+        floor: u64,
         /// The write.
         txn: Txn,
     },

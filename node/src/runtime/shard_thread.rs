@@ -277,8 +277,8 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                     next_request += 1;
                     pending.insert(id, req.reply);
                     match req.work {
-                        ShardWork::Write { client_id, sequence, txn } => {
-                            shard.write(id, req.group, client_id, sequence, txn);
+                        ShardWork::Write { client_id, sequence, floor, txn } => {
+                            shard.write(id, req.group, (client_id, sequence, floor), txn);
                         }
                         ShardWork::Read { range, consistency } => {
                             shard.read(id, req.group, range, consistency);

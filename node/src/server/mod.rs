@@ -231,6 +231,7 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         Request::Put(w, p) => ShardWork::Write {
             client_id: w.id.client_id,
             sequence: w.id.sequence,
+            floor: w.first_unanswered,
             txn: convert::txn(&wire::TxnRequest {
                 compares: Vec::new(),
                 success: vec![wire::TxnOp::Put(p.clone())],
@@ -240,6 +241,7 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         Request::Delete(w, d) => ShardWork::Write {
             client_id: w.id.client_id,
             sequence: w.id.sequence,
+            floor: w.first_unanswered,
             txn: convert::txn(&wire::TxnRequest {
                 compares: Vec::new(),
                 success: vec![wire::TxnOp::Delete(d.clone())],
@@ -247,10 +249,13 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
             }),
         },
         Request::Txn(w, t) => {
-            let (client_id, sequence) = w.map_or((0, 0), |w| (w.id.client_id, w.id.sequence));
+            let (client_id, sequence, floor) = w.map_or((0, 0, 0), |w| {
+                (w.id.client_id, w.id.sequence, w.first_unanswered)
+            });
             ShardWork::Write {
                 client_id,
                 sequence,
+                floor,
                 txn: convert::txn(t),
             }
         }

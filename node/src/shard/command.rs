@@ -5,7 +5,8 @@
 //!      0    1 version     1
 //!      1    8 client id   chosen by the client, random per client instance (0: anonymous)
 //!      9    8 sequence    the client's number for this write, ascending per client
-//!     17    . transaction keel_engine::txn_codec's encoding of the write
+//!     17    8 floor       the client's smallest unanswered sequence when it sent this write
+//!     25    . transaction keel_engine::txn_codec's encoding of the write
 //! ```
 //!
 //! Integers are little-endian. An anonymous write (client id 0) is applied every time it
@@ -15,7 +16,7 @@ use keel_engine::txn::Txn;
 use keel_engine::txn_codec;
 
 const COMMAND_VERSION: u8 = 1;
-const HEADER_BYTES: usize = 17;
+const HEADER_BYTES: usize = 25;
 
 /// One client write as the log carries it.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +25,9 @@ pub struct Command {
     pub client_id: u64,
     /// The client's sequence number for it.
     pub sequence: u64,
+    /// The client's smallest unanswered sequence when it sent the write: its results below
+    /// may be forgotten (see [`super::sessions`]).
+    pub floor: u64,
     /// The write.
     pub txn: Txn,
 }
@@ -36,6 +40,7 @@ impl Command {
         out.push(COMMAND_VERSION);
         out.extend_from_slice(&self.client_id.to_le_bytes());
         out.extend_from_slice(&self.sequence.to_le_bytes());
+        out.extend_from_slice(&self.floor.to_le_bytes());
         out.extend_from_slice(&txn);
         out
     }
@@ -62,6 +67,7 @@ impl Command {
         Ok(Command {
             client_id: u64_at(1),
             sequence: u64_at(9),
+            floor: u64_at(17),
             txn: txn_codec::decode_txn(&bytes[HEADER_BYTES..])?,
         })
     }

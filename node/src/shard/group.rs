@@ -77,12 +77,12 @@ impl<B: LogBackend> Group<B> {
                 out.push((id, Outcome::Written(result)));
                 return;
             }
-            Duplicate::Stale { last } => {
+            Duplicate::Stale { floor } => {
                 out.push((
                     id,
                     Outcome::Failed(RequestError::StaleSequence {
                         sequence: command.sequence,
-                        last,
+                        floor,
                     }),
                 ));
                 return;
@@ -224,8 +224,9 @@ impl<B: LogBackend> Group<B> {
                         .map_err(|e| format!("entry {}: {e}", entry.index))?;
                     let result = match self.sessions.check(command.client_id, command.sequence) {
                         Duplicate::Answered(result) => result,
-                        Duplicate::Stale { last } => Err(format!(
-                            "sequence {} is older than the client's last applied write {last}",
+                        Duplicate::Stale { floor } => Err(format!(
+                            "write {} of the client was answered already (its writes below \
+                             {floor} were)",
                             command.sequence
                         )),
                         Duplicate::New => {
@@ -234,6 +235,7 @@ impl<B: LogBackend> Group<B> {
                             self.sessions.record(
                                 command.client_id,
                                 command.sequence,
+                                command.floor,
                                 result.clone(),
                                 entry.index,
                             );

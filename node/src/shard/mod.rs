@@ -64,13 +64,13 @@ pub enum RequestError {
     /// The group's leader refused more proposals for now (uncommitted entries at their
     /// bound); retry later.
     Busy,
-    /// The client's write is older than the last one it had applied, whose result is the
-    /// only one kept.
+    /// The client's write is below its floor: it was answered already, and its result is
+    /// no longer kept.
     StaleSequence {
         /// The write's sequence.
         sequence: u64,
-        /// The client's last applied sequence.
-        last: u64,
+        /// The client's floor (its smallest unanswered sequence).
+        floor: u64,
     },
     /// The state machine refused the request (a size limit, a bad range).
     Kv(String),
@@ -89,9 +89,9 @@ impl std::fmt::Display for RequestError {
             }
             RequestError::UnknownGroup(g) => write!(f, "group {g} is not hosted here"),
             RequestError::Busy => write!(f, "the group's leader is busy; retry"),
-            RequestError::StaleSequence { sequence, last } => write!(
+            RequestError::StaleSequence { sequence, floor } => write!(
                 f,
-                "write {sequence} is older than the client's last applied write {last}"
+                "write {sequence} was answered already (the client's writes below {floor} were)"
             ),
             RequestError::Kv(e) => write!(f, "{e}"),
             RequestError::Raft(e) => write!(f, "{e}"),
@@ -359,8 +359,15 @@ impl<B: AsyncLogBackend> Shard<B> {
         }
     }
 
-    /// Takes a write (a transaction named by client and sequence) for `group`.
-    pub fn write(&mut self, id: RequestId, group: u64, client_id: u64, sequence: u64, txn: Txn) {
+    /// Takes a write for `group`: a transaction named by client and sequence, with the
+    /// client's floor (its smallest unanswered sequence; see [`sessions`]).
+    pub fn write(
+        &mut self,
+        id: RequestId,
+        group: u64,
+        (client_id, sequence, floor): (u64, u64, u64),
+        txn: Txn,
+    ) {
         let Some(g) = self.groups.get_mut(&group) else {
             self.answers
                 .push((id, Outcome::Failed(RequestError::UnknownGroup(group))));
@@ -369,6 +376,7 @@ impl<B: AsyncLogBackend> Shard<B> {
         let command = Command {
             client_id,
             sequence,
+            floor,
             txn,
         };
         g.write(id, command, &mut self.answers);
@@ -384,6 +392,7 @@ impl<B: AsyncLogBackend> Shard<B> {
         let command = Command {
             client_id: 0,
             sequence: 0,
+            floor: 0,
             txn,
         };
         g.raw.propose(command.encode()).is_ok()
@@ -420,6 +429,11 @@ impl<B: AsyncLogBackend> Shard<B> {
     /// states of all groups as one log append. See the module documentation.
     pub fn round(&mut self) -> Result<Round, ShardError> {
         let mut round = Round::default();
+        // Back-pressure: with the log store's bound of appends in flight, the groups' work
+        // waits (their Readies stay untaken) until an append is durable.
+        if self.in_flight.len() >= self.store.borrow().options().inflight_writes_max {
+            return Ok(round);
+        }
         for g in self.groups.values_mut() {
             let context = self.next_read_context;
             self.next_read_context += 1;

@@ -1,33 +1,43 @@
-//! Exactly-once writes: the last result of each client, so that a retried write is answered
-//! rather than applied again.
+//! Exactly-once writes: the results of each client's recent writes, so that a retried write
+//! is answered rather than applied again.
+//!
+//! A client numbers its writes and sends with each the smallest sequence it still waits an
+//! answer for (`first_unanswered`, its floor): every write below the floor was answered, so
+//! its result can be forgotten and a late copy of it refused. The table keeps, per client,
+//! the results of applied writes at or above the client's floor (a pipelining client may
+//! have many; at most `results_per_client_max`, oldest forgotten first).
 //!
 //! Every replica applies the same entries in the same order, so every replica's table is
 //! the same; eviction depends only on applied indexes, never on clocks. The table is
-//! bounded: past `sessions_max` clients, the one that wrote least recently is forgotten
-//! (its retries are then refused as [`Duplicate::Forgotten`], never applied twice is not
-//! guaranteed for a client forgotten that way — size the bound for the clients you run).
+//! bounded: past `sessions_max` clients, the one that wrote least recently is forgotten, and
+//! a retry from a forgotten client could apply twice — size the bound for the clients you
+//! run (client ids are random, so a forgotten id is not reused).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use keel_engine::txn::TxnResponse;
+
+/// Results kept per client above its floor.
+pub const RESULTS_PER_CLIENT_MAX: usize = 4096;
 
 /// What the table knows about a write it is asked about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Duplicate {
     /// Not seen: apply it.
     New,
-    /// The client's last write, already applied: answer with its result.
+    /// Applied already: answer with its result.
     Answered(Result<TxnResponse, String>),
-    /// An older write of the client than its last: its result is no longer kept.
+    /// Below the client's floor: answered before, its result forgotten; refuse it.
     Stale {
-        /// The client's last applied sequence.
-        last: u64,
+        /// The client's floor.
+        floor: u64,
     },
 }
 
 struct Session {
-    sequence: u64,
-    result: Result<TxnResponse, String>,
+    /// Every write of the client below this was answered.
+    floor: u64,
+    results: BTreeMap<u64, Result<TxnResponse, String>>,
     /// Index of the entry that last wrote it (for eviction).
     index: u64,
 }
@@ -66,32 +76,42 @@ impl Sessions {
             return Duplicate::New;
         }
         match self.sessions.get(&client) {
-            Some(s) if s.sequence == sequence => Duplicate::Answered(s.result.clone()),
-            Some(s) if s.sequence > sequence => Duplicate::Stale { last: s.sequence },
-            _ => Duplicate::New,
+            Some(s) if sequence < s.floor => Duplicate::Stale { floor: s.floor },
+            Some(s) => match s.results.get(&sequence) {
+                Some(result) => Duplicate::Answered(result.clone()),
+                None => Duplicate::New,
+            },
+            None => Duplicate::New,
         }
     }
 
-    /// Records the result of write `sequence` of `client`, applied at `index`.
+    /// Records the result of write `sequence` of `client` (whose floor was `floor` when it
+    /// sent it), applied at `index`.
     pub fn record(
         &mut self,
         client: u64,
         sequence: u64,
+        floor: u64,
         result: Result<TxnResponse, String>,
         index: u64,
     ) {
         if client == 0 {
             return;
         }
-        if let Some(old) = self.sessions.insert(
-            client,
-            Session {
-                sequence,
-                result,
-                index,
-            },
-        ) {
-            self.by_index.remove(&(old.index, client));
+        let session = self.sessions.entry(client).or_insert_with(|| Session {
+            floor: 0,
+            results: BTreeMap::new(),
+            index,
+        });
+        self.by_index.remove(&(session.index, client));
+        session.index = index;
+        // The floor never exceeds the write's own sequence (it is still unanswered).
+        session.floor = session.floor.max(floor.min(sequence));
+        let keep = session.results.split_off(&session.floor);
+        session.results = keep;
+        session.results.insert(sequence, result);
+        while session.results.len() > RESULTS_PER_CLIENT_MAX {
+            session.results.pop_first();
         }
         self.by_index.insert((index, client));
         while self.sessions.len() > self.sessions_max {
