@@ -55,14 +55,23 @@ fn key(i: u64) -> Vec<u8> {
     format!("bench/{i:010}").into_bytes()
 }
 
-/// Writes every key once with one task per client, showing progress.
-pub async fn preload(clients: &[Client], spec: &LoadSpec) -> Result<(), String> {
+/// Writes every key once with `concurrency` tasks spread over `clients`, showing progress.
+pub async fn preload(
+    clients: &[Client],
+    spec: &LoadSpec,
+    concurrency: usize,
+) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let value = vec![b'v'; spec.size];
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for client in clients {
-        let (client, next, value, keys) = (client.clone(), next.clone(), value.clone(), spec.keys);
+    for t in 0..concurrency.max(1) {
+        let (client, next, value, keys) = (
+            clients[t % clients.len()].clone(),
+            next.clone(),
+            value.clone(),
+            spec.keys,
+        );
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

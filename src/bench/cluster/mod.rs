@@ -282,7 +282,10 @@ async fn run_load(
 ) -> Result<Report, String> {
     let mut clients = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        clients.push(connect(endpoints).await?);
+        let client = Client::connect_with(endpoints, ClientOptions::default())
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", endpoints.join(",")))?;
+        clients.push(client);
     }
     let status = clients[0]
         .status()
@@ -290,14 +293,8 @@ async fn run_load(
         .map_err(|e| format!("asking {} for the cluster status: {e}", endpoints.join(",")))?;
     let spec = args.spec();
     if matches!(spec.workload, Workload::Get | Workload::Mixed) {
-        // Preloading writes from as many tasks as the load has clients, each with a client
-        // of its own: the server keeps only the last answered write of each client id, so
-        // it refuses a shared client's concurrent writes that reach it out of order.
-        let mut loaders = Vec::with_capacity(args.clients);
-        for _ in 0..args.clients {
-            loaders.push(connect(endpoints).await?);
-        }
-        load::preload(&loaders, &spec).await?;
+        let concurrency = (args.clients * 4).clamp(16, 256);
+        load::preload(&clients, &spec, concurrency).await?;
     }
     let done = Arc::new(AtomicU64::new(0));
     let progress = progress_line(done.clone());
@@ -316,12 +313,6 @@ async fn run_load(
         server_cpu: (!pids.is_empty()).then(|| server_after.saturating_sub(server_before)),
         client_cpu: client_after.saturating_sub(client_before),
     })
-}
-
-async fn connect(endpoints: &[&str]) -> Result<Client, String> {
-    Client::connect_with(endpoints, ClientOptions::default())
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", endpoints.join(",")))
 }
 
 fn progress_line(done: Arc<AtomicU64>) -> Progress {
