@@ -30,15 +30,29 @@ enum Command {
     #[command(subcommand)]
     Wal(wal_cmd::WalCommand),
     /// Write a key: prints OK.
+    ///
+    /// The client sends the put to the leader of the key's group, following leader changes
+    /// and retrying with the same write id, so that it applies once. Exit 0 when written,
+    /// 2 on an error (which names the endpoint).
     Put(client_cmd::PutArgs),
     /// Read a key: prints its value; exit 1 when the key is absent.
+    ///
+    /// The value is printed as it is stored, followed by a newline. Exit 0 when found, 1
+    /// when absent (nothing on stdout), 2 on an error (which names the endpoint).
     Get(client_cmd::GetArgs),
     /// Delete a key: prints how many keys were deleted (0 or 1).
+    ///
+    /// Exit 0 whether or not the key existed, 2 on an error (which names the endpoint).
     Del(client_cmd::DelArgs),
     /// Run a transaction read from stdin: prints SUCCESS or FAILURE and the results.
     #[command(after_long_help = client_cmd::TXN_HELP)]
     Txn(client_cmd::TxnArgs),
     /// Check that every group has a leader that can serve a linearizable read; exit 1 if not.
+    ///
+    /// Prints, for each endpoint, whether it answers; then, for each group, the member that
+    /// served a linearizable read of a key of that group (its leader) and how long it took.
+    /// An unreachable endpoint alone does not make the cluster unhealthy: a group without a
+    /// leader does. Exit 0 healthy, 1 unhealthy or unreachable, 2 bad arguments.
     Health(client_cmd::HealthArgs),
     /// Helpers for Keel's own tests (crash tests drive these).
     #[command(subcommand, hide = true)]
