@@ -243,10 +243,10 @@ impl LocalCluster {
             let text = std::fs::read_to_string(&m.err_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..];
+            // Not the file's path: the directory is removed when the run ends, unless kept.
             out.push_str(&format!(
-                "\n--- {} stderr ({}), last {} lines:",
+                "\n--- {} stderr, last {} lines:",
                 m.name,
-                m.err_path.display(),
                 tail.len()
             ));
             for line in tail {
