@@ -46,6 +46,17 @@ pub struct ServerArgs {
     /// The raft tick, in milliseconds (elections after 10-20 ticks).
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// How the write-ahead logs write: auto (io_uring where available), uring or blocking
+    /// (a writer thread with pwrite). Default from KEEL_WAL_BACKEND, else auto.
+    #[arg(long, value_enum)]
+    wal_backend: Option<BackendArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Blocking,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,6 +130,20 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         return Err("--tick-ms must be positive".into());
     }
     config.tick = Duration::from_millis(args.tick_ms);
+    let backend = match args.wal_backend {
+        Some(b) => b,
+        None => match std::env::var("KEEL_WAL_BACKEND").as_deref() {
+            Ok("uring") => BackendArg::Uring,
+            Ok("blocking") => BackendArg::Blocking,
+            Ok("auto") | Err(_) => BackendArg::Auto,
+            Ok(other) => return Err(format!("KEEL_WAL_BACKEND={other}: expected auto, uring or blocking")),
+        },
+    };
+    config.wal_backend = match backend {
+        BackendArg::Auto => keel_wal::Backend::Auto,
+        BackendArg::Uring => keel_wal::Backend::Uring,
+        BackendArg::Blocking => keel_wal::Backend::Blocking,
+    };
     config.validate()?;
     Ok(config)
 }

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub shard_queue_requests_max: usize,
     /// WAL segment size. Default 64 MiB.
     pub wal_segment_bytes: u64,
+    /// How the shards' WALs write. Default [`keel_wal::Backend::Auto`] (io_uring where the
+    /// kernel allows it).
+    pub wal_backend: keel_wal::Backend,
 }
 
 impl ServerConfig {
@@ -99,6 +102,7 @@ impl ServerConfig {
             client_connections_max: 4096,
             shard_queue_requests_max: 8192,
             wal_segment_bytes: 64 << 20,
+            wal_backend: keel_wal::Backend::Auto,
         }
     }
 

@@ -167,6 +167,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let shard_dir = config.data_dir.join(format!("shard-{index}"));
     let wal_options = WalOptions {
         segment_bytes: config.wal_segment_bytes,
+        backend: config.wal_backend,
         ..WalOptions::default()
     };
     let (wal, report) =
