@@ -523,6 +523,23 @@ fn client_commands_against_three_processes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // One member of three left: no group can reach a quorum, so no linearizable read
+    // completes and health fails with exit 1.
+    let status = cluster.terminate(1);
+    assert!(
+        status.success(),
+        "m2 exited with {status}{}",
+        cluster.stderr_tails()
+    );
+    let out = keel(
+        &["health", "--endpoints", &all, "--command-timeout", "2"],
+        "",
+    );
+    let report = expect(&cluster, &out, 1);
+    assert!(
+        report.contains("unhealthy: 4 of 4 groups without a leader"),
+        "{report}"
+    );
     // And with no member at all, health says so with exit 1.
     cluster.terminate_all();
     let out = keel(
