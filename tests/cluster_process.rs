@@ -883,6 +883,14 @@ fn bad_input_on_the_client_port_costs_only_that_connection() {
     read_until_closed(&mut s, "oversized length");
     check(&mut cluster, "an oversized length");
 
+    // One byte over the limit the member announced in its preface: refused all the same.
+    let (mut s, preface) = native_connection(&target);
+    let mut header = (preface.request_bytes_max + 1).to_le_bytes().to_vec();
+    header.extend_from_slice(&[0; 4]);
+    s.write_all(&header).unwrap();
+    read_until_closed(&mut s, "length one over request_bytes_max");
+    check(&mut cluster, "a length one over request_bytes_max");
+
     // A wrong checksum: fatal too.
     let (mut s, _) = native_connection(&target);
     let mut corrupt = get_frame(2, "stable", GROUPS);
