@@ -6,6 +6,8 @@
 //! - every write acknowledged under load survives `kill -9` of a group's leader (restarted
 //!   from its data directory, it catches up) and then of every member at once, three times
 //!   (all restarted), and the cluster serves again;
+//! - `keel bench cluster` on members of its own (started, measured, stopped with SIGTERM)
+//!   and against a running cluster;
 //! - bad input on the client port (garbage, a truncated frame, an oversized length, a sound
 //!   frame with an unknown kind, a client that never reads its responses) costs only that
 //!   connection: the member keeps running and serving others.
@@ -471,6 +473,29 @@ fn client_commands_against_three_processes() {
         2,
     );
 
+    // The benchmark against this running cluster: no member CPU time to measure.
+    let bench = keel(
+        &[
+            "bench",
+            "cluster",
+            "--endpoints",
+            &all,
+            "--secs",
+            "1",
+            "--clients",
+            "2",
+        ],
+        "",
+    );
+    let bench = expect(&cluster, &bench, 0);
+    let line = bench.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("cluster api=native nodes=3 clients=2 workload=put")
+            && line.contains(" cpu_us_per_op=n/a ")
+            && line.contains(" errors=0"),
+        "{bench}"
+    );
+
     // One member stopped: it exits 0, and the other two still have a leader for every
     // group (after an election for the groups it led).
     let status = cluster.terminate(0);
@@ -498,6 +523,23 @@ fn client_commands_against_three_processes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // One member of three left: no group can reach a quorum, so no linearizable read
+    // completes and health fails with exit 1.
+    let status = cluster.terminate(1);
+    assert!(
+        status.success(),
+        "m2 exited with {status}{}",
+        cluster.stderr_tails()
+    );
+    let out = keel(
+        &["health", "--endpoints", &all, "--command-timeout", "2"],
+        "",
+    );
+    let report = expect(&cluster, &out, 1);
+    assert!(
+        report.contains("unhealthy: 4 of 4 groups without a leader"),
+        "{report}"
+    );
     // And with no member at all, health says so with exit 1.
     cluster.terminate_all();
     let out = keel(
@@ -841,6 +883,14 @@ fn bad_input_on_the_client_port_costs_only_that_connection() {
     read_until_closed(&mut s, "oversized length");
     check(&mut cluster, "an oversized length");
 
+    // One byte over the limit the member announced in its preface: refused all the same.
+    let (mut s, preface) = native_connection(&target);
+    let mut header = (preface.request_bytes_max + 1).to_le_bytes().to_vec();
+    header.extend_from_slice(&[0; 4]);
+    s.write_all(&header).unwrap();
+    read_until_closed(&mut s, "length one over request_bytes_max");
+    check(&mut cluster, "a length one over request_bytes_max");
+
     // A wrong checksum: fatal too.
     let (mut s, _) = native_connection(&target);
     let mut corrupt = get_frame(2, "stable", GROUPS);
@@ -921,4 +971,55 @@ fn bad_input_on_the_client_port_costs_only_that_connection() {
     drop(s);
     check(&mut cluster, "a client that never reads");
     cluster.terminate_all();
+}
+
+#[test]
+fn bench_cluster_starts_and_stops_its_own_members() {
+    let _turn = serial();
+    let out = keel(
+        &[
+            "bench",
+            "cluster",
+            "--secs",
+            "1",
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+            "--keys",
+            "200",
+            "--workload",
+            "mixed",
+            "--groups",
+            "4",
+            "--shards",
+            "2",
+        ],
+        "",
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("after SIGTERM"),
+        "a member did not exit 0: {stderr}"
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_owned()
+    };
+    assert!(
+        line.starts_with("cluster api=native nodes=3 clients=4 workload=mixed"),
+        "{line}"
+    );
+    assert!(field("ops/s").parse::<f64>().unwrap() > 0.0, "{line}");
+    assert!(
+        field("cpu_us_per_op").parse::<f64>().unwrap() > 0.0,
+        "{line}"
+    );
+    assert_eq!(field("errors"), "0", "{line}");
+    assert_eq!(field("groups"), "4", "{line}");
 }

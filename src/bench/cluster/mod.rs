@@ -110,7 +110,9 @@ pub struct ClusterBenchArgs {
     /// The client API. Only `native` is served for now.
     #[arg(long, value_enum, default_value_t = ApiArg::Native)]
     api: ApiArg,
-    /// The client side's tokio runtime.
+    /// The client side's tokio runtime. One thread is the default: on a 2-core machine it
+    /// spent about 30% less client CPU per linearizable get than two workers, the same per
+    /// put, at the same throughput.
     #[arg(long, value_enum, default_value_t = RuntimeArg::CurrentThread)]
     client_runtime: RuntimeArg,
     /// Directory for the members' data and logs (default: a fresh temporary directory).
