@@ -136,7 +136,11 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
             Ok("uring") => BackendArg::Uring,
             Ok("blocking") => BackendArg::Blocking,
             Ok("auto") | Err(_) => BackendArg::Auto,
-            Ok(other) => return Err(format!("KEEL_WAL_BACKEND={other}: expected auto, uring or blocking")),
+            Ok(other) => {
+                return Err(format!(
+                    "KEEL_WAL_BACKEND={other}: expected auto, uring or blocking"
+                ));
+            }
         },
     };
     config.wal_backend = match backend {

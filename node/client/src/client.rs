@@ -537,12 +537,16 @@ impl Client {
                 return leader.clone();
             }
         }
-        let mut all: Vec<&String> = routing.members.values().collect();
+        // The members the cluster named, and the endpoints the client was given: right after
+        // a cluster starts a member may not know the others' addresses yet, so the seeds stay
+        // in the rotation.
+        let mut all: Vec<&String> = routing
+            .members
+            .values()
+            .chain(self.inner.seeds.iter())
+            .collect();
         all.sort();
         all.dedup();
-        if all.is_empty() {
-            all = self.inner.seeds.iter().collect();
-        }
         let turn = self.inner.next_any.fetch_add(1, Ordering::Relaxed);
         all[turn % all.len()].clone()
     }
