@@ -316,6 +316,14 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
         }
     }
     transport.shutdown().await;
+    let stats = shard.stats();
+    tracing::info!(
+        shard = index,
+        writes = stats.writes,
+        groups_written = stats.groups_written,
+        entries_written = stats.entries_written,
+        "shard write batching"
+    );
     tracing::info!(shard = index, "shard stopped");
     result
 }

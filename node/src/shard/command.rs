@@ -26,7 +26,7 @@ pub struct Command {
     /// The client's sequence number for it.
     pub sequence: u64,
     /// The client's smallest unanswered sequence when it sent the write: its results below
-    /// may be forgotten (see [`super::sessions`]).
+    /// may be forgotten (see [`Sessions`](super::Sessions)).
     pub floor: u64,
     /// The write.
     pub txn: Txn,

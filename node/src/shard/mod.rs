@@ -360,7 +360,7 @@ impl<B: AsyncLogBackend> Shard<B> {
     }
 
     /// Takes a write for `group`: a transaction named by client and sequence, with the
-    /// client's floor (its smallest unanswered sequence; see [`sessions`]).
+    /// client's floor (its smallest unanswered sequence; see [`Sessions`]).
     pub fn write(
         &mut self,
         id: RequestId,

@@ -236,6 +236,33 @@ impl LocalCluster {
         }
     }
 
+    /// The shards' write batching over the members' lives, summed from the line each shard
+    /// logs when it stops: (durable writes, groups in them, entries in them). `None` when no
+    /// member logged one (read it after [`LocalCluster::stop`]).
+    pub fn batching(&self) -> Option<(u64, u64, u64)> {
+        let mut sum = (0u64, 0u64, 0u64);
+        let mut found = false;
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.err_path).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("shard write batching")) {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                if let (Some(w), Some(g), Some(e)) = (
+                    field("writes"),
+                    field("groups_written"),
+                    field("entries_written"),
+                ) {
+                    sum = (sum.0 + w, sum.1 + g, sum.2 + e);
+                    found = true;
+                }
+            }
+        }
+        found.then_some(sum)
+    }
+
     /// The last lines of every member's stderr, to append to an error.
     fn stderr_tails(&self) -> String {
         let mut out = String::new();

@@ -204,6 +204,9 @@ struct Report {
     server_cpu: Option<Duration>,
     /// This process's CPU time during the load.
     client_cpu: Duration,
+    /// The members' shards' (durable writes, groups in them, entries in them) over their
+    /// lives, preload included, when they are ours.
+    batching: Option<(u64, u64, u64)>,
 }
 
 pub fn run(args: &ClusterBenchArgs) -> Result<ExitCode, String> {
@@ -272,7 +275,9 @@ fn run_own_cluster(
             eprintln!("keel: member {name} exited with {status} after SIGTERM");
         }
     }
-    report
+    let mut report = report?;
+    report.batching = cluster.batching();
+    Ok(report)
 }
 
 /// Connects `--conns` clients, preloads if the workload reads, and runs the load while
@@ -314,6 +319,7 @@ async fn run_load(
         outcome,
         server_cpu: (!pids.is_empty()).then(|| server_after.saturating_sub(server_before)),
         client_cpu: client_after.saturating_sub(client_before),
+        batching: None,
     })
 }
 
@@ -418,10 +424,28 @@ fn print_report(args: &ClusterBenchArgs, r: &Report) {
             thousands(o.txn_conflicts)
         );
     }
+    let per_write = |n: u64| match r.batching {
+        Some((writes, ..)) if writes > 0 => format!("{:.2}", n as f64 / writes as f64),
+        _ => "n/a".to_string(),
+    };
+    let (groups_per_write, entries_per_write) = match r.batching {
+        Some((writes, groups, entries)) => {
+            println!(
+                "durable writes of the members' shards: {}, groups per write {}, entries per \
+                 write {} (over the members' lives, preload included)",
+                thousands(writes),
+                per_write(groups),
+                per_write(entries)
+            );
+            (per_write(groups), per_write(entries))
+        }
+        None => ("n/a".to_string(), "n/a".to_string()),
+    };
     println!(
         "cluster api=native nodes={} clients={} workload={} conns={} size={} groups={} \
          read={} ops/s={:.0} p50_us={} p99_us={} p999_us={} cpu_us_per_op={} \
-         client_cpu_us_per_op={} errors={}",
+         client_cpu_us_per_op={} errors={} groups_per_write={groups_per_write} \
+         entries_per_write={entries_per_write}",
         r.nodes,
         args.clients,
         workload_name(args.workload),
