@@ -355,7 +355,8 @@ fn a_torn_write_of_several_appends_is_a_torn_tail() {
             let (wal, failed) = (&wal, &failed);
             s.spawn(move || {
                 for k in 0..5000u64 {
-                    let records = big_records(10 + w * 1000 + k, 1, 700 + 300 * w as usize);
+                    // Over a block each, so any write of two or more spans three blocks.
+                    let records = big_records(10 + w * 1000 + k, 1, 4200 + 300 * w as usize);
                     if wal.append(&records).is_err() {
                         failed.lock().unwrap().push(records);
                         return;
