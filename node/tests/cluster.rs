@@ -526,3 +526,23 @@ fn a_slow_log_holds_rounds_back_instead_of_failing() {
     }
     c.assert_converged();
 }
+
+#[test]
+fn a_commit_alone_costs_no_durable_write() {
+    // One client writing one entry at a time: each write needs one durable write on the
+    // leader (the entry); the commit index it then learns rides with the next one.
+    let mut c = Cluster::new(3, 1, "commit writes");
+    c.wait_for_leaders(2_000);
+    c.run(600);
+    let leader = c.agreed_leader(0).unwrap();
+    let before = c.shard(leader).stats().writes;
+    for i in 0..50u64 {
+        written(&c.put(0, 77, i + 1, &format!("k{i}"), "v"));
+    }
+    let writes = c.shard(leader).stats().writes - before;
+    assert!(
+        writes <= 60,
+        "seed {}: 50 sequential writes took {writes} durable writes on the leader",
+        c.seed
+    );
+}

@@ -12,7 +12,8 @@ use super::sessions::{Duplicate, Sessions};
 use super::storage::GroupStorage;
 use super::{Outcome, ReadConsistency, RequestError, RequestId};
 use crate::consensus::{
-    ConfChange, Entry, EntryType, NO_NODE, NodeId, RaftError, RawNode, ReadState, StateRole,
+    ConfChange, Entry, EntryType, HardState, LogStorage, NO_NODE, NodeId, RaftError, RawNode,
+    ReadState, StateRole,
 };
 
 /// A group of the shard.
@@ -22,6 +23,11 @@ pub(super) struct Group<B: LogBackend> {
     sessions: Sessions,
     /// The leader as last known (`NO_NODE` when unknown).
     pub(super) leader: NodeId,
+    /// The hard state last staged for the log.
+    pub(super) persisted_hs: HardState,
+    /// A hard state whose only change is the commit index, waiting to ride with the group's
+    /// next write.
+    pub(super) pending_hs: Option<HardState>,
     /// Writes proposed through this member: (client, sequence) -> who waits for the result.
     proposed: HashMap<(u64, u64), Vec<RequestId>>,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
@@ -38,7 +44,10 @@ impl<B: LogBackend> Group<B> {
         limits: KvLimits,
         sessions_max: usize,
     ) -> Result<Group<B>, String> {
+        let persisted_hs = raw.storage().initial_state().0;
         Ok(Group {
+            persisted_hs,
+            pending_hs: None,
             raw,
             kv: Memtable::new(limits).map_err(|e| e.to_string())?,
             sessions: Sessions::new(sessions_max),

@@ -461,13 +461,25 @@ impl<B: AsyncLogBackend> Shard<B> {
                         reason: "installing a snapshot is not supported yet".into(),
                     });
                 }
-                let wrote = !append.entries.is_empty() || append.hard_state.is_some();
+                let mut wrote = !append.entries.is_empty();
                 if !append.entries.is_empty() {
                     round.entries_written += append.entries.len();
                     batch.append(group, append.entries.iter().map(encode_entry).collect());
                 }
-                if let Some(hs) = &append.hard_state {
-                    batch.set_hard_state(group, storage::store_hard_state(hs));
+                if let Some(hs) = append.hard_state {
+                    let commit_only =
+                        hs.term == g.persisted_hs.term && hs.vote == g.persisted_hs.vote;
+                    if commit_only && append.entries.is_empty() {
+                        // Only the commit index moved. It need not be durable now (after a
+                        // restart raft learns it again from the leader); it rides with the
+                        // group's next write instead of costing a write of its own.
+                        g.pending_hs = Some(hs);
+                    } else {
+                        batch.set_hard_state(group, storage::store_hard_state(&hs));
+                        g.persisted_hs = hs;
+                        g.pending_hs = None;
+                        wrote = true;
+                    }
                 }
                 if wrote {
                     round.groups_written += 1;
@@ -485,6 +497,12 @@ impl<B: AsyncLogBackend> Shard<B> {
             g.serve_ready_reads(&mut self.answers);
         }
         if !batch.is_empty() {
+            for (&group, g) in self.groups.iter_mut() {
+                if let Some(hs) = g.pending_hs.take() {
+                    batch.set_hard_state(group, storage::store_hard_state(&hs));
+                    g.persisted_hs = hs;
+                }
+            }
             let ticket = self.store.borrow_mut().stage(batch)?;
             self.stats.writes += 1;
             self.stats.groups_written += round.groups_written as u64;
