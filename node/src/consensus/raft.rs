@@ -807,6 +807,28 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// A read under the leader's lease: with check-quorum, a leader that heard from a
+    /// quorum within the election timeout is still the leader (it would have stepped down,
+    /// and followers that heard from it refuse to elect another), so it answers at its
+    /// commit index without a heartbeat round. Anything else (not the leader, no
+    /// check-quorum, no entry of its term committed yet) takes the ReadIndex path. Safe as
+    /// long as clocks drift less than the election timeout allows (etcd's lease reads).
+    pub(crate) fn lease_read(&mut self, context: Vec<u8>) -> Result<(), RaftError> {
+        if self.state == StateRole::Leader
+            && self.check_quorum
+            && self.committed_entry_in_current_term()
+        {
+            let committed = self.raft_log.committed;
+            let id = self.id;
+            self.respond_read(id, committed, context);
+            return Ok(());
+        }
+        let mut m = Message::new(MessageType::ReadIndex, self.id, self.id);
+        m.group_id = self.group_id;
+        m.context = context;
+        self.step(m)
+    }
+
     fn release_pending_reads(&mut self) {
         if self.pending_reads.is_empty() || !self.committed_entry_in_current_term() {
             return;

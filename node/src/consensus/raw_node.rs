@@ -197,6 +197,13 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.step(m)
     }
 
+    /// Requests a read under the leader's lease: answered at once by a leader with
+    /// check-quorum (no heartbeat round), through the ReadIndex path otherwise; the
+    /// [`ReadState`] appears in a later Ready as for [`RawNode::read_index`].
+    pub fn read_index_lease(&mut self, context: Vec<u8>) -> Result<(), RaftError> {
+        self.raft.lease_read(context)
+    }
+
     /// Asks the leader to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), RaftError> {
         let mut m = Message::new(MessageType::TransferLeader, to, self.raft.id);

@@ -24,15 +24,12 @@ pub fn range(r: &wire::RangeRequest) -> kv::RangeRequest {
     }
 }
 
-/// How a protocol read is served by a shard. Lease reads are served as linearizable reads
-/// (the read index path; with `check_quorum` and lease-based reads configured, the leader
-/// answers them without a heartbeat round).
+/// How a protocol read is served by a shard.
 pub fn consistency(c: wire::ReadConsistency) -> ReadConsistency {
     match c {
         wire::ReadConsistency::Serializable => ReadConsistency::Serializable,
-        wire::ReadConsistency::Linearizable | wire::ReadConsistency::Lease => {
-            ReadConsistency::Linearizable
-        }
+        wire::ReadConsistency::Lease => ReadConsistency::Lease,
+        wire::ReadConsistency::Linearizable => ReadConsistency::Linearizable,
     }
 }
 

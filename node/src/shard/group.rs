@@ -32,6 +32,8 @@ pub(super) struct Group<B: LogBackend> {
     proposed: HashMap<(u64, u64), Vec<RequestId>>,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
     reads_new: Vec<(RequestId, RangeRequest)>,
+    /// Lease reads that arrived this round; they share one lease read.
+    reads_lease: Vec<(RequestId, RangeRequest)>,
     /// Read batches sent as ReadIndex requests, by context.
     reads_sent: HashMap<u64, Vec<(RequestId, RangeRequest)>>,
     /// Read batches whose read index is known, waiting for the state machine to reach it.
@@ -54,6 +56,7 @@ impl<B: LogBackend> Group<B> {
             leader: NO_NODE,
             proposed: HashMap::new(),
             reads_new: Vec::new(),
+            reads_lease: Vec::new(),
             reads_sent: HashMap::new(),
             reads_ready: Vec::new(),
         })
@@ -123,11 +126,13 @@ impl<B: LogBackend> Group<B> {
     ) {
         match consistency {
             ReadConsistency::Serializable => out.push((id, self.serve(&request))),
-            ReadConsistency::Linearizable => {
-                if self.is_leader() {
-                    self.reads_new.push((id, request));
-                } else {
+            ReadConsistency::Linearizable | ReadConsistency::Lease => {
+                if !self.is_leader() {
                     out.push((id, Outcome::Failed(self.not_leader())));
+                } else if consistency == ReadConsistency::Lease {
+                    self.reads_lease.push((id, request));
+                } else {
+                    self.reads_new.push((id, request));
                 }
             }
         }
@@ -147,6 +152,27 @@ impl<B: LogBackend> Group<B> {
         }
         let batch = std::mem::take(&mut self.reads_new);
         match self.raw.read_index(context.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads_sent.insert(context, batch);
+            }
+            Err(_) => {
+                let error = self.not_leader();
+                out.extend(
+                    batch
+                        .into_iter()
+                        .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
+                );
+            }
+        }
+    }
+
+    /// Sends this round's lease reads as one lease read.
+    pub(super) fn flush_lease_reads(&mut self, context: u64, out: &mut Vec<(RequestId, Outcome)>) {
+        if self.reads_lease.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.reads_lease);
+        match self.raw.read_index_lease(context.to_le_bytes().to_vec()) {
             Ok(()) => {
                 self.reads_sent.insert(context, batch);
             }
@@ -203,6 +229,7 @@ impl<B: LogBackend> Group<B> {
         let reads = self
             .reads_new
             .drain(..)
+            .chain(self.reads_lease.drain(..))
             .chain(self.reads_sent.drain().flat_map(|(_, b)| b))
             .chain(self.reads_ready.drain(..).flat_map(|(_, b)| b));
         out.extend(reads.map(|(id, _)| (id, Outcome::Failed(error.clone()))));

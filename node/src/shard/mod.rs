@@ -46,6 +46,10 @@ pub enum ReadConsistency {
     /// reads of the round; none with lease reads) and serves once it applied up to the
     /// commit index it had when the read arrived.
     Linearizable,
+    /// Under the leader's lease (check-quorum): the leader answers at its commit index
+    /// without a heartbeat round; linearizable as long as clocks drift less than the
+    /// election timeout allows.
+    Lease,
     /// From this replica's state machine as it is: may be stale, never waits.
     Serializable,
 }
@@ -438,6 +442,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             let context = self.next_read_context;
             self.next_read_context += 1;
             g.flush_reads(context, &mut self.answers);
+            g.flush_lease_reads(context | (1 << 63), &mut self.answers);
         }
         let mut batch = WriteBatch::new();
         let mut acks = Vec::new();
