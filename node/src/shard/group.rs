@@ -145,44 +145,42 @@ impl<B: LogBackend> Group<B> {
         }
     }
 
-    /// Sends this round's linearizable reads as one ReadIndex request.
-    pub(super) fn flush_reads(&mut self, context: u64, out: &mut Vec<(RequestId, Outcome)>) {
-        if self.reads_new.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.reads_new);
-        match self.raw.read_index(context.to_le_bytes().to_vec()) {
-            Ok(()) => {
-                self.reads_sent.insert(context, batch);
+    /// Sends this round's linearizable reads as one ReadIndex request, and its lease reads
+    /// as one lease read (`lease_context`).
+    pub(super) fn flush_reads(
+        &mut self,
+        context: u64,
+        lease_context: u64,
+        out: &mut Vec<(RequestId, Outcome)>,
+    ) {
+        for lease in [false, true] {
+            let batch = if lease {
+                std::mem::take(&mut self.reads_lease)
+            } else {
+                std::mem::take(&mut self.reads_new)
+            };
+            if batch.is_empty() {
+                continue;
             }
-            Err(_) => {
-                let error = self.not_leader();
-                out.extend(
-                    batch
-                        .into_iter()
-                        .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
-                );
-            }
-        }
-    }
-
-    /// Sends this round's lease reads as one lease read.
-    pub(super) fn flush_lease_reads(&mut self, context: u64, out: &mut Vec<(RequestId, Outcome)>) {
-        if self.reads_lease.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.reads_lease);
-        match self.raw.read_index_lease(context.to_le_bytes().to_vec()) {
-            Ok(()) => {
-                self.reads_sent.insert(context, batch);
-            }
-            Err(_) => {
-                let error = self.not_leader();
-                out.extend(
-                    batch
-                        .into_iter()
-                        .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
-                );
+            let context = if lease { lease_context } else { context };
+            let bytes = context.to_le_bytes().to_vec();
+            let asked = if lease {
+                self.raw.read_index_lease(bytes)
+            } else {
+                self.raw.read_index(bytes)
+            };
+            match asked {
+                Ok(()) => {
+                    self.reads_sent.insert(context, batch);
+                }
+                Err(_) => {
+                    let error = self.not_leader();
+                    out.extend(
+                        batch
+                            .into_iter()
+                            .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
+                    );
+                }
             }
         }
     }

@@ -441,8 +441,7 @@ impl<B: AsyncLogBackend> Shard<B> {
         for g in self.groups.values_mut() {
             let context = self.next_read_context;
             self.next_read_context += 1;
-            g.flush_reads(context, &mut self.answers);
-            g.flush_lease_reads(context | (1 << 63), &mut self.answers);
+            g.flush_reads(context, context | (1 << 63), &mut self.answers);
         }
         let mut batch = WriteBatch::new();
         let mut acks = Vec::new();
