@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// (a writer thread with pwrite). Default from KEEL_WAL_BACKEND, else auto.
     #[arg(long, value_enum)]
     wal_backend: Option<BackendArg>,
+    /// Do not pin shard threads to CPUs (by default shard s, with its log's threads, runs on
+    /// CPU s mod cpus). Also KEEL_NO_PIN=1.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -143,6 +147,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
             }
         },
     };
+    config.pin_shards = !(args.no_pin || std::env::var_os("KEEL_NO_PIN").is_some());
     config.wal_backend = match backend {
         BackendArg::Auto => keel_wal::Backend::Auto,
         BackendArg::Uring => keel_wal::Backend::Uring,

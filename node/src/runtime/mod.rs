@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub shard_queue_requests_max: usize,
     /// WAL segment size. Default 64 MiB.
     pub wal_segment_bytes: u64,
+    /// Whether shard `s` pins its thread (and its WAL's threads) to CPU `s mod cpus`.
+    /// Default true.
+    pub pin_shards: bool,
     /// How the shards' WALs write. Default [`keel_wal::Backend::Auto`] (io_uring where the
     /// kernel allows it).
     pub wal_backend: keel_wal::Backend,
@@ -103,6 +106,7 @@ impl ServerConfig {
             shard_queue_requests_max: 8192,
             wal_segment_bytes: 64 << 20,
             wal_backend: keel_wal::Backend::Auto,
+            pin_shards: true,
         }
     }
 
