@@ -345,8 +345,12 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     }
     transport.shutdown().await;
     let stats = shard.stats();
+    // The log store joins appends staged behind the one in flight: the WAL's flushes are the
+    // durable writes.
+    let wal_flushes = shard.store().borrow().log().stats().flushes;
     tracing::info!(
         shard = index,
+        durable_writes = wal_flushes,
         writes = stats.writes,
         groups_written = stats.groups_written,
         entries_written = stats.entries_written,

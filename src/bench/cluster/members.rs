@@ -237,7 +237,8 @@ impl LocalCluster {
     }
 
     /// The shards' write batching over the members' lives, summed from the line each shard
-    /// logs when it stops: (durable writes, groups in them, entries in them). `None` when no
+    /// logs when it stops: (durable writes — the WALs' flushes —, groups in them, entries in
+    /// them). `None` when no
     /// member logged one (read it after [`LocalCluster::stop`]).
     pub fn batching(&self) -> Option<(u64, u64, u64)> {
         let mut sum = (0u64, 0u64, 0u64);
@@ -250,11 +251,12 @@ impl LocalCluster {
                         .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
                         .and_then(|v| v.parse::<u64>().ok())
                 };
-                if let (Some(w), Some(g), Some(e)) = (
-                    field("writes"),
-                    field("groups_written"),
-                    field("entries_written"),
-                ) {
+                // The WAL's flushes when logged (staged appends can share one), else the
+                // staged appends.
+                let writes = field("durable_writes").or_else(|| field("writes"));
+                if let (Some(w), Some(g), Some(e)) =
+                    (writes, field("groups_written"), field("entries_written"))
+                {
                     sum = (sum.0 + w, sum.1 + g, sum.2 + e);
                     found = true;
                 }
