@@ -28,12 +28,15 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for one attempt's response. Default 5 s.
     pub request_timeout: Duration,
-    /// Most attempts per request, the first included. Default 8.
+    /// Most attempts per request, the first included. Default 24: with the default
+    /// backoff, about 5 s of retrying — long enough to ride out an election or a leadership
+    /// transfer (a cluster's election timeout is 0.5–1 s by default), short enough to give up
+    /// on a cluster that is gone.
     pub attempts_max: u32,
     /// Wait before the first retry that needs one (a retry towards a leader the server named
     /// needs none); it doubles up to `backoff_max`. Default 10 ms.
     pub backoff_initial: Duration,
-    /// Longest wait between retries. Default 1 s.
+    /// Longest wait between retries. Default 250 ms.
     pub backoff_max: Duration,
 }
 
@@ -43,9 +46,9 @@ impl Default for ClientOptions {
             limits: ClientLimits::default(),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
-            attempts_max: 8,
+            attempts_max: 24,
             backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(250),
         }
     }
 }

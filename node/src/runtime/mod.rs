@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub client_connections_max: usize,
     /// Most requests queued at one shard. Default 8192.
     pub shard_queue_requests_max: usize,
+    /// Most requests a shard has taken and not answered yet (proposed writes, reads waiting
+    /// for their read index); past it the shard stops taking requests, its queue fills, and
+    /// new requests are answered `Busy`. Default 65,536.
+    pub shard_pending_requests_max: usize,
     /// WAL segment size. Default 64 MiB.
     pub wal_segment_bytes: u64,
     /// Whether shard `s` pins its thread (and its WAL's threads) to CPU `s mod cpus`.
@@ -104,6 +108,7 @@ impl ServerConfig {
             client_limits: ClientLimits::default(),
             client_connections_max: 4096,
             shard_queue_requests_max: 8192,
+            shard_pending_requests_max: 65_536,
             wal_segment_bytes: 64 << 20,
             wal_backend: keel_wal::Backend::Auto,
             pin_shards: true,

@@ -298,9 +298,12 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                     shard.step(m);
                 }
             }
-            Some(r) = ctx.requests.recv() => {
+            Some(r) = ctx.requests.recv(), if pending.len() < config.shard_pending_requests_max => {
                 let mut r = Some(r);
                 for _ in 0..4096 {
+                    if pending.len() >= config.shard_pending_requests_max {
+                        break;
+                    }
                     let Some(req) = r.take().or_else(|| ctx.requests.try_recv().ok()) else { break };
                     let id = next_request;
                     next_request += 1;
