@@ -120,6 +120,19 @@ struct WriteMark {
     records: u64,
 }
 
+impl WriteMark {
+    /// A write starting at `start` with the scan's totals so far, at position `lsn`.
+    fn at(start: usize, scan: &Scan, lsn: Lsn) -> WriteMark {
+        WriteMark {
+            start,
+            end_off: usize::try_from(scan.end_off).expect("within the segment"),
+            lsn,
+            frames: scan.frames,
+            records: scan.records,
+        }
+    }
+}
+
 /// Walks the frames of a segment with a valid header. Returns where the walk stopped, why
 /// (`None`: clean zeros), and the start of the write the stop lies in (what to roll back
 /// to if that write is torn). Sets `scan.damage` for damage no crash explains.
@@ -133,13 +146,7 @@ fn walk_frames(
     let mut lsn = first_lsn;
     let mut off = SEGMENT_HEADER_BYTES;
     // The segment's first write starts at 0 with the header block.
-    let mut write = WriteMark {
-        start: 0,
-        end_off: SEGMENT_HEADER_BYTES,
-        lsn,
-        frames: 0,
-        records: 0,
-    };
+    let mut write = WriteMark::at(0, scan, lsn);
     let reason = loop {
         if off >= bytes.len() {
             break None;
@@ -181,13 +188,7 @@ fn walk_frames(
                 });
                 break None;
             }
-            write = WriteMark {
-                start: off,
-                end_off: usize::try_from(scan.end_off).expect("within the segment"),
-                lsn,
-                frames: scan.frames,
-                records: scan.records,
-            };
+            write = WriteMark::at(off, scan, lsn);
         }
         let due = scan
             .index
@@ -206,13 +207,7 @@ fn walk_frames(
     // A stop on a block boundary is where a new write would start; anywhere else it lies
     // in the block (and so the write) of the last frame.
     if off % BLOCK_BYTES == 0 {
-        write = WriteMark {
-            start: off,
-            end_off: usize::try_from(scan.end_off).expect("within the segment"),
-            lsn,
-            frames: scan.frames,
-            records: scan.records,
-        };
+        write = WriteMark::at(off, scan, lsn);
     }
     (off, reason, write)
 }
@@ -273,25 +268,9 @@ fn scan_segment(bytes: &[u8], seq: u64, frame_bytes_max: usize) -> Scan {
         HeaderState::Zero | HeaderState::Unused => (
             SEGMENT_HEADER_BYTES,
             None,
-            WriteMark {
-                start: SEGMENT_HEADER_BYTES,
-                end_off: SEGMENT_HEADER_BYTES,
-                lsn: 0,
-                frames: 0,
-                records: 0,
-            },
+            WriteMark::at(SEGMENT_HEADER_BYTES, &scan, 0),
         ),
-        HeaderState::Bad(reason) => (
-            0,
-            Some(reason.clone()),
-            WriteMark {
-                start: 0,
-                end_off: SEGMENT_HEADER_BYTES,
-                lsn: 0,
-                frames: 0,
-                records: 0,
-            },
-        ),
+        HeaderState::Bad(reason) => (0, Some(reason.clone()), WriteMark::at(0, &scan, 0)),
     };
     let off = off.min(bytes.len());
     // Frames after the stop: a frame of a later write means the damaged write had
