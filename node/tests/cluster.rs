@@ -203,6 +203,22 @@ impl Cluster {
         );
     }
 
+    /// Sends one write to the leader of every group at once, without waiting (client
+    /// `client_base + g` for group `g`, sequence `round + 1`); returns the request ids.
+    fn write_every_group(&mut self, client_base: u64, round: u64) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for g in self.groups.clone() {
+            let leader = self.agreed_leader(g).expect("every group has a leader");
+            let id = self.next_request;
+            self.next_request += 1;
+            let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
+            self.shard(leader)
+                .write(id, g, (client_base + g, round + 1, 1), txn);
+            ids.push(id);
+        }
+        ids
+    }
+
     /// Writes `key = value` through the group's leader, retrying through the leader named
     /// in a refusal, with the same (client, sequence) every time.
     fn put(&mut self, group: u64, client: u64, sequence: u64, key: &str, value: &str) -> Outcome {
@@ -336,14 +352,7 @@ fn writes_of_many_groups_share_one_durable_write() {
     // Writes to every group at once, so that each round carries several groups.
     let mut ids = Vec::new();
     for round in 0..20u64 {
-        for g in c.groups.clone() {
-            let leader = c.agreed_leader(g).unwrap();
-            let id = c.next_request;
-            c.next_request += 1;
-            let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
-            c.shard(leader).write(id, g, (100 + g, round + 1, 1), txn);
-            ids.push(id);
-        }
+        ids.extend(c.write_every_group(100, round));
         c.run_step();
     }
     c.run(200);
@@ -503,14 +512,7 @@ fn a_slow_log_holds_rounds_back_instead_of_failing() {
     c.member(1).log.set_hold_appends(true);
     let mut ids = Vec::new();
     for round in 0..40u64 {
-        for g in c.groups.clone() {
-            let leader = c.agreed_leader(g).unwrap();
-            let id = c.next_request;
-            c.next_request += 1;
-            let txn = Txn::batch(vec![Op::put(format!("k{g}-{round}"), "v")]);
-            c.shard(leader).write(id, g, (500 + g, round + 1, 1), txn);
-            ids.push(id);
-        }
+        ids.extend(c.write_every_group(500, round));
         c.run_step();
         let shard = c.shard(1);
         assert!(shard.in_flight() <= LogStoreOptions::default().inflight_writes_max);

@@ -96,3 +96,55 @@ impl Meta {
         write().map_err(|e| format!("writing {}: {e}", dir.join(FILE).display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            cluster_id: 0xC0FFEE,
+            member_id: 2,
+            name: "m2".into(),
+            groups: 8,
+            shards: 2,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Meta::load(dir.path()).unwrap(), None);
+        meta().store(dir.path()).unwrap();
+        assert_eq!(Meta::load(dir.path()).unwrap(), Some(meta()));
+    }
+
+    #[test]
+    fn damaged_files_are_errors_naming_the_file_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        meta().store(dir.path()).unwrap();
+        let path = dir.path().join(FILE);
+        let good = fs::read(&path).unwrap();
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // Every truncation, every flipped byte, and garbage.
+        for cut in 0..good.len() {
+            cases.push(good[..cut].to_vec());
+        }
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x20;
+            cases.push(bad);
+        }
+        cases.push(vec![0xFF; 300]);
+        cases.push(b"checksum zz\n".to_vec());
+        for bad in cases {
+            fs::write(&path, &bad).unwrap();
+            match Meta::load(dir.path()) {
+                Err(e) => assert!(e.contains(FILE), "{e}"),
+                // A flipped byte in the checksum's hex digits' case still verifies, or a cut
+                // of the trailing newline: both leave the same content.
+                Ok(found) => assert_eq!(found, Some(meta())),
+            }
+        }
+    }
+}

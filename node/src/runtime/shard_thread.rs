@@ -183,9 +183,17 @@ fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, String>
     }
 }
 
+/// Where group 0 keeps each member's client address: the prefix, then the member id in 20
+/// digits.
+fn members_prefix() -> Vec<u8> {
+    let mut prefix = RESERVED_PREFIX.to_vec();
+    prefix.extend_from_slice(b"members/");
+    prefix
+}
+
 fn member_key(id: u64) -> Vec<u8> {
-    let mut key = RESERVED_PREFIX.to_vec();
-    key.extend_from_slice(format!("members/{id:020}").as_bytes());
+    let mut key = members_prefix();
+    key.extend_from_slice(format!("{id:020}").as_bytes());
     key
 }
 
@@ -404,13 +412,14 @@ fn housekeeping<B: AsyncLogBackend>(
     if ctx.index != 0 {
         return;
     }
-    let mut prefix = RESERVED_PREFIX.to_vec();
-    prefix.extend_from_slice(b"members/");
-    if let Some(found) = shard.local_range(0, &RangeRequest::prefix(prefix)) {
+    let prefix = members_prefix();
+    if let Some(found) = shard.local_range(0, &RangeRequest::prefix(prefix.clone())) {
         let mut published = false;
         for kv in found.kvs {
-            let id = std::str::from_utf8(&kv.key[RESERVED_PREFIX.len() + 8..])
-                .ok()
+            let id = kv
+                .key
+                .get(prefix.len()..)
+                .and_then(|digits| std::str::from_utf8(digits).ok())
                 .and_then(|s| s.parse::<u64>().ok());
             let address = String::from_utf8_lossy(&kv.value).into_owned();
             if let Some(id) = id {

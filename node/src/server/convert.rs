@@ -33,18 +33,33 @@ pub fn consistency(c: wire::ReadConsistency) -> ReadConsistency {
     }
 }
 
+/// The engine's put for a protocol put.
+pub fn put(p: &wire::PutRequest) -> kv::Op {
+    kv::Op::Put {
+        key: p.key.clone(),
+        value: p.value.clone(),
+        prev_kv: p.prev_kv,
+    }
+}
+
+/// The engine's delete for a protocol delete (one key).
+pub fn delete(d: &wire::DeleteRequest) -> kv::Op {
+    kv::Op::DeleteRange {
+        start: d.key.clone(),
+        end: RangeEnd::Single,
+        prev_kv: d.prev_kv,
+    }
+}
+
+/// A transaction of one unconditional operation.
+pub fn single(op: kv::Op) -> kv::Txn {
+    kv::Txn::batch(vec![op])
+}
+
 fn op(o: &wire::TxnOp) -> kv::Op {
     match o {
-        wire::TxnOp::Put(p) => kv::Op::Put {
-            key: p.key.clone(),
-            value: p.value.clone(),
-            prev_kv: p.prev_kv,
-        },
-        wire::TxnOp::Delete(d) => kv::Op::DeleteRange {
-            start: d.key.clone(),
-            end: RangeEnd::Single,
-            prev_kv: d.prev_kv,
-        },
+        wire::TxnOp::Put(p) => put(p),
+        wire::TxnOp::Delete(d) => delete(d),
         wire::TxnOp::Range(r) => kv::Op::Range(range(r)),
     }
 }

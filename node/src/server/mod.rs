@@ -213,15 +213,11 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
             });
         }
     }
-    let writes_reserved = match &request {
-        Request::Put(_, p) => p.key.starts_with(RESERVED_PREFIX),
-        Request::Delete(_, d) => d.key.starts_with(RESERVED_PREFIX),
-        Request::Txn(_, t) => t
-            .routing_keys()
-            .iter()
-            .any(|k| k.starts_with(RESERVED_PREFIX)),
-        _ => false,
-    };
+    // Only writes are refused on reserved keys (members read them through group 0).
+    let writes_reserved = matches!(
+        request,
+        Request::Put(..) | Request::Delete(..) | Request::Txn(..)
+    ) && keys.iter().any(|k| k.starts_with(RESERVED_PREFIX));
     if writes_reserved {
         return Err(ErrorStatus::InvalidArgument(
             "keys starting with \\0keel/ are reserved for cluster metadata".into(),
@@ -232,21 +228,13 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
             client_id: w.id.client_id,
             sequence: w.id.sequence,
             floor: w.first_unanswered,
-            txn: convert::txn(&wire::TxnRequest {
-                compares: Vec::new(),
-                success: vec![wire::TxnOp::Put(p.clone())],
-                failure: Vec::new(),
-            }),
+            txn: convert::single(convert::put(p)),
         },
         Request::Delete(w, d) => ShardWork::Write {
             client_id: w.id.client_id,
             sequence: w.id.sequence,
             floor: w.first_unanswered,
-            txn: convert::txn(&wire::TxnRequest {
-                compares: Vec::new(),
-                success: vec![wire::TxnOp::Delete(d.clone())],
-                failure: Vec::new(),
-            }),
+            txn: convert::single(convert::delete(d)),
         },
         Request::Txn(w, t) => {
             let (client_id, sequence, floor) = w.map_or((0, 0, 0), |w| {

@@ -72,3 +72,34 @@ impl Command {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_engine::txn::Op;
+
+    #[test]
+    fn round_trip_and_bad_bytes_are_errors() {
+        let command = Command {
+            client_id: 7,
+            sequence: 9,
+            floor: 3,
+            txn: Txn::batch(vec![Op::put("k", "v")]),
+        };
+        let bytes = command.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), command);
+        for cut in 0..bytes.len() {
+            assert!(
+                Command::decode(&bytes[..cut]).is_err(),
+                "a command cut at {cut}"
+            );
+        }
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert!(Command::decode(&other).unwrap_err().contains("version 9"));
+        for seed in 0..200u8 {
+            let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(seed) ^ seed).collect();
+            let _ = Command::decode(&garbage);
+        }
+    }
+}

@@ -223,6 +223,8 @@ pub struct Shard<B: AsyncLogBackend> {
     /// Outcomes of requests, ready for [`Shard::take_answers`].
     answers: Vec<(RequestId, Outcome)>,
     next_read_context: u64,
+    /// Groups holding a commit-only hard state that waits for the next staged write.
+    pending_hs_groups: Vec<u64>,
     stats: ShardStats,
 }
 
@@ -258,6 +260,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             in_flight: VecDeque::new(),
             answers: Vec::new(),
             next_read_context: 1,
+            pending_hs_groups: Vec::new(),
             stats: ShardStats::default(),
         })
     }
@@ -477,7 +480,9 @@ impl<B: AsyncLogBackend> Shard<B> {
                         // Only the commit index moved. It need not be durable now (after a
                         // restart raft learns it again from the leader); it rides with the
                         // group's next write instead of costing a write of its own.
-                        g.pending_hs = Some(hs);
+                        if g.pending_hs.replace(hs).is_none() {
+                            self.pending_hs_groups.push(group);
+                        }
                     } else {
                         batch.set_hard_state(group, storage::store_hard_state(&hs));
                         g.persisted_hs = hs;
@@ -501,7 +506,10 @@ impl<B: AsyncLogBackend> Shard<B> {
             g.serve_ready_reads(&mut self.answers);
         }
         if !batch.is_empty() {
-            for (&group, g) in self.groups.iter_mut() {
+            for group in self.pending_hs_groups.drain(..) {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    continue;
+                };
                 if let Some(hs) = g.pending_hs.take() {
                     batch.set_hard_state(group, storage::store_hard_state(&hs));
                     g.persisted_hs = hs;
