@@ -66,8 +66,8 @@ impl<U: Message + Default> Decoder for ProtoDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(src).map(Some).map_err(|e| {
-            Status::invalid_argument(format!("malformed protobuf message: {e}"))
-        })
+        U::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed protobuf message: {e}")))
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use meta::Meta;
 
-use crate::shard::{Outcome, ReadConsistency};
+use crate::shard::{GroupFacts, Outcome, ReadConsistency};
 
 /// Whether the member starts a new cluster or joins one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub tick: Duration,
     /// Client protocol limits.
     pub client_limits: ClientLimits,
+    /// Limits of the etcd API on the client port.
+    pub etcd_limits: crate::server::etcd::EtcdLimits,
     /// Most client connections at once. Default 4096.
     pub client_connections_max: usize,
     /// Most requests queued at one shard. Default 8192.
@@ -106,6 +108,7 @@ impl ServerConfig {
             shards: u32::try_from(cores).unwrap_or(1),
             tick: Duration::from_millis(50),
             client_limits: ClientLimits::default(),
+            etcd_limits: crate::server::etcd::EtcdLimits::default(),
             client_connections_max: 4096,
             shard_queue_requests_max: 8192,
             shard_pending_requests_max: 65_536,
@@ -172,6 +175,7 @@ impl ServerConfig {
                     .into(),
             );
         }
+        self.etcd_limits.validate()?;
         self.client_limits.validate()
     }
 }
@@ -215,6 +219,9 @@ pub struct ClusterView {
     members: RwLock<BTreeMap<u64, String>>,
     /// Leader of each group (0: unknown).
     leaders: Vec<AtomicU64>,
+    /// Raft and state-machine figures of each group as this member's replica had them at
+    /// the last housekeeping (for status answers and response headers).
+    facts: RwLock<Vec<GroupFacts>>,
 }
 
 impl ClusterView {
@@ -224,7 +231,37 @@ impl ClusterView {
         ClusterView {
             members: RwLock::new(members),
             leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            facts: RwLock::new(vec![
+                GroupFacts::default();
+                usize::try_from(groups).unwrap_or(0)
+            ]),
         }
+    }
+
+    fn set_facts(&self, group: u64, facts: GroupFacts) {
+        if let (Ok(mut all), Ok(g)) = (self.facts.write(), usize::try_from(group)) {
+            if let Some(slot) = all.get_mut(g) {
+                *slot = facts;
+            }
+        }
+    }
+
+    /// The figures of `group` as of the last housekeeping (all zero: not known yet).
+    pub fn facts(&self, group: u32) -> GroupFacts {
+        self.facts
+            .read()
+            .ok()
+            .and_then(|all| all.get(usize::try_from(group).ok()?).copied())
+            .unwrap_or_default()
+    }
+
+    /// The leader of `group` as this member knows it (`None`: unknown).
+    pub fn leader(&self, group: u32) -> Option<u64> {
+        usize::try_from(group)
+            .ok()
+            .and_then(|g| self.leaders.get(g))
+            .map(|l| l.load(Ordering::Relaxed))
+            .filter(|&l| l != 0)
     }
 
     fn set_leader(&self, group: u64, leader: u64) {

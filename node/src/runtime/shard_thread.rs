@@ -14,6 +14,7 @@ use keel_wal::{Wal, WalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{ClusterView, ServerConfig, ShardRequest, ShardWork};
+use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
 use crate::shard::{Outcome, RequestId, Shard, ShardOptions};
 use crate::transport::{Transport, TransportOptions};
@@ -259,6 +260,18 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
         limits: config.client_limits.clone(),
         connections_max: config.client_connections_max,
         connections: std::sync::atomic::AtomicUsize::new(0),
+        cluster_id: ctx.cluster_id,
+        members: config
+            .initial_cluster
+            .iter()
+            .map(|(name, peer)| MemberRecord {
+                id: ctx.member_ids[name],
+                name: name.clone(),
+                peer_urls: vec![format!("http://{peer}")],
+            })
+            .collect(),
+        etcd_limits: config.etcd_limits.clone(),
+        forwards: Forwards::default(),
     });
     let accept = tokio::spawn(async move {
         loop {
@@ -408,6 +421,9 @@ fn housekeeping<B: AsyncLogBackend>(
     let groups: Vec<u64> = shard.groups().collect();
     for g in groups {
         ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));
+        if let Some(facts) = shard.group_facts(g) {
+            ctx.view.set_facts(g, facts);
+        }
     }
     if ctx.index != 0 {
         return;

@@ -2,12 +2,15 @@
 //!
 //! Every shard accepts on the same client port (`SO_REUSEPORT`: the kernel spreads
 //! connections over the shards). A connection's first bytes tell the protocol: the native
-//! preface is served here; anything else is closed for now (the etcd gRPC API will be told
-//! apart the same way). A request goes to the shard that hosts its group, through that
-//! shard's bounded request queue, and its answer comes back on the connection; a connection
-//! carries many requests at once (request ids), at most `in_flight_per_connection_max`.
+//! preface is served here, HTTP/2's connection preface (`PRI * HTTP/2.0`) goes to the etcd
+//! v3 gRPC API ([`etcd`]) on the same shard's runtime, and anything else is closed. A
+//! request goes to the shard that hosts its group, through that shard's bounded request
+//! queue, and its answer comes back on the connection; a connection carries many requests
+//! at once (request ids), at most `in_flight_per_connection_max`.
 
 pub mod convert;
+pub mod etcd;
+mod prefixed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +44,15 @@ pub struct ServerContext {
     pub connections_max: usize,
     /// Client connections open now.
     pub connections: AtomicUsize,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// Every member: id, name and peer URLs (for the etcd API's member list).
+    pub members: Vec<etcd::MemberRecord>,
+    /// Limits of the etcd API.
+    pub etcd_limits: etcd::EtcdLimits,
+    /// This shard's HTTP/2 connections to other members, for forwarding etcd requests to a
+    /// group's leader.
+    pub forwards: etcd::Forwards,
 }
 
 /// Reserved keys (cluster metadata lives under them); clients cannot write them.
@@ -53,31 +65,72 @@ pub async fn serve(ctx: Arc<ServerContext>, mut stream: TcpStream, peer: SocketA
         tracing::warn!(%peer, max = ctx.connections_max, "client connection refused: connections_max reached");
         return;
     }
-    if let Err(e) = serve_native(&ctx, &mut stream).await {
+    let _ = stream.set_nodelay(true);
+    let result = match first_bytes(&mut stream).await {
+        Ok(Protocol::Native(preface)) => serve_native(&ctx, &mut stream, preface).await,
+        Ok(Protocol::Http2(preface)) => {
+            etcd::serve(ctx.clone(), prefixed::Prefixed::new(preface, stream)).await
+        }
+        Ok(Protocol::Closed) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection closed");
     }
     ctx.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn serve_native(ctx: &Arc<ServerContext>, stream: &mut TcpStream) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut preface = [0u8; CLIENT_PREFACE_BYTES];
+/// HTTP/2's connection preface: every HTTP/2 (and so gRPC) client starts with it.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say it speaks, with the bytes read to tell.
+enum Protocol {
+    /// The native protocol's preface, whole.
+    Native([u8; CLIENT_PREFACE_BYTES]),
+    /// HTTP/2's connection preface, whole (replayed to the HTTP/2 server).
+    Http2(Vec<u8>),
+    /// The peer closed before saying.
+    Closed,
+}
+
+/// Reads exactly as many bytes as it takes to tell the protocol (never past a preface), and
+/// refuses anything that is neither protocol.
+async fn first_bytes(stream: &mut TcpStream) -> std::io::Result<Protocol> {
+    let mut buf = [0u8; HTTP2_PREFACE.len()];
     let mut got = 0;
-    while got < CLIENT_PREFACE_BYTES {
-        let n = stream.read(&mut preface[got..]).await?;
+    loop {
+        let wanted = match wire::sniff(&buf[..got]) {
+            Sniffed::NeedMore | Sniffed::Native if got >= CLIENT_PREFACE_BYTES => {
+                let mut preface = [0u8; CLIENT_PREFACE_BYTES];
+                preface.copy_from_slice(&buf[..CLIENT_PREFACE_BYTES]);
+                return Ok(Protocol::Native(preface));
+            }
+            Sniffed::NeedMore | Sniffed::Native => CLIENT_PREFACE_BYTES,
+            Sniffed::Other => {
+                if buf[..got] != HTTP2_PREFACE[..got] {
+                    return Err(std::io::Error::other(
+                        "neither the native protocol nor HTTP/2 (the etcd API)",
+                    ));
+                }
+                if got == HTTP2_PREFACE.len() {
+                    return Ok(Protocol::Http2(buf.to_vec()));
+                }
+                HTTP2_PREFACE.len()
+            }
+        };
+        let n = stream.read(&mut buf[got..wanted]).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(Protocol::Closed);
         }
         got += n;
-        match wire::sniff(&preface[..got]) {
-            Sniffed::NeedMore | Sniffed::Native => {}
-            Sniffed::Other => {
-                return Err(std::io::Error::other(
-                    "not the native protocol (the etcd API is not served yet)",
-                ));
-            }
-        }
     }
+}
+
+async fn serve_native(
+    ctx: &Arc<ServerContext>,
+    stream: &mut TcpStream,
+    preface: [u8; CLIENT_PREFACE_BYTES],
+) -> std::io::Result<()> {
     let code = match wire::decode_client_preface(&preface) {
         Ok(_) => PrefaceCode::Accepted,
         Err(_) => PrefaceCode::VersionUnsupported,

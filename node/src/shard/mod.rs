@@ -117,6 +117,21 @@ pub enum Outcome {
     Failed(RequestError),
 }
 
+/// Raft and state-machine figures of one group, as a replica knows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupFacts {
+    /// The replica's current term.
+    pub term: u64,
+    /// The highest index it knows committed.
+    pub commit: u64,
+    /// The highest index its state machine applied.
+    pub applied: u64,
+    /// Its state machine's store revision.
+    pub revision: u64,
+    /// Bytes of keys and values its state machine holds.
+    pub data_bytes: u64,
+}
+
 /// Options of a shard.
 #[derive(Clone, Debug)]
 pub struct ShardOptions {
@@ -568,5 +583,19 @@ impl<B: AsyncLogBackend> Shard<B> {
     /// The index `group`'s state machine has applied.
     pub fn applied_index(&self, group: u64) -> u64 {
         self.groups.get(&group).map_or(0, |g| g.kv.applied_index())
+    }
+
+    /// Raft and state-machine figures of `group` for status answers (`None`: not hosted).
+    pub fn group_facts(&self, group: u64) -> Option<GroupFacts> {
+        self.groups.get(&group).map(|g| {
+            let status = g.raw.basic_status();
+            GroupFacts {
+                term: status.term,
+                commit: status.commit,
+                applied: g.kv.applied_index(),
+                revision: g.kv.revision(),
+                data_bytes: g.kv.data_bytes(),
+            }
+        })
     }
 }

@@ -1,0 +1,665 @@
+//! The `KV` service: Range, Put, DeleteRange, Txn and Compact.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use keel_client::route::group_of;
+use keel_engine::txn::{self as kv, RangeEnd};
+use keel_etcd_proto::etcdserverpb::kv_server::Kv;
+use keel_etcd_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest,
+    TxnResponse, compare, request_op, response_op,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    check_key, engine_key_value, engine_range, groups_of_range, key_value, merge_ranges,
+    outside_reserved, signed, single_group, sort, touches_reserved, unsigned,
+};
+use super::forward::FORWARD_TIMEOUT;
+use super::{
+    Answer, Etcd, FORWARDED_KEY, GROUP_KEY, check_size, errors, forwarded_group, is_forwarded,
+    outcome_error,
+};
+use crate::runtime::ShardWork;
+use crate::shard::{Outcome, ReadConsistency};
+
+/// A write's fate at this member.
+enum Write {
+    /// Applied by this member, the group's leader.
+    Applied(kv::TxnResponse),
+    /// To be forwarded to this member, the group's leader.
+    Forward(u64),
+}
+
+/// How one etcd operation of a transaction became engine operations, to build its answer.
+enum Shape {
+    /// A range read in `parts` engine reads (around the reserved keys).
+    Range {
+        parts: usize,
+        sort: Option<kv::RangeSort>,
+        limit: usize,
+    },
+    /// A put.
+    Put,
+    /// A delete in `parts` engine deletes.
+    Delete { parts: usize },
+}
+
+/// A request marked as forwarded, with the forwarding deadline.
+fn marked<T>(message: T, group: Option<u32>) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_KEY, MetadataValue::from_static("1"));
+    if let Some(g) = group {
+        if let Ok(v) = MetadataValue::try_from(g.to_string()) {
+            request.metadata_mut().insert(GROUP_KEY, v);
+        }
+    }
+    request.set_timeout(FORWARD_TIMEOUT);
+    request
+}
+
+fn spans_groups(groups: &BTreeSet<u32>, what: &str) -> Status {
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    Status::failed_precondition(format!(
+        "keel: the keys of this {what} span groups [{}]; a write must keep its keys in one \
+         group (give them a common {{hash tag}})",
+        list.join(", ")
+    ))
+}
+
+/// The engine's ranges for `[start, end)` in `group`: group 0 hides the reserved keys. Never
+/// empty: a range of reserved keys only becomes an empty read (which still names the
+/// revision).
+fn group_parts(group: u32, start: &[u8], end: &RangeEnd) -> Vec<(Vec<u8>, RangeEnd)> {
+    let parts = if group == 0 {
+        outside_reserved(start, end)
+    } else {
+        vec![(start.to_vec(), end.clone())]
+    };
+    if parts.is_empty() {
+        vec![(start.to_vec(), RangeEnd::Exclusive(start.to_vec()))]
+    } else {
+        parts
+    }
+}
+
+fn range_answer(
+    header_revision: u64,
+    resp: kv::RangeResponse,
+    etcd: &Etcd,
+    group: u32,
+) -> RangeResponse {
+    RangeResponse {
+        header: Some(etcd.header(group, header_revision)),
+        count: signed(resp.count),
+        more: resp.more,
+        kvs: resp.kvs.into_iter().map(key_value).collect(),
+    }
+}
+
+impl Etcd {
+    /// Reads `r` in one group, forwarding to the group's leader when the read must be
+    /// linearizable and this member does not lead.
+    async fn range_group(
+        &self,
+        group: u32,
+        r: &RangeRequest,
+        forwarded: bool,
+    ) -> Result<kv::RangeResponse, Status> {
+        let consistency = if r.serializable {
+            ReadConsistency::Serializable
+        } else {
+            ReadConsistency::Linearizable
+        };
+        let end = RangeEnd::from_etcd(&r.range_end);
+        let mut answers = Vec::new();
+        for (start, end) in group_parts(group, &r.key, &end) {
+            let work = ShardWork::Read {
+                range: engine_range(r, start, end),
+                consistency,
+            };
+            match self.call_shard(group, work).await? {
+                Answer::Done(Outcome::Read(resp)) => answers.push(resp),
+                Answer::Done(other) => return Err(outcome_error(other)),
+                Answer::NotLeader(leader) => {
+                    let to = self.forward_target(leader, forwarded)?;
+                    return self.forward_range(to, group, r).await;
+                }
+            }
+        }
+        Ok(merge_ranges(
+            answers,
+            sort(r),
+            usize::try_from(r.limit).unwrap_or(0),
+        ))
+    }
+
+    async fn forward_range(
+        &self,
+        to: u64,
+        group: u32,
+        r: &RangeRequest,
+    ) -> Result<kv::RangeResponse, Status> {
+        let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
+        // The revision is checked here, against the merged answer.
+        let part = RangeRequest {
+            revision: 0,
+            ..r.clone()
+        };
+        let resp = client.range(marked(part, Some(group))).await?.into_inner();
+        Ok(kv::RangeResponse {
+            revision: resp.header.map_or(0, |h| unsigned(h.revision)),
+            count: unsigned(resp.count),
+            more: resp.more,
+            kvs: resp.kvs.into_iter().map(engine_key_value).collect(),
+        })
+    }
+
+    /// Proposes `txn` to `group` if this member leads it.
+    async fn write(&self, group: u32, txn: kv::Txn, forwarded: bool) -> Result<Write, Status> {
+        let work = ShardWork::Write {
+            client_id: 0,
+            sequence: 0,
+            floor: 0,
+            txn,
+        };
+        match self.call_shard(group, work).await? {
+            Answer::Done(Outcome::Written(Ok(resp))) => Ok(Write::Applied(resp)),
+            Answer::Done(other) => Err(outcome_error(other)),
+            Answer::NotLeader(leader) => {
+                Ok(Write::Forward(self.forward_target(leader, forwarded)?))
+            }
+        }
+    }
+
+    /// The largest current revision over all groups, as this member's replicas have it.
+    async fn current_revision(&self) -> Result<u64, Status> {
+        let mut revision = 0;
+        for group in 0..self.groups() {
+            let work = ShardWork::Read {
+                range: kv::RangeRequest::between(Vec::new(), Vec::new()),
+                consistency: ReadConsistency::Serializable,
+            };
+            match self.call_shard(group, work).await? {
+                Answer::Done(Outcome::Read(resp)) => revision = revision.max(resp.revision),
+                Answer::Done(other) => return Err(outcome_error(other)),
+                Answer::NotLeader(_) => return Err(Status::unavailable(errors::NOT_LEADER)),
+            }
+        }
+        Ok(revision)
+    }
+}
+
+/// Checks a put as etcd would and builds its engine operation.
+fn put_op(p: &PutRequest) -> Result<kv::Op, Status> {
+    check_key(&p.key)?;
+    if p.ignore_value || p.ignore_lease {
+        return Err(Status::invalid_argument(
+            "keel: ignore_value and ignore_lease are not supported (Keel has no leases and \
+             does not reuse a key's current value): send the value and no lease",
+        ));
+    }
+    if p.lease != 0 {
+        return Err(Status::not_found(errors::LEASE_NOT_FOUND));
+    }
+    if touches_reserved(&p.key, &RangeEnd::Single) {
+        return Err(reserved());
+    }
+    Ok(kv::Op::Put {
+        key: p.key.clone(),
+        value: p.value.clone(),
+        prev_kv: p.prev_kv,
+    })
+}
+
+fn reserved() -> Status {
+    Status::invalid_argument("keel: keys starting with \\0keel/ are reserved for cluster metadata")
+}
+
+fn compare(c: &Compare) -> Result<kv::Compare, Status> {
+    if !c.range_end.is_empty() {
+        return Err(Status::unimplemented(
+            "keel: a compare over a key range (range_end) is not served yet; compare single keys",
+        ));
+    }
+    let number = |n: Option<i64>| unsigned(n.unwrap_or(0));
+    let target = match c.target() {
+        compare::CompareTarget::Version => {
+            kv::CompareTarget::Version(number(match c.target_union {
+                Some(compare::TargetUnion::Version(v)) => Some(v),
+                _ => None,
+            }))
+        }
+        compare::CompareTarget::Create => {
+            kv::CompareTarget::CreateRevision(number(match c.target_union {
+                Some(compare::TargetUnion::CreateRevision(v)) => Some(v),
+                _ => None,
+            }))
+        }
+        compare::CompareTarget::Mod => {
+            kv::CompareTarget::ModRevision(number(match c.target_union {
+                Some(compare::TargetUnion::ModRevision(v)) => Some(v),
+                _ => None,
+            }))
+        }
+        compare::CompareTarget::Value => kv::CompareTarget::Value(match &c.target_union {
+            Some(compare::TargetUnion::Value(v)) => v.clone(),
+            _ => Vec::new(),
+        }),
+        compare::CompareTarget::Lease => {
+            return Err(Status::unimplemented(
+                "keel: Keel has no leases; a compare on a key's lease is not served",
+            ));
+        }
+    };
+    let op = match c.result() {
+        compare::CompareResult::Equal => kv::CompareOp::Equal,
+        compare::CompareResult::NotEqual => kv::CompareOp::NotEqual,
+        compare::CompareResult::Greater => kv::CompareOp::Greater,
+        compare::CompareResult::Less => kv::CompareOp::Less,
+    };
+    Ok(kv::Compare {
+        key: c.key.clone(),
+        op,
+        target,
+    })
+}
+
+/// The engine operations of one branch and how to answer them; adds the groups they touch
+/// (`None` in `groups` stands for "every group").
+fn branch(
+    ops: &[RequestOp],
+    group_count: u32,
+    groups: &mut BTreeSet<u32>,
+) -> Result<Vec<RangeEnd>, Status> {
+    // Group membership first; the engine operations are built once the group is known.
+    let mut ends = Vec::with_capacity(ops.len());
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                check_key(&r.key)?;
+                if r.revision > 0 {
+                    return Err(Status::invalid_argument(
+                        "keel: a range inside a txn reads the transaction's own revision; \
+                         its revision must be 0",
+                    ));
+                }
+                let end = RangeEnd::from_etcd(&r.range_end);
+                groups.extend(groups_of_range(&r.key, &end, group_count));
+                ends.push(end);
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                put_op(p)?;
+                groups.insert(group_of(&p.key, group_count));
+                ends.push(RangeEnd::Single);
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                check_key(&d.key)?;
+                let end = RangeEnd::from_etcd(&d.range_end);
+                groups.extend(groups_of_range(&d.key, &end, group_count));
+                ends.push(end);
+            }
+            Some(request_op::Request::RequestTxn(_)) => {
+                return Err(Status::unimplemented(
+                    "keel: a txn nested in a txn (request_txn) is not served yet",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "keel: a txn operation names no request",
+                ));
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// The engine operations for one branch in `group`, and their shapes.
+fn engine_ops(
+    group: u32,
+    ops: &[RequestOp],
+    ends: &[RangeEnd],
+) -> Result<(Vec<kv::Op>, Vec<Shape>), Status> {
+    let mut out = Vec::new();
+    let mut shapes = Vec::new();
+    for (op, end) in ops.iter().zip(ends) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                let parts = group_parts(group, &r.key, end);
+                shapes.push(Shape::Range {
+                    parts: parts.len(),
+                    sort: sort(r),
+                    limit: usize::try_from(r.limit).unwrap_or(0),
+                });
+                for (start, end) in parts {
+                    out.push(kv::Op::Range(engine_range(r, start, end)));
+                }
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                out.push(put_op(p)?);
+                shapes.push(Shape::Put);
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                let parts = if group == 0 {
+                    outside_reserved(&d.key, end)
+                } else {
+                    vec![(d.key.clone(), end.clone())]
+                };
+                shapes.push(Shape::Delete { parts: parts.len() });
+                for (start, end) in parts {
+                    out.push(kv::Op::DeleteRange {
+                        start,
+                        end,
+                        prev_kv: d.prev_kv,
+                    });
+                }
+            }
+            // Refused when the groups were gathered.
+            Some(request_op::Request::RequestTxn(_)) | None => {
+                return Err(Status::internal("keel: unchecked txn operation"));
+            }
+        }
+    }
+    Ok((out, shapes))
+}
+
+/// The etcd answers of one branch from the engine's, by the shapes the branch was built with.
+fn op_answers(
+    etcd: &Etcd,
+    group: u32,
+    revision: u64,
+    shapes: &[Shape],
+    responses: Vec<kv::OpResponse>,
+) -> Vec<ResponseOp> {
+    let mut responses = responses.into_iter();
+    let mut out = Vec::with_capacity(shapes.len());
+    for shape in shapes {
+        let response = match shape {
+            Shape::Range { parts, sort, limit } => {
+                let reads: Vec<kv::RangeResponse> = responses
+                    .by_ref()
+                    .take(*parts)
+                    .filter_map(|r| match r {
+                        kv::OpResponse::Range(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                let merged = merge_ranges(reads, *sort, *limit);
+                response_op::Response::ResponseRange(RangeResponse {
+                    header: Some(etcd.header(group, revision)),
+                    count: signed(merged.count),
+                    more: merged.more,
+                    kvs: merged.kvs.into_iter().map(key_value).collect(),
+                })
+            }
+            Shape::Put => {
+                let prev_kv = match responses.next() {
+                    Some(kv::OpResponse::Put { prev_kv, .. }) => prev_kv.map(key_value),
+                    _ => None,
+                };
+                response_op::Response::ResponsePut(PutResponse {
+                    header: Some(etcd.header(group, revision)),
+                    prev_kv,
+                })
+            }
+            Shape::Delete { parts } => {
+                let mut deleted = 0;
+                let mut prev_kvs = Vec::new();
+                for r in responses.by_ref().take(*parts) {
+                    if let kv::OpResponse::DeleteRange {
+                        deleted: d,
+                        prev_kvs: p,
+                    } = r
+                    {
+                        deleted += d;
+                        prev_kvs.extend(p.into_iter().map(key_value));
+                    }
+                }
+                response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
+                    header: Some(etcd.header(group, revision)),
+                    deleted: signed(deleted),
+                    prev_kvs,
+                })
+            }
+        };
+        out.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl Kv for Etcd {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let only = forwarded_group(&request);
+        let r = request.into_inner();
+        check_size(&self.ctx, &r)?;
+        check_key(&r.key)?;
+        let end = RangeEnd::from_etcd(&r.range_end);
+        let groups = match only {
+            Some(g) if g < self.groups() => vec![g],
+            Some(g) => {
+                return Err(Status::invalid_argument(format!(
+                    "keel: group {g} does not exist (the cluster has {})",
+                    self.groups()
+                )));
+            }
+            None => groups_of_range(&r.key, &end, self.groups()),
+        };
+        let first = groups.first().copied().unwrap_or(0);
+        let merged = if groups.len() == 1 {
+            self.range_group(first, &r, forwarded).await?
+        } else {
+            let shared = Arc::new(r.clone());
+            let mut reads = tokio::task::JoinSet::new();
+            for g in groups {
+                let (etcd, r) = (
+                    Etcd {
+                        ctx: self.ctx.clone(),
+                    },
+                    shared.clone(),
+                );
+                reads.spawn(async move { etcd.range_group(g, &r, forwarded).await });
+            }
+            let mut parts = Vec::new();
+            while let Some(read) = reads.join_next().await {
+                parts.push(
+                    read.map_err(|e| Status::internal(format!("keel: a read failed: {e}")))??,
+                );
+            }
+            merge_ranges(parts, sort(&r), usize::try_from(r.limit).unwrap_or(0))
+        };
+        if r.revision > 0 {
+            let wanted = unsigned(r.revision);
+            // The memtable keeps no history: only the current revision can be read.
+            if wanted > merged.revision {
+                return Err(Status::out_of_range(errors::FUTURE_REV));
+            }
+            if wanted < merged.revision {
+                return Err(Status::out_of_range(errors::COMPACTED));
+            }
+        }
+        Ok(Response::new(range_answer(
+            merged.revision,
+            merged,
+            self,
+            first,
+        )))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let p = request.into_inner();
+        check_size(&self.ctx, &p)?;
+        let op = put_op(&p)?;
+        let group = group_of(&p.key, self.groups());
+        match self
+            .write(group, kv::Txn::batch(vec![op]), forwarded)
+            .await?
+        {
+            Write::Applied(resp) => {
+                let prev_kv = match resp.responses.into_iter().next() {
+                    Some(kv::OpResponse::Put { prev_kv, .. }) => prev_kv.map(key_value),
+                    _ => None,
+                };
+                Ok(Response::new(PutResponse {
+                    header: Some(self.header(group, resp.revision)),
+                    prev_kv,
+                }))
+            }
+            Write::Forward(to) => {
+                let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
+                client.put(marked(p, None)).await
+            }
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let d = request.into_inner();
+        check_size(&self.ctx, &d)?;
+        check_key(&d.key)?;
+        let end = RangeEnd::from_etcd(&d.range_end);
+        let Some(group) = single_group(&d.key, &end, self.groups()) else {
+            return Err(spans_groups(&(0..self.groups()).collect(), "DeleteRange"));
+        };
+        if matches!(end, RangeEnd::Single) && touches_reserved(&d.key, &end) {
+            return Err(reserved());
+        }
+        let parts = if group == 0 {
+            outside_reserved(&d.key, &end)
+        } else {
+            vec![(d.key.clone(), end)]
+        };
+        let ops = parts
+            .into_iter()
+            .map(|(start, end)| kv::Op::DeleteRange {
+                start,
+                end,
+                prev_kv: d.prev_kv,
+            })
+            .collect();
+        match self.write(group, kv::Txn::batch(ops), forwarded).await? {
+            Write::Applied(resp) => {
+                let mut deleted = 0;
+                let mut prev_kvs = Vec::new();
+                for r in resp.responses {
+                    if let kv::OpResponse::DeleteRange {
+                        deleted: n,
+                        prev_kvs: p,
+                    } = r
+                    {
+                        deleted += n;
+                        prev_kvs.extend(p.into_iter().map(key_value));
+                    }
+                }
+                Ok(Response::new(DeleteRangeResponse {
+                    header: Some(self.header(group, resp.revision)),
+                    deleted: signed(deleted),
+                    prev_kvs,
+                }))
+            }
+            Write::Forward(to) => {
+                let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
+                client.delete_range(marked(d, None)).await
+            }
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let t = request.into_inner();
+        check_size(&self.ctx, &t)?;
+        let ops_max = self.ctx.etcd_limits.txn_ops_max;
+        if t.compare.len() > ops_max || t.success.len() > ops_max || t.failure.len() > ops_max {
+            // etcd's exact message: clients map it to their typed error by string. The limit
+            // is txn_ops_max (default 128).
+            return Err(Status::invalid_argument(errors::TOO_MANY_OPS));
+        }
+        let group_count = self.groups();
+        let mut groups = BTreeSet::new();
+        let compares = t
+            .compare
+            .iter()
+            .map(compare)
+            .collect::<Result<Vec<_>, _>>()?;
+        for c in &compares {
+            groups.insert(group_of(&c.key, group_count));
+        }
+        let success_ends = branch(&t.success, group_count, &mut groups)?;
+        let failure_ends = branch(&t.failure, group_count, &mut groups)?;
+        if groups.len() > 1 {
+            return Err(spans_groups(&groups, "Txn"));
+        }
+        let group = groups.first().copied().unwrap_or(0);
+        let writes_reserved = t
+            .success
+            .iter()
+            .zip(&success_ends)
+            .chain(t.failure.iter().zip(&failure_ends))
+            .any(|(op, end)| match &op.request {
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    matches!(end, RangeEnd::Single) && touches_reserved(&d.key, end)
+                }
+                _ => false,
+            });
+        if writes_reserved {
+            return Err(reserved());
+        }
+        let (success, success_shapes) = engine_ops(group, &t.success, &success_ends)?;
+        let (failure, failure_shapes) = engine_ops(group, &t.failure, &failure_ends)?;
+        let txn = kv::Txn {
+            compares,
+            success,
+            failure,
+        };
+        match self.write(group, txn, forwarded).await? {
+            Write::Applied(resp) => {
+                let shapes = if resp.succeeded {
+                    &success_shapes
+                } else {
+                    &failure_shapes
+                };
+                let responses = op_answers(self, group, resp.revision, shapes, resp.responses);
+                Ok(Response::new(TxnResponse {
+                    header: Some(self.header(group, resp.revision)),
+                    succeeded: resp.succeeded,
+                    responses,
+                }))
+            }
+            Write::Forward(to) => {
+                let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
+                client.txn(marked(t, None)).await
+            }
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let c = request.into_inner();
+        // The memtable keeps no history, so there is nothing to compact: the answer only
+        // checks the revision as etcd would.
+        let current = self.current_revision().await?;
+        if unsigned(c.revision) > current {
+            return Err(Status::out_of_range(errors::FUTURE_REV));
+        }
+        Ok(Response::new(CompactionResponse {
+            header: Some(self.header(0, current)),
+        }))
+    }
+}

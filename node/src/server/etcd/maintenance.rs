@@ -1,0 +1,78 @@
+//! The `Maintenance` service: Status, Alarm, Defragment; Snapshot is not served yet.
+
+use keel_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
+use keel_etcd_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
+};
+use tonic::codegen::tokio_stream;
+use tonic::{Request, Response, Status};
+
+use super::Etcd;
+use super::convert::signed;
+
+/// The etcd server version Keel answers as: the API it serves is etcd 3.5's.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+#[tonic::async_trait]
+impl Maintenance for Etcd {
+    async fn alarm(
+        &self,
+        _request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        // Keel raises no alarms (no space quota, no corruption alarm): every action answers
+        // the empty list.
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.header(0, self.ctx.view.facts(0).revision)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        // Raft figures are group 0's (with one group, the cluster's); sizes add up every
+        // group's state machine as this member holds it.
+        let facts = self.ctx.view.facts(0);
+        let bytes: u64 = (0..self.groups())
+            .map(|g| self.ctx.view.facts(g).data_bytes)
+            .sum();
+        // etcd's db_size counts its file, never empty; Keel's state is in memory, so the
+        // logical size is reported, at least 1 byte (clients divide by it).
+        let db_size = signed(bytes.max(1));
+        Ok(Response::new(StatusResponse {
+            header: Some(self.header(0, facts.revision)),
+            version: ETCD_VERSION.into(),
+            db_size,
+            leader: self.ctx.view.leader(0).unwrap_or(0),
+            raft_index: facts.commit,
+            raft_term: facts.term,
+            raft_applied_index: facts.applied,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // Nothing to defragment: the state machine is in memory and the log is segmented.
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.header(0, self.ctx.view.facts(0).revision)),
+        }))
+    }
+
+    type SnapshotStream = tokio_stream::Empty<Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "keel: Snapshot (backup) is not served yet",
+        ))
+    }
+}
