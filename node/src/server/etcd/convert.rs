@@ -106,6 +106,8 @@ pub fn single_group(key: &[u8], end: &RangeEnd, groups: u32) -> Option<u32> {
     let common: &[u8] = match end {
         RangeEnd::Single => return Some(group_of(key, groups)),
         RangeEnd::Unbounded => return None,
+        // A prefix read: every key starts with the prefix itself.
+        RangeEnd::Exclusive(_) if *end == RangeEnd::prefix_end(key) => key,
         RangeEnd::Exclusive(end) => {
             let n = key.iter().zip(end).take_while(|(a, b)| a == b).count();
             &key[..n]
@@ -270,6 +272,11 @@ mod tests {
         assert_eq!(
             single_group(&prefix, &end, 8),
             Some(group_of(b"{user7}/x", 8))
+        );
+        let tag_prefix = b"{t}".to_vec();
+        assert_eq!(
+            single_group(&tag_prefix, &RangeEnd::prefix_end(&tag_prefix), 8),
+            Some(group_of(b"{t}a", 8))
         );
         // A prefix that stops inside the tag spans tags, so groups.
         let partial = b"{user".to_vec();

@@ -182,7 +182,8 @@ impl Etcd {
         let mut revision = 0;
         for group in 0..self.groups() {
             let work = ShardWork::Read {
-                range: kv::RangeRequest::between(Vec::new(), Vec::new()),
+                // A range that ends where it starts reads nothing but the revision.
+                range: kv::RangeRequest::between(vec![0], vec![0]),
                 consistency: ReadConsistency::Serializable,
             };
             match self.call_shard(group, work).await? {

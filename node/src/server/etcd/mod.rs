@@ -192,9 +192,10 @@ fn name_the_size_limit(response: HttpResponse, request_bytes_max: usize) -> Http
     let out_of_range = headers
         .get("grpc-status")
         .is_some_and(|v| v.as_bytes() == b"11");
+    // The message is percent-encoded on the wire (spaces as %20).
     let too_large = headers
         .get("grpc-message")
-        .is_some_and(|v| String::from_utf8_lossy(v.as_bytes()).contains("too large"));
+        .is_some_and(|v| String::from_utf8_lossy(v.as_bytes()).contains("too%20large"));
     if out_of_range && too_large {
         return Status::resource_exhausted(format!(
             "etcdserver: request is too large: the request exceeds request_bytes_max \

@@ -1,0 +1,1053 @@
+//! The etcd v3 API through real etcd clients, against three real `keel server` processes on
+//! 127.0.0.1 (free ports, temporary data directories), with one group (etcd's semantics)
+//! and with several groups:
+//!
+//! - the real `etcdctl` (Debian package `etcd-client`, `ETCDCTL_API=3`): `put`, `get`
+//!   (`--prefix`, `--limit`, `--sort-by`, `-w json`, `--rev`), `del`, `txn` from stdin,
+//!   `endpoint status` and `endpoint health` with `--cluster`, `member list`; a missing
+//!   `etcdctl` fails the test, naming the package;
+//! - Keel's generated tonic client (keel-etcd-proto) over tonic's channel: the same requests
+//!   and bad input — an oversized value, too many txn operations, malformed protobuf in a
+//!   gRPC frame, unknown fields, a txn spanning groups, leases, a nested txn, a service Keel
+//!   does not serve.
+//!
+//! Requests go to members that do not lead the key's group too: they must forward them.
+//! The tests take turns (one cluster at a time) and stop their members with SIGTERM.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use keel_client::{Client, ClientOptions, group_of};
+use keel_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
+use keel_etcd_proto::etcdserverpb::kv_client::KvClient;
+use keel_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_etcd_proto::etcdserverpb::{
+    AlarmRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest, RangeRequest,
+    RequestOp, StatusRequest, TxnRequest, compare, range_request, request_op, response_op,
+};
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const MEMBERS: usize = 3;
+
+/// One cluster at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A port `p` with `p..p + span` free, held by listeners pushed to `held`.
+fn free_ports(span: u16, held: &mut Vec<TcpListener>) -> u16 {
+    'again: for _ in 0..64 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let mut block = vec![first];
+        for offset in 1..span {
+            let Some(port) = base.checked_add(offset) else {
+                continue 'again;
+            };
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => block.push(l),
+                Err(_) => continue 'again,
+            }
+        }
+        held.extend(block);
+        return base;
+    }
+    panic!("no {span} consecutive free ports");
+}
+
+struct Member {
+    name: String,
+    client_address: String,
+    err_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three members, killed when dropped.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    groups: u32,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    fn start(groups: u32) -> Cluster {
+        const SHARDS: u16 = 2;
+        let dir = tempfile::Builder::new()
+            .prefix("keel-etcd-test-")
+            .tempdir()
+            .unwrap();
+        let mut held = Vec::new();
+        let peers: Vec<u16> = (0..MEMBERS)
+            .map(|_| free_ports(SHARDS, &mut held))
+            .collect();
+        let clients: Vec<u16> = (0..MEMBERS).map(|_| free_ports(1, &mut held)).collect();
+        let initial_cluster = (0..MEMBERS)
+            .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, peers[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        drop(held);
+        let mut members = Vec::new();
+        for i in 0..MEMBERS {
+            let name = format!("m{}", i + 1);
+            let err_path = dir.path().join(format!("{name}.err"));
+            let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args([
+                    "server",
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    &dir.path().join(&name).display().to_string(),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", peers[i]),
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{}", clients[i]),
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--groups",
+                    &groups.to_string(),
+                    "--shards",
+                    &SHARDS.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&err_path).unwrap())
+                .spawn()
+                .unwrap();
+            members.push(Member {
+                name,
+                client_address: format!("127.0.0.1:{}", clients[i]),
+                err_path,
+                child: Some(child),
+            });
+        }
+        Cluster {
+            _dir: dir,
+            groups,
+            members,
+        }
+    }
+
+    fn endpoint(&self, i: usize) -> &str {
+        &self.members[i].client_address
+    }
+
+    fn stderr_tails(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.err_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("\n--- {} stderr:", m.name));
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                out.push_str("\n  ");
+                out.push_str(line);
+            }
+        }
+        out
+    }
+
+    /// Waits until every group has its preferred leader (so that leadership no longer
+    /// moves) and every member lists every member's client address.
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| m.client_address.clone())
+            .collect();
+        let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+        let options = ClientOptions {
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            attempts_max: 1,
+            ..ClientOptions::default()
+        };
+        loop {
+            for m in &mut self.members {
+                if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    panic!("{} exited with {status}", m.name);
+                }
+            }
+            let mut last = String::new();
+            let mut ready = true;
+            for endpoint in &endpoints {
+                let status = match Client::connect_with(&[endpoint], options.clone()).await {
+                    Ok(client) => client.status().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match status {
+                    Ok(s) => {
+                        // Group g's preferred leader is the (g mod 3)-th member by id.
+                        let balanced = s
+                            .leaders
+                            .iter()
+                            .zip(0u64..)
+                            .all(|(l, g)| *l == Some(g % 3 + 1));
+                        if !balanced || s.members.len() != MEMBERS {
+                            ready = false;
+                            last = format!("leaders {:?}, members {:?}", s.leaders, s.members);
+                        }
+                    }
+                    Err(e) => {
+                        ready = false;
+                        last = e;
+                    }
+                }
+            }
+            if ready {
+                return;
+            }
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "not ready within {READY_TIMEOUT:?}: {last}{}",
+                self.stderr_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM to every member; each must exit 0.
+    fn terminate_all(&mut self) {
+        for m in &mut self.members {
+            let Some(mut child) = m.child.take() else {
+                continue;
+            };
+            let pid = libc::pid_t::try_from(child.id()).unwrap();
+            // SAFETY: kill(2) touches no memory of ours; the child is not reaped yet, so its
+            // pid cannot have been reused.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{} still running 20 s after SIGTERM", m.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(status.success(), "{} exited with {status}", m.name);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Two keys of different groups (several groups only).
+fn keys_in_two_groups(groups: u32) -> (String, String) {
+    let first = "{a}k".to_string();
+    let other = (0..)
+        .map(|i| format!("{{b{i}}}k"))
+        .find(|k| group_of(k.as_bytes(), groups) != group_of(first.as_bytes(), groups))
+        .unwrap();
+    (first, other)
+}
+
+// ---- etcdctl ------------------------------------------------------------------------------
+
+/// The `etcdctl` binary; fails the test when it is missing rather than skip it.
+fn etcdctl_path() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("etcdctl"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "etcdctl not found on PATH: install the Debian package etcd-client \
+             (apt-get install etcd-client); .ci/run installs it"
+        )
+    })
+}
+
+/// Runs etcdctl against `endpoint` (which may not lead the group of the keys) with `input`
+/// on its stdin.
+fn ctl(cluster: &Cluster, endpoint: usize, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(etcdctl_path())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", cluster.endpoint(endpoint)))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs etcdctl and returns its stdout, failing the test (with everything) if it failed.
+fn ctl_ok(cluster: &Cluster, endpoint: usize, args: &[&str], input: &str) -> String {
+    let out = ctl(cluster, endpoint, args, input);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}\nstdout: {stdout}\nstderr: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        cluster.stderr_tails()
+    );
+    stdout
+}
+
+/// Runs etcdctl, which must fail; returns its stderr.
+fn ctl_err(cluster: &Cluster, endpoint: usize, args: &[&str], input: &str) -> String {
+    let out = ctl(cluster, endpoint, args, input);
+    assert!(
+        !out.status.success(),
+        "etcdctl {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The number after `"field":` in etcdctl's JSON output.
+fn json_number(json: &str, field: &str) -> i64 {
+    let at = json
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("no {field} in {json}"));
+    let rest = &json[at + field.len() + 3..];
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} is not a number in {json}"))
+}
+
+fn etcdctl_scenario(groups: u32) {
+    let _turn = serial();
+    etcdctl_path();
+    let mut cluster = Cluster::start(groups);
+    runtime().block_on(cluster.wait_ready());
+
+    // Puts through every member: most of them do not lead the key's group and forward.
+    for (i, (k, v)) in [
+        ("fruit/apple", "red"),
+        ("fruit/banana", "yellow"),
+        ("fruit/cherry", "dark-red"),
+        ("veg/kale", "green"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(ctl_ok(&cluster, i % MEMBERS, &["put", k, v], ""), "OK\n");
+    }
+    assert_eq!(
+        ctl_ok(&cluster, 1, &["get", "--prefix", "fruit/"], ""),
+        "fruit/apple\nred\nfruit/banana\nyellow\nfruit/cherry\ndark-red\n"
+    );
+    assert_eq!(
+        ctl_ok(
+            &cluster,
+            2,
+            &["get", "--prefix", "fruit/", "--limit", "2"],
+            ""
+        ),
+        "fruit/apple\nred\nfruit/banana\nyellow\n"
+    );
+    assert_eq!(
+        ctl_ok(
+            &cluster,
+            0,
+            &[
+                "get",
+                "--prefix",
+                "fruit/",
+                "--sort-by=VALUE",
+                "--order=DESCEND"
+            ],
+            ""
+        ),
+        "fruit/banana\nyellow\nfruit/apple\nred\nfruit/cherry\ndark-red\n"
+    );
+    assert_eq!(
+        ctl_ok(
+            &cluster,
+            0,
+            &["get", "--prefix", "fruit/", "--keys-only"],
+            ""
+        ),
+        "fruit/apple\n\nfruit/banana\n\nfruit/cherry\n\n"
+    );
+    // Every key, and none of the cluster's reserved metadata.
+    assert_eq!(
+        ctl_ok(&cluster, 1, &["get", "", "--from-key", "--keys-only"], ""),
+        "fruit/apple\n\nfruit/banana\n\nfruit/cherry\n\nveg/kale\n\n"
+    );
+
+    // -w json, and a read at the revision it names.
+    let json = ctl_ok(&cluster, 2, &["get", "fruit/apple", "-w", "json"], "");
+    assert!(json.contains("\"key\":\"ZnJ1aXQvYXBwbGU=\""), "{json}");
+    assert!(json.contains("\"value\":\"cmVk\""), "{json}");
+    assert_eq!(json_number(&json, "count"), 1);
+    let revision = json_number(&json, "revision");
+    assert!(revision >= 1, "{json}");
+    let rev = format!("--rev={revision}");
+    assert_eq!(
+        ctl_ok(&cluster, 1, &["get", "fruit/apple", &rev], ""),
+        "fruit/apple\nred\n"
+    );
+    let future = format!("--rev={}", revision + 1000);
+    let err = ctl_err(&cluster, 1, &["get", "fruit/apple", &future], "");
+    assert!(
+        err.contains("required revision is a future revision"),
+        "{err}"
+    );
+    if revision > 1 {
+        let old = format!("--rev={}", revision - 1);
+        let err = ctl_err(&cluster, 1, &["get", "fruit/apple", &old], "");
+        assert!(
+            err.contains("required revision has been compacted"),
+            "{err}"
+        );
+    }
+
+    // del.
+    assert_eq!(ctl_ok(&cluster, 1, &["del", "fruit/cherry"], ""), "1\n");
+    assert_eq!(ctl_ok(&cluster, 0, &["get", "fruit/cherry"], ""), "");
+    assert_eq!(ctl_ok(&cluster, 2, &["del", "fruit/none"], ""), "0\n");
+
+    // txn from stdin: compares, then success ops, then failure ops, separated by blank
+    // lines. The keys share a hash tag, so one group holds them all.
+    ctl_ok(&cluster, 0, &["put", "{acct}x", "1"], "");
+    let script =
+        "value(\"{acct}x\") = \"1\"\n\nput {acct}x 2\nput {acct}y 1\n\nput {acct}x failed\n\n";
+    assert_eq!(
+        ctl_ok(&cluster, 1, &["txn"], script),
+        "SUCCESS\n\nOK\n\nOK\n"
+    );
+    assert_eq!(ctl_ok(&cluster, 2, &["get", "{acct}x"], ""), "{acct}x\n2\n");
+    assert_eq!(ctl_ok(&cluster, 1, &["txn"], script), "FAILURE\n\nOK\n");
+    assert_eq!(
+        ctl_ok(&cluster, 0, &["get", "{acct}x", "--print-value-only"], ""),
+        "failed\n"
+    );
+    let script = "version(\"{acct}y\") = \"1\"\n\nget {acct}y\n\n\n";
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["txn"], script),
+        "SUCCESS\n\n{acct}y\n1\n"
+    );
+    if groups > 1 {
+        let (a, b) = keys_in_two_groups(groups);
+        let script = format!("\nput {a} 1\nput {b} 1\n\n\n");
+        let err = ctl_err(&cluster, 0, &["txn"], &script);
+        assert!(
+            err.contains("FailedPrecondition") && err.contains("span groups"),
+            "{err}"
+        );
+    }
+
+    // Cluster-wide commands.
+    let status = ctl_ok(
+        &cluster,
+        0,
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        "",
+    );
+    for i in 0..MEMBERS {
+        assert!(status.contains(cluster.endpoint(i)), "{status}");
+    }
+    assert_eq!(
+        status.matches("\"version\":\"3.5.0\"").count(),
+        MEMBERS,
+        "{status}"
+    );
+    assert!(json_number(&status, "dbSize") > 0, "{status}");
+    assert!(json_number(&status, "leader") > 0, "{status}");
+    assert!(json_number(&status, "raft_term") > 0, "{status}");
+    // etcdctl 3.4 prints health to stderr (3.5 to stdout): read both.
+    let health = ctl(&cluster, 1, &["endpoint", "health", "--cluster"], "");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(health.status.success(), "{text}");
+    assert_eq!(text.matches("is healthy").count(), MEMBERS, "{text}");
+    let list = ctl_ok(&cluster, 2, &["member", "list"], "");
+    assert_eq!(list.lines().count(), MEMBERS, "{list}");
+    for (i, m) in cluster.members.iter().enumerate() {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(", {}, ", m.name)))
+            .unwrap_or_else(|| panic!("{} not listed: {list}", m.name));
+        assert!(line.contains(cluster.endpoint(i)), "{line}");
+        assert!(line.starts_with(&format!("{}, started", i + 1)), "{line}");
+    }
+    cluster.terminate_all();
+}
+
+#[test]
+fn etcdctl_with_one_group() {
+    etcdctl_scenario(1);
+}
+
+#[test]
+fn etcdctl_with_four_groups() {
+    etcdctl_scenario(4);
+}
+
+// ---- the generated tonic client ------------------------------------------------------------
+
+async fn channel(cluster: &Cluster, i: usize) -> Channel {
+    Channel::from_shared(format!("http://{}", cluster.endpoint(i)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn put(key: &str, value: &[u8]) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.to_vec(),
+        ..PutRequest::default()
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put(key, value.as_bytes()))),
+    }
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    end
+}
+
+fn keys(kvs: &[keel_etcd_proto::mvccpb::KeyValue]) -> Vec<String> {
+    kvs.iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
+    match result {
+        Ok(r) => panic!("expected {code:?} ({says}), got {r:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(
+                s.message().contains(says),
+                "{:?} does not say {says:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+/// A codec that sends raw bytes as the request message and decodes a `RangeResponse`: for
+/// malformed and unknown input.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = keel_etcd_proto::etcdserverpb::RangeResponse;
+    type Error = Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Status> {
+        Message::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = keel_etcd_proto::etcdserverpb::RangeResponse;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn raw_call(
+    channel: Channel,
+    path: &'static str,
+    bytes: Vec<u8>,
+) -> Result<keel_etcd_proto::etcdserverpb::RangeResponse, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(bytes),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn grpc_scenario_on(cluster: &Cluster) {
+    let groups = cluster.groups;
+    let mut kv = KvClient::new(channel(cluster, 1).await);
+    let mut kv0 = KvClient::new(channel(cluster, 0).await);
+
+    // Puts, with prev_kv.
+    for (k, v) in [
+        ("p/a", "1"),
+        ("p/b", "2"),
+        ("p/c", "3"),
+        ("p/d", "4"),
+        ("q/x", "9"),
+    ] {
+        kv.put(put(k, v.as_bytes())).await.unwrap();
+    }
+    let again = kv
+        .put(PutRequest {
+            prev_kv: true,
+            ..put("p/a", b"10")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let prev = again.prev_kv.expect("prev_kv asked");
+    assert_eq!((prev.value.as_slice(), prev.version), (&b"1"[..], 1));
+    let header = again.header.unwrap();
+    assert!(header.revision > 0 && header.member_id > 0 && header.cluster_id != 0);
+
+    // Ranges: prefix, limit, sort, count_only, keys_only, serializable, revision filters.
+    let prefix = RangeRequest {
+        key: b"p/".to_vec(),
+        range_end: prefix_end("p/"),
+        ..RangeRequest::default()
+    };
+    let all = kv.range(prefix.clone()).await.unwrap().into_inner();
+    assert_eq!(keys(&all.kvs), ["p/a", "p/b", "p/c", "p/d"]);
+    assert_eq!((all.count, all.more), (4, false));
+    let limited = kv
+        .range(RangeRequest {
+            limit: 2,
+            ..prefix.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys(&limited.kvs), ["p/a", "p/b"]);
+    assert_eq!((limited.count, limited.more), (4, true));
+    let by_value = kv
+        .range(RangeRequest {
+            sort_order: range_request::SortOrder::Descend.into(),
+            sort_target: range_request::SortTarget::Value.into(),
+            limit: 3,
+            ..prefix.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Values "10", "2", "3", "4" in byte order, largest first.
+    assert_eq!(keys(&by_value.kvs), ["p/d", "p/c", "p/b"]);
+    let counted = kv0
+        .range(RangeRequest {
+            count_only: true,
+            serializable: true,
+            ..prefix.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(counted.kvs.is_empty());
+    assert_eq!(counted.count, 4);
+    let keys_only = kv
+        .range(RangeRequest {
+            keys_only: true,
+            ..prefix.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
+    let newest = all.kvs.iter().map(|kv| kv.mod_revision).max().unwrap();
+    let filtered = kv
+        .range(RangeRequest {
+            min_mod_revision: newest,
+            ..prefix.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(filtered.kvs.iter().all(|kv| kv.mod_revision >= newest));
+    assert!(!filtered.kvs.is_empty());
+    let everything = kv
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            keys_only: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys(&everything.kvs), ["p/a", "p/b", "p/c", "p/d", "q/x"]);
+
+    // A read at the current revision of the key's group, and at others.
+    let one = RangeRequest {
+        key: b"q/x".to_vec(),
+        ..RangeRequest::default()
+    };
+    let now = kv
+        .range(one.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let at = kv
+        .range(RangeRequest {
+            revision: now,
+            ..one.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys(&at.kvs), ["q/x"]);
+    assert_status(
+        kv.range(RangeRequest {
+            revision: now + 100,
+            ..one.clone()
+        })
+        .await,
+        Code::OutOfRange,
+        "required revision is a future revision",
+    );
+    if now > 1 {
+        assert_status(
+            kv.range(RangeRequest {
+                revision: now - 1,
+                ..one.clone()
+            })
+            .await,
+            Code::OutOfRange,
+            "required revision has been compacted",
+        );
+    }
+
+    // Delete with prev_kv.
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"q/x".to_vec(),
+            prev_kv: true,
+            ..DeleteRangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    assert_eq!(deleted.prev_kvs[0].value, b"9");
+
+    // Txn: compares on value, version, create and mod revision; a range inside.
+    kv.put(put("{t}a", b"1")).await.unwrap();
+    let a = kv
+        .range(RangeRequest {
+            key: b"{t}a".to_vec(),
+            ..RangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .remove(0);
+    let cmp = |target: compare::CompareTarget, union: compare::TargetUnion| Compare {
+        result: compare::CompareResult::Equal.into(),
+        target: target.into(),
+        key: b"{t}a".to_vec(),
+        target_union: Some(union),
+        range_end: Vec::new(),
+    };
+    let txn = TxnRequest {
+        compare: vec![
+            cmp(
+                compare::CompareTarget::Value,
+                compare::TargetUnion::Value(b"1".to_vec()),
+            ),
+            cmp(
+                compare::CompareTarget::Version,
+                compare::TargetUnion::Version(1),
+            ),
+            cmp(
+                compare::CompareTarget::Create,
+                compare::TargetUnion::CreateRevision(a.create_revision),
+            ),
+            cmp(
+                compare::CompareTarget::Mod,
+                compare::TargetUnion::ModRevision(a.mod_revision),
+            ),
+        ],
+        success: vec![
+            put_op("{t}a", "2"),
+            put_op("{t}b", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"{t}".to_vec(),
+                    range_end: prefix_end("{t}"),
+                    ..RangeRequest::default()
+                })),
+            },
+        ],
+        failure: vec![put_op("{t}a", "failed")],
+    };
+    let done = kv.txn(txn.clone()).await.unwrap().into_inner();
+    assert!(done.succeeded);
+    assert_eq!(done.responses.len(), 3);
+    match &done.responses[2].response {
+        Some(response_op::Response::ResponseRange(r)) => {
+            assert_eq!(keys(&r.kvs), ["{t}a", "{t}b"]);
+            assert_eq!(r.kvs[0].value, b"2");
+        }
+        other => panic!("expected a range response, got {other:?}"),
+    }
+    let failed = kv0.txn(txn.clone()).await.unwrap().into_inner();
+    assert!(!failed.succeeded);
+    assert_eq!(failed.responses.len(), 1);
+
+    // Compact: accepted (no history to drop), a future revision refused.
+    kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
+        revision: 1,
+        physical: false,
+    })
+    .await
+    .unwrap();
+    assert_status(
+        kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
+            revision: i64::MAX,
+            physical: false,
+        })
+        .await,
+        Code::OutOfRange,
+        "future revision",
+    );
+
+    // Maintenance and Cluster.
+    let mut maintenance = MaintenanceClient::new(channel(cluster, 2).await);
+    let status = maintenance
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.version, "3.5.0");
+    assert!(status.db_size > 0 && status.db_size_in_use > 0);
+    assert!(status.leader > 0 && status.raft_term > 0 && status.raft_index > 0);
+    assert!(status.raft_applied_index > 0);
+    let alarms = maintenance
+        .alarm(AlarmRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alarms.alarms.is_empty());
+    maintenance
+        .defragment(keel_etcd_proto::etcdserverpb::DefragmentRequest {})
+        .await
+        .unwrap();
+    let mut members = ClusterClient::new(channel(cluster, 0).await);
+    let list = members
+        .member_list(MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), MEMBERS);
+    for (i, m) in list.members.iter().enumerate() {
+        assert_eq!(m.name, format!("m{}", i + 1));
+        assert_eq!(m.client_urls, [cluster.endpoint(i).to_string()]);
+        assert_eq!(m.peer_urls.len(), 1);
+    }
+    assert_status(
+        members
+            .member_add(keel_etcd_proto::etcdserverpb::MemberAddRequest::default())
+            .await,
+        Code::Unimplemented,
+        "MemberAdd",
+    );
+
+    // Bad input.
+    assert_status(
+        kv.put(put("", b"v")).await,
+        Code::InvalidArgument,
+        "key is not provided",
+    );
+    assert_status(
+        kv.put(PutRequest {
+            lease: 7,
+            ..put("l", b"v")
+        })
+        .await,
+        Code::NotFound,
+        "requested lease not found",
+    );
+    assert_status(
+        kv.put(PutRequest {
+            ignore_value: true,
+            ..put("l", b"")
+        })
+        .await,
+        Code::InvalidArgument,
+        "ignore_value",
+    );
+    // Over request_bytes_max (1.5 MiB): etcd's own error; far over it: refused before
+    // decoding, naming the limit.
+    assert_status(
+        kv.put(put("big", &vec![7u8; 1_700_000])).await,
+        Code::InvalidArgument,
+        "request is too large",
+    );
+    assert_status(
+        kv.put(put("bigger", &vec![7u8; 3 << 20])).await,
+        Code::ResourceExhausted,
+        "request_bytes_max",
+    );
+    let too_many = TxnRequest {
+        success: (0..129)
+            .map(|i| put_op(&format!("{{t}}{i}"), "v"))
+            .collect(),
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(too_many).await,
+        Code::InvalidArgument,
+        "too many operations in txn request",
+    );
+    let nested = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
+        }],
+        ..TxnRequest::default()
+    };
+    assert_status(kv.txn(nested).await, Code::Unimplemented, "nested");
+    if groups > 1 {
+        let (a, b) = keys_in_two_groups(groups);
+        let spanning = TxnRequest {
+            success: vec![put_op(&a, "1"), put_op(&b, "1")],
+            ..TxnRequest::default()
+        };
+        assert_status(
+            kv.txn(spanning).await,
+            Code::FailedPrecondition,
+            "span groups",
+        );
+        assert_status(
+            kv.delete_range(DeleteRangeRequest {
+                key: b"p/".to_vec(),
+                range_end: prefix_end("p/"),
+                prev_kv: false,
+            })
+            .await,
+            Code::FailedPrecondition,
+            "span groups",
+        );
+    }
+    // Malformed protobuf in a sound gRPC frame: field 1 claims 100 bytes, none follow.
+    assert_status(
+        raw_call(
+            channel(cluster, 0).await,
+            "/etcdserverpb.KV/Range",
+            vec![0x0a, 100],
+        )
+        .await,
+        Code::InvalidArgument,
+        "malformed protobuf",
+    );
+    // Unknown fields are skipped, as protobuf wants.
+    let mut bytes = RangeRequest {
+        key: b"p/a".to_vec(),
+        ..RangeRequest::default()
+    }
+    .encode_to_vec();
+    bytes.extend_from_slice(&[0xf8, 0x06, 0x01]); // field 111, varint 1
+    let read = raw_call(channel(cluster, 1).await, "/etcdserverpb.KV/Range", bytes)
+        .await
+        .unwrap();
+    assert_eq!(keys(&read.kvs), ["p/a"]);
+    // A service Keel does not serve.
+    assert_status(
+        raw_call(
+            channel(cluster, 1).await,
+            "/etcdserverpb.Lease/LeaseGrant",
+            Vec::new(),
+        )
+        .await,
+        Code::Unimplemented,
+        "",
+    );
+    // The members still serve after all that.
+    kv.put(put("after", b"ok")).await.unwrap();
+}
+
+fn grpc_scenario(groups: u32) {
+    let _turn = serial();
+    let mut cluster = Cluster::start(groups);
+    let rt = runtime();
+    rt.block_on(cluster.wait_ready());
+    rt.block_on(grpc_scenario_on(&cluster));
+    cluster.terminate_all();
+}
+
+#[test]
+fn tonic_client_with_one_group() {
+    grpc_scenario(1);
+}
+
+#[test]
+fn tonic_client_with_four_groups() {
+    grpc_scenario(4);
+}
