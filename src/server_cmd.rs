@@ -31,7 +31,7 @@ pub struct ServerArgs {
     /// Peer URL to listen on (shard s uses the port + s).
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     listen_peer_urls: String,
-    /// Client URL to listen on (native protocol).
+    /// Client URL to listen on (the native protocol and the etcd v3 gRPC API).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
     /// Client URL told to other members and clients (default: --listen-client-urls).
@@ -54,6 +54,15 @@ pub struct ServerArgs {
     /// CPU s mod cpus). Also KEEL_NO_PIN=1.
     #[arg(long)]
     no_pin: bool,
+    /// etcd API: largest request in bytes (etcd's flag; default 1.5 MiB).
+    #[arg(long, default_value_t = 3 << 19)]
+    max_request_bytes: usize,
+    /// etcd API: most operations in each list of a txn (etcd's flag).
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// etcd API: most concurrent requests (HTTP/2 streams) on one client connection.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_streams: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +156,9 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
             }
         },
     };
+    config.etcd_limits.request_bytes_max = args.max_request_bytes;
+    config.etcd_limits.txn_ops_max = args.max_txn_ops;
+    config.etcd_limits.streams_per_connection_max = args.max_concurrent_streams;
     config.pin_shards = !(args.no_pin || std::env::var_os("KEEL_NO_PIN").is_some());
     config.wal_backend = match backend {
         BackendArg::Auto => keel_wal::Backend::Auto,

@@ -66,19 +66,27 @@ pub async fn serve(ctx: Arc<ServerContext>, mut stream: TcpStream, peer: SocketA
         return;
     }
     let _ = stream.set_nodelay(true);
-    let result = match first_bytes(&mut stream).await {
-        Ok(Protocol::Native(preface)) => serve_native(&ctx, &mut stream, preface).await,
-        Ok(Protocol::Http2(preface)) => {
+    let first = tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes(&mut stream)).await;
+    let result = match first {
+        Ok(Ok(Protocol::Native(preface))) => serve_native(&ctx, &mut stream, preface).await,
+        Ok(Ok(Protocol::Http2(preface))) => {
             etcd::serve(ctx.clone(), prefixed::Prefixed::new(preface, stream)).await
         }
-        Ok(Protocol::Closed) => Ok(()),
-        Err(e) => Err(e),
+        Ok(Ok(Protocol::Closed)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other(format!(
+            "no protocol preface within {FIRST_BYTES_TIMEOUT:?}"
+        ))),
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection closed");
     }
     ctx.connections.fetch_sub(1, Ordering::AcqRel);
 }
+
+/// How long a new connection may take to send the bytes that tell its protocol; a
+/// connection that stalls before them would hold one of `connections_max` for nothing.
+const FIRST_BYTES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// HTTP/2's connection preface: every HTTP/2 (and so gRPC) client starts with it.
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -42,6 +42,21 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Channel {
     }
 }
 
+/// `call`, a forwarded request, within [`FORWARD_TIMEOUT`] (the leader's answer is awaited
+/// on this member's connection; without a deadline a stuck leader would hold it forever).
+pub async fn within<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "keel: the group's leader did not answer a forwarded request within \
+                 {FORWARD_TIMEOUT:?}"
+            )))
+        })
+}
+
 /// This shard's connections to other members (one each, opened on first use, replaced
 /// once closed). The connections' tasks run on the shard's runtime.
 #[derive(Default)]

@@ -18,7 +18,7 @@ use super::convert::{
     check_key, engine_key_value, engine_range, groups_of_range, key_value, merge_ranges,
     outside_reserved, signed, single_group, sort, touches_reserved, unsigned,
 };
-use super::forward::FORWARD_TIMEOUT;
+use super::forward::{FORWARD_TIMEOUT, within};
 use super::{
     Answer, Etcd, FORWARDED_KEY, GROUP_KEY, check_size, errors, forwarded_group, is_forwarded,
     outcome_error,
@@ -151,7 +151,9 @@ impl Etcd {
             revision: 0,
             ..r.clone()
         };
-        let resp = client.range(marked(part, Some(group))).await?.into_inner();
+        let resp = within(client.range(marked(part, Some(group))))
+            .await?
+            .into_inner();
         Ok(kv::RangeResponse {
             revision: resp.header.map_or(0, |h| unsigned(h.revision)),
             count: unsigned(resp.count),
@@ -520,7 +522,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                client.put(marked(p, None)).await
+                within(client.put(marked(p, None))).await
             }
         }
     }
@@ -575,7 +577,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                client.delete_range(marked(d, None)).await
+                within(client.delete_range(marked(d, None))).await
             }
         }
     }
@@ -643,7 +645,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                client.txn(marked(t, None)).await
+                within(client.txn(marked(t, None))).await
             }
         }
     }
