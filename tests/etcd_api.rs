@@ -4,12 +4,13 @@
 //!
 //! - the real `etcdctl` (Debian package `etcd-client`, `ETCDCTL_API=3`): `put`, `get`
 //!   (`--prefix`, `--limit`, `--sort-by`, `-w json`, `--rev`), `del`, `txn` from stdin,
-//!   `endpoint status` and `endpoint health` with `--cluster`, `member list`; a missing
+//!   `endpoint status` and `endpoint health` with `--cluster`, `member list`, `snapshot
+//!   save` (a Keel backup file, decoded and checked); a missing
 //!   `etcdctl` fails the test, naming the package;
 //! - Keel's generated tonic client (keel-etcd-proto) over tonic's channel: the same requests
 //!   and bad input — an oversized value, too many txn operations, malformed protobuf in a
 //!   gRPC frame, unknown fields, a txn spanning groups, leases, a nested txn, a service Keel
-//!   does not serve.
+//!   does not serve, a snapshot stream that is never read.
 //!
 //! Requests go to members that do not lead the key's group too: they must forward them.
 //! The tests take turns (one cluster at a time) and stop their members with SIGTERM.
@@ -28,7 +29,8 @@ use keel_etcd_proto::etcdserverpb::kv_client::KvClient;
 use keel_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_etcd_proto::etcdserverpb::{
     AlarmRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest, RangeRequest,
-    RequestOp, StatusRequest, TxnRequest, compare, range_request, request_op, response_op,
+    RequestOp, SnapshotRequest, StatusRequest, TxnRequest, compare, range_request, request_op,
+    response_op,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -510,6 +512,38 @@ fn etcdctl_scenario(groups: u32) {
         assert!(line.contains(cluster.endpoint(i)), "{line}");
         assert!(line.starts_with(&format!("{}, started", i + 1)), "{line}");
     }
+
+    // snapshot save: a Keel backup of every group, which decodes and holds the keys.
+    let file = cluster._dir.path().join("backup.db");
+    let saved = ctl_ok(
+        &cluster,
+        1,
+        &["snapshot", "save", &file.display().to_string()],
+        "",
+    );
+    assert!(saved.contains("Snapshot saved"), "{saved}");
+    let backup = keel_node::server::etcd::backup::decode(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(backup.groups.len(), usize::try_from(groups).unwrap());
+    let mut saved_keys: Vec<String> = backup
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        })
+        .collect();
+    saved_keys.sort();
+    assert_eq!(
+        saved_keys,
+        [
+            "fruit/apple",
+            "fruit/banana",
+            "veg/kale",
+            "{acct}x",
+            "{acct}y"
+        ]
+    );
     cluster.terminate_all();
 }
 
@@ -900,6 +934,30 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         .defragment(keel_etcd_proto::etcdserverpb::DefragmentRequest {})
         .await
         .unwrap();
+    // Snapshot: a stream of a Keel backup; and one that is never read costs its client only.
+    let mut idle = MaintenanceClient::new(channel(cluster, 0).await);
+    let unread = idle
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = maintenance
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut file = Vec::new();
+    let mut remaining = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        file.extend_from_slice(&message.blob);
+        remaining.push(message.remaining_bytes);
+    }
+    assert_eq!(remaining.last(), Some(&0));
+    let backup = keel_node::server::etcd::backup::decode(&file).unwrap();
+    let saved: usize = backup.groups.iter().map(|g| g.kvs.len()).sum();
+    assert!(saved >= 5, "{backup:?}");
+    kv.put(put("while-unread", b"ok")).await.unwrap();
+    drop(unread);
     let mut members = ClusterClient::new(channel(cluster, 0).await);
     let list = members
         .member_list(MemberListRequest::default())

@@ -105,7 +105,7 @@ fn range_answer(
 impl Etcd {
     /// Reads `r` in one group, forwarding to the group's leader when the read must be
     /// linearizable and this member does not lead.
-    async fn range_group(
+    pub(super) async fn range_group(
         &self,
         group: u32,
         r: &RangeRequest,
@@ -195,6 +195,16 @@ impl Etcd {
             }
         }
         Ok(revision)
+    }
+}
+
+/// A read of every key (etcd's `"\0"`..`"\0"`), from the local replica when `serializable`.
+pub(super) fn everything(serializable: bool) -> RangeRequest {
+    RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        serializable,
+        ..RangeRequest::default()
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `Maintenance` service: Status, Alarm, Defragment; Snapshot is not served yet.
+//! The `Maintenance` service: Status, Alarm, Defragment, and Snapshot (a Keel backup file,
+//! see [`super::backup`]).
 
 use keel_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use keel_etcd_proto::etcdserverpb::{
@@ -8,8 +9,9 @@ use keel_etcd_proto::etcdserverpb::{
 use tonic::codegen::tokio_stream;
 use tonic::{Request, Response, Status};
 
-use super::Etcd;
+use super::backup::{self, Backup, GroupBackup};
 use super::convert::signed;
+use super::{Etcd, kv};
 
 /// The etcd server version Keel answers as: the API it serves is etcd 3.5's.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -65,14 +67,46 @@ impl Maintenance for Etcd {
         }))
     }
 
-    type SnapshotStream = tokio_stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = tokio_stream::Iter<std::vec::IntoIter<Result<SnapshotResponse, Status>>>;
 
     async fn snapshot(
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "keel: Snapshot (backup) is not served yet",
-        ))
+        // As etcd's, the snapshot is this member's own copy: each group read from the local
+        // replica (serializable), consistent at that group's revision. The whole file is
+        // built before it is sent, so that `remaining_bytes` is exact: it holds the
+        // member's keys once more in memory while it streams.
+        let mut backup = Backup {
+            cluster_id: self.ctx.cluster_id,
+            groups: Vec::new(),
+        };
+        for group in 0..self.groups() {
+            let read = self
+                .range_group(group, &kv::everything(true), false)
+                .await?;
+            backup.groups.push(GroupBackup {
+                group,
+                revision: read.revision,
+                kvs: read.kvs,
+            });
+        }
+        let revision = backup.groups.iter().map(|g| g.revision).max().unwrap_or(0);
+        let bytes = backup::encode(&backup).map_err(Status::internal)?;
+        let total = bytes.len();
+        let mut sent = 0;
+        let mut messages = Vec::new();
+        for chunk in bytes.chunks(SNAPSHOT_CHUNK_BYTES) {
+            sent += chunk.len();
+            messages.push(Ok(SnapshotResponse {
+                header: Some(self.header(0, revision)),
+                remaining_bytes: u64::try_from(total - sent).unwrap_or(0),
+                blob: chunk.to_vec(),
+            }));
+        }
+        Ok(Response::new(tokio_stream::iter(messages)))
     }
 }
+
+/// Bytes of a backup per `Snapshot` message.
+const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;

@@ -24,6 +24,7 @@
 // as is rather than box it only to unbox it again.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod cluster;
 mod convert;
 mod forward;
