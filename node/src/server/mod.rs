@@ -360,3 +360,56 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         Outcome::Failed(e) => Err(ErrorStatus::Internal(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes `first_bytes` reads from a connection whose peer writes `pieces` one by one.
+    async fn sniff(pieces: Vec<Vec<u8>>) -> std::io::Result<Protocol> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let writer = tokio::spawn(async move {
+            let mut out = TcpStream::connect(address).await?;
+            for piece in pieces {
+                out.write_all(&piece).await?;
+                out.flush().await?;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // Keep the connection open until the reader has decided.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(())
+        });
+        let (mut stream, _) = listener.accept().await?;
+        let found = first_bytes(&mut stream).await;
+        let _ = writer.await;
+        found
+    }
+
+    #[tokio::test]
+    async fn connections_are_told_apart_by_their_first_bytes() {
+        // HTTP/2's preface, split across writes, then a frame that must not be read here.
+        let h2 = HTTP2_PREFACE.to_vec();
+        let pieces = vec![
+            h2[..3].to_vec(),
+            h2[3..20].to_vec(),
+            h2[20..].to_vec(),
+            vec![0; 9],
+        ];
+        match sniff(pieces).await {
+            Ok(Protocol::Http2(bytes)) => assert_eq!(bytes, h2),
+            _ => panic!("HTTP/2 not recognized"),
+        }
+        let native = wire::client_preface().to_vec();
+        match sniff(vec![native[..5].to_vec(), native[5..].to_vec()]).await {
+            Ok(Protocol::Native(bytes)) => assert_eq!(bytes.to_vec(), native),
+            _ => panic!("native preface not recognized"),
+        }
+        assert!(sniff(vec![b"PRI * HTTP/1.1\r\n".to_vec()]).await.is_err());
+        assert!(sniff(vec![b"GET / HTTP/1.1\r\n".to_vec()]).await.is_err());
+        assert!(matches!(
+            sniff(vec![b"PRI".to_vec()]).await,
+            Ok(Protocol::Closed)
+        ));
+    }
+}

@@ -208,6 +208,45 @@ pub(super) fn everything(serializable: bool) -> RangeRequest {
     }
 }
 
+impl Etcd {
+    /// A forwarded answer as this member's: etcd's clients see the member they asked in the
+    /// header, as a follower in etcd answers a write it had the leader commit.
+    fn as_answering_member<T: HasHeader>(
+        &self,
+        answer: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        answer.map(|mut response| {
+            if let Some(header) = response.get_mut().header_mut() {
+                header.member_id = self.ctx.member_id;
+            }
+            response
+        })
+    }
+}
+
+/// A response with a header.
+trait HasHeader {
+    fn header_mut(&mut self) -> Option<&mut keel_etcd_proto::etcdserverpb::ResponseHeader>;
+}
+
+impl HasHeader for PutResponse {
+    fn header_mut(&mut self) -> Option<&mut keel_etcd_proto::etcdserverpb::ResponseHeader> {
+        self.header.as_mut()
+    }
+}
+
+impl HasHeader for DeleteRangeResponse {
+    fn header_mut(&mut self) -> Option<&mut keel_etcd_proto::etcdserverpb::ResponseHeader> {
+        self.header.as_mut()
+    }
+}
+
+impl HasHeader for TxnResponse {
+    fn header_mut(&mut self) -> Option<&mut keel_etcd_proto::etcdserverpb::ResponseHeader> {
+        self.header.as_mut()
+    }
+}
+
 /// Checks a put as etcd would and builds its engine operation.
 fn put_op(p: &PutRequest) -> Result<kv::Op, Status> {
     check_key(&p.key)?;
@@ -532,7 +571,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                within(client.put(marked(p, None))).await
+                self.as_answering_member(within(client.put(marked(p, None))).await)
             }
         }
     }
@@ -587,7 +626,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                within(client.delete_range(marked(d, None))).await
+                self.as_answering_member(within(client.delete_range(marked(d, None))).await)
             }
         }
     }
@@ -655,7 +694,7 @@ impl Kv for Etcd {
             }
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
-                within(client.txn(marked(t, None))).await
+                self.as_answering_member(within(client.txn(marked(t, None))).await)
             }
         }
     }
