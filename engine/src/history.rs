@@ -1,0 +1,170 @@
+//! The memtable's MVCC history: the pre-image of every key change since the compact revision,
+//! in revision order, so that reads at an older revision can see the keys as they were.
+//!
+//! # Shape
+//!
+//! The memtable keeps the current version of every key in its main map, exactly as without
+//! history, so current reads and writes pay nothing for it but one queue push per changed key.
+//! Each change of a key at revision `r` (a put, or a delete: a tombstone) pushes a [`Change`]
+//! `(r, key, before)`, where `before` is the key's version just before `r` (`None` if the key
+//! did not exist). Changes are pushed in revision order, so the queue is sorted by revision,
+//! and several changes of one revision (one transaction) keep the order in which they ran.
+//!
+//! The state of a key after revision `R` is the `before` of its first change after `R` (the
+//! key did not change between `R` and that change), or its current version if it has not
+//! changed since `R`. A read at `R` therefore visits the changes after `R` — found by binary
+//! search — and overlays the first one of each key in its range on the current map. Its cost
+//! is that of a current read plus O(changes after `R`).
+//!
+//! # Compaction
+//!
+//! Compacting at `C` drops every change at a revision `<= C`: reads at `R >= C` only need
+//! changes after `R`, so they still work; reads below `C` are refused. Changes leave from the
+//! front of the queue, so compaction costs O(dropped changes). The memtable compacts on
+//! request (etcd's `Compact`) and automatically when the history's charged bytes pass a
+//! limit: then whole revisions leave, oldest first, until the history fits again. A change is
+//! charged its key and value lengths plus [`HISTORY_CHANGE_OVERHEAD_BYTES`] — a fixed figure,
+//! not the platform's `size_of`, so that every replica that applied the same commands under
+//! the same limits compacts at the same revision.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, RangeBounds};
+
+use crate::memtable::Stored;
+
+/// Bytes a history change is charged besides its key and value lengths, standing for the
+/// queue slot, the revision and the key's and value's allocations. Fixed (not `size_of`) so
+/// that automatic compaction is the same on every platform.
+pub const HISTORY_CHANGE_OVERHEAD_BYTES: u64 = 64;
+
+/// One change of one key: its version just before `revision`.
+#[derive(Clone, Debug)]
+struct Change {
+    /// The revision of the transaction that changed the key.
+    revision: u64,
+    key: Vec<u8>,
+    /// The key's version before the change; `None` if the key did not exist.
+    before: Option<Stored>,
+}
+
+impl Change {
+    fn charged_bytes(&self) -> u64 {
+        let value = self.before.as_ref().map_or(0, |s| s.value.len());
+        (self.key.len() + value) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES
+    }
+}
+
+/// The pre-images of the changes after the compact revision, in revision order. See the
+/// module documentation.
+#[derive(Clone, Debug)]
+pub(crate) struct History {
+    /// Sorted by revision (ascending); every revision is `> compact_revision`.
+    changes: VecDeque<Change>,
+    /// Sum of `charged_bytes` over `changes`.
+    bytes: u64,
+    /// Reads at revisions below this one are refused; `<=` the store revision.
+    compact_revision: u64,
+}
+
+impl History {
+    /// An empty history that serves reads from `compact_revision` on.
+    pub(crate) fn new(compact_revision: u64) -> History {
+        History {
+            changes: VecDeque::new(),
+            bytes: 0,
+            compact_revision,
+        }
+    }
+
+    /// The oldest revision reads may ask for.
+    pub(crate) fn compact_revision(&self) -> u64 {
+        self.compact_revision
+    }
+
+    /// Bytes charged for the changes kept.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Number of changes kept.
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Records that `key` changed at `revision`, having been `before` until then. Revisions
+    /// never go down.
+    pub(crate) fn record(&mut self, revision: u64, key: Vec<u8>, before: Option<Stored>) {
+        debug_assert!(revision > self.compact_revision);
+        debug_assert!(self.changes.back().is_none_or(|c| c.revision <= revision));
+        let change = Change {
+            revision,
+            key,
+            before,
+        };
+        self.bytes += change.charged_bytes();
+        self.changes.push_back(change);
+    }
+
+    /// Drops every change at or below `revision`, which becomes the compact revision. The
+    /// caller has checked `compact_revision < revision <= store revision`.
+    pub(crate) fn compact(&mut self, revision: u64) {
+        debug_assert!(revision > self.compact_revision);
+        while self.changes.front().is_some_and(|c| c.revision <= revision) {
+            self.pop_front();
+        }
+        self.compact_revision = revision;
+    }
+
+    /// Drops whole revisions, oldest first, until the charged bytes are at most `bytes_max`;
+    /// the last revision dropped becomes the compact revision. Returns whether it compacted.
+    pub(crate) fn compact_to_fit(&mut self, bytes_max: u64) -> bool {
+        let mut compacted = false;
+        while self.bytes > bytes_max {
+            let Some(oldest) = self.changes.front().map(|c| c.revision) else {
+                break;
+            };
+            self.compact(oldest);
+            compacted = true;
+        }
+        compacted
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(c) = self.changes.pop_front() {
+            self.bytes -= c.charged_bytes();
+        }
+    }
+
+    /// Index of the first change after `revision`.
+    fn first_after(&self, revision: u64) -> usize {
+        self.changes.partition_point(|c| c.revision <= revision)
+    }
+
+    /// The version of `key` after `revision` if it changed since: `Some(before)` of its first
+    /// change after `revision` (`Some(None)`: the key did not exist then), or `None` if it has
+    /// not changed since and its current version is the one.
+    pub(crate) fn version_at(&self, revision: u64, key: &[u8]) -> Option<Option<&Stored>> {
+        self.changes
+            .range(self.first_after(revision)..)
+            .find(|c| c.key == key)
+            .map(|c| c.before.as_ref())
+    }
+
+    /// For every key within `bounds` that changed after `revision`, its version after
+    /// `revision` (`None`: it did not exist then). Keys absent from the result have not
+    /// changed since, so their current version is the one.
+    pub(crate) fn versions_at<'a>(
+        &'a self,
+        revision: u64,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+    ) -> BTreeMap<&'a [u8], Option<&'a Stored>> {
+        let mut out = BTreeMap::new();
+        for c in self.changes.range(self.first_after(revision)..) {
+            if bounds.contains(&c.key.as_slice()) {
+                // The first change of a key after `revision` holds its version then.
+                out.entry(c.key.as_slice()).or_insert(c.before.as_ref());
+            }
+        }
+        out
+    }
+}
