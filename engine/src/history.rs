@@ -30,7 +30,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Bound, RangeBounds};
 
-use crate::memtable::Stored;
+use crate::memtable::VersionRef;
+use crate::revision::KeyMeta;
 
 /// Bytes a history change is charged besides its key and value lengths, standing for the
 /// queue slot, the revision and the key's and value's allocations. Fixed (not `size_of`) so
@@ -42,15 +43,30 @@ pub const HISTORY_CHANGE_OVERHEAD_BYTES: u64 = 64;
 struct Change {
     /// The revision of the transaction that changed the key.
     revision: u64,
-    key: Vec<u8>,
-    /// The key's version before the change; `None` if the key did not exist.
-    before: Option<Stored>,
+    /// The key followed by its value before the change (nothing if it did not exist): one
+    /// allocation per change.
+    bytes: Box<[u8]>,
+    /// Length of the key at the start of `bytes`.
+    key_len: usize,
+    /// The key's metadata before the change; `None` if the key did not exist.
+    before: Option<KeyMeta>,
 }
 
 impl Change {
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    /// The key's version before the change; `None` if it did not exist.
+    fn before(&self) -> Option<VersionRef<'_>> {
+        self.before.map(|meta| VersionRef {
+            value: &self.bytes[self.key_len..],
+            meta,
+        })
+    }
+
     fn charged_bytes(&self) -> u64 {
-        let value = self.before.as_ref().map_or(0, |s| s.value.len());
-        (self.key.len() + value) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES
+        self.bytes.len() as u64 + HISTORY_CHANGE_OVERHEAD_BYTES
     }
 }
 
@@ -91,15 +107,20 @@ impl History {
         self.changes.len()
     }
 
-    /// Records that `key` changed at `revision`, having been `before` until then. Revisions
-    /// never go down.
-    pub(crate) fn record(&mut self, revision: u64, key: Vec<u8>, before: Option<Stored>) {
+    /// Records (copying them) that `key` changed at `revision`, having been `before` until
+    /// then. Revisions never go down.
+    pub(crate) fn record(&mut self, revision: u64, key: &[u8], before: Option<VersionRef<'_>>) {
         debug_assert!(revision > self.compact_revision);
         debug_assert!(self.changes.back().is_none_or(|c| c.revision <= revision));
+        let value = before.map_or(&[][..], |b| b.value);
+        let mut bytes = Vec::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
         let change = Change {
             revision,
-            key,
-            before,
+            bytes: bytes.into_boxed_slice(),
+            key_len: key.len(),
+            before: before.map(|b| b.meta),
         };
         self.bytes += change.charged_bytes();
         self.changes.push_back(change);
@@ -143,11 +164,11 @@ impl History {
     /// The version of `key` after `revision` if it changed since: `Some(before)` of its first
     /// change after `revision` (`Some(None)`: the key did not exist then), or `None` if it has
     /// not changed since and its current version is the one.
-    pub(crate) fn version_at(&self, revision: u64, key: &[u8]) -> Option<Option<&Stored>> {
+    pub(crate) fn version_at(&self, revision: u64, key: &[u8]) -> Option<Option<VersionRef<'_>>> {
         self.changes
             .range(self.first_after(revision)..)
-            .find(|c| c.key == key)
-            .map(|c| c.before.as_ref())
+            .find(|c| c.key() == key)
+            .map(Change::before)
     }
 
     /// For every key within `bounds` that changed after `revision`, its version after
@@ -157,12 +178,12 @@ impl History {
         &'a self,
         revision: u64,
         bounds: (Bound<&[u8]>, Bound<&[u8]>),
-    ) -> BTreeMap<&'a [u8], Option<&'a Stored>> {
+    ) -> BTreeMap<&'a [u8], Option<VersionRef<'a>>> {
         let mut out = BTreeMap::new();
         for c in self.changes.range(self.first_after(revision)..) {
-            if bounds.contains(&c.key.as_slice()) {
+            if bounds.contains(&c.key()) {
                 // The first change of a key after `revision` holds its version then.
-                out.entry(c.key.as_slice()).or_insert(c.before.as_ref());
+                out.entry(c.key()).or_insert_with(|| c.before());
             }
         }
         out

@@ -192,8 +192,24 @@ pub enum KvError {
 
 /// A stored value with its revision metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Stored {
-    pub(crate) value: Vec<u8>,
+struct Stored {
+    value: Vec<u8>,
+    meta: KeyMeta,
+}
+
+impl Stored {
+    fn view(&self) -> VersionRef<'_> {
+        VersionRef {
+            value: &self.value,
+            meta: self.meta,
+        }
+    }
+}
+
+/// A version of a key as a read sees it, borrowed from the live map or from the history.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionRef<'a> {
+    pub(crate) value: &'a [u8],
     pub(crate) meta: KeyMeta,
 }
 
@@ -733,21 +749,24 @@ impl Memtable {
             Some(s) => {
                 let prev = s.meta;
                 self.data_bytes = self.data_bytes - s.value.len() as u64 + value.len() as u64;
-                let old = std::mem::replace(&mut s.value, value.to_vec());
+                let copy = want.then(|| s.value.clone());
+                // The history gets a copy of the old version, and the live value is
+                // overwritten in place when its allocation fits (not more than twice the new
+                // length): live values stay where they are instead of scattering among the
+                // history's, so current reads keep their memory locality.
+                self.history.record(revision, key, Some(s.view()));
+                let cap = s.value.capacity();
+                if value.len() <= cap && cap <= value.len().saturating_mul(2) {
+                    s.value.clear();
+                    s.value.extend_from_slice(value);
+                } else {
+                    s.value = value.to_vec();
+                }
                 s.meta = prev.after_write(revision);
-                let copy = want.then(|| old.clone());
-                self.history.record(
-                    revision,
-                    key.to_vec(),
-                    Some(Stored {
-                        value: old,
-                        meta: prev,
-                    }),
-                );
                 (prev, copy)
             }
             None => {
-                self.history.record(revision, key.to_vec(), None);
+                self.history.record(revision, key, None);
                 self.data_bytes += (key.len() + value.len()) as u64;
                 self.map.insert(
                     key.to_vec(),
@@ -791,14 +810,14 @@ impl Memtable {
             self.preserve(&k);
             if let Some(s) = self.map.remove(&k) {
                 self.data_bytes -= (k.len() + s.value.len()) as u64;
+                self.history.record(revision, &k, Some(s.view()));
                 if want {
                     prev.push(KeyValue {
-                        key: k.clone(),
-                        value: s.value.clone(),
+                        key: k,
+                        value: s.value,
                         meta: s.meta,
                     });
                 }
-                self.history.record(revision, k, Some(s));
             }
         }
         (deleted, prev)
@@ -806,17 +825,17 @@ impl Memtable {
 
     /// Reads a range at the current revision.
     fn range_unchecked(&self, req: &RangeRequest) -> RangeResponse {
-        let keys: Box<dyn Iterator<Item = (&[u8], &Stored)>> = match &req.end {
+        let keys: Box<dyn Iterator<Item = (&[u8], VersionRef<'_>)>> = match &req.end {
             RangeEnd::Single => Box::new(
                 self.map
                     .get_key_value(req.start.as_slice())
-                    .map(|(k, s)| (k.as_slice(), s))
+                    .map(|(k, s)| (k.as_slice(), s.view()))
                     .into_iter(),
             ),
             end => Box::new(
                 self.map
                     .range::<[u8], _>(bounds(&req.start, end))
-                    .map(|(k, s)| (k.as_slice(), s)),
+                    .map(|(k, s)| (k.as_slice(), s.view())),
             ),
         };
         self.respond(req, keys)
@@ -830,16 +849,19 @@ impl Memtable {
         match &req.end {
             RangeEnd::Single => {
                 let key = req.start.as_slice();
-                let stored = match self.history.version_at(at, key) {
+                let version = match self.history.version_at(at, key) {
                     Some(then) => then,
-                    None => self.map.get(key),
+                    None => self.map.get(key).map(Stored::view),
                 };
-                self.respond(req, stored.map(|s| (key, s)).into_iter())
+                self.respond(req, version.map(|v| (key, v)).into_iter())
             }
             end => {
                 let b = bounds(&req.start, end);
                 let then = self.history.versions_at(at, b);
-                let live = self.map.range::<[u8], _>(b).map(|(k, s)| (k.as_slice(), s));
+                let live = self
+                    .map
+                    .range::<[u8], _>(b)
+                    .map(|(k, s)| (k.as_slice(), s.view()));
                 self.respond(req, overlay(live, then.into_iter()))
             }
         }
@@ -850,18 +872,18 @@ impl Memtable {
     fn respond<'a>(
         &self,
         req: &RangeRequest,
-        keys: impl Iterator<Item = (&'a [u8], &'a Stored)>,
+        keys: impl Iterator<Item = (&'a [u8], VersionRef<'a>)>,
     ) -> RangeResponse {
         let mut resp = RangeResponse {
             revision: self.revision,
             ..RangeResponse::default()
         };
-        let to_kv = |k: &[u8], s: &Stored| KeyValue {
+        let to_kv = |k: &[u8], s: VersionRef<'_>| KeyValue {
             key: k.to_vec(),
             value: if req.keys_only {
                 Vec::new()
             } else {
-                s.value.clone()
+                s.value.to_vec()
             },
             meta: s.meta,
         };
@@ -882,7 +904,7 @@ impl Memtable {
         }
         // As in etcd: `count` counts the whole range; filters, then the sort, then the limit
         // shape what is returned.
-        let mut picked: Vec<(&[u8], &Stored)> = Vec::new();
+        let mut picked: Vec<(&[u8], VersionRef<'_>)> = Vec::new();
         for (k, s) in keys {
             resp.count += 1;
             if !req.count_only && req.filter.admits(&s.meta) {
@@ -897,7 +919,7 @@ impl Memtable {
                     SortTarget::Version => ma.version.cmp(&mb.version),
                     SortTarget::CreateRevision => ma.create_revision.cmp(&mb.create_revision),
                     SortTarget::ModRevision => ma.mod_revision.cmp(&mb.mod_revision),
-                    SortTarget::Value => a.1.value.cmp(&b.1.value),
+                    SortTarget::Value => a.1.value.cmp(b.1.value),
                 };
                 match sort.order {
                     SortOrder::Ascend => o,
@@ -918,9 +940,9 @@ impl Memtable {
 /// revision sees instead (both ascending): a key in `then` takes its version from there, and
 /// is absent when that is `None` (it did not exist at that revision).
 fn overlay<'a>(
-    live: impl Iterator<Item = (&'a [u8], &'a Stored)>,
-    then: impl Iterator<Item = (&'a [u8], Option<&'a Stored>)>,
-) -> impl Iterator<Item = (&'a [u8], &'a Stored)> {
+    live: impl Iterator<Item = (&'a [u8], VersionRef<'a>)>,
+    then: impl Iterator<Item = (&'a [u8], Option<VersionRef<'a>>)>,
+) -> impl Iterator<Item = (&'a [u8], VersionRef<'a>)> {
     let mut live = live.peekable();
     let mut then = then.peekable();
     std::iter::from_fn(move || {
