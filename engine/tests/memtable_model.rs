@@ -663,6 +663,67 @@ proptest! {
     }
 }
 
+/// Puts of values from empty to larger than a history block (64 KiB), and deletes.
+fn big_op() -> impl Strategy<Value = Op> {
+    let value = (
+        prop::sample::select(vec![0usize, 900, 30_000, 70_000]),
+        any::<u8>(),
+    )
+        .prop_map(|(len, fill)| vec![fill; len]);
+    prop_oneof![
+        4 => (key(), value).prop_map(|(k, v)| Op::put(k, v)),
+        1 => (key(), end()).prop_map(|(start, end)| Op::delete_range(start, end)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same as above with values up to larger than a history block, so that changes
+    /// fill blocks, get blocks of their own, and blocks are freed as compaction passes them.
+    #[test]
+    fn reads_at_past_revisions_with_large_values_match_the_store_then(
+        steps in prop::collection::vec(prop_oneof![
+            6 => prop::collection::vec(big_op(), 1..4).prop_map(|ops| HistoryStep::Txn(Txn::batch(ops))),
+            1 => (0u64..25).prop_map(HistoryStep::Compact),
+        ], 1..25),
+        reads in prop::collection::vec(read(), 1..3),
+        bytes_max in prop_oneof![Just(0u64), 50_000u64..400_000, Just(1u64 << 30)],
+    ) {
+        let limits = KvLimits { history_bytes_max: bytes_max, ..KvLimits::default() };
+        let mut m = Memtable::new(limits).unwrap();
+        let mut model = HistoryModel {
+            snapshots: vec![Model::default()],
+            kept: VecDeque::new(),
+            compact: 0,
+            bytes_max,
+        };
+        for s in &steps {
+            match s {
+                HistoryStep::Txn(t) => {
+                    m.txn(t).unwrap();
+                    model.txn(t);
+                }
+                HistoryStep::Compact(rev) => {
+                    prop_assert_eq!(m.compact(*rev), model.compact(*rev));
+                }
+            }
+            check_equal(&m, model.current());
+            prop_assert_eq!(m.compact_revision(), model.compact);
+            prop_assert_eq!(m.history_bytes(), model.bytes());
+            for r in &reads {
+                for rev in 0..=model.current().revision + 1 {
+                    let got = m.range(&r.clone().at_revision(rev));
+                    match model.at(rev) {
+                        Ok(then) => prop_assert_eq!(got_range(&got.unwrap()), then.expected_range(r), "at revision {}", rev),
+                        Err(e) => prop_assert_eq!(got, Err(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn at(m: &Memtable, key: &str, rev: u64) -> Result<Option<(Vec<u8>, KeyMeta)>, KvError> {
     let r = m.range(&RangeRequest::key(key).at_revision(rev))?;
     Ok(r.kvs.into_iter().next().map(|kv| (kv.value, kv.meta)))
