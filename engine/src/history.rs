@@ -15,8 +15,10 @@
 //! [`BLOCK_BYTES`] (a larger change gets a block of its own), not into an allocation of their
 //! own: recording a change allocates nothing most of the time, and the history is a few large
 //! allocations that do not fragment the heap among the live values. A block is freed when the
-//! last change in it is compacted, so the memory held is the changes' bytes plus at most about
-//! two blocks.
+//! last change in it is compacted. Besides the changes' bytes, the memory held is the partly
+//! compacted oldest block, the partly filled newest one, and the tails of blocks a change did
+//! not fit into (each shorter than that change: negligible for changes much smaller than a
+//! block, up to as much again for changes of about half a block).
 //!
 //! The state of a key after revision `R` is the `before` of its first change after `R` (the
 //! key did not change between `R` and that change), or its current version if it has not
