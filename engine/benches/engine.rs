@@ -48,6 +48,16 @@ fn memtable(c: &mut Criterion) {
             black_box(m.range(&req).expect("range"))
         })
     });
+    // A read 1,000 revisions back visits the 1,000 changes since (the puts above keep the
+    // history full, so this is the steady state).
+    g.bench_function("range_100_of_100k_1k_revisions_back", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 100_000;
+            let req = RangeRequest::between(i.to_be_bytes(), (i + 100).to_be_bytes())
+                .at_revision(m.revision() - 1_000);
+            black_box(m.range(&req).expect("range"))
+        })
+    });
     g.finish();
 }
 

@@ -62,7 +62,10 @@
 //! # Code map
 //!
 //! - [`revision`], [`txn`], [`memtable`]: the key-value state machine — ordered map, etcd
-//!   revisions, ranges, transactions with compares, size limits ([`KvLimits`]).
+//!   revisions, ranges, transactions with compares, size limits ([`KvLimits`]);
+//!   `history.rs`: its bounded MVCC history (the pre-images of changes since the compact
+//!   revision) for reads at older revisions, compacted on request and past
+//!   [`KvLimits::history_bytes_max`].
 //! - [`checkpoint`]: the memtable as an immutable sorted file (format documented byte by
 //!   byte there), verified on open and read through a memory map; [`CheckpointDir`] picks
 //!   the newest valid one. A checkpoint file is also what a raft snapshot carries.
@@ -98,8 +101,9 @@
 //!
 //! # Deliberately absent
 //!
-//! - No MVCC history: reads are at the current revision (no etcd `Range` at an old
-//!   revision, no watch). Per-key create/mod revision and version are kept.
+//! - No unbounded MVCC history: reads at older revisions are served from a bounded
+//!   in-memory history (from the compact revision on; see [`memtable`]), which checkpoints
+//!   do not hold. No watch.
 //! - No LSM: the memtable holds all data in memory; checkpoints are for durability,
 //!   snapshots and fast restart, not for spilling data out of memory.
 //! - No threads inside [`LogStore`]: the caller (the node's storage pipeline) drives writes,
@@ -108,6 +112,7 @@
 mod bytes;
 pub mod checkpoint;
 pub mod db;
+mod history;
 pub mod log_backend;
 pub mod log_record;
 pub mod log_store;
@@ -128,7 +133,7 @@ pub use log_store::{
     Entry, GroupId, HardState, LogStore, LogStoreError, LogStoreOptions, LogStoreStats,
     SnapshotMeta, Ticket, WriteBatch,
 };
-pub use memtable::{KvError, KvLimits, Memtable, SnapshotInfo};
+pub use memtable::{HISTORY_CHANGE_OVERHEAD_BYTES, KvError, KvLimits, Memtable, SnapshotInfo};
 pub use progress::ReplayProgress;
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{

@@ -1,9 +1,28 @@
 //! The memtable: the in-memory ordered key-value state machine with etcd-style revisions.
 //!
-//! Every key and its value live in one `BTreeMap`; there is no history, so reads are at the
-//! current revision only. A transaction is validated in full (sizes, counts) before it changes
-//! anything, so a rejected transaction leaves the store exactly as it was; an accepted one is
-//! applied in one call and advances the store revision by one if it changed any key.
+//! The current version of every key lives in one `BTreeMap`. A transaction is validated in
+//! full (sizes, counts) before it changes anything, so a rejected transaction leaves the store
+//! exactly as it was; an accepted one is applied in one call and advances the store revision
+//! by one if it changed any key.
+//!
+//! # History (MVCC)
+//!
+//! Beside the map, the memtable keeps the pre-image of every key change since its *compact
+//! revision* (see `history.rs`), so that a [`RangeRequest`] with a `revision` reads the keys
+//! as they were after that revision, as etcd's MVCC store does: values and metadata as of
+//! then, deleted keys (tombstones) absent from their delete on, keys created later absent.
+//! Reads below the compact revision fail with [`KvError::Compacted`], reads beyond the store
+//! revision with [`KvError::FutureRevision`]. Transactions, their compares and their reads are
+//! at the current revision only.
+//!
+//! History is compacted on request ([`Memtable::compact`], etcd's `Compact`, applied in log
+//! order by whoever replicates it) and automatically: when its charged bytes pass
+//! [`KvLimits::history_bytes_max`], whole revisions leave, oldest first, until it fits. Both
+//! depend only on the commands applied and the limits, never on time, so replicas that
+//! applied the same log agree on the compact revision — except that a store restored from a
+//! checkpoint ([`Memtable::restore`]) starts with no history: its compact revision is the
+//! checkpoint's revision, and it catches up with the others' compact revision as writes go on.
+//! Snapshots and checkpoints hold the current state only.
 //!
 //! The memtable also remembers `applied_index`: the position in the log (raft index or WAL
 //! sequence number) of the last command applied to it. A checkpoint records it, and recovery
@@ -12,6 +31,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+pub use crate::history::HISTORY_CHANGE_OVERHEAD_BYTES;
+use crate::history::History;
 use crate::revision::{KeyMeta, KeyValue};
 use crate::txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
@@ -42,6 +63,14 @@ pub struct KvLimits {
     /// Most key and value bytes in one transaction, both branches and compares counted.
     /// Default 8 MiB.
     pub txn_bytes_max: usize,
+    /// Most bytes of MVCC history (the versions that reads at older revisions need), each
+    /// change charged its key and previous value lengths plus
+    /// [`HISTORY_CHANGE_OVERHEAD_BYTES`]. Past it the store compacts its oldest revisions
+    /// until the history fits again (the revision of one transaction is kept whole or
+    /// dropped whole; one transaction larger than the limit leaves no history). 0 keeps no
+    /// history: only the current revision is readable. Default 32 MiB, per memtable (a node
+    /// keeps one per raft group).
+    pub history_bytes_max: u64,
 }
 
 impl Default for KvLimits {
@@ -51,6 +80,7 @@ impl Default for KvLimits {
             value_bytes_max: 1024 * 1024,
             txn_ops_max: 1024,
             txn_bytes_max: 8 * 1024 * 1024,
+            history_bytes_max: 32 * 1024 * 1024,
         }
     }
 }
@@ -123,6 +153,35 @@ pub enum KvError {
         /// The limit.
         max: usize,
     },
+    /// A read asked for a revision whose history has been compacted away.
+    #[error(
+        "mvcc: required revision has been compacted (revision {requested}, compacted at {compacted})"
+    )]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's compact revision: the oldest revision still readable.
+        compacted: u64,
+    },
+    /// A read or a compaction asked for a revision the store has not reached.
+    #[error(
+        "mvcc: required revision is a future revision (revision {requested}, current {current})"
+    )]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store revision.
+        current: u64,
+    },
+    /// A read inside a transaction asked for a revision: reads in transactions are at the
+    /// current revision only.
+    #[error(
+        "a read inside a transaction asked for revision {revision}; only 0 (current) is served"
+    )]
+    RevisionInTxn {
+        /// The revision asked for.
+        revision: u64,
+    },
     /// The limits themselves were inconsistent.
     #[error("invalid limits: {reason}")]
     InvalidLimits {
@@ -138,6 +197,22 @@ struct Stored {
     meta: KeyMeta,
 }
 
+impl Stored {
+    fn view(&self) -> VersionRef<'_> {
+        VersionRef {
+            value: &self.value,
+            meta: self.meta,
+        }
+    }
+}
+
+/// A version of a key as a read sees it, borrowed from the live map or from the history.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionRef<'a> {
+    pub(crate) value: &'a [u8],
+    pub(crate) meta: KeyMeta,
+}
+
 /// The in-memory key-value state machine. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Memtable {
@@ -151,6 +226,8 @@ pub struct Memtable {
     limits: KvLimits,
     /// The snapshot being read, if any (see [`Memtable::begin_snapshot`]).
     shadow: Option<Shadow>,
+    /// Versions older than the current ones, for reads at older revisions.
+    history: History,
 }
 
 /// A snapshot kept consistent while writes go on: the pre-image of every key written since
@@ -184,6 +261,7 @@ impl Memtable {
             data_bytes: 0,
             limits,
             shadow: None,
+            history: History::new(0),
         })
     }
 
@@ -295,6 +373,53 @@ impl Memtable {
         self.revision
     }
 
+    /// The oldest revision reads may ask for: history below it has been compacted (0 for a
+    /// new store, the checkpoint's revision for a restored one).
+    pub fn compact_revision(&self) -> u64 {
+        self.history.compact_revision()
+    }
+
+    /// Bytes of history kept, as charged against [`KvLimits::history_bytes_max`].
+    pub fn history_bytes(&self) -> u64 {
+        self.history.bytes()
+    }
+
+    /// Number of key changes kept in the history.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Drops the history older than `revision`, as etcd's `Compact`: afterwards reads at
+    /// revisions below `revision` fail with [`KvError::Compacted`], and reads at `revision`
+    /// and later still work. Fails, changing nothing, with [`KvError::Compacted`] when
+    /// `revision` is at or below the compact revision already, and with
+    /// [`KvError::FutureRevision`] when it is beyond the store revision. Neither the store
+    /// revision nor any current key changes. Deterministic: a replicated store applies it in
+    /// log order like a transaction. Costs O(versions dropped).
+    pub fn compact(&mut self, revision: u64) -> Result<(), KvError> {
+        self.check_compact(revision)?;
+        self.history.compact(revision);
+        Ok(())
+    }
+
+    /// Checks what [`Memtable::compact`] checks, without compacting.
+    pub fn check_compact(&self, revision: u64) -> Result<(), KvError> {
+        let compacted = self.history.compact_revision();
+        if revision <= compacted {
+            return Err(KvError::Compacted {
+                requested: revision,
+                compacted,
+            });
+        }
+        if revision > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        Ok(())
+    }
+
     /// The value and metadata of `key` at the current revision, borrowed: the point-read
     /// fast path, with no allocation.
     pub fn get_ref(&self, key: &[u8]) -> Result<Option<(&[u8], KeyMeta)>, KvError> {
@@ -345,10 +470,30 @@ impl Memtable {
             .map(|(k, s)| (k.as_slice(), s.value.as_slice(), s.meta))
     }
 
-    /// Reads a range at the current revision.
+    /// Reads a range at `req.revision` (0: the current revision). A read at an older
+    /// revision costs a current read plus a visit of every change since that revision; one
+    /// below the compact revision fails with [`KvError::Compacted`], one beyond the store
+    /// revision with [`KvError::FutureRevision`]. The response's `revision` is the current
+    /// store revision either way (etcd's `header.revision`).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
         self.check_key(&req.start)?;
-        Ok(self.range_unchecked(req))
+        if req.revision == 0 || req.revision == self.revision {
+            return Ok(self.range_unchecked(req));
+        }
+        if req.revision > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: req.revision,
+                current: self.revision,
+            });
+        }
+        let compacted = self.history.compact_revision();
+        if req.revision < compacted {
+            return Err(KvError::Compacted {
+                requested: req.revision,
+                compacted,
+            });
+        }
+        Ok(self.range_at(req))
     }
 
     /// Writes `value` under `key` as a one-operation transaction; returns the new revision.
@@ -400,6 +545,11 @@ impl Memtable {
                 }
                 Op::Range(r) => {
                     self.check_key(&r.start)?;
+                    if r.revision != 0 {
+                        return Err(KvError::RevisionInTxn {
+                            revision: r.revision,
+                        });
+                    }
                     bytes += r.start.len();
                     if let RangeEnd::Exclusive(e) = &r.end {
                         self.check_end(e)?;
@@ -420,7 +570,10 @@ impl Memtable {
     /// Runs a transaction atomically: validates it in full, evaluates the compares, then runs
     /// the chosen branch. The store revision advances by one if the branch changed any key
     /// (a put always does; a delete only if it removed something), and every key written by
-    /// the transaction gets that revision as its `mod_revision`.
+    /// the transaction gets that revision as its `mod_revision`. Compares and reads are at
+    /// the current revision (a read asking for another fails validation with
+    /// [`KvError::RevisionInTxn`]). The versions the transaction replaced join the history,
+    /// which is then compacted to fit [`KvLimits::history_bytes_max`].
     pub fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, KvError> {
         self.validate_txn(txn)?;
         let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
@@ -440,10 +593,10 @@ impl Memtable {
                     prev_kv,
                 } => {
                     changed = true;
-                    let (prev, old) = self.put_at(key, value, new_revision);
+                    let (prev, old) = self.put_at(key, value, new_revision, *prev_kv);
                     OpResponse::Put {
                         prev,
-                        prev_kv: old.filter(|_| *prev_kv).map(|value| KeyValue {
+                        prev_kv: old.map(|value| KeyValue {
                             key: key.clone(),
                             value,
                             meta: prev,
@@ -455,7 +608,8 @@ impl Memtable {
                     end,
                     prev_kv,
                 } => {
-                    let (deleted, prev_kvs) = self.delete_range_at(start, end, *prev_kv);
+                    let (deleted, prev_kvs) =
+                        self.delete_range_at(start, end, new_revision, *prev_kv);
                     changed |= deleted > 0;
                     OpResponse::DeleteRange { deleted, prev_kvs }
                 }
@@ -473,6 +627,7 @@ impl Memtable {
         }
         if changed {
             self.revision = new_revision;
+            self.history.compact_to_fit(self.limits.history_bytes_max);
         }
         Ok(TxnResponse {
             succeeded,
@@ -482,7 +637,9 @@ impl Memtable {
     }
 
     /// Rebuilds a store from a checkpoint: `revision` and `applied_index` as recorded, and
-    /// the live keys in strictly ascending order. Rejects input that breaks the store's
+    /// the live keys in strictly ascending order. A checkpoint holds no history, so the
+    /// restored store's compact revision is `revision`: reads at older revisions fail with
+    /// [`KvError::Compacted`]. Rejects input that breaks the store's
     /// invariants (unsorted keys, impossible metadata, oversize keys), so a corrupt source can
     /// never produce a store that later misbehaves.
     pub fn restore<I>(
@@ -497,6 +654,7 @@ impl Memtable {
         let mut m = Memtable::new(limits).map_err(RestoreError::Limits)?;
         m.revision = revision;
         m.applied_index = applied_index;
+        m.history = History::new(revision);
         // Collect first and build the map in one go: `BTreeMap::from_iter` bulk-loads sorted
         // input instead of descending the tree for every key.
         let mut sorted: Vec<(Vec<u8>, Stored)> = Vec::new();
@@ -577,18 +735,38 @@ impl Memtable {
         }
     }
 
-    /// Writes the key; returns its previous metadata and value (moved out, not copied).
-    fn put_at(&mut self, key: &[u8], value: &[u8], revision: u64) -> (KeyMeta, Option<Vec<u8>>) {
+    /// Writes the key and records the version it replaces in the history; returns its
+    /// previous metadata, and a copy of its previous value if `want` and it existed.
+    fn put_at(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        revision: u64,
+        want: bool,
+    ) -> (KeyMeta, Option<Vec<u8>>) {
         self.preserve(key);
         match self.map.get_mut(key) {
             Some(s) => {
                 let prev = s.meta;
                 self.data_bytes = self.data_bytes - s.value.len() as u64 + value.len() as u64;
-                let old = std::mem::replace(&mut s.value, value.to_vec());
+                let copy = want.then(|| s.value.clone());
+                // The history gets a copy of the old version, and the live value is
+                // overwritten in place when its allocation fits (not more than twice the new
+                // length): live values stay where they are instead of scattering among the
+                // history's, so current reads keep their memory locality.
+                self.history.record(revision, key, Some(s.view()));
+                let cap = s.value.capacity();
+                if value.len() <= cap && cap <= value.len().saturating_mul(2) {
+                    s.value.clear();
+                    s.value.extend_from_slice(value);
+                } else {
+                    s.value = value.to_vec();
+                }
                 s.meta = prev.after_write(revision);
-                (prev, Some(old))
+                (prev, copy)
             }
             None => {
+                self.history.record(revision, key, None);
                 self.data_bytes += (key.len() + value.len()) as u64;
                 self.map.insert(
                     key.to_vec(),
@@ -602,11 +780,14 @@ impl Memtable {
         }
     }
 
-    /// Deletes the keys of a range; returns how many, and the removed key-values if `want`.
+    /// Deletes the keys of a range, recording each removed version in the history (the
+    /// tombstone of a read at an older revision); returns how many, and copies of the removed
+    /// key-values if `want`.
     fn delete_range_at(
         &mut self,
         start: &[u8],
         end: &RangeEnd,
+        revision: u64,
         want: bool,
     ) -> (u64, Vec<KeyValue>) {
         let keys: Vec<Vec<u8>> = match end {
@@ -629,6 +810,7 @@ impl Memtable {
             self.preserve(&k);
             if let Some(s) = self.map.remove(&k) {
                 self.data_bytes -= (k.len() + s.value.len()) as u64;
+                self.history.record(revision, &k, Some(s.view()));
                 if want {
                     prev.push(KeyValue {
                         key: k,
@@ -641,32 +823,69 @@ impl Memtable {
         (deleted, prev)
     }
 
+    /// Reads a range at the current revision.
     fn range_unchecked(&self, req: &RangeRequest) -> RangeResponse {
-        let mut resp = RangeResponse {
-            revision: self.revision,
-            ..RangeResponse::default()
-        };
-        let to_kv = |k: &[u8], s: &Stored| KeyValue {
-            key: k.to_vec(),
-            value: if req.keys_only {
-                Vec::new()
-            } else {
-                s.value.clone()
-            },
-            meta: s.meta,
-        };
-        let keys: Box<dyn Iterator<Item = (&[u8], &Stored)>> = match &req.end {
+        let keys: Box<dyn Iterator<Item = (&[u8], VersionRef<'_>)>> = match &req.end {
             RangeEnd::Single => Box::new(
                 self.map
                     .get_key_value(req.start.as_slice())
-                    .map(|(k, s)| (k.as_slice(), s))
+                    .map(|(k, s)| (k.as_slice(), s.view()))
                     .into_iter(),
             ),
             end => Box::new(
                 self.map
                     .range::<[u8], _>(bounds(&req.start, end))
-                    .map(|(k, s)| (k.as_slice(), s)),
+                    .map(|(k, s)| (k.as_slice(), s.view())),
             ),
+        };
+        self.respond(req, keys)
+    }
+
+    /// Reads a range at `req.revision`, which the caller has checked lies within
+    /// `[compact revision, store revision)`: the current map overlaid with the versions the
+    /// history holds for that revision.
+    fn range_at(&self, req: &RangeRequest) -> RangeResponse {
+        let at = req.revision;
+        match &req.end {
+            RangeEnd::Single => {
+                let key = req.start.as_slice();
+                let version = match self.history.version_at(at, key) {
+                    Some(then) => then,
+                    None => self.map.get(key).map(Stored::view),
+                };
+                self.respond(req, version.map(|v| (key, v)).into_iter())
+            }
+            end => {
+                let b = bounds(&req.start, end);
+                let then = self.history.versions_at(at, b);
+                let live = self
+                    .map
+                    .range::<[u8], _>(b)
+                    .map(|(k, s)| (k.as_slice(), s.view()));
+                self.respond(req, overlay(live, then.into_iter()))
+            }
+        }
+    }
+
+    /// Builds the response of a read from the keys of its range (ascending, at the revision
+    /// read): counts, filters, sorts and limits as etcd does.
+    fn respond<'a>(
+        &self,
+        req: &RangeRequest,
+        keys: impl Iterator<Item = (&'a [u8], VersionRef<'a>)>,
+    ) -> RangeResponse {
+        let mut resp = RangeResponse {
+            revision: self.revision,
+            ..RangeResponse::default()
+        };
+        let to_kv = |k: &[u8], s: VersionRef<'_>| KeyValue {
+            key: k.to_vec(),
+            value: if req.keys_only {
+                Vec::new()
+            } else {
+                s.value.to_vec()
+            },
+            meta: s.meta,
         };
         if req.filter.is_none() && req.sort.is_none() {
             // The common case streams in key order and copies only what it returns.
@@ -685,7 +904,7 @@ impl Memtable {
         }
         // As in etcd: `count` counts the whole range; filters, then the sort, then the limit
         // shape what is returned.
-        let mut picked: Vec<(&[u8], &Stored)> = Vec::new();
+        let mut picked: Vec<(&[u8], VersionRef<'_>)> = Vec::new();
         for (k, s) in keys {
             resp.count += 1;
             if !req.count_only && req.filter.admits(&s.meta) {
@@ -700,7 +919,7 @@ impl Memtable {
                     SortTarget::Version => ma.version.cmp(&mb.version),
                     SortTarget::CreateRevision => ma.create_revision.cmp(&mb.create_revision),
                     SortTarget::ModRevision => ma.mod_revision.cmp(&mb.mod_revision),
-                    SortTarget::Value => a.1.value.cmp(&b.1.value),
+                    SortTarget::Value => a.1.value.cmp(b.1.value),
                 };
                 match sort.order {
                     SortOrder::Ascend => o,
@@ -715,6 +934,38 @@ impl Memtable {
         resp.kvs = picked.into_iter().map(|(k, s)| to_kv(k, s)).collect();
         resp
     }
+}
+
+/// Merges, by key, the current versions `live` with the versions `then` that a read at an older
+/// revision sees instead (both ascending): a key in `then` takes its version from there, and
+/// is absent when that is `None` (it did not exist at that revision).
+fn overlay<'a>(
+    live: impl Iterator<Item = (&'a [u8], VersionRef<'a>)>,
+    then: impl Iterator<Item = (&'a [u8], Option<VersionRef<'a>>)>,
+) -> impl Iterator<Item = (&'a [u8], VersionRef<'a>)> {
+    let mut live = live.peekable();
+    let mut then = then.peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let (key, stored) = match (live.peek(), then.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => return live.next(),
+                (None, Some(_)) => then.next()?,
+                (Some(&(lk, _)), Some(&(tk, _))) => {
+                    if lk < tk {
+                        return live.next();
+                    }
+                    if lk == tk {
+                        live.next();
+                    }
+                    then.next()?
+                }
+            };
+            if let Some(s) = stored {
+                return Some((key, s));
+            }
+        }
+    })
 }
 
 /// Map bounds of a non-single range; an empty or inverted range yields no key (and, unlike

@@ -1,8 +1,8 @@
 //! Requests and responses of the key-value store: ranges, operations and transactions.
 //!
 //! The shapes follow the etcd v3 KV API (Range, Put, DeleteRange, Txn) so that a server can map
-//! requests one to one, without the parts Keel does not keep (no history: reads are always at
-//! the current revision).
+//! requests one to one. A range may read at an older revision while the memtable's bounded
+//! history still holds it; reads inside transactions are at the current revision.
 
 use crate::revision::{KeyMeta, KeyValue};
 
@@ -43,7 +43,7 @@ impl RangeEnd {
     }
 }
 
-/// A read of a key range at the current revision.
+/// A read of a key range, at the current revision or an older one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeRequest {
     /// First key of the range.
@@ -61,6 +61,10 @@ pub struct RangeRequest {
     pub filter: RevisionFilter,
     /// Order of the returned keys; `None` is ascending by key.
     pub sort: Option<RangeSort>,
+    /// Read the keys as they were after this store revision (etcd's `revision`); 0 means the
+    /// current revision. Older revisions are served while the store's history holds them
+    /// (from its compact revision on). Inside a transaction only 0 is accepted.
+    pub revision: u64,
 }
 
 /// Revision bounds on the keys a range returns; 0 means no bound (etcd's convention).
@@ -141,6 +145,7 @@ impl RangeRequest {
             count_only: false,
             filter: RevisionFilter::default(),
             sort: None,
+            revision: 0,
         }
     }
 
@@ -154,6 +159,7 @@ impl RangeRequest {
             count_only: false,
             filter: RevisionFilter::default(),
             sort: None,
+            revision: 0,
         }
     }
 
@@ -169,12 +175,19 @@ impl RangeRequest {
             count_only: false,
             filter: RevisionFilter::default(),
             sort: None,
+            revision: 0,
         }
     }
 
     /// The same request with a limit on the number of keys returned.
     pub fn with_limit(mut self, limit: usize) -> RangeRequest {
         self.limit = limit;
+        self
+    }
+
+    /// The same request read at store revision `revision` (0: the current one).
+    pub fn at_revision(mut self, revision: u64) -> RangeRequest {
+        self.revision = revision;
         self
     }
 }
@@ -190,7 +203,8 @@ pub struct RangeResponse {
     pub count: u64,
     /// Whether more keys matched than were returned.
     pub more: bool,
-    /// Store revision the read was served at.
+    /// The store's current revision when the read was served (etcd's `header.revision`),
+    /// also for a read at an older revision.
     pub revision: u64,
 }
 

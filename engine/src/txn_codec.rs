@@ -19,6 +19,9 @@
 //!                        3 mod, 4 value), u8 order (0 ascend, 1 descend; 0 when no sort)
 //! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
 //! ```
+//!
+//! A range's `revision` has no field: reads inside a transaction are at the current revision,
+//! and a transaction asking for another fails validation before it is logged.
 
 use crate::bytes::Reader;
 use crate::txn::{
@@ -221,6 +224,10 @@ impl TxnReader for Reader<'_> {
                         count_only: flags & 2 != 0,
                         filter,
                         sort,
+                        // Reads inside a transaction are at the current revision: a
+                        // transaction whose read asks for another fails validation and is
+                        // never logged, so the encoding has no field for it.
+                        revision: 0,
                     })
                 }
                 t => return Err(format!("bad op tag {t}")),

@@ -26,6 +26,7 @@ fn small() -> DbOptions {
             value_bytes_max: 1024,
             txn_ops_max: 8,
             txn_bytes_max: 4096,
+            history_bytes_max: 1 << 20,
         },
         wal: WalOptions {
             segment_bytes: 64 * 1024,
@@ -182,6 +183,7 @@ fn concurrent_writers_are_coalesced_into_shared_flushes() {
             count_only: false,
             filter: Default::default(),
             sort: None,
+            revision: 0,
         })
         .unwrap();
     assert_eq!(all.count, 400);
@@ -543,6 +545,7 @@ fn checkpoints_taken_while_writers_run_recover_exactly() {
             count_only: false,
             filter: Default::default(),
             sort: None,
+            revision: 0,
         })
         .unwrap()
     };
@@ -677,4 +680,47 @@ fn a_checkpoint_that_cannot_be_read_is_an_error_naming_it_not_quarantined() {
         "{err}"
     );
     assert!(odd.is_dir(), "the unreadable checkpoint was moved");
+}
+
+#[test]
+fn reads_at_older_revisions_work_until_a_checkpoint_restart_compacts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |db: &Db, rev| {
+        db.range(&RangeRequest::key("a").at_revision(rev))
+            .map(|r| r.kvs.first().map(|kv| kv.value.clone()))
+    };
+    {
+        let db = Db::open(dir.path(), small()).unwrap();
+        db.put(b"a", b"1").unwrap();
+        db.put(b"a", b"2").unwrap();
+        assert!(db.delete(b"a").unwrap());
+        assert_eq!(at(&db, 1).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(at(&db, 2).unwrap(), Some(b"2".to_vec()));
+        assert_eq!(at(&db, 3).unwrap(), None);
+        assert!(matches!(
+            at(&db, 4),
+            Err(DbError::Kv(KvError::FutureRevision {
+                requested: 4,
+                current: 3
+            }))
+        ));
+    }
+    {
+        // Without a checkpoint, recovery replays the whole log and so the whole history.
+        let db = Db::open(dir.path(), small()).unwrap();
+        assert_eq!(at(&db, 1).unwrap(), Some(b"1".to_vec()));
+        db.checkpoint().unwrap().unwrap();
+        db.put(b"a", b"4").unwrap();
+    }
+    // Recovery from the checkpoint at revision 3 keeps history from there on only.
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert!(matches!(
+        at(&db, 2),
+        Err(DbError::Kv(KvError::Compacted {
+            requested: 2,
+            compacted: 3
+        }))
+    ));
+    assert_eq!(at(&db, 3).unwrap(), None);
+    assert_eq!(at(&db, 4).unwrap(), Some(b"4".to_vec()));
 }

@@ -33,6 +33,7 @@ fn options() -> DbOptions {
             value_bytes_max: 1024,
             txn_ops_max: 8,
             txn_bytes_max: 4096,
+            history_bytes_max: 1 << 20,
         },
         wal: WalOptions {
             segment_bytes: 64 * 1024,
@@ -148,6 +149,7 @@ fn check(db: &Db, round: u32, acked: &BTreeSet<u64>) {
             count_only: false,
             filter: Default::default(),
             sort: None,
+            revision: 0,
         })
         .unwrap();
     // Every revision names one whole transaction: its three keys, all with that revision.

@@ -1,11 +1,13 @@
 //! Model-based property test: the memtable against a plain `BTreeMap` reference that keeps
-//! etcd revision rules written out the naive way.
+//! etcd revision rules written out the naive way, and its history against a reference that
+//! keeps a full copy of the store after every revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use keel_engine::{
-    Compare, CompareOp, CompareTarget, KeyMeta, KvError, KvLimits, Memtable, Op, OpResponse,
-    RangeEnd, RangeRequest, RangeSort, RevisionFilter, SortOrder, SortTarget, Txn,
+    Compare, CompareOp, CompareTarget, HISTORY_CHANGE_OVERHEAD_BYTES, KeyMeta, KvError, KvLimits,
+    Memtable, Op, OpResponse, RangeEnd, RangeRequest, RangeSort, RevisionFilter, SortOrder,
+    SortTarget, Txn,
 };
 use proptest::prelude::*;
 
@@ -56,13 +58,23 @@ impl Model {
 
     /// Applies a valid transaction; returns whether the success branch ran.
     fn txn(&mut self, t: &Txn) -> bool {
+        self.txn_charged(t).0
+    }
+
+    /// Applies a valid transaction; returns whether the success branch ran and the history
+    /// bytes its changes are charged, by the documented rule: per changed key, its key and
+    /// previous value lengths plus the fixed overhead.
+    fn txn_charged(&mut self, t: &Txn) -> (bool, u64) {
         let ok = t.compares.iter().all(|c| self.holds(c));
         let rev = self.revision + 1;
         let mut changed = false;
+        let mut charged = 0;
         for op in if ok { &t.success } else { &t.failure } {
             match op {
                 Op::Put { key, value, .. } => {
                     changed = true;
+                    let old = self.map.get(key).map_or(0, |e| e.0.len());
+                    charged += (key.len() + old) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
                     let e = self
                         .map
                         .entry(key.clone())
@@ -73,7 +85,13 @@ impl Model {
                 }
                 Op::DeleteRange { start, end, .. } => {
                     let before = self.map.len();
-                    self.map.retain(|k, _| !Self::in_range(k, start, end));
+                    self.map.retain(|k, (v, ..)| {
+                        let gone = Self::in_range(k, start, end);
+                        if gone {
+                            charged += (k.len() + v.len()) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
+                        }
+                        !gone
+                    });
                     changed |= self.map.len() != before;
                 }
                 Op::Range(_) => {}
@@ -82,8 +100,64 @@ impl Model {
         if changed {
             self.revision = rev;
         }
-        ok
+        (ok, charged)
     }
+
+    /// What a read of `r` returns: (count, more, key-value-metadata triples), written out
+    /// the naive way — count the range, filter, stable sort (ties stay in key order), limit.
+    fn expected_range(&self, r: &RangeRequest) -> ReadResult {
+        let all: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(k, _)| Model::in_range(k, &r.start, &r.end))
+            .collect();
+        let mut want: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| r.filter.admits(&self.meta(k)))
+            .map(|(k, (v, ..))| (k.to_vec(), v.clone(), self.meta(k)))
+            .collect();
+        if let Some(sort) = r.sort {
+            want.sort_by(|a, b| {
+                let o = match sort.target {
+                    SortTarget::Key => a.0.cmp(&b.0),
+                    SortTarget::Version => a.2.version.cmp(&b.2.version),
+                    SortTarget::CreateRevision => a.2.create_revision.cmp(&b.2.create_revision),
+                    SortTarget::ModRevision => a.2.mod_revision.cmp(&b.2.mod_revision),
+                    SortTarget::Value => a.1.cmp(&b.1),
+                };
+                if sort.order == SortOrder::Descend {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+        }
+        if r.count_only {
+            want.clear();
+        }
+        let more = r.limit != 0 && want.len() > r.limit;
+        if more {
+            want.truncate(r.limit);
+        }
+        let want = want
+            .into_iter()
+            .map(|(k, v, meta)| (k, if r.keys_only { Vec::new() } else { v }, meta))
+            .collect();
+        (all.len() as u64, more, want)
+    }
+}
+
+/// A read's result: count, more, and the key, value and metadata of each key returned.
+type ReadResult = (u64, bool, Vec<(Vec<u8>, Vec<u8>, KeyMeta)>);
+
+/// A read's result in the shape of [`Model::expected_range`].
+fn got_range(resp: &keel_engine::RangeResponse) -> ReadResult {
+    let kvs = resp
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone(), kv.meta))
+        .collect();
+    (resp.count, resp.more, kvs)
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -103,7 +177,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::put(k, v)),
         2 => (key(), end(), any::<bool>()).prop_map(|(start, end, prev_kv)| Op::DeleteRange { start, end, prev_kv }),
         1 => (key(), end(), filter(), sort()).prop_map(|(start, end, filter, sort)| Op::Range(RangeRequest {
-            start, end, limit: 0, keys_only: false, count_only: false, filter, sort })),
+            start, end, limit: 0, keys_only: false, count_only: false, filter, sort, revision: 0 })),
     ]
 }
 
@@ -165,7 +239,7 @@ fn step() -> impl Strategy<Value = Step> {
         ).prop_map(|(compares, success, failure)| Step::Txn(Txn { compares, success, failure })),
         2 => (key(), end(), 0usize..4, any::<bool>(), any::<bool>(), filter(), sort()).prop_map(
             |(start, end, limit, keys_only, count_only, filter, sort)| Step::Range(RangeRequest {
-                start, end, limit, keys_only, count_only, filter, sort })),
+                start, end, limit, keys_only, count_only, filter, sort, revision: 0 })),
     ]
 }
 
@@ -206,40 +280,8 @@ proptest! {
                 }
                 Step::Range(r) => {
                     let resp = m.range(r).unwrap();
-                    let all: Vec<_> = model.map.iter()
-                        .filter(|(k, _)| Model::in_range(k, &r.start, &r.end))
-                        .collect();
-                    prop_assert_eq!(resp.count, all.len() as u64);
-                    // The reference: filter, stable sort (ties stay in key order), limit.
-                    let mut want: Vec<_> = all.iter()
-                        .filter(|(k, _)| r.filter.admits(&model.meta(k)))
-                        .map(|(k, (v, ..))| (k.to_vec(), v.clone(), model.meta(k)))
-                        .collect();
-                    if let Some(sort) = r.sort {
-                        want.sort_by(|a, b| {
-                            let o = match sort.target {
-                                SortTarget::Key => a.0.cmp(&b.0),
-                                SortTarget::Version => a.2.version.cmp(&b.2.version),
-                                SortTarget::CreateRevision => a.2.create_revision.cmp(&b.2.create_revision),
-                                SortTarget::ModRevision => a.2.mod_revision.cmp(&b.2.mod_revision),
-                                SortTarget::Value => a.1.cmp(&b.1),
-                            };
-                            if sort.order == SortOrder::Descend { o.reverse() } else { o }
-                        });
-                    }
-                    if r.count_only {
-                        want.clear();
-                    }
-                    let more = r.limit != 0 && want.len() > r.limit;
-                    if more {
-                        want.truncate(r.limit);
-                    }
-                    prop_assert_eq!(resp.more, more);
-                    let got: Vec<_> = resp.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.meta)).collect();
-                    let want: Vec<_> = want.into_iter()
-                        .map(|(k, v, meta)| (k, if r.keys_only { Vec::new() } else { v }, meta))
-                        .collect();
-                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(resp.revision, model.revision);
+                    prop_assert_eq!(got_range(&resp), model.expected_range(r));
                 }
             }
             check_equal(&m, &model);
@@ -254,6 +296,7 @@ fn oversize_input_is_a_clear_error_and_changes_nothing() {
         value_bytes_max: 8,
         txn_ops_max: 2,
         txn_bytes_max: 16,
+        history_bytes_max: 1 << 20,
     };
     let mut m = Memtable::new(limits).unwrap();
     m.put(b"k", b"v").unwrap();
@@ -445,4 +488,461 @@ proptest! {
         m.end_snapshot();
         prop_assert!(m.snapshot_chunk(None, 10).is_empty());
     }
+}
+
+/// A step of the history test.
+#[derive(Debug, Clone)]
+enum HistoryStep {
+    Txn(Txn),
+    /// Compact at this revision (often invalid on purpose: at or below the compact revision,
+    /// or beyond the store revision).
+    Compact(u64),
+}
+
+fn history_step() -> impl Strategy<Value = HistoryStep> {
+    prop_oneof![
+        6 => (
+            prop::collection::vec(compare(), 0..2),
+            prop::collection::vec(op().prop_filter("writes", Op::is_write), 1..4),
+            prop::collection::vec(op().prop_filter("writes", Op::is_write), 0..2),
+        ).prop_map(|(compares, success, failure)| HistoryStep::Txn(Txn { compares, success, failure })),
+        1 => (0u64..40).prop_map(HistoryStep::Compact),
+    ]
+}
+
+fn read() -> impl Strategy<Value = RangeRequest> {
+    (
+        key(),
+        end(),
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+        filter(),
+        sort(),
+    )
+        .prop_map(
+            |(start, end, limit, keys_only, count_only, filter, sort)| RangeRequest {
+                start,
+                end,
+                limit,
+                keys_only,
+                count_only,
+                filter,
+                sort,
+                revision: 0,
+            },
+        )
+}
+
+/// The history reference: a full copy of the store after every revision (index = revision),
+/// the bytes each revision's changes are charged, and the compact revision, with the
+/// compaction rules written out the naive way.
+struct HistoryModel {
+    snapshots: Vec<Model>,
+    /// (revision, charged bytes) of the revisions kept, oldest first.
+    kept: VecDeque<(u64, u64)>,
+    compact: u64,
+    bytes_max: u64,
+}
+
+impl HistoryModel {
+    fn current(&self) -> &Model {
+        self.snapshots.last().expect("revision 0 is always there")
+    }
+
+    fn bytes(&self) -> u64 {
+        self.kept.iter().map(|&(_, b)| b).sum()
+    }
+
+    fn txn(&mut self, t: &Txn) -> bool {
+        let mut next = self.current().clone();
+        let (ok, charged) = next.txn_charged(t);
+        if next.revision != self.current().revision {
+            self.kept.push_back((next.revision, charged));
+            self.snapshots.push(next);
+            // Automatic compaction: whole revisions, oldest first, until the history fits.
+            while self.bytes() > self.bytes_max {
+                let (rev, _) = self.kept.pop_front().expect("bytes > 0 means a revision");
+                self.compact = rev;
+            }
+        }
+        ok
+    }
+
+    fn compact(&mut self, rev: u64) -> Result<(), KvError> {
+        let current = self.current().revision;
+        if rev <= self.compact {
+            return Err(KvError::Compacted {
+                requested: rev,
+                compacted: self.compact,
+            });
+        }
+        if rev > current {
+            return Err(KvError::FutureRevision {
+                requested: rev,
+                current,
+            });
+        }
+        self.kept.retain(|&(r, _)| r > rev);
+        self.compact = rev;
+        Ok(())
+    }
+
+    /// The store as a read at `rev` must see it, or the error it must get.
+    fn at(&self, rev: u64) -> Result<&Model, KvError> {
+        let current = self.current().revision;
+        if rev == 0 {
+            return Ok(self.current());
+        }
+        if rev > current {
+            return Err(KvError::FutureRevision {
+                requested: rev,
+                current,
+            });
+        }
+        if rev < self.compact {
+            return Err(KvError::Compacted {
+                requested: rev,
+                compacted: self.compact,
+            });
+        }
+        Ok(&self.snapshots[usize::try_from(rev).unwrap()])
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// After every step of a random history with compactions, a read at every revision from
+    /// 0 to one past the current one matches the full copy of the store at that revision, or
+    /// fails as the compaction rules say; the history stays within its bound, and the
+    /// automatic compaction lands on the revision the documented rule gives.
+    #[test]
+    fn reads_at_every_past_revision_match_the_store_then(
+        steps in prop::collection::vec(history_step(), 1..40),
+        reads in prop::collection::vec(read(), 1..4),
+        bytes_max in prop_oneof![Just(0u64), 60u64..900, Just(1u64 << 20)],
+    ) {
+        let limits = KvLimits { history_bytes_max: bytes_max, ..KvLimits::default() };
+        let mut m = Memtable::new(limits).unwrap();
+        let mut model = HistoryModel {
+            snapshots: vec![Model::default()],
+            kept: VecDeque::new(),
+            compact: 0,
+            bytes_max,
+        };
+        for s in &steps {
+            match s {
+                HistoryStep::Txn(t) => {
+                    let resp = m.txn(t).unwrap();
+                    prop_assert_eq!(resp.succeeded, model.txn(t));
+                    prop_assert_eq!(resp.revision, model.current().revision);
+                }
+                HistoryStep::Compact(rev) => {
+                    prop_assert_eq!(m.compact(*rev), model.compact(*rev));
+                }
+            }
+            check_equal(&m, model.current());
+            prop_assert_eq!(m.compact_revision(), model.compact);
+            prop_assert_eq!(m.history_bytes(), model.bytes());
+            prop_assert!(m.history_bytes() <= bytes_max);
+            for r in &reads {
+                for rev in 0..=model.current().revision + 1 {
+                    let got = m.range(&r.clone().at_revision(rev));
+                    match model.at(rev) {
+                        Ok(then) => {
+                            let got = got.unwrap();
+                            prop_assert_eq!(got.revision, model.current().revision);
+                            prop_assert_eq!(got_range(&got), then.expected_range(r), "at revision {}", rev);
+                        }
+                        Err(e) => prop_assert_eq!(got, Err(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Puts of values from empty to larger than a history block (64 KiB), and deletes.
+fn big_op() -> impl Strategy<Value = Op> {
+    let value = (
+        prop::sample::select(vec![0usize, 900, 30_000, 70_000]),
+        any::<u8>(),
+    )
+        .prop_map(|(len, fill)| vec![fill; len]);
+    prop_oneof![
+        4 => (key(), value).prop_map(|(k, v)| Op::put(k, v)),
+        1 => (key(), end()).prop_map(|(start, end)| Op::delete_range(start, end)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same as above with values up to larger than a history block, so that changes
+    /// fill blocks, get blocks of their own, and blocks are freed as compaction passes them.
+    #[test]
+    fn reads_at_past_revisions_with_large_values_match_the_store_then(
+        steps in prop::collection::vec(prop_oneof![
+            6 => prop::collection::vec(big_op(), 1..4).prop_map(|ops| HistoryStep::Txn(Txn::batch(ops))),
+            1 => (0u64..25).prop_map(HistoryStep::Compact),
+        ], 1..25),
+        reads in prop::collection::vec(read(), 1..3),
+        bytes_max in prop_oneof![Just(0u64), 50_000u64..400_000, Just(1u64 << 30)],
+    ) {
+        let limits = KvLimits { history_bytes_max: bytes_max, ..KvLimits::default() };
+        let mut m = Memtable::new(limits).unwrap();
+        let mut model = HistoryModel {
+            snapshots: vec![Model::default()],
+            kept: VecDeque::new(),
+            compact: 0,
+            bytes_max,
+        };
+        for s in &steps {
+            match s {
+                HistoryStep::Txn(t) => {
+                    m.txn(t).unwrap();
+                    model.txn(t);
+                }
+                HistoryStep::Compact(rev) => {
+                    prop_assert_eq!(m.compact(*rev), model.compact(*rev));
+                }
+            }
+            check_equal(&m, model.current());
+            prop_assert_eq!(m.compact_revision(), model.compact);
+            prop_assert_eq!(m.history_bytes(), model.bytes());
+            for r in &reads {
+                for rev in 0..=model.current().revision + 1 {
+                    let got = m.range(&r.clone().at_revision(rev));
+                    match model.at(rev) {
+                        Ok(then) => prop_assert_eq!(got_range(&got.unwrap()), then.expected_range(r), "at revision {}", rev),
+                        Err(e) => prop_assert_eq!(got, Err(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn at(m: &Memtable, key: &str, rev: u64) -> Result<Option<(Vec<u8>, KeyMeta)>, KvError> {
+    let r = m.range(&RangeRequest::key(key).at_revision(rev))?;
+    Ok(r.kvs.into_iter().next().map(|kv| (kv.value, kv.meta)))
+}
+
+fn meta(create_revision: u64, mod_revision: u64, version: u64) -> KeyMeta {
+    KeyMeta {
+        create_revision,
+        mod_revision,
+        version,
+    }
+}
+
+#[test]
+fn a_delete_is_a_tombstone_that_older_reads_look_past() {
+    let mut m = Memtable::new(KvLimits::default()).unwrap();
+    m.put(b"a", b"1").unwrap(); // 1
+    m.put(b"b", b"x").unwrap(); // 2
+    m.put(b"a", b"2").unwrap(); // 3
+    assert!(m.delete(b"a").unwrap()); // 4
+    m.put(b"a", b"3").unwrap(); // 5
+    assert_eq!(
+        at(&m, "a", 1).unwrap(),
+        Some((b"1".to_vec(), meta(1, 1, 1)))
+    );
+    assert_eq!(
+        at(&m, "a", 2).unwrap(),
+        Some((b"1".to_vec(), meta(1, 1, 1)))
+    );
+    assert_eq!(
+        at(&m, "a", 3).unwrap(),
+        Some((b"2".to_vec(), meta(1, 3, 2)))
+    );
+    assert_eq!(at(&m, "a", 4).unwrap(), None);
+    assert_eq!(
+        at(&m, "a", 5).unwrap(),
+        Some((b"3".to_vec(), meta(5, 5, 1)))
+    );
+    assert_eq!(at(&m, "b", 1).unwrap(), None, "created after revision 1");
+    // `count` follows the revision read, and the header revision is the current one.
+    let all = |rev| {
+        m.range(&RangeRequest::between("a", "c").at_revision(rev))
+            .unwrap()
+    };
+    let counts: Vec<_> = (1..=5).map(|rev| all(rev).count).collect();
+    assert_eq!(counts, [1, 2, 2, 1, 2]);
+    assert!((1..=5).all(|rev| all(rev).revision == 5));
+}
+
+#[test]
+fn compaction_refuses_old_and_future_revisions_and_changes_nothing_then() {
+    let mut m = Memtable::new(KvLimits::default()).unwrap();
+    assert_eq!(
+        m.compact(0),
+        Err(KvError::Compacted {
+            requested: 0,
+            compacted: 0
+        })
+    );
+    assert_eq!(
+        m.compact(1),
+        Err(KvError::FutureRevision {
+            requested: 1,
+            current: 0
+        })
+    );
+    for v in ["1", "2", "3", "4"] {
+        m.put(b"k", v.as_bytes()).unwrap();
+    }
+    assert_eq!(m.history_len(), 4);
+    m.compact(2).unwrap();
+    assert_eq!((m.compact_revision(), m.history_len()), (2, 2));
+    assert_eq!(
+        m.compact(2),
+        Err(KvError::Compacted {
+            requested: 2,
+            compacted: 2
+        })
+    );
+    assert_eq!(
+        m.compact(5),
+        Err(KvError::FutureRevision {
+            requested: 5,
+            current: 4
+        })
+    );
+    assert_eq!(m.compact_revision(), 2);
+    assert_eq!(
+        at(&m, "k", 1),
+        Err(KvError::Compacted {
+            requested: 1,
+            compacted: 2
+        })
+    );
+    assert_eq!(at(&m, "k", 2).unwrap().unwrap().0, b"2");
+    assert_eq!(
+        at(&m, "k", 5),
+        Err(KvError::FutureRevision {
+            requested: 5,
+            current: 4
+        })
+    );
+    assert_eq!(
+        KvError::Compacted {
+            requested: 1,
+            compacted: 2
+        }
+        .to_string(),
+        "mvcc: required revision has been compacted (revision 1, compacted at 2)"
+    );
+    // Compacting at the current revision keeps it readable and drops all history.
+    m.compact(4).unwrap();
+    assert_eq!((m.history_len(), m.history_bytes()), (0, 0));
+    assert_eq!(at(&m, "k", 4).unwrap().unwrap().0, b"4");
+    assert_eq!(m.get(b"k").unwrap().meta, meta(1, 4, 4));
+    assert_eq!(m.revision(), 4);
+}
+
+#[test]
+fn the_history_bound_compacts_the_oldest_revisions() {
+    // Each overwrite of "k" (1 byte) holding a 100-byte value is charged 1 + 100 + overhead.
+    let change = 101 + HISTORY_CHANGE_OVERHEAD_BYTES;
+    let limits = KvLimits {
+        history_bytes_max: 3 * change,
+        ..KvLimits::default()
+    };
+    let mut m = Memtable::new(limits).unwrap();
+    m.put(b"k", &[0; 100]).unwrap(); // 1: charged 1 + 64 (the key did not exist)
+    for i in 1..=10u8 {
+        m.put(b"k", &[i; 100]).unwrap(); // 2..=11
+        assert!(m.history_bytes() <= 3 * change);
+    }
+    // Three overwrites fit: revisions 9, 10 and 11 are kept, so 8 is the oldest readable.
+    assert_eq!((m.history_len(), m.history_bytes()), (3, 3 * change));
+    assert_eq!(m.compact_revision(), 8);
+    assert_eq!(at(&m, "k", 8).unwrap().unwrap().0, [7; 100]);
+    assert!(matches!(
+        at(&m, "k", 7),
+        Err(KvError::Compacted { compacted: 8, .. })
+    ));
+    // One transaction whose changes are charged more than the bound leaves no history: only
+    // its own revision is readable.
+    let four = |v: u8| {
+        Txn::batch(
+            (0..4u8)
+                .map(|k| Op::put(vec![b'x', k], vec![v; 100]))
+                .collect(),
+        )
+    };
+    m.txn(&four(0)).unwrap(); // 12: new keys, charged 4 * (2 + 64)
+    assert!(m.history_bytes() <= 3 * change);
+    m.txn(&four(1)).unwrap(); // 13: overwrites, charged 4 * (2 + 100 + 64)
+    assert_eq!((m.compact_revision(), m.history_len()), (13, 0));
+    assert_eq!(at(&m, "k", 13).unwrap().unwrap().0, [10; 100]);
+}
+
+#[test]
+fn no_history_limit_keeps_only_the_current_revision() {
+    let limits = KvLimits {
+        history_bytes_max: 0,
+        ..KvLimits::default()
+    };
+    let mut m = Memtable::new(limits).unwrap();
+    m.put(b"a", b"1").unwrap();
+    m.put(b"a", b"2").unwrap();
+    assert_eq!((m.compact_revision(), m.history_bytes()), (2, 0));
+    assert_eq!(at(&m, "a", 2).unwrap().unwrap().0, b"2");
+    assert!(matches!(at(&m, "a", 1), Err(KvError::Compacted { .. })));
+}
+
+#[test]
+fn reads_inside_a_transaction_are_at_the_current_revision_only() {
+    let mut m = Memtable::new(KvLimits::default()).unwrap();
+    m.put(b"a", b"1").unwrap();
+    m.put(b"a", b"2").unwrap();
+    let old_read = Txn::batch(vec![
+        Op::put("b", "1"),
+        Op::Range(RangeRequest::key("a").at_revision(1)),
+    ]);
+    assert_eq!(
+        m.txn(&old_read),
+        Err(KvError::RevisionInTxn { revision: 1 })
+    );
+    assert!(
+        m.get(b"b").is_none(),
+        "a rejected transaction writes nothing"
+    );
+    assert_eq!(m.revision(), 2);
+}
+
+#[test]
+fn a_store_restored_from_a_checkpoint_is_compacted_at_its_revision() {
+    let mut m = Memtable::new(KvLimits::default()).unwrap();
+    for v in ["1", "2", "3"] {
+        m.put(b"k", v.as_bytes()).unwrap();
+    }
+    assert!(m.delete(b"k").unwrap());
+    m.put(b"j", b"x").unwrap(); // revision 5
+    m.set_applied_index(9);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.ckpt");
+    keel_engine::checkpoint::write_checkpoint(&path, &m, 1, b"").unwrap();
+    let restored = keel_engine::CheckpointReader::open(&path)
+        .unwrap()
+        .to_memtable(KvLimits::default())
+        .unwrap();
+    assert_eq!((restored.revision(), restored.compact_revision()), (5, 5));
+    assert_eq!(restored.history_len(), 0);
+    assert_eq!(
+        at(&restored, "k", 4),
+        Err(KvError::Compacted {
+            requested: 4,
+            compacted: 5
+        })
+    );
+    assert_eq!(at(&restored, "j", 5).unwrap().unwrap().0, b"x");
+    // History grows again from there.
+    let mut restored = restored;
+    restored.put(b"j", b"y").unwrap();
+    assert_eq!(at(&restored, "j", 5).unwrap().unwrap().0, b"x");
+    assert_eq!(at(&restored, "j", 6).unwrap().unwrap().0, b"y");
 }

@@ -238,6 +238,7 @@ fn db_power_losses_keep_every_acknowledged_write() {
                 value_bytes_max: 4 << 10,
                 txn_ops_max: 16,
                 txn_bytes_max: 7 << 10,
+                history_bytes_max: 1 << 20,
             },
             background_checkpoints: false,
             checkpoint_log_bytes: 256 << 10,

@@ -21,6 +21,8 @@ pub fn range(r: &wire::RangeRequest) -> kv::RangeRequest {
         count_only: r.count_only,
         filter: kv::RevisionFilter::default(),
         sort: None,
+        // The server refuses reads at other revisions before it converts them.
+        revision: 0,
     }
 }
 

@@ -286,6 +286,7 @@ pub fn run(
                                 count_only: false,
                                 filter: Default::default(),
                                 sort: None,
+                                revision: 0,
                             })?;
                         }
                         Workload::LogRead => unreachable!("handled before the threads start"),
