@@ -3,10 +3,10 @@
 //! and with several groups:
 //!
 //! - the real `etcdctl` (Debian package `etcd-client`, `ETCDCTL_API=3`): `put`, `get`
-//!   (`--prefix`, `--limit`, `--sort-by`, `-w json`, `--rev`), `del`, `txn` from stdin,
-//!   `endpoint status` and `endpoint health` with `--cluster`, `member list`, `snapshot
-//!   save` (a Keel backup file, decoded and checked); a missing
-//!   `etcdctl` fails the test, naming the package;
+//!   (`--prefix`, `--limit`, `--sort-by`, `-w json`, `--rev` at an older revision), `del`,
+//!   `txn` from stdin, `endpoint status` and `endpoint health` with `--cluster`, `member
+//!   list`, `snapshot save` (a Keel backup file, decoded and checked); a missing `etcdctl`
+//!   fails the test, naming the package;
 //! - Keel's generated tonic client (keel-etcd-proto) over tonic's channel: the same requests
 //!   and bad input — an oversized value, too many txn operations, malformed protobuf in a
 //!   gRPC frame, unknown fields, a txn spanning groups, leases, a nested txn, a service Keel
@@ -420,10 +420,19 @@ fn etcdctl_scenario(groups: u32) {
     assert_eq!(json_number(&json, "count"), 1);
     let revision = json_number(&json, "revision");
     assert!(revision >= 1, "{json}");
+    // An older revision is read from the history.
+    assert_eq!(
+        ctl_ok(&cluster, 0, &["put", "fruit/apple", "crimson"], ""),
+        "OK\n"
+    );
     let rev = format!("--rev={revision}");
     assert_eq!(
         ctl_ok(&cluster, 1, &["get", "fruit/apple", &rev], ""),
         "fruit/apple\nred\n"
+    );
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["get", "fruit/apple"], ""),
+        "fruit/apple\ncrimson\n"
     );
     let future = format!("--rev={}", revision + 1000);
     let err = ctl_err(&cluster, 1, &["get", "fruit/apple", &future], "");
@@ -431,13 +440,10 @@ fn etcdctl_scenario(groups: u32) {
         err.contains("required revision is a future revision"),
         "{err}"
     );
-    if revision > 1 {
-        let old = format!("--rev={}", revision - 1);
-        let err = ctl_err(&cluster, 1, &["get", "fruit/apple", &old], "");
-        assert!(
-            err.contains("required revision has been compacted"),
-            "{err}"
-        );
+    if groups > 1 {
+        // Revisions belong to groups: a range at a revision cannot span them.
+        let err = ctl_err(&cluster, 1, &["get", "--prefix", "fruit/", &rev], "");
+        assert!(err.contains("cannot span"), "{err}");
     }
 
     // del.
@@ -777,7 +783,8 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         .into_inner();
     assert_eq!(keys(&everything.kvs), ["p/a", "p/b", "p/c", "p/d", "q/x"]);
 
-    // A read at the current revision of the key's group, and at others.
+    // A read at the current revision of the key's group, at an older one (from the
+    // history), and at a future one.
     let one = RangeRequest {
         key: b"q/x".to_vec(),
         ..RangeRequest::default()
@@ -790,6 +797,7 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         .header
         .unwrap()
         .revision;
+    kv.put(put("q/x", b"10")).await.unwrap();
     let at = kv
         .range(RangeRequest {
             revision: now,
@@ -799,6 +807,8 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         .unwrap()
         .into_inner();
     assert_eq!(keys(&at.kvs), ["q/x"]);
+    assert_eq!(at.kvs[0].value, b"9");
+    assert!(at.header.unwrap().revision > now);
     assert_status(
         kv.range(RangeRequest {
             revision: now + 100,
@@ -808,15 +818,15 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         Code::OutOfRange,
         "required revision is a future revision",
     );
-    if now > 1 {
+    if groups > 1 {
         assert_status(
             kv.range(RangeRequest {
-                revision: now - 1,
-                ..one.clone()
+                revision: now,
+                ..prefix.clone()
             })
             .await,
-            Code::OutOfRange,
-            "required revision has been compacted",
+            Code::InvalidArgument,
+            "cannot span",
         );
     }
 
@@ -831,7 +841,7 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         .unwrap()
         .into_inner();
     assert_eq!(deleted.deleted, 1);
-    assert_eq!(deleted.prev_kvs[0].value, b"9");
+    assert_eq!(deleted.prev_kvs[0].value, b"10");
 
     // Txn: compares on value, version, create and mod revision; a range inside.
     kv.put(put("{t}a", b"1")).await.unwrap();

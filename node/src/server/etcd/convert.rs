@@ -69,8 +69,14 @@ pub fn sort(r: &RangeRequest) -> Option<RangeSort> {
     Some(RangeSort { target, order })
 }
 
-/// The engine's read of `[start, end)` with everything else `r` asks.
-pub fn engine_range(r: &RangeRequest, start: Vec<u8>, end: RangeEnd) -> kv::RangeRequest {
+/// The engine's read of `[start, end)` with everything else `r` asks, at `revision` (0: the
+/// current one).
+pub fn engine_range(
+    r: &RangeRequest,
+    start: Vec<u8>,
+    end: RangeEnd,
+    revision: u64,
+) -> kv::RangeRequest {
     kv::RangeRequest {
         start,
         end,
@@ -84,6 +90,7 @@ pub fn engine_range(r: &RangeRequest, start: Vec<u8>, end: RangeEnd) -> kv::Rang
             max_create_revision: unsigned(r.max_create_revision),
         },
         sort: sort(r),
+        revision,
     }
 }
 

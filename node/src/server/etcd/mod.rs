@@ -13,7 +13,9 @@
 //! groups is read from every group and merged in key (or the requested sort) order, with
 //! `count` summed, `limit` applied to the merge, and `header.revision` the largest of the
 //! groups' revisions; a `Txn` or `DeleteRange` whose keys span groups is refused with
-//! `FAILED_PRECONDITION` naming the groups, never committed in part.
+//! `FAILED_PRECONDITION` naming the groups, never committed in part. A range at an older
+//! `revision` is read from the group's history; revisions belong to groups, so a range at a
+//! revision cannot span groups (`INVALID_ARGUMENT`).
 //!
 //! Leaders: etcd's clients talk to any member and cannot follow a "not leader" hint, so a
 //! write or linearizable read that reaches a member not leading its group is forwarded one
@@ -297,6 +299,17 @@ impl Etcd {
 /// The status for an outcome that is not the answer the caller expected.
 fn outcome_error(outcome: Outcome) -> Status {
     match outcome {
+        // The engine's revision errors, as etcd's (clients match the message exactly).
+        Outcome::Failed(RequestError::Kv(reason))
+            if reason.starts_with("mvcc: required revision has been compacted") =>
+        {
+            Status::out_of_range(errors::COMPACTED)
+        }
+        Outcome::Failed(RequestError::Kv(reason))
+            if reason.starts_with("mvcc: required revision is a future revision") =>
+        {
+            Status::out_of_range(errors::FUTURE_REV)
+        }
         Outcome::Written(Err(reason)) | Outcome::Failed(RequestError::Kv(reason)) => {
             Status::invalid_argument(format!("keel: {reason}"))
         }
