@@ -267,3 +267,29 @@ fn a_blocking_write_after_the_appends_finish_is_seen_by_the_next_stage() {
     assert_eq!(block_on(store.durable()).unwrap(), t3);
     assert_eq!(store.last_index(1), 7);
 }
+
+#[test]
+fn a_staged_compaction_drops_entries_and_survives_recovery() {
+    let log = MemLog::new(4);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, (1..=10).map(entry))).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    // Compaction rides with other work in one append; compacting again below is skipped.
+    let mut b = append(1, (11..=12).map(entry));
+    b.compact(1, 6);
+    b.compact(1, 4);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert_eq!((store.first_index(1), store.last_index(1)), (7, 12));
+    assert_eq!(store.term(1, 6).unwrap(), 1);
+    // Beyond the last index is refused before anything is written.
+    let mut b = WriteBatch::new();
+    b.compact(1, 13);
+    assert!(matches!(
+        store.stage(b),
+        Err(LogStoreError::Unavailable { index: 13, .. })
+    ));
+    drop(store);
+    let store = open_mem(&log);
+    assert_eq!((store.first_index(1), store.last_index(1)), (7, 12));
+}

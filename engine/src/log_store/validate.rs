@@ -125,6 +125,25 @@ impl<B: LogBackend> LogStore<B> {
                     v.snapshot_index = Some(meta.index);
                     records.push(LogRecord::Snapshot { group, meta });
                 }
+                BatchOp::Compact(to) => {
+                    if to < v.first {
+                        continue;
+                    }
+                    if to > v.last {
+                        return Err(LogStoreError::Unavailable {
+                            group,
+                            index: to,
+                            last_index: v.last,
+                        });
+                    }
+                    let term = self.term(group, to)?;
+                    v.first = to + 1;
+                    records.push(LogRecord::Compact {
+                        group,
+                        index: to,
+                        term,
+                    });
+                }
                 BatchOp::ApplySnapshot(meta) => {
                     if let Some(current) = v.snapshot_index.filter(|&c| meta.index <= c) {
                         return Err(LogStoreError::SnapshotOutOfDate {
