@@ -793,8 +793,15 @@ impl CheckpointDir {
 
     /// The file name of the checkpoint covering `index`.
     pub fn path_for(&self, index: u64) -> PathBuf {
-        self.dir
-            .join(format!("{FILE_PREFIX}{index:020}{FILE_SUFFIX}"))
+        Self::path_in(&self.dir, index)
+    }
+
+    /// Where the checkpoint covering `index` is in the checkpoint directory `dir`, without
+    /// opening it (a reader of a published checkpoint, such as a snapshot sender, needs no
+    /// more; [`CheckpointDir::open`] also removes temporary files, which only the
+    /// directory's one writer may do).
+    pub fn path_in(dir: &Path, index: u64) -> PathBuf {
+        dir.join(format!("{FILE_PREFIX}{index:020}{FILE_SUFFIX}"))
     }
 
     /// Published checkpoints as (index, path), oldest first.
