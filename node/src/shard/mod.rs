@@ -14,7 +14,17 @@
 //! Everything the shard does comes from method calls (ticks, peer messages, requests,
 //! durability) and goes out as return values (messages, staged appends, answers), so a
 //! runtime can drive it on any thread or event loop and a simulation can drive many in one
-//! process, deterministically.
+//! process.
+//!
+//! With [`SnapshotOptions::dir`] set, groups also checkpoint and compact their logs, and
+//! lagging followers are caught up by snapshot (see `snapshot.rs`): the one file I/O of a
+//! shard. Checkpoint writes and snapshot installs run on helper threads (which wake the
+//! runtime through [`Shard::set_waker`]), so the shard thread only reads chunks of memory
+//! and of published checkpoint files, and at start loads each group's newest usable
+//! checkpoint. Chunks of snapshot transfers go out through [`Shard::take_snapshot_chunks`]
+//! and come in through [`Shard::receive_snapshot_chunk`]; the host purges the log where
+//! [`Shard::purge_lsn`] says. Helper threads make a simulation's timing depend on the
+//! machine; without a directory everything stays deterministic.
 
 mod command;
 mod group;
@@ -174,6 +184,8 @@ pub enum ShardError {
         /// What went wrong.
         reason: String,
     },
+    /// The shard's options cannot work.
+    InvalidOptions(String),
     /// An acknowledgement arrived for a write that is not the oldest in flight.
     OutOfOrder {
         /// The ticket that arrived.
@@ -188,6 +200,7 @@ impl std::fmt::Display for ShardError {
         match self {
             ShardError::Log(e) => write!(f, "shard log: {e}"),
             ShardError::Group { group, reason } => write!(f, "group {group}: {reason}"),
+            ShardError::InvalidOptions(reason) => write!(f, "invalid shard options: {reason}"),
             ShardError::OutOfOrder { got, expected } => write!(
                 f,
                 "durability of write {got} reported while {expected:?} was the oldest in flight"
@@ -275,9 +288,10 @@ impl<B: AsyncLogBackend> Shard<B> {
         options
             .snapshots
             .validate()
-            .map_err(|reason| ShardError::Group { group: 0, reason })?;
+            .map_err(ShardError::InvalidOptions)?;
         let store = Rc::new(RefCell::new(store));
         let mut hosted = BTreeMap::new();
+        let mut snapshots = Snapshots::new(options.snapshots.clone());
         for &group in groups {
             let mut storage = GroupStorage::new(group, store.clone(), options.members.clone());
             let mut config = options.raft.clone();
@@ -288,7 +302,15 @@ impl<B: AsyncLogBackend> Shard<B> {
             // The newest checkpoint the log continues from: only the entries after it are
             // applied again.
             let restored = match options.snapshots.group_dir(group) {
-                Some(dir) => {
+                Some(path) => {
+                    // Opened here, before any helper thread runs: opening removes the
+                    // temporary files of writes a crash interrupted, which must never
+                    // race a write in progress. The helpers get clones.
+                    let dir = CheckpointDir::open(&path).map_err(|e| ShardError::Group {
+                        group,
+                        reason: e.to_string(),
+                    })?;
+                    snapshots.dirs.insert(group, dir.clone());
                     let fits_log = |index: u64, term: u64| {
                         let s = store.borrow();
                         index + 1 >= s.first_index(group)
@@ -317,7 +339,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             .map_err(|reason| ShardError::Group { group, reason })?;
             hosted.insert(group, g);
         }
-        let snapshots = Snapshots::new(options.snapshots.clone());
+
         Ok(Shard {
             options,
             store,
@@ -824,7 +846,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             return;
         };
         self.snapshots.urgent.retain(|&u| u != group);
-        let Some(dir) = self.snapshots.options.group_dir(group) else {
+        let Some(dir) = self.snapshots.dirs.get(&group).cloned() else {
             return;
         };
         let Some(g) = self.groups.get_mut(&group) else {

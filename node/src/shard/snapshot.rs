@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::task::Waker;
 
@@ -295,6 +295,8 @@ pub(super) struct Inbound {
 /// The shard's snapshot machinery: options, the helper threads' results, transfers.
 pub(super) struct Snapshots {
     pub(super) options: SnapshotOptions,
+    /// Each hosted group's checkpoint directory, opened at start.
+    pub(super) dirs: BTreeMap<u64, CheckpointDir>,
     pub(super) done_tx: mpsc::Sender<Done>,
     pub(super) done_rx: mpsc::Receiver<Done>,
     pub(super) waker: Option<Waker>,
@@ -320,6 +322,7 @@ impl Snapshots {
         let (done_tx, done_rx) = mpsc::channel();
         Snapshots {
             options,
+            dirs: BTreeMap::new(),
             done_tx,
             done_rx,
             waker: None,
@@ -344,7 +347,7 @@ impl Snapshots {
     pub(super) fn spawn_writer(
         &self,
         group: u64,
-        dir: PathBuf,
+        dir: CheckpointDir,
         header: CheckpointMeta,
         urgent: bool,
     ) -> Result<mpsc::SyncSender<Piece>, String> {
@@ -378,7 +381,7 @@ impl Snapshots {
         limits: KvLimits,
         sessions_max: usize,
     ) {
-        let Some(dir) = self.options.group_dir(group) else {
+        let Some(dir) = self.dirs.get(&group).cloned() else {
             return;
         };
         let done = self.done_tx.clone();
@@ -531,13 +534,12 @@ impl Snapshots {
 /// The helper thread's checkpoint write: pieces from the channel into the file, then
 /// retention. Wakes the shard after each piece so that it sends the next.
 fn write_checkpoint(
-    dir: &Path,
+    ckpts: &CheckpointDir,
     header: CheckpointMeta,
     pieces: &mpsc::Receiver<Piece>,
     waker: Option<&Waker>,
     kept: usize,
 ) -> Result<CheckpointMeta, String> {
-    let ckpts = CheckpointDir::open(dir).map_err(|e| e.to_string())?;
     let (_, meta) = ckpts
         .write_with(header, &mut |sink| {
             loop {
@@ -569,12 +571,11 @@ fn write_checkpoint(
 
 /// The helper thread's install: verify and publish the bytes, then load the state.
 fn install(
-    dir: &Path,
+    ckpts: &CheckpointDir,
     bytes: Vec<u8>,
     limits: KvLimits,
     sessions_max: usize,
 ) -> Result<(CheckpointMeta, Memtable, Sessions), String> {
-    let ckpts = CheckpointDir::open(dir).map_err(|e| e.to_string())?;
     let reader = ckpts.install(bytes).map_err(|e| e.to_string())?;
     let kv = reader.to_memtable(limits).map_err(|e| e.to_string())?;
     let sessions = Sessions::decode(&reader.meta().app_state, sessions_max)
@@ -594,15 +595,11 @@ pub(super) struct Restored {
 /// checkpoint published by an install whose log write never happened does not). Corrupt
 /// files are skipped with a warning; any other error stops the start.
 pub(super) fn restore(
-    dir: &Path,
+    ckpts: &CheckpointDir,
     limits: &KvLimits,
     sessions_max: usize,
     fits_log: &dyn Fn(u64, u64) -> bool,
 ) -> Result<Option<Restored>, String> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let ckpts = CheckpointDir::open(dir).map_err(|e| e.to_string())?;
     let list = ckpts.list().map_err(|e| e.to_string())?;
     for (index, path) in list.into_iter().rev() {
         let reader = match keel_engine::CheckpointReader::open(&path) {
