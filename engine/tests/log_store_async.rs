@@ -293,3 +293,29 @@ fn a_staged_compaction_drops_entries_and_survives_recovery() {
     let store = open_mem(&log);
     assert_eq!((store.first_index(1), store.last_index(1)), (7, 12));
 }
+
+#[test]
+fn groups_pinning_old_segments_are_named_and_freed_by_compaction() {
+    // One record per segment: group 1's single entry soon lies in a segment far behind.
+    let log = MemLog::new(1);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, [entry(1)])).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    for i in 1..=20 {
+        let t = store.stage(append(2, [entry(i)])).unwrap();
+        assert_eq!(block_on(store.durable()).unwrap(), t);
+    }
+    assert_eq!(store.groups_pinning_old_segments(), vec![1, 2]);
+    // Compacting both (with group 1's hard state written again) moves their pins forward:
+    // nothing old is needed any more, and the log can be purged.
+    let mut b = WriteBatch::new();
+    b.set_hard_state(1, keel_engine::HardState::default());
+    b.compact(1, 1);
+    b.compact(2, 20);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert!(store.groups_pinning_old_segments().is_empty());
+    let before = store.stats().segments;
+    store.purge().unwrap();
+    assert!(store.stats().segments < before);
+}

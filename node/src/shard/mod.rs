@@ -337,6 +337,11 @@ impl<B: AsyncLogBackend> Shard<B> {
                 restored,
             )
             .map_err(|reason| ShardError::Group { group, reason })?;
+            let mut g = g;
+            // The log may record a newer snapshot than the checkpoint restored (a newer file
+            // was corrupt): never record an older one after it.
+            let recorded = store.borrow().snapshot(group).map_or(0, |s| s.index);
+            g.snapshot_index = g.snapshot_index.max(recorded);
             hosted.insert(group, g);
         }
 
