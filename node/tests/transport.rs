@@ -695,7 +695,22 @@ async fn snapshot_chunks_arrive_in_order_and_bad_chunk_frames_close_only_their_c
             a.send_snapshot_chunk(snapshot_chunk(0, 10, 5)),
             Err(ChunkRefused::Unreachable(_))
         ));
-        assert!(SNAPSHOT_CHUNKS_QUEUED_MAX >= 1);
+        // A peer that never answers the handshake: its chunks wait in the queue, and one
+        // more than SNAPSHOT_CHUNKS_QUEUED_MAX is handed back as busy.
+        let silent = TcpListener::bind(loopback()).await.expect("bind");
+        a.set_peer(9, silent.local_addr().unwrap());
+        let to_nine = |offset: u64| SnapshotChunk {
+            to: 9,
+            ..snapshot_chunk(offset, 10, 1000)
+        };
+        for i in 0..SNAPSHOT_CHUNKS_QUEUED_MAX {
+            a.send_snapshot_chunk(to_nine(10 * u64::try_from(i).unwrap()))
+                .expect("room in the queue");
+        }
+        assert!(matches!(
+            a.send_snapshot_chunk(to_nine(500)),
+            Err(ChunkRefused::Busy(c)) if c.offset == 500
+        ));
 
         let encoder = FrameEncoder::new(WireLimits::default()).expect("encoder");
         let mut good = Vec::new();

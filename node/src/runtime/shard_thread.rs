@@ -240,7 +240,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
         Shard::new(options, store, &groups).map_err(|e| format!("shard {index}: {e}"))?;
     tracing::info!(
         shard = index,
-        millis = started.elapsed().as_millis() as u64,
+        millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "log store and groups recovered (from checkpoints and the log after them)"
     );
     // Helper threads (checkpoint writers, snapshot installs) wake the loop through this.

@@ -88,7 +88,7 @@ use super::wire::FrameEncoder;
 /// Snapshot chunks queued for one peer and not yet written, at most. With the wire's
 /// `snapshot_chunk_bytes_max` (1 MiB by default), the memory one peer's transfers hold.
 pub const SNAPSHOT_CHUNKS_QUEUED_MAX: usize = 2;
-/// Received snapshot chunks waiting for [`Inbound::recv_chunk`], at most, over all
+/// Received snapshot chunks waiting for [`InboundChunks::recv`], at most, over all
 /// connections; a full queue stops the connection reading, like the message queue.
 pub const INBOUND_QUEUE_CHUNKS_MAX: usize = 4;
 
