@@ -867,3 +867,54 @@ fn a_restart_from_a_checkpoint_and_the_log_tail_gives_the_same_state() {
     );
     c.assert_converged();
 }
+
+#[test]
+fn damaged_snapshot_transfers_are_rejected_and_the_group_keeps_serving() {
+    let mut c = Cluster::with_snapshots(3, 1, "damaged snapshots", small_snapshots());
+    c.wait_for_leaders(2_000);
+    written(&c.put(0, 3, 1, "k1", "v"));
+    let leader = c.agreed_leader(0).unwrap();
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let chunk = |offset: u64, data: &[u8], total: u64| SnapshotChunk {
+        group_id: 0,
+        to: follower,
+        from: leader,
+        term: 1,
+        index: 1_000,
+        snapshot_term: 1,
+        total_bytes: total,
+        offset,
+        data: data.to_vec(),
+    };
+    let shard = c.shard(follower);
+    // A chunk that starts no transfer, a gap, and a snapshot over receive_bytes_max.
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(10, b"x", 20)),
+        Err(keel_node::shard::SnapshotError::OutOfOrder { .. })
+    ));
+    shard.receive_snapshot_chunk(chunk(0, b"0123", 20)).unwrap();
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(8, b"x", 20)),
+        Err(keel_node::shard::SnapshotError::OutOfOrder { .. })
+    ));
+    let huge = SnapshotOptions::default().receive_bytes_max + 1;
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(0, b"x", huge)),
+        Err(keel_node::shard::SnapshotError::TooLarge { .. })
+    ));
+    // A complete transfer of bytes that are no checkpoint: verified off the shard thread,
+    // rejected, and never shown to raft.
+    shard
+        .receive_snapshot_chunk(chunk(0, &[7u8; 200], 300))
+        .unwrap();
+    shard
+        .receive_snapshot_chunk(chunk(200, &[7u8; 100], 300))
+        .unwrap();
+    c.run_until(5_000, "the damaged snapshot rejected", |c| {
+        c.shard(follower).snapshot_stats().rejected >= 4
+    });
+    assert_eq!(c.shard(follower).snapshot_stats().installed, 0);
+    assert!(c.shard(follower).applied_index(0) < 1_000);
+    written(&c.put(0, 3, 2, "k2", "v"));
+    c.assert_converged();
+}
