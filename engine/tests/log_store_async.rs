@@ -319,3 +319,33 @@ fn groups_pinning_old_segments_are_named_and_freed_by_compaction() {
     store.purge().unwrap();
     assert!(store.stats().segments < before);
 }
+
+#[test]
+fn compacting_again_at_the_compaction_point_moves_its_record_forward() {
+    let log = MemLog::new(1);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, (1..=3).map(entry))).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    let mut b = WriteBatch::new();
+    b.compact(1, 3);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    let pinned = store.pinned_lsn();
+    for i in 1..=5 {
+        let t = store.stage(append(2, [entry(i)])).unwrap();
+        assert_eq!(block_on(store.durable()).unwrap(), t);
+    }
+    // Group 1 has no entries left; writing its compaction point (and hard state) again
+    // moves what it pins to the head of the log.
+    let mut b = WriteBatch::new();
+    b.set_hard_state(1, keel_engine::HardState::default());
+    b.compact(1, 3);
+    b.compact(2, 5);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert!(store.pinned_lsn() > pinned + 5);
+    assert_eq!((store.first_index(1), store.term(1, 3).unwrap()), (4, 1));
+    drop(store);
+    let store = open_mem(&log);
+    assert_eq!((store.first_index(1), store.last_index(1)), (4, 3));
+}

@@ -918,3 +918,57 @@ fn damaged_snapshot_transfers_are_rejected_and_the_group_keeps_serving() {
     written(&c.put(0, 3, 2, "k2", "v"));
     c.assert_converged();
 }
+
+#[test]
+fn an_idle_group_does_not_keep_the_log_from_being_purged() {
+    let mut c = Cluster::with_snapshots(3, 2, "idle group", small_snapshots());
+    c.wait_for_leaders(2_000);
+    written(&c.put(0, 1, 1, "k-idle", "v"));
+    // Group 1 writes on; group 0 stays idle with its first records far behind in the log.
+    // (The in-memory log has 64 records per segment; the log store keeps 16 segments.)
+    for i in 0..700u64 {
+        written(&c.put(1, 2, i + 1, &format!("k{i:03}"), "v"));
+    }
+    let ids = c.ids();
+    c.run_until(
+        5_000,
+        "the idle group's records moved and the log purged",
+        |c| {
+            ids.iter().all(|&id| {
+                let store = c.shard(id).store().borrow();
+                store.groups_pinning_old_segments().is_empty() && store.stats().segments <= 18
+            })
+        },
+    );
+    let recorded: Vec<u64> = ids
+        .iter()
+        .map(|&id| {
+            let store = c.shard(id).store().borrow();
+            store.snapshot(0).expect("group 0 checkpointed").index
+        })
+        .collect();
+    // Again: now group 0's checkpoint stands (nothing applied since), and only its records
+    // are written again at the head of the log.
+    for i in 700..1400u64 {
+        written(&c.put(1, 2, i + 1, &format!("k{i:04}"), "v"));
+    }
+    c.run_until(5_000, "the idle group's records moved again", |c| {
+        ids.iter().all(|&id| {
+            let store = c.shard(id).store().borrow();
+            store.groups_pinning_old_segments().is_empty() && store.stats().segments <= 18
+        })
+    });
+    for (&id, &index) in ids.iter().zip(&recorded) {
+        let store = c.shard(id).store().borrow();
+        assert_eq!(
+            store.snapshot(0).map(|s| s.index),
+            Some(index),
+            "member {id}"
+        );
+    }
+    assert_eq!(
+        c.get(0, "k-idle", ReadConsistency::Linearizable).as_deref(),
+        Some(b"v".as_slice())
+    );
+    c.assert_converged();
+}

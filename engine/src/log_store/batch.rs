@@ -54,10 +54,12 @@ impl WriteBatch {
     }
 
     /// Drops `group`'s entries up to and including `to` (log compaction after a snapshot),
-    /// in the same append as the rest of the batch. `to` at or below the group's
-    /// compaction point is skipped (compacted already, as etcd's `ErrCompacted` is ignored);
-    /// otherwise the entry at `to` must be durable and applied to the store when the batch
-    /// is staged (its term goes into the record), and at most the last index.
+    /// in the same append as the rest of the batch. `to` below the group's compaction point
+    /// is skipped (compacted already, as etcd's `ErrCompacted` is ignored); `to` equal to
+    /// it writes the compaction record again, at the head of the log (so that an idle group
+    /// stops pinning an old segment); otherwise the entry at `to` must be durable and
+    /// applied to the store when the batch is staged (its term goes into the record), and
+    /// at most the last index.
     pub fn compact(&mut self, group: GroupId, to: u64) -> &mut Self {
         self.ops.push((group, BatchOp::Compact(to)));
         self

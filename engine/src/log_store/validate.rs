@@ -126,7 +126,7 @@ impl<B: LogBackend> LogStore<B> {
                     records.push(LogRecord::Snapshot { group, meta });
                 }
                 BatchOp::Compact(to) => {
-                    if to < v.first {
+                    if to + 1 < v.first {
                         continue;
                     }
                     if to > v.last {
@@ -136,7 +136,13 @@ impl<B: LogBackend> LogStore<B> {
                             last_index: v.last,
                         });
                     }
-                    let term = self.term(group, to)?;
+                    let term = match self.term(group, to) {
+                        Ok(term) => term,
+                        // The compaction point itself, set by a staged write whose state
+                        // is not applied yet: nothing to write again.
+                        Err(_) if to + 1 == v.first => continue,
+                        Err(e) => return Err(e),
+                    };
                     v.first = to + 1;
                     records.push(LogRecord::Compact {
                         group,

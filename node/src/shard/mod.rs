@@ -234,7 +234,8 @@ pub struct Round {
 /// Counters of a shard's snapshots since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotStats {
-    /// Checkpoints written and recorded.
+    /// Checkpoints recorded in the log (a checkpoint recorded again at the head of the log,
+    /// for an idle group that pinned old segments, counts again).
     pub checkpoints: u64,
     /// Checkpoint writes that failed (logged; the group tries again later).
     pub checkpoints_failed: u64,
@@ -857,6 +858,22 @@ impl<B: AsyncLogBackend> Shard<B> {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
+        let applied = g.kv.applied_index();
+        if urgent && applied == g.last_checkpoint && applied == g.snapshot_index {
+            // Nothing applied since the checkpoint the log records: its file stands, and
+            // only its records (which the log has moved far past) are written again at
+            // the head, with the hard state, so that they no longer pin old segments.
+            if let Ok(term) = g.raw.term(applied) {
+                let meta = CheckpointMeta {
+                    index: applied,
+                    term,
+                    conf_state: encode_conf_state(&g.raw.status().conf_state),
+                    ..CheckpointMeta::default()
+                };
+                self.snapshots.to_record.push((group, meta, true));
+            }
+            return;
+        }
         let Some(info) = g.kv.begin_snapshot() else {
             return;
         };
@@ -924,7 +941,8 @@ impl<B: AsyncLogBackend> Shard<B> {
             );
             let keep = if urgent { 0 } else { catchup };
             let to = meta.index.saturating_sub(keep);
-            if to >= self.store.borrow().first_index(group) {
+            if to > 0 && to + 1 >= self.store.borrow().first_index(group) {
+                // At the compaction point itself, this writes its record again at the head.
                 batch.compact(group, to);
             }
             g.snapshot_index = meta.index;
