@@ -30,6 +30,23 @@
 //! loads the memtable and the sessions there too, and only then steps the raft snapshot
 //! message into the group. A damaged or incomplete transfer is dropped with an error the
 //! host logs; raft sends the snapshot again later.
+//!
+//! # Log space
+//!
+//! A group that applies little may pin old log segments with its first records. The host
+//! calls `Shard::check_log_space` now and then: groups that pin a segment older than the
+//! log store's newest `segments_live_max` checkpoint at once and keep no catch-up entries,
+//! and a group with nothing applied since its recorded checkpoint writes that checkpoint's
+//! records (and its hard state and compaction point) again at the head of the log. The host
+//! purges the log below `Shard::purge_lsn` off the shard thread.
+//!
+//! # Restart
+//!
+//! At start each group loads the newest checkpoint the log continues from (its index
+//! between the log's compaction point and last entry, with the same term there), restores
+//! its memtable and sessions from it, and tells raft it applied up to that index: only the
+//! entries after it are applied again. The commit index starts at least there (those
+//! entries were applied, so committed, even if the hard state saying so was not written).
 
 use std::collections::BTreeMap;
 use std::fs::File;
