@@ -50,6 +50,14 @@ pub struct ServerArgs {
     /// (a writer thread with pwrite). Default from KEEL_WAL_BACKEND, else auto.
     #[arg(long, value_enum)]
     wal_backend: Option<BackendArg>,
+    /// Checkpoint a raft group (its snapshot, after which its log is compacted) once it
+    /// applied this many entries since its last checkpoint (etcd's --snapshot-count).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+    /// Entries a group keeps in its log behind its checkpoint, so that a follower that lags
+    /// a little catches up from the log instead of a snapshot (as etcd's flag).
+    #[arg(long, default_value_t = 5_000)]
+    snapshot_catchup_entries: u64,
     /// Do not pin shard threads to CPUs (by default shard s, with its log's threads, runs on
     /// CPU s mod cpus). Also KEEL_NO_PIN=1.
     #[arg(long)]
@@ -143,6 +151,8 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         return Err("--tick-ms must be positive".into());
     }
     config.tick = Duration::from_millis(args.tick_ms);
+    config.snapshot_entries = args.snapshot_entries;
+    config.snapshot_catchup_entries = args.snapshot_catchup_entries;
     let backend = match args.wal_backend {
         Some(b) => b,
         None => match std::env::var("KEEL_WAL_BACKEND").as_deref() {

@@ -8,6 +8,8 @@
 //!   (all restarted), and the cluster serves again;
 //! - `keel bench cluster` on members of its own (started, measured, stopped with SIGTERM)
 //!   and against a running cluster;
+//! - a member killed while the others write past their log compaction restarts and
+//!   catches up by snapshot (its own serializable reads serve every write);
 //! - bad input on the client port (garbage, a truncated frame, an oversized length, a sound
 //!   frame with an unknown kind, a client that never reads its responses) costs only that
 //!   connection: the member keeps running and serving others.
@@ -62,6 +64,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, &[])
+    }
+
+    /// Starts `nodes` members with `extra` flags after the usual ones.
+    fn start_with(nodes: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("keel-cluster-test-")
             .tempdir()
@@ -97,6 +104,10 @@ impl Cluster {
                     "--shards".into(),
                     SHARDS.to_string(),
                 ];
+                let args = args
+                    .into_iter()
+                    .chain(extra.iter().map(|s| (*s).to_string()))
+                    .collect();
                 Member {
                     err_path: dir.path().join(format!("{name}.err")),
                     name,
@@ -1022,4 +1033,66 @@ fn bench_cluster_starts_and_stops_its_own_members() {
     );
     assert_eq!(field("errors"), "0", "{line}");
     assert_eq!(field("groups"), "4", "{line}");
+}
+
+#[test]
+fn a_member_behind_a_compaction_catches_up_by_snapshot() {
+    let _turn = serial();
+    // Checkpoints every 40 entries of a group, 10 kept behind: the writes below compact
+    // each group's log far past what the killed member holds.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-entries",
+            "40",
+            "--snapshot-catchup-entries",
+            "10",
+        ],
+    );
+    let rt = runtime();
+    let victim = 2;
+    rt.block_on(async {
+        let client = cluster.wait_ready().await;
+        client.put("before", "kill").await.unwrap();
+        cluster.kill9(victim);
+        for i in 0..400u32 {
+            client
+                .put(format!("snap-{i:04}"), format!("value-{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("put {i}: {e}{}", cluster.stderr_tails()));
+        }
+    });
+    cluster.spawn(victim);
+    let address = cluster.members[victim].client_address.clone();
+    let started = Instant::now();
+    loop {
+        cluster.assert_running();
+        let caught_up = (0..400u32).step_by(37).chain([399]).all(|i| {
+            read_at(&address, &format!("snap-{i:04}")) == Some(format!("value-{i}").into_bytes())
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the restarted member did not catch up{}",
+            cluster.stderr_tails()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every key, from the restarted member's own state machine.
+    for i in 0..400u32 {
+        assert_eq!(
+            read_at(&address, &format!("snap-{i:04}")),
+            Some(format!("value-{i}").into_bytes()),
+            "snap-{i:04} on the restarted member"
+        );
+    }
+    let log = std::fs::read_to_string(&cluster.members[victim].err_path).unwrap();
+    assert!(
+        log.contains("snapshot installed"),
+        "the restarted member caught up without a snapshot{}",
+        cluster.stderr_tails()
+    );
+    cluster.terminate_all();
 }

@@ -5,24 +5,27 @@
 //! `index` be dropped. Recovery loads the newest checkpoint that verifies and replays the log
 //! after it; a checkpoint that fails verification is reported and skipped, never half-loaded.
 //!
-//! # File format, version 1
+//! # File format, version 2
 //!
 //! All integers are little-endian. Offsets are absolute byte offsets in the file.
 //!
 //! ```text
 //! header, 64 bytes:
 //!    0  [u8; 8]  magic "KEELCKPT"
-//!    8  u32      format version = 1
+//!    8  u32      format version = 2
 //!   12  u32      flags, 0 (reserved)
 //!   16  u64      index: log position covered (last applied command)
 //!   24  u64      term: raft term of `index` (0 for a standalone store)
 //!   32  u64      revision: store revision
 //!   40  u64      entry_count: number of key-value entries
 //!   48  u32      conf_state_len: bytes of the opaque configuration blob
-//!   52  u32      reserved, 0
+//!   52  u32      app_state_len: bytes of the opaque application-state blob
+//!                (at most APP_STATE_BYTES_MAX)
 //!   56  u32      header_crc: CRC-32 (crc32fast) of bytes 0..56
 //!   60  u32      reserved, 0 (outside the CRC; a reader rejects nonzero)
 //! conf state, conf_state_len bytes at offset 64 (raft configuration, opaque here)
+//! app state, app_state_len bytes right after it (for a replicated node: the group's
+//!            exactly-once client sessions; opaque here, empty for a standalone store)
 //! entries, in strictly ascending key order, each:
 //!    0  u32      key_len (>= 1)
 //!    4  u32      value_len
@@ -32,12 +35,19 @@
 //!   32  key_len bytes of key, then value_len bytes of value
 //! offset table, entry_count × u64: the offset of each entry, in order (binary search)
 //! footer, 32 bytes, at file length − 32:
-//!    0  u64      data_offset: offset of the first entry (= 64 + conf_state_len)
+//!    0  u64      data_offset: offset of the first entry
+//!                (= 64 + conf_state_len + app_state_len)
 //!    8  u64      table_offset: offset of the offset table
 //!   16  u32      body_crc: CRC-32 of every byte from 64 up to the footer
 //!   20  u32      footer_crc: CRC-32 of footer bytes 0..20
 //!   24  [u8; 8]  magic "KEELCKND"
 //! ```
+//!
+//! # Version 1
+//!
+//! Version 1 is version 2 without the app state: bytes 52..56 of its header are reserved
+//! and must be zero, and the entries start right after the conf state. This build still
+//! reads it (as a checkpoint with an empty app state) and writes version 2 only.
 //!
 //! Opening a checkpoint verifies both CRCs, the structure (every entry lies where the table
 //! says, within the data section, keys strictly ascending) and every length against the file,
@@ -62,8 +72,10 @@ use crate::revision::{KeyMeta, KeyValue};
 pub const MAGIC: [u8; 8] = *b"KEELCKPT";
 /// Last bytes of a checkpoint file.
 pub const END_MAGIC: [u8; 8] = *b"KEELCKND";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes (it reads this one and [`FORMAT_VERSION_V1`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version, without the app state; still read.
+pub const FORMAT_VERSION_V1: u32 = 1;
 /// Size of the header, in bytes.
 pub const HEADER_BYTES: usize = 64;
 /// Size of the footer, in bytes.
@@ -72,6 +84,8 @@ pub const FOOTER_BYTES: usize = 32;
 pub const ENTRY_HEADER_BYTES: usize = 32;
 /// Largest configuration blob a checkpoint carries, in bytes.
 pub const CONF_STATE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest application-state blob a checkpoint carries, in bytes (256 MiB).
+pub const APP_STATE_BYTES_MAX: usize = 256 << 20;
 
 const FILE_PREFIX: &str = "checkpoint-";
 const FILE_SUFFIX: &str = ".ckpt";
@@ -129,6 +143,12 @@ pub enum CheckpointError {
         /// Its length.
         len: usize,
     },
+    /// The checkpoint's application-state blob exceeded `APP_STATE_BYTES_MAX`.
+    #[error("app state of {len} bytes exceeds APP_STATE_BYTES_MAX ({APP_STATE_BYTES_MAX})")]
+    AppStateTooLarge {
+        /// Its length.
+        len: usize,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CheckpointError + 'a {
@@ -152,6 +172,9 @@ pub struct CheckpointMeta {
     pub entry_count: u64,
     /// Opaque configuration (raft ConfState) carried with a snapshot.
     pub conf_state: Vec<u8>,
+    /// Opaque application state carried with the entries (a replicated node's client
+    /// sessions); empty for a standalone store and for version-1 files.
+    pub app_state: Vec<u8>,
 }
 
 /// Writes a checkpoint of `memtable` at `path` (through `path.tmp`, fsync, rename, directory
@@ -168,6 +191,7 @@ pub fn write_checkpoint(
         revision: memtable.revision(),
         entry_count: 0,
         conf_state: conf_state.to_vec(),
+        app_state: Vec::new(),
     };
     write_checkpoint_with(path, header, &mut |sink| {
         for (key, value, meta) in memtable.iter() {
@@ -192,6 +216,11 @@ pub fn write_checkpoint_with(
     if header.conf_state.len() > CONF_STATE_BYTES_MAX {
         return Err(CheckpointError::ConfStateTooLarge {
             len: header.conf_state.len(),
+        });
+    }
+    if header.app_state.len() > APP_STATE_BYTES_MAX {
+        return Err(CheckpointError::AppStateTooLarge {
+            len: header.app_state.len(),
         });
     }
     let tmp = tmp_path(path);
@@ -285,7 +314,11 @@ fn write_body(
         u32::try_from(header.conf_state.len()).map_err(|_| CheckpointError::ConfStateTooLarge {
             len: header.conf_state.len(),
         })?;
-    let data_offset = (HEADER_BYTES + header.conf_state.len()) as u64;
+    let app_len =
+        u32::try_from(header.app_state.len()).map_err(|_| CheckpointError::AppStateTooLarge {
+            len: header.app_state.len(),
+        })?;
+    let data_offset = (HEADER_BYTES + header.conf_state.len() + header.app_state.len()) as u64;
     let mut sink = EntrySink {
         w: CrcWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
@@ -298,7 +331,8 @@ fn write_body(
     };
     (|| -> io::Result<()> {
         sink.w.inner.write_all(&[0u8; HEADER_BYTES])?;
-        sink.w.put(&header.conf_state)
+        sink.w.put(&header.conf_state)?;
+        sink.w.put(&header.app_state)
     })()
     .map_err(io_err("write", path))?;
     fill(&mut sink)?;
@@ -329,7 +363,7 @@ fn write_body(
         entry_count,
         ..header
     };
-    let encoded = encode_header(&meta, conf_len);
+    let encoded = encode_header(&meta, conf_len, app_len);
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&encoded))
         .map_err(io_err("write", path))?;
@@ -337,7 +371,7 @@ fn write_body(
     Ok(meta)
 }
 
-fn encode_header(meta: &CheckpointMeta, conf_len: u32) -> [u8; HEADER_BYTES] {
+fn encode_header(meta: &CheckpointMeta, conf_len: u32, app_len: u32) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -346,6 +380,7 @@ fn encode_header(meta: &CheckpointMeta, conf_len: u32) -> [u8; HEADER_BYTES] {
     h[32..40].copy_from_slice(&meta.revision.to_le_bytes());
     h[40..48].copy_from_slice(&meta.entry_count.to_le_bytes());
     h[48..52].copy_from_slice(&conf_len.to_le_bytes());
+    h[52..56].copy_from_slice(&app_len.to_le_bytes());
     let crc = crc32fast::hash(&h[0..56]);
     h[56..60].copy_from_slice(&crc.to_le_bytes());
     h
@@ -488,11 +523,19 @@ impl CheckpointReader {
             ));
         }
         let version = u32_at(8)?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_V1 {
             return Err(CheckpointError::UnsupportedVersion {
                 path,
                 found: version,
             });
+        }
+        // Version 1 reserved bytes 52..56 (zero); version 2 holds the app state's length.
+        let app_len = u32_at(52)? as usize;
+        if version == FORMAT_VERSION_V1 && app_len != 0 {
+            return Err(corrupt(
+                52,
+                "nonzero reserved bytes in a version-1 header".into(),
+            ));
         }
         let f = len - FOOTER_BYTES;
         if b[f + 24..f + 32] != END_MAGIC {
@@ -507,6 +550,7 @@ impl CheckpointReader {
             revision: u64_at(32)?,
             entry_count: u64_at(40)?,
             conf_state: Vec::new(),
+            app_state: Vec::new(),
         };
         let conf_len = u32_at(48)? as usize;
         let data_offset = usize::try_from(u64_at(f)?).unwrap_or(usize::MAX);
@@ -516,14 +560,16 @@ impl CheckpointReader {
             .checked_mul(8)
             .and_then(|t| t.checked_add(table_offset));
         if conf_len > CONF_STATE_BYTES_MAX
-            || data_offset != HEADER_BYTES + conf_len
+            || app_len > APP_STATE_BYTES_MAX
+            || data_offset != HEADER_BYTES + conf_len + app_len
             || table_offset < data_offset
             || table_end != Some(f)
         {
             return Err(corrupt(
                 f,
                 format!(
-                    "inconsistent layout: conf {conf_len} B, data at {data_offset}, \
+                    "inconsistent layout: conf {conf_len} B, app state {app_len} B, \
+                     data at {data_offset}, \
                      table at {table_offset}, {entry_count} entries, footer at {f}"
                 ),
             ));
@@ -533,7 +579,8 @@ impl CheckpointReader {
         }
         let mut reader = CheckpointReader {
             meta: CheckpointMeta {
-                conf_state: b[HEADER_BYTES..data_offset].to_vec(),
+                conf_state: b[HEADER_BYTES..HEADER_BYTES + conf_len].to_vec(),
+                app_state: b[HEADER_BYTES + conf_len..data_offset].to_vec(),
                 ..meta
             },
             path: path.clone(),
@@ -746,8 +793,15 @@ impl CheckpointDir {
 
     /// The file name of the checkpoint covering `index`.
     pub fn path_for(&self, index: u64) -> PathBuf {
-        self.dir
-            .join(format!("{FILE_PREFIX}{index:020}{FILE_SUFFIX}"))
+        Self::path_in(&self.dir, index)
+    }
+
+    /// Where the checkpoint covering `index` is in the checkpoint directory `dir`, without
+    /// opening it (a reader of a published checkpoint, such as a snapshot sender, needs no
+    /// more; [`CheckpointDir::open`] also removes temporary files, which only the
+    /// directory's one writer may do).
+    pub fn path_in(dir: &Path, index: u64) -> PathBuf {
+        dir.join(format!("{FILE_PREFIX}{index:020}{FILE_SUFFIX}"))
     }
 
     /// Published checkpoints as (index, path), oldest first.

@@ -194,3 +194,63 @@ proptest! {
         prop_assert!(CheckpointReader::from_bytes(bytes).is_err());
     }
 }
+
+#[test]
+fn the_app_state_round_trips_and_a_version_1_file_is_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs: Vec<_> = (0..5u8).map(|i| (vec![b'k', i], vec![i; 3])).collect();
+    let m = store(&pairs, 9);
+    let ckpts = CheckpointDir::open(dir.path()).unwrap();
+    let header = keel_engine::CheckpointMeta {
+        index: 9,
+        term: 2,
+        revision: m.revision(),
+        entry_count: 0,
+        conf_state: b"conf".to_vec(),
+        app_state: b"sessions".to_vec(),
+    };
+    let (path, meta) = ckpts
+        .write_with(header, &mut |sink| {
+            for (k, v, meta) in m.iter() {
+                sink.push(k, v, meta)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let r = CheckpointReader::open(&path).unwrap();
+    assert_eq!(r.meta(), &meta);
+    assert_eq!(
+        (
+            r.meta().conf_state.as_slice(),
+            r.meta().app_state.as_slice()
+        ),
+        (b"conf".as_slice(), b"sessions".as_slice())
+    );
+    assert_eq!(
+        contents(&r.to_memtable(KvLimits::default()).unwrap()),
+        contents(&m)
+    );
+    let patch = |b: &mut Vec<u8>, version: u32| {
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..56]);
+        b[56..60].copy_from_slice(&crc.to_le_bytes());
+    };
+    // Marked version 1, a file with an app state is corrupt (bytes 52..56 were reserved).
+    let mut bytes = fs::read(&path).unwrap();
+    patch(&mut bytes, 1);
+    assert!(matches!(
+        CheckpointReader::from_bytes(bytes),
+        Err(CheckpointError::Corruption { offset: 52, .. })
+    ));
+    // A version-1 file (no app state; otherwise the same layout) is read.
+    let v1 = dir.path().join("v1.ckpt");
+    write_checkpoint(&v1, &m, 2, b"conf").unwrap();
+    let mut bytes = fs::read(&v1).unwrap();
+    patch(&mut bytes, 1);
+    let r = CheckpointReader::from_bytes(bytes).unwrap();
+    assert_eq!((r.meta().index, r.meta().app_state.len()), (9, 0));
+    assert_eq!(
+        contents(&r.to_memtable(KvLimits::default()).unwrap()),
+        contents(&m)
+    );
+}

@@ -267,3 +267,85 @@ fn a_blocking_write_after_the_appends_finish_is_seen_by_the_next_stage() {
     assert_eq!(block_on(store.durable()).unwrap(), t3);
     assert_eq!(store.last_index(1), 7);
 }
+
+#[test]
+fn a_staged_compaction_drops_entries_and_survives_recovery() {
+    let log = MemLog::new(4);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, (1..=10).map(entry))).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    // Compaction rides with other work in one append; compacting again below is skipped.
+    let mut b = append(1, (11..=12).map(entry));
+    b.compact(1, 6);
+    b.compact(1, 4);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert_eq!((store.first_index(1), store.last_index(1)), (7, 12));
+    assert_eq!(store.term(1, 6).unwrap(), 1);
+    // Beyond the last index is refused before anything is written.
+    let mut b = WriteBatch::new();
+    b.compact(1, 13);
+    assert!(matches!(
+        store.stage(b),
+        Err(LogStoreError::Unavailable { index: 13, .. })
+    ));
+    drop(store);
+    let store = open_mem(&log);
+    assert_eq!((store.first_index(1), store.last_index(1)), (7, 12));
+}
+
+#[test]
+fn groups_pinning_old_segments_are_named_and_freed_by_compaction() {
+    // One record per segment: group 1's single entry soon lies in a segment far behind.
+    let log = MemLog::new(1);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, [entry(1)])).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    for i in 1..=20 {
+        let t = store.stage(append(2, [entry(i)])).unwrap();
+        assert_eq!(block_on(store.durable()).unwrap(), t);
+    }
+    assert_eq!(store.groups_pinning_old_segments(), vec![1, 2]);
+    // Compacting both (with group 1's hard state written again) moves their pins forward:
+    // nothing old is needed any more, and the log can be purged.
+    let mut b = WriteBatch::new();
+    b.set_hard_state(1, keel_engine::HardState::default());
+    b.compact(1, 1);
+    b.compact(2, 20);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert!(store.groups_pinning_old_segments().is_empty());
+    let before = store.stats().segments;
+    store.purge().unwrap();
+    assert!(store.stats().segments < before);
+}
+
+#[test]
+fn compacting_again_at_the_compaction_point_moves_its_record_forward() {
+    let log = MemLog::new(1);
+    let mut store = open_mem(&log);
+    let t = store.stage(append(1, (1..=3).map(entry))).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    let mut b = WriteBatch::new();
+    b.compact(1, 3);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    let pinned = store.pinned_lsn();
+    for i in 1..=5 {
+        let t = store.stage(append(2, [entry(i)])).unwrap();
+        assert_eq!(block_on(store.durable()).unwrap(), t);
+    }
+    // Group 1 has no entries left; writing its compaction point (and hard state) again
+    // moves what it pins to the head of the log.
+    let mut b = WriteBatch::new();
+    b.set_hard_state(1, keel_engine::HardState::default());
+    b.compact(1, 3);
+    b.compact(2, 5);
+    let t = store.stage(b).unwrap();
+    assert_eq!(block_on(store.durable()).unwrap(), t);
+    assert!(store.pinned_lsn() > pinned + 5);
+    assert_eq!((store.first_index(1), store.term(1, 3).unwrap()), (4, 1));
+    drop(store);
+    let store = open_mem(&log);
+    assert_eq!((store.first_index(1), store.last_index(1)), (4, 3));
+}

@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::task::{Context, Poll, Waker};
 
-use keel_engine::log_backend::MemLog;
+use keel_engine::log_backend::{LogBackend, MemLog};
 use keel_engine::txn::{Op, RangeRequest, Txn};
 use keel_engine::{LogStore, LogStoreOptions};
 use keel_node::consensus::{Message, NodeId};
-use keel_node::shard::{Outcome, ReadConsistency, RequestError, Shard, ShardOptions};
+use keel_node::shard::{
+    Outcome, ReadConsistency, RequestError, Shard, ShardOptions, SnapshotChunk, SnapshotOptions,
+};
 
 struct Rng(u64);
 
@@ -28,10 +30,30 @@ impl Rng {
     }
 }
 
+/// A group's state as a test compares it: key, value and mod revision of every key.
+type KvState = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
 struct Member {
     id: NodeId,
     log: MemLog,
+    /// Where its groups' checkpoints live (its "disk", kept across crashes).
+    dir: tempfile::TempDir,
     shard: Option<Shard<MemLog>>,
+}
+
+/// What the network carries: raft messages and chunks of snapshot transfers.
+enum Packet {
+    Message(Message),
+    Chunk(SnapshotChunk),
+}
+
+impl Packet {
+    fn to(&self) -> NodeId {
+        match self {
+            Packet::Message(m) => m.to,
+            Packet::Chunk(c) => c.to,
+        }
+    }
 }
 
 struct Cluster {
@@ -39,23 +61,42 @@ struct Cluster {
     rng: Rng,
     members: Vec<Member>,
     groups: Vec<u64>,
-    /// (delivery step, message)
-    net: Vec<(u64, Message)>,
+    snapshots: SnapshotOptions,
+    /// (delivery step, packet)
+    net: Vec<(u64, Packet)>,
     drop_percent: u64,
     step: u64,
     answers: HashMap<u64, Outcome>,
     next_request: u64,
 }
 
-fn open_shard(id: NodeId, members: &[NodeId], log: &MemLog, groups: &[u64]) -> Shard<MemLog> {
+fn open_shard(
+    id: NodeId,
+    members: &[NodeId],
+    log: &MemLog,
+    dir: &std::path::Path,
+    snapshots: &SnapshotOptions,
+    groups: &[u64],
+) -> Shard<MemLog> {
     let store = LogStore::open(log.clone(), LogStoreOptions::default(), &mut |_| {})
         .expect("the log store recovers");
-    let options = ShardOptions::new(id, members.to_vec());
+    let mut options = ShardOptions::new(id, members.to_vec());
+    options.snapshots = SnapshotOptions {
+        dir: Some(dir.to_path_buf()),
+        ..snapshots.clone()
+    };
     Shard::new(options, store, groups).expect("the shard starts")
 }
 
 impl Cluster {
+    /// A cluster whose groups checkpoint with the default limits (10,000 entries: never in
+    /// these tests).
     fn new(n: u64, groups: u64, name: &str) -> Cluster {
+        Cluster::with_snapshots(n, groups, name, SnapshotOptions::default())
+    }
+
+    /// A cluster whose shards snapshot with `snapshots` (its `dir` is set per member).
+    fn with_snapshots(n: u64, groups: u64, name: &str, snapshots: SnapshotOptions) -> Cluster {
         let seed = std::env::var("KEEL_CLUSTER_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -67,10 +108,12 @@ impl Cluster {
             .iter()
             .map(|&id| {
                 let log = MemLog::new(64);
-                let shard = open_shard(id, &ids, &log, &groups);
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let shard = open_shard(id, &ids, &log, dir.path(), &snapshots, &groups);
                 Member {
                     id,
                     log,
+                    dir,
                     shard: Some(shard),
                 }
             })
@@ -80,6 +123,7 @@ impl Cluster {
             rng: Rng(seed),
             members,
             groups,
+            snapshots,
             net: Vec::new(),
             drop_percent: 0,
             step: 0,
@@ -112,14 +156,20 @@ impl Cluster {
             .into_iter()
             .partition(|(at, _)| *at <= now);
         self.net = later;
-        for (_, m) in due {
+        for (_, packet) in due {
             if let Some(shard) = self
                 .members
                 .iter_mut()
-                .find(|x| x.id == m.to)
+                .find(|x| x.id == packet.to())
                 .and_then(|x| x.shard.as_mut())
             {
-                shard.step(m);
+                match packet {
+                    Packet::Message(m) => shard.step(m),
+                    Packet::Chunk(c) => {
+                        // A dropped chunk abandons its transfer; raft sends it again.
+                        let _ = shard.receive_snapshot_chunk(c);
+                    }
+                }
             }
         }
         let tick = now % 5 == 0;
@@ -131,9 +181,11 @@ impl Cluster {
             if tick {
                 shard.tick();
                 shard.balance_leaders();
+                shard.check_log_space();
             }
             let round = shard.round().expect("round");
-            sent.extend(round.messages);
+            sent.extend(round.messages.into_iter().map(Packet::Message));
+            sent.extend(shard.take_snapshot_chunks().into_iter().map(Packet::Chunk));
             // The in-memory log completes appends at once: report them durable.
             let waker = Waker::noop();
             let mut cx = Context::from_waker(waker);
@@ -148,12 +200,20 @@ impl Cluster {
             for (id, outcome) in shard.take_answers() {
                 self.answers.insert(id, outcome);
             }
+            if let Some(lsn) = shard.purge_lsn() {
+                let mut log = member.log.clone();
+                log.purge_before(lsn).expect("purge");
+            }
         }
         for m in sent {
             if self.drop_percent > 0 && self.rng.below(100) < self.drop_percent {
                 continue;
             }
-            let delay = 1 + self.rng.below(3);
+            // Chunks of a transfer arrive in order, as over one TCP connection.
+            let delay = match m {
+                Packet::Chunk(_) => 1,
+                Packet::Message(_) => 1 + self.rng.below(3),
+            };
             self.net.push((now + delay, m));
         }
     }
@@ -268,27 +328,64 @@ impl Cluster {
     fn crash(&mut self, id: NodeId) {
         self.member(id).shard = None;
         // Messages in flight to it are lost with it.
-        self.net.retain(|(_, m)| m.to != id);
+        self.net.retain(|(_, m)| m.to() != id);
     }
 
     fn restart(&mut self, id: NodeId) {
         let ids = self.ids();
         let groups = self.groups.clone();
+        let snapshots = self.snapshots.clone();
         let member = self.member(id);
-        member.shard = Some(open_shard(id, &ids, &member.log, &groups));
+        member.shard = Some(open_shard(
+            id,
+            &ids,
+            &member.log,
+            member.dir.path(),
+            &snapshots,
+            &groups,
+        ));
     }
 
     /// Every live replica of every group holds the same data once caught up.
     fn assert_converged(&mut self) {
         self.run(200);
-        for &group in &self.groups.clone() {
+        // Snapshot installs and checkpoints finish on helper threads: give a member that
+        // is still installing one the time to (a few seconds at most).
+        for _ in 0..2_000 {
+            if self.diverged().is_none() {
+                return;
+            }
+            self.run(5);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if let Some((group, id, state, first)) = self.diverged() {
+            assert_eq!(
+                state, first,
+                "seed {}: member {id} diverged in group {group}",
+                self.seed
+            );
+        }
+    }
+
+    /// A group in which a live member's state differs from the first live member's: the
+    /// group, the member, its state and the first one's.
+    #[allow(clippy::type_complexity)]
+    fn diverged(
+        &self,
+    ) -> Option<(
+        u64,
+        NodeId,
+        Vec<(Vec<u8>, Vec<u8>, u64)>,
+        Vec<(Vec<u8>, Vec<u8>, u64)>,
+    )> {
+        for &group in &self.groups {
             let mut states = BTreeMap::new();
             for m in &self.members {
                 if let Some(shard) = &m.shard {
                     let all = shard
                         .local_range(group, &RangeRequest::prefix("k"))
                         .expect("range");
-                    let kvs: Vec<(Vec<u8>, Vec<u8>, u64)> = all
+                    let kvs: KvState = all
                         .kvs
                         .into_iter()
                         .map(|kv| (kv.key, kv.value, kv.meta.mod_revision))
@@ -296,16 +393,14 @@ impl Cluster {
                     states.insert(m.id, kvs);
                 }
             }
-            let first = states.values().next().cloned();
-            for (id, state) in &states {
-                assert_eq!(
-                    Some(state),
-                    first.as_ref(),
-                    "seed {}: member {id} diverged in group {group}",
-                    self.seed
-                );
+            let first = states.values().next().cloned().unwrap_or_default();
+            for (id, state) in states {
+                if state != first {
+                    return Some((group, id, state, first));
+                }
             }
         }
+        None
     }
 }
 
@@ -547,4 +642,333 @@ fn a_commit_alone_costs_no_durable_write() {
         "seed {}: 50 sequential writes took {writes} durable writes on the leader",
         c.seed
     );
+}
+
+/// Snapshot limits small enough for a test to cross them: a checkpoint every 20 entries,
+/// 5 entries kept behind it, transfers in chunks of 300 bytes.
+fn small_snapshots() -> SnapshotOptions {
+    SnapshotOptions {
+        snapshot_entries: 20,
+        catchup_entries: 5,
+        chunk_bytes_max: 300,
+        checkpoint_round_entries_max: 8,
+        ..SnapshotOptions::default()
+    }
+}
+
+impl Cluster {
+    /// Runs until `done` holds (helper threads write checkpoints and install snapshots
+    /// while steps run), at most `steps_max` steps.
+    fn run_until(&mut self, steps_max: u64, what: &str, done: impl Fn(&mut Cluster) -> bool) {
+        for _ in 0..steps_max {
+            if done(self) {
+                return;
+            }
+            self.run_step();
+            // Let the helper threads of the shards make progress.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let stats: Vec<_> = self
+            .members
+            .iter()
+            .filter_map(|m| m.shard.as_ref().map(|s| (m.id, s.snapshot_stats())))
+            .collect();
+        panic!("seed {}: {what} never happened; {stats:?}", self.seed);
+    }
+
+    /// The log store's first index of `group` on `member` (above 1 once it compacted).
+    /// Runs until every group's leader compacted its log past what `down` (a crashed
+    /// member) holds: `down` can then only catch up by snapshot.
+    fn wait_compacted_past(&mut self, down: NodeId) {
+        let lagging = self.member(down).log.clone();
+        let store = LogStore::open(lagging, LogStoreOptions::default(), &mut |_| {}).unwrap();
+        self.run_until(
+            5_000,
+            "compaction past the down member in every group",
+            |c| {
+                c.groups.clone().into_iter().all(|g| {
+                    c.agreed_leader(g)
+                        .is_some_and(|leader| c.first_index(leader, g) > store.last_index(g) + 1)
+                })
+            },
+        );
+    }
+
+    fn first_index(&mut self, member: NodeId, group: u64) -> u64 {
+        self.shard(member).store().borrow().first_index(group)
+    }
+}
+
+#[test]
+fn a_follower_behind_a_compaction_catches_up_by_snapshot_and_serves_the_same_data() {
+    let mut c = Cluster::with_snapshots(3, 2, "snapshot catch-up", small_snapshots());
+    c.wait_for_leaders(2_000);
+    c.run(300);
+    // A member that leads no group goes down; the others write far past what they keep.
+    let down = c
+        .ids()
+        .into_iter()
+        .find(|&id| c.groups.iter().all(|&g| c.agreed_leader(g) != Some(id)))
+        .expect("a member that leads nothing");
+    c.crash(down);
+    let mut acked = BTreeMap::new();
+    for i in 0..120u64 {
+        let group = i % 2;
+        let key = format!("k{i:03}");
+        written(&c.put(group, 5, i + 1, &key, &format!("v{i}")));
+        acked.insert(key, (group, format!("v{i}")));
+    }
+    c.wait_compacted_past(down);
+    c.restart(down);
+    c.run_until(20_000, "a snapshot install on the restarted member", |c| {
+        c.shard(down).snapshot_stats().installed >= 2
+    });
+    c.assert_converged();
+    // It serves the same data from its own state machine, and keeps up with new writes.
+    for (key, (group, value)) in &acked {
+        let got = c
+            .shard(down)
+            .local_range(*group, &RangeRequest::key(key.as_str()))
+            .unwrap();
+        assert_eq!(
+            got.kvs.first().map(|kv| kv.value.clone()),
+            Some(value.clone().into_bytes()),
+            "seed {}: {key} on the restarted member",
+            c.seed
+        );
+    }
+    written(&c.put(0, 5, 200, "k-after", "x"));
+    c.assert_converged();
+}
+
+#[test]
+fn a_retried_write_is_applied_once_across_a_snapshot_install() {
+    let mut c = Cluster::with_snapshots(3, 1, "exactly once over a snapshot", small_snapshots());
+    c.wait_for_leaders(2_000);
+    c.run(300);
+    // Member 1 is group 0's preferred leader: down, another leads; back, it catches up
+    // (by snapshot) and takes the leadership back.
+    let preferred = c.ids()[0];
+    c.crash(preferred);
+    c.wait_for_leaders(3_000);
+    let first = c.put(0, 42, 1, "kx", "v");
+    let revision = written(&first);
+    for i in 0..60u64 {
+        written(&c.put(0, 43, i + 1, &format!("k{i}"), "w"));
+    }
+    c.wait_compacted_past(preferred);
+    c.restart(preferred);
+    c.run_until(
+        20_000,
+        "the preferred member installing a snapshot and leading",
+        |c| {
+            c.shard(preferred).snapshot_stats().installed >= 1
+                && c.agreed_leader(0) == Some(preferred)
+        },
+    );
+    // The retry lands on the member whose sessions came from the snapshot.
+    let again = c.put(0, 42, 1, "kx", "v");
+    assert_eq!(again, first, "the retry is answered with the first result");
+    let kv = c
+        .shard(preferred)
+        .local_range(0, &RangeRequest::key("kx"))
+        .unwrap()
+        .kvs
+        .remove(0);
+    assert_eq!(
+        (kv.meta.mod_revision, kv.meta.version),
+        (revision, 1),
+        "applied once"
+    );
+    c.assert_converged();
+}
+
+#[test]
+fn a_restart_from_a_checkpoint_and_the_log_tail_gives_the_same_state() {
+    let mut c = Cluster::with_snapshots(3, 2, "restart from checkpoints", small_snapshots());
+    c.wait_for_leaders(2_000);
+    let mut acked = BTreeMap::new();
+    for i in 0..90u64 {
+        let group = i % 2;
+        let key = format!("k{i:03}");
+        written(&c.put(group, 8, i + 1, &key, &format!("v{i}")));
+        acked.insert(key, (group, format!("v{i}")));
+    }
+    let ids = c.ids();
+    c.run_until(5_000, "compaction on every member", |c| {
+        ids.iter()
+            .all(|&id| c.first_index(id, 0) > 1 && c.first_index(id, 1) > 1)
+    });
+    c.assert_converged();
+    let groups = c.groups.clone();
+    let pairs: Vec<(NodeId, u64)> = ids
+        .iter()
+        .flat_map(|&id| groups.iter().map(move |&g| (id, g)))
+        .collect();
+    let before: BTreeMap<(NodeId, u64), KvState> = pairs
+        .into_iter()
+        .map(|(id, g)| {
+            let kvs = c
+                .shard(id)
+                .local_range(g, &RangeRequest::prefix("k"))
+                .unwrap()
+                .kvs
+                .into_iter()
+                .map(|kv| (kv.key, kv.value, kv.meta.mod_revision))
+                .collect();
+            ((id, g), kvs)
+        })
+        .collect();
+    // Every member goes down at once and comes back from its checkpoints and log tails.
+    for &id in &ids {
+        c.crash(id);
+    }
+    for &id in &ids {
+        c.restart(id);
+        for g in c.groups.clone() {
+            let applied = c.shard(id).applied_index(g);
+            let first = c.first_index(id, g);
+            assert!(
+                applied + 1 >= first && applied > 0,
+                "member {id} group {g}: restarted at {applied} with the log from {first}"
+            );
+        }
+    }
+    c.wait_for_leaders(3_000);
+    c.run(300);
+    for (&(id, g), kvs) in &before {
+        let now: KvState = c
+            .shard(id)
+            .local_range(g, &RangeRequest::prefix("k"))
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value, kv.meta.mod_revision))
+            .collect();
+        assert_eq!(&now, kvs, "member {id} group {g} after the restart");
+    }
+    for (key, (group, value)) in &acked {
+        let got = c.get(*group, key, ReadConsistency::Linearizable);
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
+    }
+    // A retry of a write applied before the restart is still answered, not applied again.
+    let retry = c.put(0, 8, 89, "k088", "v88");
+    written(&retry);
+    let leader = c.agreed_leader(0).unwrap();
+    let kv = c
+        .shard(leader)
+        .local_range(0, &RangeRequest::key("k088"))
+        .unwrap()
+        .kvs
+        .remove(0);
+    assert_eq!(
+        (kv.value.as_slice(), kv.meta.version),
+        (b"v88".as_slice(), 1)
+    );
+    c.assert_converged();
+}
+
+#[test]
+fn damaged_snapshot_transfers_are_rejected_and_the_group_keeps_serving() {
+    let mut c = Cluster::with_snapshots(3, 1, "damaged snapshots", small_snapshots());
+    c.wait_for_leaders(2_000);
+    written(&c.put(0, 3, 1, "k1", "v"));
+    let leader = c.agreed_leader(0).unwrap();
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let chunk = |offset: u64, data: &[u8], total: u64| SnapshotChunk {
+        group_id: 0,
+        to: follower,
+        from: leader,
+        term: 1,
+        index: 1_000,
+        snapshot_term: 1,
+        total_bytes: total,
+        offset,
+        data: data.to_vec(),
+    };
+    let shard = c.shard(follower);
+    // A chunk that starts no transfer, a gap, and a snapshot over receive_bytes_max.
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(10, b"x", 20)),
+        Err(keel_node::shard::SnapshotError::OutOfOrder { .. })
+    ));
+    shard.receive_snapshot_chunk(chunk(0, b"0123", 20)).unwrap();
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(8, b"x", 20)),
+        Err(keel_node::shard::SnapshotError::OutOfOrder { .. })
+    ));
+    let huge = SnapshotOptions::default().receive_bytes_max + 1;
+    assert!(matches!(
+        shard.receive_snapshot_chunk(chunk(0, b"x", huge)),
+        Err(keel_node::shard::SnapshotError::TooLarge { .. })
+    ));
+    // A complete transfer of bytes that are no checkpoint: verified off the shard thread,
+    // rejected, and never shown to raft.
+    shard
+        .receive_snapshot_chunk(chunk(0, &[7u8; 200], 300))
+        .unwrap();
+    shard
+        .receive_snapshot_chunk(chunk(200, &[7u8; 100], 300))
+        .unwrap();
+    c.run_until(5_000, "the damaged snapshot rejected", |c| {
+        c.shard(follower).snapshot_stats().rejected >= 4
+    });
+    assert_eq!(c.shard(follower).snapshot_stats().installed, 0);
+    assert!(c.shard(follower).applied_index(0) < 1_000);
+    written(&c.put(0, 3, 2, "k2", "v"));
+    c.assert_converged();
+}
+
+#[test]
+fn an_idle_group_does_not_keep_the_log_from_being_purged() {
+    let mut c = Cluster::with_snapshots(3, 2, "idle group", small_snapshots());
+    c.wait_for_leaders(2_000);
+    written(&c.put(0, 1, 1, "k-idle", "v"));
+    // Group 1 writes on; group 0 stays idle with its first records far behind in the log.
+    // (The in-memory log has 64 records per segment; the log store keeps 16 segments.)
+    for i in 0..700u64 {
+        written(&c.put(1, 2, i + 1, &format!("k{i:03}"), "v"));
+    }
+    let ids = c.ids();
+    c.run_until(
+        5_000,
+        "the idle group's records moved and the log purged",
+        |c| {
+            ids.iter().all(|&id| {
+                let store = c.shard(id).store().borrow();
+                store.groups_pinning_old_segments().is_empty() && store.stats().segments <= 18
+            })
+        },
+    );
+    let recorded: Vec<u64> = ids
+        .iter()
+        .map(|&id| {
+            let store = c.shard(id).store().borrow();
+            store.snapshot(0).expect("group 0 checkpointed").index
+        })
+        .collect();
+    // Again: now group 0's checkpoint stands (nothing applied since), and only its records
+    // are written again at the head of the log.
+    for i in 700..1400u64 {
+        written(&c.put(1, 2, i + 1, &format!("k{i:04}"), "v"));
+    }
+    c.run_until(5_000, "the idle group's records moved again", |c| {
+        ids.iter().all(|&id| {
+            let store = c.shard(id).store().borrow();
+            store.groups_pinning_old_segments().is_empty() && store.stats().segments <= 18
+        })
+    });
+    for (&id, &index) in ids.iter().zip(&recorded) {
+        let store = c.shard(id).store().borrow();
+        assert_eq!(
+            store.snapshot(0).map(|s| s.index),
+            Some(index),
+            "member {id}"
+        );
+    }
+    assert_eq!(
+        c.get(0, "k-idle", ReadConsistency::Linearizable).as_deref(),
+        Some(b"v".as_slice())
+    );
+    c.assert_converged();
 }

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_node::consensus::{Entry, EntryType, Message, MessageType, NodeId};
+use keel_node::shard::SnapshotChunk;
 use keel_node::transport::{
-    Frame, FrameDecoder, FrameEncoder, Hello, Inbound, Transport, TransportOptions, WireLimits,
+    ChunkRefused, Frame, FrameDecoder, FrameEncoder, Hello, Inbound, SNAPSHOT_CHUNKS_QUEUED_MAX,
+    Transport, TransportOptions, WireLimits,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -490,6 +492,7 @@ async fn a_peer_that_never_reads_stays_bounded_and_is_reported() {
         let mut o = options(CLUSTER, 1);
         o.limits.frame_bytes_max = 1 << 20;
         o.limits.entry_bytes_max = 64 << 10;
+        o.limits.snapshot_chunk_bytes_max = 64 << 10;
         o.send_queue_messages_max = QUEUE_MESSAGES;
         o.send_queue_bytes_max = QUEUE_BYTES;
         o.peers.insert(2, fake_addr);
@@ -634,6 +637,119 @@ async fn idle_connections_are_closed_and_dialed_again_on_demand() {
         assert!(a.take_unreachable().is_empty());
         a.shutdown().await;
         b.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}
+
+fn snapshot_chunk(offset: u64, len: usize, total: u64) -> SnapshotChunk {
+    SnapshotChunk {
+        group_id: 4,
+        to: 2,
+        from: 1,
+        term: 3,
+        index: 77,
+        snapshot_term: 2,
+        total_bytes: total,
+        offset,
+        data: vec![u8::try_from(offset % 251).unwrap(); len],
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn snapshot_chunks_arrive_in_order_and_bad_chunk_frames_close_only_their_connection() {
+    timeout(TEST_TIME, async {
+        // Member 3 only dials in by hand, with bad frames.
+        let mut members = cluster(&[1, 2, 3], |_| {}).await;
+        let (c3, _c3_in) = members.pop().expect("c");
+        let (b, mut b_in) = members.pop().expect("b");
+        let (a, _a_in) = members.pop().expect("a");
+        let mut chunks = b_in.take_chunks().expect("chunk queue");
+        // A transfer of 5 chunks, sent as the queue takes them (a full queue hands the
+        // chunk back to send later).
+        let mut next = 0u64;
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            if next < 5 {
+                match a.send_snapshot_chunk(snapshot_chunk(next * 1000, 1000, 5000)) {
+                    Ok(()) => next += 1,
+                    Err(ChunkRefused::Busy(c)) => assert_eq!(c.offset, next * 1000),
+                    Err(ChunkRefused::Unreachable(c)) => panic!("unreachable: {c:?}"),
+                }
+            }
+            if let Ok(Some(c)) = timeout(Duration::from_millis(20), chunks.recv()).await {
+                got.push(c);
+            }
+        }
+        assert!(got.iter().map(|c| c.offset).eq((0..5).map(|i| i * 1000)));
+        assert_eq!(got[3], snapshot_chunk(3000, 1000, 5000));
+        // The per-peer bound: at most SNAPSHOT_CHUNKS_QUEUED_MAX wait; to an unknown
+        // member, or breaking the wire's limits, a chunk is unreachable at once.
+        let mut unknown = snapshot_chunk(0, 10, 10);
+        unknown.to = 9;
+        assert!(matches!(
+            a.send_snapshot_chunk(unknown),
+            Err(ChunkRefused::Unreachable(_))
+        ));
+        assert!(matches!(
+            a.send_snapshot_chunk(snapshot_chunk(0, 10, 5)),
+            Err(ChunkRefused::Unreachable(_))
+        ));
+        // A peer that never answers the handshake: its chunks wait in the queue, and one
+        // more than SNAPSHOT_CHUNKS_QUEUED_MAX is handed back as busy.
+        let silent = TcpListener::bind(loopback()).await.expect("bind");
+        a.set_peer(9, silent.local_addr().unwrap());
+        let to_nine = |offset: u64| SnapshotChunk {
+            to: 9,
+            ..snapshot_chunk(offset, 10, 1000)
+        };
+        for i in 0..SNAPSHOT_CHUNKS_QUEUED_MAX {
+            a.send_snapshot_chunk(to_nine(10 * u64::try_from(i).unwrap()))
+                .expect("room in the queue");
+        }
+        assert!(matches!(
+            a.send_snapshot_chunk(to_nine(500)),
+            Err(ChunkRefused::Busy(c)) if c.offset == 500
+        ));
+
+        let encoder = FrameEncoder::new(WireLimits::default()).expect("encoder");
+        let mut good = Vec::new();
+        encoder
+            .encode_snapshot_chunk(&snapshot_chunk(0, 64, 64), &mut good)
+            .unwrap();
+        let errors_before = b.stats().inbound_errors;
+        // A corrupted chunk frame (a flipped data byte: the checksum fails).
+        let mut corrupt = good.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x40;
+        let mut s = raw_handshake(b.local_addr(), 3, 2).await;
+        s.write_all(&corrupt).await.unwrap();
+        expect_closed(&mut s, Duration::from_secs(5), "corrupted chunk").await;
+        // A truncated chunk frame, then the peer closes.
+        let mut s = raw_handshake(b.local_addr(), 3, 2).await;
+        s.write_all(&good[..good.len() - 10]).await.unwrap();
+        s.shutdown().await.unwrap();
+        expect_closed(&mut s, Duration::from_secs(5), "truncated chunk").await;
+        // A sound chunk that claims to come from another member than the connection's.
+        let mut s = raw_handshake(b.local_addr(), 3, 2).await;
+        s.write_all(&good).await.unwrap();
+        expect_closed(&mut s, Duration::from_secs(5), "chunk from another member").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.stats().inbound_errors < errors_before + 3 && Instant::now() < deadline {
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(b.stats().inbound_errors, errors_before + 3);
+        // None of them reached the owner, and a's connection still carries chunks.
+        a.send_snapshot_chunk(snapshot_chunk(0, 8, 8))
+            .expect("queued");
+        let c = timeout(Duration::from_secs(5), chunks.recv())
+            .await
+            .expect("a chunk arrives")
+            .expect("queue open");
+        assert_eq!(c, snapshot_chunk(0, 8, 8));
+        a.shutdown().await;
+        b.shutdown().await;
+        c3.shutdown().await;
     })
     .await
     .expect("test took too long");

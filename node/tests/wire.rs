@@ -8,9 +8,10 @@ use std::sync::Arc;
 use keel_node::consensus::{
     ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
 };
+use keel_node::shard::SnapshotChunk;
 use keel_node::transport::wire::{
-    FRAME_KIND_HELLO, FRAME_KIND_HELLO_REPLY, FRAME_KIND_MESSAGES,
-    FRAME_KIND_SNAPSHOT_CHUNK_RESERVED, HEADER_BYTES, MAGIC,
+    FRAME_KIND_HELLO, FRAME_KIND_HELLO_REPLY, FRAME_KIND_MESSAGES, FRAME_KIND_SNAPSHOT_CHUNK,
+    HEADER_BYTES, MAGIC,
 };
 use keel_node::transport::{
     Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, WIRE_VERSION, WireError, WireLimits,
@@ -287,6 +288,9 @@ fn reencode(frame: &Frame) -> Vec<u8> {
     match frame {
         Frame::Hello(h) => enc.encode_hello(h, &mut out),
         Frame::HelloReply(r) => enc.encode_hello_reply(r, &mut out),
+        Frame::SnapshotChunk(c) => enc
+            .encode_snapshot_chunk(c, &mut out)
+            .expect("a decoded chunk re-encodes"),
         Frame::Messages(m) => {
             if m.is_empty() {
                 // The encoder sends no empty batch; the documented frame for one is a zero
@@ -445,7 +449,8 @@ proptest! {
             entry_bytes_max: 256,
             context_bytes_max: 256,
             reason_bytes_max: 256,
-            ..WireLimits::default()
+            snapshot_chunk_bytes_max: 64,
+        ..WireLimits::default()
         };
         let enc = encoder(limits);
         let msgs: Vec<Message> = msgs
@@ -761,8 +766,128 @@ fn header_errors_name_what_is_wrong() {
     );
     let e = decode_err(&raw_frame(9, &body));
     assert_eq!(e.to_string(), "unknown frame kind 9");
-    let e = decode_err(&raw_frame(FRAME_KIND_SNAPSHOT_CHUNK_RESERVED, &body));
-    assert_eq!(e, WireError::UnknownFrameKind { kind: 4 });
+    let e = decode_err(&raw_frame(5, &body));
+    assert_eq!(e, WireError::UnknownFrameKind { kind: 5 });
+}
+
+fn chunk(offset: u64, data: &[u8], total: u64) -> SnapshotChunk {
+    SnapshotChunk {
+        group_id: 3,
+        to: 2,
+        from: 1,
+        term: 7,
+        index: 900,
+        snapshot_term: 6,
+        total_bytes: total,
+        offset,
+        data: data.to_vec(),
+    }
+}
+
+/// A SnapshotChunk body laid out by hand, as the module documentation gives it.
+fn chunk_body(offset: u64, len_field: u32, data: &[u8], total: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [3u64, 2, 1, 7, 900, 6, total, offset] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&len_field.to_le_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[test]
+fn snapshot_chunks_round_trip_byte_for_byte() {
+    let c = chunk(100, b"checkpoint bytes", 1000);
+    let mut out = Vec::new();
+    encoder(WireLimits::default())
+        .encode_snapshot_chunk(&c, &mut out)
+        .unwrap();
+    assert_eq!(
+        out,
+        raw_frame(
+            FRAME_KIND_SNAPSHOT_CHUNK,
+            &chunk_body(100, 16, b"checkpoint bytes", 1000)
+        )
+    );
+    assert_eq!(decode_one(&out), Ok(Some(Frame::SnapshotChunk(c))));
+}
+
+#[test]
+fn bad_snapshot_chunks_are_refused_by_name() {
+    let limits = WireLimits {
+        snapshot_chunk_bytes_max: 8,
+        ..WireLimits::default()
+    };
+    let enc = encoder(limits);
+    let mut out = Vec::new();
+    // The encoder refuses what the decoder would.
+    for bad in [
+        chunk(0, &[1; 9], 100),
+        chunk(0, &[], 100),
+        chunk(95, &[1; 8], 100),
+        chunk(u64::MAX, &[1], u64::MAX),
+    ] {
+        assert!(
+            enc.encode_snapshot_chunk(&bad, &mut out).is_err(),
+            "{bad:?}"
+        );
+        assert!(out.is_empty());
+    }
+    let decode = |body: &[u8]| {
+        let mut d = decoder(limits);
+        d.extend(&raw_frame(FRAME_KIND_SNAPSHOT_CHUNK, body));
+        d.next_frame()
+    };
+    // Longer than snapshot_chunk_bytes_max: refused before its bytes are looked at.
+    assert!(matches!(
+        decode(&chunk_body(0, 9, &[1; 9], 100)),
+        Err(WireError::LimitExceeded {
+            limit: "snapshot_chunk_bytes_max",
+            ..
+        })
+    ));
+    // A length that lies about the bytes that follow, and a truncated header.
+    assert!(matches!(
+        decode(&chunk_body(0, 8, &[1; 3], 100)),
+        Err(WireError::Truncated { .. })
+    ));
+    assert!(matches!(
+        decode(&chunk_body(0, 8, &[1; 8], 100)[..40]),
+        Err(WireError::Truncated { .. })
+    ));
+    // Data past the announced end of the file, an empty chunk, trailing bytes.
+    assert_eq!(
+        decode(&chunk_body(95, 8, &[1; 8], 100)),
+        Err(WireError::BadSnapshotChunk {
+            offset: 95,
+            len: 8,
+            total: 100
+        })
+    );
+    assert!(matches!(
+        decode(&chunk_body(u64::MAX, 1, &[1], u64::MAX)),
+        Err(WireError::BadSnapshotChunk { .. })
+    ));
+    assert!(matches!(
+        decode(&chunk_body(0, 0, &[], 100)),
+        Err(WireError::BadSnapshotChunk { .. })
+    ));
+    let mut extra = chunk_body(0, 2, &[1; 2], 100);
+    extra.push(0);
+    assert!(matches!(
+        decode(&extra),
+        Err(WireError::TrailingBytes { kind: 4, count: 1 })
+    ));
+    // A flipped bit anywhere is a checksum mismatch.
+    let mut frame = raw_frame(FRAME_KIND_SNAPSHOT_CHUNK, &chunk_body(0, 2, &[1; 2], 100));
+    let last = frame.len() - 1;
+    frame[last] ^= 1;
+    let mut d = decoder(limits);
+    d.extend(&frame);
+    assert!(matches!(
+        d.next_frame(),
+        Err(WireError::ChecksumMismatch { kind: 4, .. })
+    ));
 }
 
 #[test]
@@ -829,6 +954,7 @@ fn a_message_no_frame_can_hold_is_refused_and_nothing_is_appended() {
         entry_bytes_max: 1024,
         context_bytes_max: 1024,
         reason_bytes_max: 1024,
+        snapshot_chunk_bytes_max: 64,
         ..WireLimits::default()
     };
     let enc = encoder(limits);
@@ -906,6 +1032,7 @@ fn the_decoder_buffers_at_most_one_frame_and_one_read() {
         entry_bytes_max: 4096,
         context_bytes_max: 1024,
         reason_bytes_max: 1024,
+        snapshot_chunk_bytes_max: 64,
         ..WireLimits::default()
     };
     let msgs: Vec<Message> = (0..300u64)
@@ -996,6 +1123,7 @@ fn limits_are_validated() {
     );
     let huge = WireLimits {
         frame_bytes_max: u32::MAX,
+        snapshot_chunk_bytes_max: 64,
         ..WireLimits::default()
     };
     assert!(huge.validate().is_err());

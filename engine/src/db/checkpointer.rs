@@ -108,6 +108,7 @@ impl<B: SharedLog> Inner<B> {
             revision: info.revision,
             entry_count: 0,
             conf_state: Vec::new(),
+            app_state: Vec::new(),
         };
         let (_, meta) = self.checkpoints.write_with(header, &mut |sink| {
             let mut after: Option<Vec<u8>> = None;

@@ -103,9 +103,14 @@ impl State {
             }
             LogRecord::Compact { index, term, .. } => {
                 // Compaction only moves forward between resets; a step back is corruption,
-                // or in recovery a record that a later Reset supersedes.
+                // or in recovery a record that a later Reset supersedes. The same point
+                // written again (with its term) only moves the record forward in the log,
+                // so that it no longer pins an old segment.
                 let backwards = index < g.compacted_index
-                    || (!recovering && index == g.compacted_index && index > 0);
+                    || (!recovering
+                        && index == g.compacted_index
+                        && index > 0
+                        && term != g.compacted_term);
                 if backwards {
                     let reason = format!(
                         "group {group}: compaction to {index} is behind {}",

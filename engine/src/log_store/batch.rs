@@ -9,6 +9,7 @@ pub(super) enum BatchOp {
     HardState(HardState),
     SetSnapshot(SnapshotMeta),
     ApplySnapshot(SnapshotMeta),
+    Compact(u64),
 }
 
 /// Writes to many groups that become one atomic log append.
@@ -49,6 +50,18 @@ impl WriteBatch {
     /// group continues after `meta.index`.
     pub fn apply_snapshot(&mut self, group: GroupId, meta: SnapshotMeta) -> &mut Self {
         self.ops.push((group, BatchOp::ApplySnapshot(meta)));
+        self
+    }
+
+    /// Drops `group`'s entries up to and including `to` (log compaction after a snapshot),
+    /// in the same append as the rest of the batch. `to` below the group's compaction point
+    /// is skipped (compacted already, as etcd's `ErrCompacted` is ignored); `to` equal to
+    /// it writes the compaction record again, at the head of the log (so that an idle group
+    /// stops pinning an old segment); otherwise the entry at `to` must be durable and
+    /// applied to the store when the batch is staged (its term goes into the record), and
+    /// at most the last index.
+    pub fn compact(&mut self, group: GroupId, to: u64) -> &mut Self {
+        self.ops.push((group, BatchOp::Compact(to)));
         self
     }
 

@@ -92,6 +92,19 @@ impl<B: LogBackend> LogStore<B> {
         Ok(report)
     }
 
+    /// Groups that pin a segment older than the newest `segments_live_max` (the ones
+    /// `maintain` would rewrite or ask to compact), ascending. A caller that frees the log
+    /// by snapshots and compaction instead of rewrites (a raft node, whose shard must not
+    /// block on a write of its own) snapshots these, compacts them and rewrites their hard
+    /// state in its next staged write, then purges. Changes nothing.
+    pub fn groups_pinning_old_segments(&self) -> Vec<GroupId> {
+        let plan = self.plan_maintenance(&self.log.segments());
+        let mut groups = plan.rewrite;
+        groups.extend(plan.must_compact);
+        groups.sort_unstable();
+        groups
+    }
+
     /// Decides, from the groups' pins and the live `segments` alone, which groups
     /// `maintain` rewrites forward and which it must ask to compact instead (their state
     /// and live entries do not fit one batch). Changes nothing.

@@ -125,6 +125,31 @@ impl<B: LogBackend> LogStore<B> {
                     v.snapshot_index = Some(meta.index);
                     records.push(LogRecord::Snapshot { group, meta });
                 }
+                BatchOp::Compact(to) => {
+                    if to + 1 < v.first {
+                        continue;
+                    }
+                    if to > v.last {
+                        return Err(LogStoreError::Unavailable {
+                            group,
+                            index: to,
+                            last_index: v.last,
+                        });
+                    }
+                    let term = match self.term(group, to) {
+                        Ok(term) => term,
+                        // The compaction point itself, set by a staged write whose state
+                        // is not applied yet: nothing to write again.
+                        Err(_) if to + 1 == v.first => continue,
+                        Err(e) => return Err(e),
+                    };
+                    v.first = to + 1;
+                    records.push(LogRecord::Compact {
+                        group,
+                        index: to,
+                        term,
+                    });
+                }
                 BatchOp::ApplySnapshot(meta) => {
                     if let Some(current) = v.snapshot_index.filter(|&c| meta.index <= c) {
                         return Err(LogStoreError::SnapshotOutOfDate {

@@ -2,7 +2,8 @@
 //! the only part of the node that spawns threads or blocks.
 //!
 //! A member runs `shards` threads. Shard `s` hosts the groups `g` with `g mod shards == s`,
-//! owns its own WAL (`DATA_DIR/shard-<s>/`) with one log store, its own peer transport (it
+//! owns its own WAL (`DATA_DIR/shard-<s>/`) with one log store and its groups' checkpoints
+//! (`DATA_DIR/shard-<s>/checkpoints/group-<g>/`), its own peer transport (it
 //! listens on the member's peer port + `s` and talks to shard `s` of every other member),
 //! and accepts client connections on the shared client port (`SO_REUSEPORT`). Each shard
 //! thread runs a current-thread tokio runtime; its loop feeds the shard what arrived (peer
@@ -84,6 +85,12 @@ pub struct ServerConfig {
     /// How the shards' WALs write. Default [`keel_wal::Backend::Auto`] (io_uring where the
     /// kernel allows it).
     pub wal_backend: keel_wal::Backend,
+    /// A group checkpoints (its raft snapshot) once it applied this many entries since its
+    /// last one (`--snapshot-entries`, etcd's `--snapshot-count`). Default 10,000.
+    pub snapshot_entries: u64,
+    /// Entries a group keeps in its log behind its checkpoint for followers that lag a
+    /// little (`--snapshot-catchup-entries`, as etcd's). Default 5,000.
+    pub snapshot_catchup_entries: u64,
 }
 
 impl ServerConfig {
@@ -115,6 +122,8 @@ impl ServerConfig {
             wal_segment_bytes: 64 << 20,
             wal_backend: keel_wal::Backend::Auto,
             pin_shards: true,
+            snapshot_entries: crate::shard::DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_catchup_entries: crate::shard::DEFAULT_CATCHUP_ENTRIES,
         }
     }
 
@@ -167,6 +176,9 @@ impl ServerConfig {
         }
         if self.shards == 0 || self.shards > 256 {
             return Err(format!("--shards {} must be in 1..=256", self.shards));
+        }
+        if self.snapshot_entries == 0 {
+            return Err("--snapshot-entries must be positive".into());
         }
         if self.initial_cluster_state == ClusterState::Existing {
             return Err(

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{ClusterView, ServerConfig, ShardRequest, ShardWork};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
-use crate::shard::{Outcome, RequestId, Shard, ShardOptions};
-use crate::transport::{Transport, TransportOptions};
+use crate::shard::{Outcome, RequestId, Shard, ShardOptions, SnapshotOptions};
+use crate::transport::{ChunkRefused, Transport, TransportOptions};
 
 /// Everything a shard thread starts from.
 pub(super) struct ShardContext {
@@ -220,7 +220,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
         segments = report.segments,
         "log recovered"
     );
-    let store = LogStore::open(Arc::new(wal), LogStoreOptions::default(), &mut |_| {})
+    let wal = Arc::new(wal);
+    let started = Instant::now();
+    let store = LogStore::open(wal.clone(), LogStoreOptions::default(), &mut |_| {})
         .map_err(|e| format!("shard {index}: recovering its log store: {e}"))?;
     let groups: Vec<u64> = (0..u64::from(config.groups))
         .filter(|g| g % u64::from(config.shards) == u64::from(index))
@@ -229,8 +231,25 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let mut options = ShardOptions::new(ctx.member_id, members);
     options.raft.election_ticks = 10;
     options.raft.heartbeat_ticks = 1;
+    options.snapshots = SnapshotOptions {
+        dir: Some(shard_dir.join("checkpoints")),
+        snapshot_entries: config.snapshot_entries,
+        catchup_entries: config.snapshot_catchup_entries,
+        ..SnapshotOptions::default()
+    };
     let mut shard =
         Shard::new(options, store, &groups).map_err(|e| format!("shard {index}: {e}"))?;
+    tracing::info!(
+        shard = index,
+        millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "log store and groups recovered (from checkpoints and the log after them)"
+    );
+    // Helper threads (checkpoint writers, snapshot installs) wake the loop through this.
+    let helpers = Arc::new(tokio::sync::Notify::new());
+    shard.set_waker(std::task::Waker::from(Arc::new(NotifyWaker(
+        helpers.clone(),
+    ))));
+    let mut purging: Option<tokio::task::JoinHandle<()>> = None;
 
     let mut transport_options = TransportOptions::new(
         ctx.cluster_id,
@@ -248,6 +267,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let (transport, mut inbound) = Transport::start(transport_options)
         .await
         .map_err(|e| format!("shard {index}: starting its peer transport: {e}"))?;
+    let mut chunks = inbound
+        .take_chunks()
+        .ok_or_else(|| format!("shard {index}: the transport's chunk queue is gone"))?;
 
     let listener = reuseport_listener(config.listen_client)?;
     let listener = tokio::net::TcpListener::from_std(listener)
@@ -312,6 +334,12 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                 }
                 Err(e) => break Err(format!("shard {index}: its log failed: {e}")),
             },
+            Some(chunk) = chunks.recv() => {
+                if let Err(error) = shard.receive_snapshot_chunk(chunk) {
+                    tracing::warn!(shard = index, %error, "snapshot chunk dropped");
+                }
+            }
+            _ = helpers.notified() => {}
             Some(m) = inbound.recv() => {
                 shard.step(m);
                 for _ in 0..4096 {
@@ -344,6 +372,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                 ticks += 1;
                 if ticks % HOUSEKEEPING_TICKS == 0 {
                     housekeeping(&mut shard, &ctx, &config);
+                    purge_log(&mut shard, &wal, &mut purging, index);
                 }
             }
         }
@@ -384,6 +413,40 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     result
 }
 
+/// Wakes the shard's loop from a helper thread.
+struct NotifyWaker(Arc<tokio::sync::Notify>);
+
+impl std::task::Wake for NotifyWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
+/// Frees the log behind the groups' compactions: the purge (intent file, renames, fsyncs)
+/// runs on a blocking thread, one at a time, never on the shard's.
+fn purge_log<B: AsyncLogBackend>(
+    shard: &mut Shard<B>,
+    wal: &Arc<Wal>,
+    purging: &mut Option<tokio::task::JoinHandle<()>>,
+    index: u32,
+) {
+    shard.check_log_space();
+    if purging.as_ref().is_some_and(|p| !p.is_finished()) {
+        return;
+    }
+    let Some(lsn) = shard.purge_lsn() else {
+        return;
+    };
+    let wal = wal.clone();
+    *purging = Some(tokio::task::spawn_blocking(move || {
+        match wal.purge_before(lsn) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(shard = index, segments = n, lsn, "log purged"),
+            Err(error) => tracing::warn!(shard = index, %error, "purging the log failed"),
+        }
+    }));
+}
+
 /// Runs rounds until the shard has nothing more to do now, sending messages and answers.
 fn run_rounds<B: AsyncLogBackend>(
     shard: &mut Shard<B>,
@@ -402,6 +465,13 @@ fn run_rounds<B: AsyncLogBackend>(
         }
         if round.staged.is_none() && !shard.has_work() {
             break;
+        }
+    }
+    for chunk in shard.take_snapshot_chunks() {
+        match transport.send_snapshot_chunk(chunk) {
+            Ok(()) => {}
+            Err(ChunkRefused::Busy(chunk)) => shard.snapshot_chunk_refused(&chunk, true),
+            Err(ChunkRefused::Unreachable(chunk)) => shard.snapshot_chunk_refused(&chunk, false),
         }
     }
     for (peer, group) in transport.take_unreachable() {

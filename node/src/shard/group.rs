@@ -20,7 +20,17 @@ use crate::consensus::{
 pub(super) struct Group<B: LogBackend> {
     pub(super) raw: RawNode<GroupStorage<B>>,
     pub(super) kv: Memtable,
-    sessions: Sessions,
+    pub(super) sessions: Sessions,
+    /// The index of the group's last checkpoint (written, being written, or installed).
+    pub(super) last_checkpoint: u64,
+    /// Bytes of entries applied since the last checkpoint.
+    pub(super) bytes_since_checkpoint: u64,
+    /// The highest snapshot index staged for the log (recorded or installed); an older
+    /// checkpoint is no longer recorded.
+    pub(super) snapshot_index: u64,
+    /// A received snapshot verified and loaded, stepped into raft and waiting for its
+    /// Ready.
+    pub(super) pending_install: Option<Box<super::snapshot::Installed>>,
     /// The leader as last known (`NO_NODE` when unknown).
     pub(super) leader: NodeId,
     /// The hard state last staged for the log.
@@ -41,18 +51,33 @@ pub(super) struct Group<B: LogBackend> {
 }
 
 impl<B: LogBackend> Group<B> {
+    /// A group over `raw`, with an empty state machine or the one restored from a
+    /// checkpoint.
     pub(super) fn new(
         raw: RawNode<GroupStorage<B>>,
         limits: KvLimits,
         sessions_max: usize,
+        restored: Option<super::snapshot::Restored>,
     ) -> Result<Group<B>, String> {
         let persisted_hs = raw.storage().initial_state().0;
+        let (kv, sessions, last_checkpoint) = match restored {
+            Some(r) => (r.kv, r.sessions, r.index),
+            None => (
+                Memtable::new(limits).map_err(|e| e.to_string())?,
+                Sessions::new(sessions_max),
+                0,
+            ),
+        };
         Ok(Group {
             persisted_hs,
             pending_hs: None,
             raw,
-            kv: Memtable::new(limits).map_err(|e| e.to_string())?,
-            sessions: Sessions::new(sessions_max),
+            kv,
+            sessions,
+            last_checkpoint,
+            bytes_since_checkpoint: 0,
+            snapshot_index: last_checkpoint,
+            pending_install: None,
             leader: NO_NODE,
             proposed: HashMap::new(),
             reads_new: Vec::new(),
@@ -242,6 +267,7 @@ impl<B: LogBackend> Group<B> {
         out: &mut Vec<(RequestId, Outcome)>,
     ) -> Result<(), String> {
         for entry in entries {
+            self.bytes_since_checkpoint += entry.data.len() as u64;
             match entry.entry_type {
                 EntryType::ConfChange => {
                     let cc = ConfChange::decode(&entry.data).map_err(|_| {

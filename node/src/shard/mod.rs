@@ -14,27 +14,50 @@
 //! Everything the shard does comes from method calls (ticks, peer messages, requests,
 //! durability) and goes out as return values (messages, staged appends, answers), so a
 //! runtime can drive it on any thread or event loop and a simulation can drive many in one
-//! process, deterministically.
+//! process.
+//!
+//! With [`SnapshotOptions::dir`] set, groups also checkpoint and compact their logs, and
+//! lagging followers are caught up by snapshot (see `snapshot.rs`): the one file I/O of a
+//! shard. Checkpoint writes and snapshot installs run on helper threads (which wake the
+//! runtime through [`Shard::set_waker`]), so the shard thread only reads chunks of memory
+//! and of published checkpoint files, and at start loads each group's newest usable
+//! checkpoint. Chunks of snapshot transfers go out through [`Shard::take_snapshot_chunks`]
+//! and come in through [`Shard::receive_snapshot_chunk`]; the host purges the log where
+//! [`Shard::purge_lsn`] says. Helper threads make a simulation's timing depend on the
+//! machine; without a directory everything stays deterministic.
 
 mod command;
 mod group;
 mod sessions;
+mod snapshot;
 mod storage;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
+use keel_engine::checkpoint::{CheckpointDir, CheckpointMeta};
 use keel_engine::log_backend::AsyncLogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, Txn, TxnResponse};
-use keel_engine::{KvLimits, LogStore, LogStoreError, Ticket, WriteBatch};
+use keel_engine::{KvLimits, LogStore, LogStoreError, SnapshotMeta, Ticket, WriteBatch};
 
 pub use command::Command;
 pub use sessions::{Duplicate, Sessions};
-pub use storage::{GroupStorage, SharedStore, decode_entry, encode_entry};
+pub use snapshot::{
+    CHECKPOINT_CHUNKS_QUEUED_MAX, DEFAULT_CATCHUP_ENTRIES, DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
+    DEFAULT_CHECKPOINTS_KEPT, DEFAULT_CHUNK_BYTES_MAX, DEFAULT_RECEIVE_BYTES_MAX,
+    DEFAULT_RECEIVES_MAX, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_ENTRIES, DEFAULT_TRANSFERS_MAX,
+    SnapshotChunk, SnapshotError, SnapshotOptions,
+};
+pub use storage::{
+    GroupStorage, SharedStore, decode_conf_state, decode_entry, encode_conf_state, encode_entry,
+};
 
-use crate::consensus::{AppendAck, Config, Message, NodeId, RawNode};
+use crate::consensus::{
+    AppendAck, ConfState, Config, Message, MessageType, NodeId, RawNode, Snapshot, SnapshotMetadata,
+};
 use group::Group;
+use snapshot::{Done, Outbound, Piece, Snapshots, Writing};
 
 /// The caller's name for a request, handed back with its outcome.
 pub type RequestId = u64;
@@ -145,6 +168,8 @@ pub struct ShardOptions {
     pub kv_limits: KvLimits,
     /// Clients each group remembers for exactly-once writes. Default 100,000.
     pub sessions_max: usize,
+    /// Checkpoints, compaction and snapshot transfers. Default: off (no directory).
+    pub snapshots: SnapshotOptions,
 }
 
 impl ShardOptions {
@@ -156,6 +181,7 @@ impl ShardOptions {
             raft: Config::new(member),
             kv_limits: KvLimits::default(),
             sessions_max: 100_000,
+            snapshots: SnapshotOptions::default(),
         }
     }
 }
@@ -173,6 +199,8 @@ pub enum ShardError {
         /// What went wrong.
         reason: String,
     },
+    /// The shard's options cannot work.
+    InvalidOptions(String),
     /// An acknowledgement arrived for a write that is not the oldest in flight.
     OutOfOrder {
         /// The ticket that arrived.
@@ -187,6 +215,7 @@ impl std::fmt::Display for ShardError {
         match self {
             ShardError::Log(e) => write!(f, "shard log: {e}"),
             ShardError::Group { group, reason } => write!(f, "group {group}: {reason}"),
+            ShardError::InvalidOptions(reason) => write!(f, "invalid shard options: {reason}"),
             ShardError::OutOfOrder { got, expected } => write!(
                 f,
                 "durability of write {got} reported while {expected:?} was the oldest in flight"
@@ -217,6 +246,24 @@ pub struct Round {
     pub entries_written: usize,
 }
 
+/// Counters of a shard's snapshots since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Checkpoints recorded in the log (a checkpoint recorded again at the head of the log,
+    /// for an idle group that pinned old segments, counts again).
+    pub checkpoints: u64,
+    /// Checkpoint writes that failed (logged; the group tries again later).
+    pub checkpoints_failed: u64,
+    /// Snapshot transfers sent in full.
+    pub sent: u64,
+    /// Snapshot transfers abandoned (file unreadable, peer unreachable, too many at once).
+    pub send_failures: u64,
+    /// Received snapshots installed (verified, published and staged for the log).
+    pub installed: u64,
+    /// Received snapshots or chunks dropped (damaged, incomplete, out of order, too large).
+    pub rejected: u64,
+}
+
 /// Counters of a shard since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
@@ -241,6 +288,9 @@ pub struct Shard<B: AsyncLogBackend> {
     /// Groups holding a commit-only hard state that waits for the next staged write.
     pending_hs_groups: Vec<u64>,
     stats: ShardStats,
+    snapshots: Snapshots,
+    /// The log position below which the log was last reported purgeable.
+    purged_lsn: u64,
 }
 
 impl<B: AsyncLogBackend> Shard<B> {
@@ -251,23 +301,66 @@ impl<B: AsyncLogBackend> Shard<B> {
         store: LogStore<B>,
         groups: &[u64],
     ) -> Result<Shard<B>, ShardError> {
+        options
+            .snapshots
+            .validate()
+            .map_err(ShardError::InvalidOptions)?;
         let store = Rc::new(RefCell::new(store));
         let mut hosted = BTreeMap::new();
+        let mut snapshots = Snapshots::new(options.snapshots.clone());
         for &group in groups {
-            let storage = GroupStorage::new(group, store.clone(), options.members.clone());
+            let mut storage = GroupStorage::new(group, store.clone(), options.members.clone());
             let mut config = options.raft.clone();
             config.id = options.member;
             config.group_id = group;
             // Seeds differ per group so that elections of many groups do not move in step.
             config.seed = options.member.wrapping_mul(0x9E37_79B9).wrapping_add(group);
+            // The newest checkpoint the log continues from: only the entries after it are
+            // applied again.
+            let restored = match options.snapshots.group_dir(group) {
+                Some(path) => {
+                    // Opened here, before any helper thread runs: opening removes the
+                    // temporary files of writes a crash interrupted, which must never
+                    // race a write in progress. The helpers get clones.
+                    let dir = CheckpointDir::open(&path).map_err(|e| ShardError::Group {
+                        group,
+                        reason: e.to_string(),
+                    })?;
+                    snapshots.dirs.insert(group, dir.clone());
+                    let fits_log = |index: u64, term: u64| {
+                        let s = store.borrow();
+                        index + 1 >= s.first_index(group)
+                            && index <= s.last_index(group)
+                            && s.term(group, index).is_ok_and(|t| t == term)
+                    };
+                    snapshot::restore(&dir, &options.kv_limits, options.sessions_max, &fits_log)
+                        .map_err(|reason| ShardError::Group { group, reason })?
+                }
+                None => None,
+            };
+            if let Some(r) = &restored {
+                storage.set_restored_index(r.index);
+                config.applied = r.index;
+            }
             let raw = RawNode::new(&config, storage).map_err(|e| ShardError::Group {
                 group,
                 reason: e.to_string(),
             })?;
-            let g = Group::new(raw, options.kv_limits.clone(), options.sessions_max)
-                .map_err(|reason| ShardError::Group { group, reason })?;
+            let g = Group::new(
+                raw,
+                options.kv_limits.clone(),
+                options.sessions_max,
+                restored,
+            )
+            .map_err(|reason| ShardError::Group { group, reason })?;
+            let mut g = g;
+            // The log may record a newer snapshot than the checkpoint restored (a newer file
+            // was corrupt): never record an older one after it.
+            let recorded = store.borrow().snapshot(group).map_or(0, |s| s.index);
+            g.snapshot_index = g.snapshot_index.max(recorded);
             hosted.insert(group, g);
         }
+
         Ok(Shard {
             options,
             store,
@@ -277,7 +370,20 @@ impl<B: AsyncLogBackend> Shard<B> {
             next_read_context: 1,
             pending_hs_groups: Vec::new(),
             stats: ShardStats::default(),
+            snapshots,
+            purged_lsn: 0,
         })
+    }
+
+    /// Sets the waker that helper threads (checkpoint writers, snapshot installs) wake when
+    /// they have something for the shard's next round.
+    pub fn set_waker(&mut self, waker: std::task::Waker) {
+        self.snapshots.waker = Some(waker);
+    }
+
+    /// Counters of the shard's snapshots.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.snapshots.stats
     }
 
     /// This member's id.
@@ -367,8 +473,17 @@ impl<B: AsyncLogBackend> Shard<B> {
 
     /// Feeds a message from a peer. Messages for groups not hosted here, and messages the
     /// core refuses (malformed, misrouted), are dropped: nothing a peer sends stops the
-    /// shard.
+    /// shard. So are snapshot messages: a snapshot arrives in chunks
+    /// ([`Shard::receive_snapshot_chunk`]) and is stepped only once installed.
     pub fn step(&mut self, message: Message) {
+        if message.msg_type == MessageType::Snapshot {
+            tracing::warn!(
+                group = message.group_id,
+                from = message.from,
+                "a snapshot message outside a snapshot transfer was dropped"
+            );
+            return;
+        }
         if let Some(g) = self.groups.get_mut(&message.group_id) {
             let _ = g.raw.step(message);
         }
@@ -451,6 +566,7 @@ impl<B: AsyncLogBackend> Shard<B> {
     /// states of all groups as one log append. See the module documentation.
     pub fn round(&mut self) -> Result<Round, ShardError> {
         let mut round = Round::default();
+        self.background();
         // Back-pressure: with the log store's bound of appends in flight, the groups' work
         // waits (their Readies stay untaken) until an append is durable.
         if self.in_flight.len() >= self.store.borrow().options().inflight_writes_max {
@@ -475,15 +591,33 @@ impl<B: AsyncLogBackend> Shard<B> {
                     g.lost_leadership(&mut self.answers);
                 }
             }
-            round.messages.extend(rd.messages);
-            if let Some(append) = rd.append {
-                if append.snapshot.is_some() {
-                    return Err(ShardError::Group {
-                        group,
-                        reason: "installing a snapshot is not supported yet".into(),
-                    });
+            for m in rd.messages {
+                if m.msg_type == MessageType::Snapshot {
+                    start_transfer(&mut self.snapshots, self.options.member, group, g, m);
+                } else {
+                    round.messages.push(m);
                 }
+            }
+            if let Some(mut append) = rd.append {
                 let mut wrote = !append.entries.is_empty();
+                if let Some(snap) = append.snapshot.take() {
+                    install_ready_snapshot(&mut self.snapshots, group, g, &snap)?;
+                    if let Some(hs) = append.hard_state.take() {
+                        // Before the snapshot, so that its reset record carries it.
+                        batch.set_hard_state(group, storage::store_hard_state(&hs));
+                        g.persisted_hs = hs;
+                        g.pending_hs = None;
+                    }
+                    batch.apply_snapshot(
+                        group,
+                        SnapshotMeta {
+                            index: snap.metadata.index,
+                            term: snap.metadata.term,
+                            conf_state: encode_conf_state(&snap.metadata.conf_state),
+                        },
+                    );
+                    wrote = true;
+                }
                 if !append.entries.is_empty() {
                     round.entries_written += append.entries.len();
                     batch.append(group, append.entries.iter().map(encode_entry).collect());
@@ -520,6 +654,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             }
             g.serve_ready_reads(&mut self.answers);
         }
+        self.record_checkpoints(&mut batch);
         if !batch.is_empty() {
             for group in self.pending_hs_groups.drain(..) {
                 let Some(g) = self.groups.get_mut(&group) else {
@@ -575,6 +710,389 @@ impl<B: AsyncLogBackend> Shard<B> {
         }
     }
 
+    /// Picks up what the helper threads finished, feeds the checkpoint being written, and
+    /// starts the next checkpoint that is due.
+    fn background(&mut self) {
+        if !self.snapshots.enabled() {
+            return;
+        }
+        while let Ok(done) = self.snapshots.done_rx.try_recv() {
+            self.on_done(done);
+        }
+        self.feed_checkpoint();
+        if self.snapshots.writing.is_none() && self.snapshots.writer_busy.is_none() {
+            self.start_checkpoint();
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let sn = &mut self.snapshots;
+        match done {
+            Done::Checkpoint {
+                group,
+                result,
+                urgent,
+            } => {
+                sn.writer_busy = None;
+                match result {
+                    Ok(meta) => {
+                        tracing::debug!(group, index = meta.index, "checkpoint written");
+                        sn.to_record.push((group, meta, urgent));
+                    }
+                    Err(error) => {
+                        sn.stats.checkpoints_failed += 1;
+                        tracing::warn!(group, %error, "checkpoint failed; the group tries again later");
+                    }
+                }
+            }
+            Done::InstallFailed { group, from, error } => {
+                sn.installing = sn.installing.saturating_sub(1);
+                sn.stats.rejected += 1;
+                tracing::warn!(
+                    group,
+                    from,
+                    %error,
+                    "received snapshot rejected; the leader sends it again later"
+                );
+            }
+            Done::Installed(inst) => {
+                sn.installing = sn.installing.saturating_sub(1);
+                let Some(g) = self.groups.get_mut(&inst.group) else {
+                    return;
+                };
+                let conf_state =
+                    decode_conf_state(&inst.meta.conf_state).unwrap_or_else(|_| ConfState {
+                        voters: self.options.members.clone(),
+                        ..ConfState::default()
+                    });
+                let mut m = Message::new(MessageType::Snapshot, inst.from, self.options.member);
+                m.group_id = inst.group;
+                m.term = inst.term;
+                m.snapshot = Some(Snapshot {
+                    metadata: SnapshotMetadata {
+                        index: inst.meta.index,
+                        term: inst.meta.term,
+                        conf_state,
+                    },
+                    data: Vec::new(),
+                });
+                let index = inst.meta.index;
+                g.pending_install = Some(inst);
+                let _ = g.raw.step(m);
+                if g.raw.basic_status().unstable.snapshot_index != Some(index) {
+                    // Raft did not take it (it has the entries already, or a newer leader
+                    // took over): the loaded state is not needed.
+                    g.pending_install = None;
+                }
+            }
+        }
+    }
+
+    /// Hands the checkpoint being written its next chunk of entries (one read of at most
+    /// `checkpoint_round_entries_max` entries per round), then its end.
+    fn feed_checkpoint(&mut self) {
+        let entries_max = self.snapshots.options.checkpoint_round_entries_max;
+        let Some(w) = self.snapshots.writing.as_mut() else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(&w.group) else {
+            self.snapshots.writing = None;
+            return;
+        };
+        let mut read = false;
+        loop {
+            if w.held.is_none() {
+                if w.read_all {
+                    w.held = Some(Piece::End);
+                } else if read {
+                    return;
+                } else {
+                    let chunk = g.kv.snapshot_chunk(w.after.as_deref(), entries_max);
+                    read = true;
+                    w.read_all = chunk.len() < entries_max;
+                    if let Some(last) = chunk.last() {
+                        w.after = Some(last.key.clone());
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    w.held = Some(Piece::Entries(chunk));
+                }
+            }
+            let Some(piece) = w.held.take() else {
+                return;
+            };
+            let end = matches!(piece, Piece::End);
+            match w.pieces.try_send(piece) {
+                Ok(()) if end => {
+                    g.kv.end_snapshot();
+                    self.snapshots.writing = None;
+                    return;
+                }
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(piece)) => {
+                    w.held = Some(piece);
+                    return;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    // The writer stopped (its error comes back through `on_done`).
+                    g.kv.end_snapshot();
+                    self.snapshots.writing = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a checkpoint of the first group that is due: it applied `snapshot_entries`
+    /// entries or `snapshot_bytes` bytes since its last one, or it pins old log segments.
+    fn start_checkpoint(&mut self) {
+        let opts = &self.snapshots.options;
+        let urgent = &self.snapshots.urgent;
+        let due = self.groups.iter().find_map(|(&group, g)| {
+            let applied = g.kv.applied_index();
+            let busy = g.pending_install.is_some()
+                || g.raw.basic_status().unstable.snapshot_index.is_some()
+                || applied == 0;
+            if busy {
+                return None;
+            }
+            let is_urgent = urgent.contains(&group);
+            let due = is_urgent
+                || applied.saturating_sub(g.last_checkpoint) >= opts.snapshot_entries
+                || g.bytes_since_checkpoint >= opts.snapshot_bytes;
+            due.then_some((group, is_urgent))
+        });
+        let Some((group, urgent)) = due else {
+            return;
+        };
+        self.snapshots.urgent.retain(|&u| u != group);
+        let Some(dir) = self.snapshots.dirs.get(&group).cloned() else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let applied = g.kv.applied_index();
+        if urgent && applied == g.last_checkpoint && applied == g.snapshot_index {
+            // Nothing applied since the checkpoint the log records: its file stands, and
+            // only its records (which the log has moved far past) are written again at
+            // the head, with the hard state, so that they no longer pin old segments.
+            if let Ok(term) = g.raw.term(applied) {
+                let meta = CheckpointMeta {
+                    index: applied,
+                    term,
+                    conf_state: encode_conf_state(&g.raw.status().conf_state),
+                    ..CheckpointMeta::default()
+                };
+                self.snapshots.to_record.push((group, meta, true));
+            }
+            return;
+        }
+        let Some(info) = g.kv.begin_snapshot() else {
+            return;
+        };
+        let index = info.applied_index;
+        let Ok(term) = g.raw.term(index) else {
+            g.kv.end_snapshot();
+            return;
+        };
+        let header = CheckpointMeta {
+            index,
+            term,
+            revision: info.revision,
+            entry_count: 0,
+            conf_state: encode_conf_state(&g.raw.status().conf_state),
+            app_state: g.sessions.encode(),
+        };
+        match self.snapshots.spawn_writer(group, dir, header, urgent) {
+            Ok(pieces) => {
+                g.last_checkpoint = index;
+                g.bytes_since_checkpoint = 0;
+                self.snapshots.writer_busy = Some(group);
+                self.snapshots.writing = Some(Writing {
+                    group,
+                    after: None,
+                    held: None,
+                    read_all: false,
+                    pieces,
+                });
+            }
+            Err(error) => {
+                g.kv.end_snapshot();
+                tracing::warn!(group, %error, "checkpoint not started");
+            }
+        }
+    }
+
+    /// Puts the durable checkpoints into the round's write: the snapshot metadata, the
+    /// group's hard state again (so that no older hard-state record pins the log), and the
+    /// compaction up to the checkpoint minus the catch-up entries.
+    fn record_checkpoints(&mut self, batch: &mut WriteBatch) {
+        let catchup = self.snapshots.options.catchup_entries;
+        for (group, meta, urgent) in std::mem::take(&mut self.snapshots.to_record) {
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            if meta.index < g.snapshot_index
+                || g.pending_install.is_some()
+                || g.raw.basic_status().unstable.snapshot_index.is_some()
+            {
+                // A snapshot installed meanwhile supersedes it.
+                continue;
+            }
+            let hs = g.pending_hs.take().unwrap_or(g.persisted_hs);
+            if hs != crate::consensus::HardState::default() {
+                batch.set_hard_state(group, storage::store_hard_state(&hs));
+                g.persisted_hs = hs;
+            }
+            batch.set_snapshot(
+                group,
+                SnapshotMeta {
+                    index: meta.index,
+                    term: meta.term,
+                    conf_state: meta.conf_state,
+                },
+            );
+            let keep = if urgent { 0 } else { catchup };
+            let to = meta.index.saturating_sub(keep);
+            if to > 0 && to + 1 >= self.store.borrow().first_index(group) {
+                // At the compaction point itself, this writes its record again at the head.
+                batch.compact(group, to);
+            }
+            g.snapshot_index = meta.index;
+            self.snapshots.stats.checkpoints += 1;
+        }
+    }
+
+    /// Asks the groups that pin old log segments (see
+    /// [`LogStore::groups_pinning_old_segments`]) to checkpoint and compact fully, so that
+    /// the log can be purged. Call it now and then (the runtime does, every few ticks).
+    pub fn check_log_space(&mut self) {
+        if !self.snapshots.enabled() {
+            return;
+        }
+        let lagging = self.store.borrow().groups_pinning_old_segments();
+        for group in lagging {
+            if !self.snapshots.urgent.contains(&group) {
+                self.snapshots.urgent.push(group);
+            }
+        }
+    }
+
+    /// The log position below which the log holds nothing any group needs, when it moved
+    /// since the last call: the host purges the log there (`Wal::purge_before`, off the
+    /// shard thread; any position returned stays safe to purge at, since pins only move
+    /// forward).
+    pub fn purge_lsn(&mut self) -> Option<u64> {
+        let lsn = self.store.borrow().pinned_lsn();
+        (lsn > self.purged_lsn).then(|| {
+            self.purged_lsn = lsn;
+            lsn
+        })
+    }
+
+    /// The next chunk of every snapshot transfer in progress (one each), to send to their
+    /// peers now. A transfer whose last chunk went out in an earlier call and was not
+    /// refused is reported to raft as sent.
+    pub fn take_snapshot_chunks(&mut self) -> Vec<SnapshotChunk> {
+        let mut chunks = Vec::new();
+        let mut ended = Vec::new();
+        let member = self.options.member;
+        let mut transfers = std::mem::take(&mut self.snapshots.outbound);
+        for mut t in transfers.drain(..) {
+            if t.offset == t.total {
+                ended.push((t.group, t.to, true));
+                continue;
+            }
+            match self.snapshots.next_chunk(&mut t, member) {
+                Ok(chunk) => {
+                    chunks.push(chunk);
+                    self.snapshots.outbound.push(t);
+                }
+                Err(error) => {
+                    tracing::warn!(group = t.group, to = t.to, %error, "snapshot transfer abandoned");
+                    ended.push((t.group, t.to, false));
+                }
+            }
+        }
+        for (group, to, sent) in ended {
+            self.end_transfer(group, to, sent);
+        }
+        chunks
+    }
+
+    /// Reports that `chunk` (from [`Shard::take_snapshot_chunks`]) could not be sent:
+    /// `busy` (the peer's queue is full) sends it again later; otherwise (the peer is
+    /// unreachable) the transfer is abandoned and raft retries it later.
+    pub fn snapshot_chunk_refused(&mut self, chunk: &SnapshotChunk, busy: bool) {
+        let Some(pos) = self
+            .snapshots
+            .outbound
+            .iter()
+            .position(|t| t.group == chunk.group_id && t.to == chunk.to)
+        else {
+            return;
+        };
+        if busy {
+            self.snapshots.outbound[pos].offset = chunk.offset;
+        } else {
+            self.snapshots.outbound.remove(pos);
+            self.end_transfer(chunk.group_id, chunk.to, false);
+        }
+    }
+
+    fn end_transfer(&mut self, group: u64, to: NodeId, sent: bool) {
+        if sent {
+            self.snapshots.stats.sent += 1;
+            tracing::info!(group, to, "snapshot sent");
+        } else {
+            self.snapshots.stats.send_failures += 1;
+        }
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.raw.report_snapshot(to, sent);
+        }
+    }
+
+    /// Takes a chunk of a snapshot transfer from a peer. Once a transfer is complete, a
+    /// helper thread verifies, publishes and loads it, and the snapshot is stepped into
+    /// raft in a later round. An error means the chunk (and its transfer) was dropped; the
+    /// host logs it, and raft sends the snapshot again later.
+    pub fn receive_snapshot_chunk(&mut self, chunk: SnapshotChunk) -> Result<(), SnapshotError> {
+        let group = chunk.group_id;
+        if !self.snapshots.enabled()
+            || !self.groups.contains_key(&group)
+            || chunk.to != self.options.member
+        {
+            self.snapshots.stats.rejected += 1;
+            return Err(SnapshotError::NotAccepted { group });
+        }
+        match self.snapshots.receive(chunk) {
+            Ok(Some((from, transfer))) => {
+                tracing::info!(
+                    group,
+                    from,
+                    index = transfer.index,
+                    bytes = transfer.total,
+                    "snapshot received; installing"
+                );
+                self.snapshots.spawn_install(
+                    group,
+                    from,
+                    transfer,
+                    self.options.kv_limits.clone(),
+                    self.options.sessions_max,
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.snapshots.stats.rejected += 1;
+                Err(e)
+            }
+        }
+    }
+
     /// Reads `group`'s state machine directly, as this replica has it (tests, status).
     pub fn local_range(&self, group: u64, request: &RangeRequest) -> Option<RangeResponse> {
         self.groups.get(&group).and_then(|g| g.range(request))
@@ -598,4 +1116,95 @@ impl<B: AsyncLogBackend> Shard<B> {
             }
         })
     }
+}
+
+/// Starts sending the snapshot raft asked for in `m` (its data is empty: the checkpoint
+/// file is sent in chunks), or reports at once to raft that it could not be sent.
+fn start_transfer<B: AsyncLogBackend>(
+    sn: &mut Snapshots,
+    member: NodeId,
+    group: u64,
+    g: &mut Group<B>,
+    m: Message,
+) {
+    let Some(snap) = m.snapshot.as_ref() else {
+        return;
+    };
+    let to = m.to;
+    if sn.outbound.iter().any(|t| t.group == group && t.to == to) {
+        // The same follower's transfer is under way; it answers when it has installed it.
+        return;
+    }
+    let index = snap.metadata.index;
+    let opened = match sn.options.group_dir(group) {
+        None => Err("snapshots are off".to_string()),
+        Some(_) if sn.outbound.len() >= sn.options.transfers_max => Err(format!(
+            "{} transfers under way (transfers_max)",
+            sn.outbound.len()
+        )),
+        Some(dir) => {
+            let path = CheckpointDir::path_in(&dir, index);
+            std::fs::File::open(&path)
+                .and_then(|f| f.metadata().map(|md| (f, md.len())))
+                .map_err(|e| format!("opening {}: {e}", path.display()))
+        }
+    };
+    match opened {
+        Ok((file, total)) => {
+            tracing::info!(
+                group,
+                from = member,
+                to,
+                index,
+                bytes = total,
+                "sending a snapshot"
+            );
+            sn.outbound.push(Outbound {
+                group,
+                to,
+                term: m.term,
+                index,
+                snapshot_term: snap.metadata.term,
+                file,
+                total,
+                offset: 0,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(group, to, index, %error, "snapshot not sent; raft retries later");
+            sn.stats.send_failures += 1;
+            g.raw.report_snapshot(to, false);
+        }
+    }
+}
+
+/// Raft accepted a received snapshot (a Ready carries it): the group's state machine and
+/// sessions become the ones loaded from it. The caller stages its log records.
+fn install_ready_snapshot<B: AsyncLogBackend>(
+    sn: &mut Snapshots,
+    group: u64,
+    g: &mut Group<B>,
+    snap: &Snapshot,
+) -> Result<(), ShardError> {
+    let index = snap.metadata.index;
+    let Some(inst) = g.pending_install.take().filter(|i| i.meta.index == index) else {
+        return Err(ShardError::Group {
+            group,
+            reason: format!("raft accepted snapshot {index}, which was never installed here"),
+        });
+    };
+    if sn.writing.as_ref().is_some_and(|w| w.group == group) {
+        // The checkpoint being written reads the state machine being replaced: abandon it
+        // (its writer sees the channel close and publishes nothing).
+        sn.writing = None;
+    }
+    let inst = *inst;
+    g.kv = inst.kv;
+    g.sessions = inst.sessions;
+    g.last_checkpoint = index;
+    g.bytes_since_checkpoint = 0;
+    g.snapshot_index = index;
+    sn.stats.installed += 1;
+    tracing::info!(group, from = inst.from, index, "snapshot installed");
+    Ok(())
 }

@@ -12,10 +12,40 @@
 //! bounded: past `sessions_max` clients, the one that wrote least recently is forgotten, and
 //! a retry from a forgotten client could apply twice — size the bound for the clients you
 //! run (client ids are random, so a forgotten id is not reused).
+//!
+//! # Encoding, version 1
+//!
+//! The table travels in a group's checkpoint (its app state, see `keel_engine::checkpoint`),
+//! so that a retried write is still answered once after a snapshot install or a restart.
+//! All integers are little-endian.
+//!
+//! ```text
+//! table:     u8 version (1), u32 client count N, then N sessions in ascending client id
+//! session:   u64 client, u64 floor, u64 index (of the entry that last wrote it),
+//!            u32 result count R, then R results in ascending sequence
+//! result:    u64 sequence, u8 outcome: 0 applied (a txn response follows),
+//!            1 refused (u32 length L, then L bytes of UTF-8: the state machine's error)
+//! txn resp.: u8 succeeded (0 or 1), u64 revision, u32 op count K, then K op responses
+//! op resp.:  u8 kind, then by kind
+//!            1 put:    u64 prev create revision, u64 prev mod revision, u64 prev version,
+//!                      u8 has prev kv (0 or 1), [key-value]
+//!            2 delete: u64 deleted, u32 prev kv count P, P key-values
+//!            3 range:  u64 count, u8 more (0 or 1), u64 revision, u32 kv count P,
+//!                      P key-values
+//! key-value: u32 key length, key, u32 value length, value, u64 create revision,
+//!            u64 mod revision, u64 version
+//! ```
+//!
+//! Decoding checks every count and length against the bytes left before it allocates, so
+//! a damaged table is an error, never a panic or an allocation of a lying size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use keel_engine::txn::TxnResponse;
+use keel_engine::txn::{OpResponse, RangeResponse, TxnResponse};
+use keel_engine::{KeyMeta, KeyValue};
+
+/// The version of the table's encoding.
+const ENCODING_VERSION: u8 = 1;
 
 /// Results kept per client above its floor.
 pub const RESULTS_PER_CLIENT_MAX: usize = 4096;
@@ -120,5 +150,369 @@ impl Sessions {
             };
             self.sessions.remove(&oldest);
         }
+    }
+}
+
+impl Sessions {
+    /// The table's encoding (see the module documentation).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENCODING_VERSION];
+        let mut clients: Vec<(&u64, &Session)> = self.sessions.iter().collect();
+        clients.sort_unstable_by_key(|(c, _)| **c);
+        put_len(&mut out, clients.len());
+        for (&client, s) in clients {
+            put_u64(&mut out, client);
+            put_u64(&mut out, s.floor);
+            put_u64(&mut out, s.index);
+            put_len(&mut out, s.results.len());
+            for (&sequence, result) in &s.results {
+                put_u64(&mut out, sequence);
+                match result {
+                    Ok(resp) => {
+                        out.push(0);
+                        encode_txn_response(&mut out, resp);
+                    }
+                    Err(e) => {
+                        out.push(1);
+                        put_bytes(&mut out, e.as_bytes());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes a table encoded by [`Sessions::encode`], keeping at most `sessions_max`
+    /// clients (the ones that wrote most recently). The error says what is malformed.
+    pub fn decode(bytes: &[u8], sessions_max: usize) -> Result<Sessions, String> {
+        let mut r = Decoder { rest: bytes };
+        let version = r.u8()?;
+        if version != ENCODING_VERSION {
+            return Err(format!(
+                "session table of unknown encoding version {version}"
+            ));
+        }
+        let mut table = Sessions::new(sessions_max);
+        let clients = r.count(SESSION_BYTES_MIN)?;
+        for _ in 0..clients {
+            let client = r.u64()?;
+            let floor = r.u64()?;
+            let index = r.u64()?;
+            let n = r.count(RESULT_BYTES_MIN)?;
+            let mut results = BTreeMap::new();
+            for _ in 0..n {
+                let sequence = r.u64()?;
+                let result = match r.u8()? {
+                    0 => Ok(decode_txn_response(&mut r)?),
+                    1 => Err(String::from_utf8(r.bytes()?.to_vec())
+                        .map_err(|_| "a refusal in the session table is not UTF-8".to_string())?),
+                    other => return Err(format!("session result outcome {other} unknown")),
+                };
+                results.insert(sequence, result);
+            }
+            if client == 0 || table.sessions.contains_key(&client) {
+                return Err(format!("session table holds client {client} twice or as 0"));
+            }
+            table.by_index.insert((index, client));
+            table.sessions.insert(
+                client,
+                Session {
+                    floor,
+                    results,
+                    index,
+                },
+            );
+        }
+        if !r.rest.is_empty() {
+            return Err(format!(
+                "{} bytes left over after the session table",
+                r.rest.len()
+            ));
+        }
+        while table.sessions.len() > table.sessions_max {
+            let Some((_, oldest)) = table.by_index.pop_first() else {
+                break;
+            };
+            table.sessions.remove(&oldest);
+        }
+        Ok(table)
+    }
+}
+
+/// Smallest encoded session (no results) and result (a refusal with no text), in bytes:
+/// what a count is checked against before anything is allocated for it.
+const SESSION_BYTES_MIN: usize = 28;
+const RESULT_BYTES_MIN: usize = 13;
+/// Smallest encoded op response (a delete with no previous key-values) and key-value.
+const OP_RESPONSE_BYTES_MIN: usize = 13;
+const KEY_VALUE_BYTES_MIN: usize = 32;
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Counts and lengths are u32 on the wire; the table's own bounds keep them far below.
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_len(out, b.len());
+    out.extend_from_slice(b);
+}
+
+fn put_kv(out: &mut Vec<u8>, kv: &KeyValue) {
+    put_bytes(out, &kv.key);
+    put_bytes(out, &kv.value);
+    put_meta(out, kv.meta);
+}
+
+fn put_meta(out: &mut Vec<u8>, m: KeyMeta) {
+    put_u64(out, m.create_revision);
+    put_u64(out, m.mod_revision);
+    put_u64(out, m.version);
+}
+
+fn encode_txn_response(out: &mut Vec<u8>, resp: &TxnResponse) {
+    out.push(u8::from(resp.succeeded));
+    put_u64(out, resp.revision);
+    put_len(out, resp.responses.len());
+    for op in &resp.responses {
+        match op {
+            OpResponse::Put { prev, prev_kv } => {
+                out.push(1);
+                put_meta(out, *prev);
+                match prev_kv {
+                    Some(kv) => {
+                        out.push(1);
+                        put_kv(out, kv);
+                    }
+                    None => out.push(0),
+                }
+            }
+            OpResponse::DeleteRange { deleted, prev_kvs } => {
+                out.push(2);
+                put_u64(out, *deleted);
+                put_len(out, prev_kvs.len());
+                for kv in prev_kvs {
+                    put_kv(out, kv);
+                }
+            }
+            OpResponse::Range(range) => {
+                out.push(3);
+                put_u64(out, range.count);
+                out.push(u8::from(range.more));
+                put_u64(out, range.revision);
+                put_len(out, range.kvs.len());
+                for kv in &range.kvs {
+                    put_kv(out, kv);
+                }
+            }
+        }
+    }
+}
+
+fn decode_txn_response(r: &mut Decoder<'_>) -> Result<TxnResponse, String> {
+    let succeeded = r.bool()?;
+    let revision = r.u64()?;
+    let n = r.count(OP_RESPONSE_BYTES_MIN)?;
+    let mut responses = Vec::with_capacity(n);
+    for _ in 0..n {
+        responses.push(match r.u8()? {
+            1 => {
+                let prev = r.meta()?;
+                let prev_kv = if r.bool()? { Some(r.kv()?) } else { None };
+                OpResponse::Put { prev, prev_kv }
+            }
+            2 => {
+                let deleted = r.u64()?;
+                let prev_kvs = r.kvs()?;
+                OpResponse::DeleteRange { deleted, prev_kvs }
+            }
+            3 => {
+                let count = r.u64()?;
+                let more = r.bool()?;
+                let revision = r.u64()?;
+                let kvs = r.kvs()?;
+                OpResponse::Range(RangeResponse {
+                    kvs,
+                    count,
+                    more,
+                    revision,
+                })
+            }
+            other => return Err(format!("op response kind {other} unknown")),
+        });
+    }
+    Ok(TxnResponse {
+        succeeded,
+        responses,
+        revision,
+    })
+}
+
+/// A bounds-checked little-endian reader over the table's bytes.
+struct Decoder<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.rest.len() {
+            return Err(format!(
+                "session table truncated: {n} bytes needed, {} left",
+                self.rest.len()
+            ));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn bool(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(format!("session table flag {other} is neither 0 nor 1")),
+        }
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A count of items of at least `item_bytes` each, checked against the bytes left.
+    fn count(&mut self, item_bytes: usize) -> Result<usize, String> {
+        let n = usize::try_from(self.u32()?).map_err(|_| "count overflows".to_string())?;
+        if n.saturating_mul(item_bytes) > self.rest.len() {
+            return Err(format!(
+                "session table announces {n} items but holds {} bytes",
+                self.rest.len()
+            ));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.count(1)?;
+        self.take(n)
+    }
+
+    fn meta(&mut self) -> Result<KeyMeta, String> {
+        Ok(KeyMeta {
+            create_revision: self.u64()?,
+            mod_revision: self.u64()?,
+            version: self.u64()?,
+        })
+    }
+
+    fn kv(&mut self) -> Result<KeyValue, String> {
+        let key = self.bytes()?.to_vec();
+        let value = self.bytes()?.to_vec();
+        let meta = self.meta()?;
+        Ok(KeyValue { key, value, meta })
+    }
+
+    fn kvs(&mut self) -> Result<Vec<KeyValue>, String> {
+        let n = self.count(KEY_VALUE_BYTES_MIN)?;
+        let mut kvs = Vec::with_capacity(n);
+        for _ in 0..n {
+            kvs.push(self.kv()?);
+        }
+        Ok(kvs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str) -> KeyValue {
+        KeyValue {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            meta: KeyMeta {
+                create_revision: 2,
+                mod_revision: 3,
+                version: 2,
+            },
+        }
+    }
+
+    fn table() -> Sessions {
+        let mut t = Sessions::new(10);
+        let put = TxnResponse {
+            succeeded: true,
+            responses: vec![
+                OpResponse::Put {
+                    prev: KeyMeta::default(),
+                    prev_kv: Some(kv("a")),
+                },
+                OpResponse::DeleteRange {
+                    deleted: 1,
+                    prev_kvs: vec![kv("b")],
+                },
+                OpResponse::Range(RangeResponse {
+                    kvs: vec![kv("c")],
+                    count: 1,
+                    more: false,
+                    revision: 3,
+                }),
+            ],
+            revision: 3,
+        };
+        t.record(7, 1, 1, Ok(put), 10);
+        t.record(7, 2, 1, Err("too large".into()), 11);
+        t.record(
+            9,
+            5,
+            5,
+            Ok(TxnResponse {
+                succeeded: false,
+                responses: Vec::new(),
+                revision: 4,
+            }),
+            12,
+        );
+        t
+    }
+
+    #[test]
+    fn the_table_round_trips() {
+        let t = table();
+        let back = Sessions::decode(&t.encode(), 10).unwrap();
+        assert_eq!(back.encode(), t.encode());
+        for (client, seq) in [(7, 1), (7, 2), (9, 5), (9, 4), (8, 1)] {
+            assert_eq!(back.check(client, seq), t.check(client, seq));
+        }
+        // Decoding into a smaller table keeps the clients that wrote last.
+        let small = Sessions::decode(&t.encode(), 1).unwrap();
+        assert_eq!(small.len(), 1);
+        assert!(matches!(small.check(9, 5), Duplicate::Answered(_)));
+    }
+
+    #[test]
+    fn every_truncation_and_a_lying_count_are_errors() {
+        let bytes = table().encode();
+        for n in 0..bytes.len() {
+            assert!(Sessions::decode(&bytes[..n], 10).is_err(), "cut at {n}");
+        }
+        let mut lying = vec![ENCODING_VERSION];
+        lying.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Sessions::decode(&lying, 10).is_err());
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(Sessions::decode(&extra, 10).is_err());
     }
 }

@@ -13,7 +13,8 @@ use keel_engine::{LogStore, LogStoreError};
 
 use crate::consensus::message::{Index, Term};
 use crate::consensus::{
-    ConfState, Entry, EntryType, HardState, LogStorage, NodeId, Snapshot, StorageError,
+    ConfState, Entry, EntryType, HardState, LogStorage, NodeId, Snapshot, SnapshotMetadata,
+    StorageError,
 };
 
 /// The shard's log store, shared by the storages of its groups (one thread owns it all).
@@ -63,12 +64,82 @@ pub fn store_hard_state(hs: &HardState) -> keel_engine::HardState {
     }
 }
 
+/// The store's opaque configuration blob for a conf state. Little-endian, the layout of the
+/// peer wire's conf state: four lists (voters, learners, outgoing voters, next learners),
+/// each a u32 count then that many u64 member ids, then one byte `auto_leave` (0 or 1).
+pub fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
+    let mut out = Vec::new();
+    for list in [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ] {
+        out.extend_from_slice(&u32::try_from(list.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for id in list {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    out.push(u8::from(cs.auto_leave));
+    out
+}
+
+/// The conf state of a blob written by [`encode_conf_state`]; the error says what is wrong.
+pub fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, String> {
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if n > rest.len() {
+            return Err(format!(
+                "conf state truncated: {n} bytes needed, {} left",
+                rest.len()
+            ));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let mut lists: [Vec<NodeId>; 4] = Default::default();
+    for list in &mut lists {
+        let count = take(4)?;
+        let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+        let count = usize::try_from(count).map_err(|_| "conf state count overflows")?;
+        let ids = take(count.checked_mul(8).ok_or("conf state count overflows")?)?;
+        *list = ids
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+    }
+    let auto_leave = match take(1)?[0] {
+        0 => false,
+        1 => true,
+        other => return Err(format!("conf state auto_leave byte {other}")),
+    };
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} bytes left over after the conf state",
+            rest.len()
+        ));
+    }
+    let [voters, learners, voters_outgoing, learners_next] = lists;
+    Ok(ConfState {
+        voters,
+        learners,
+        voters_outgoing,
+        learners_next,
+        auto_leave,
+    })
+}
+
 /// One group's view of the shard's log store.
 pub struct GroupStorage<B: LogBackend> {
     group: u64,
     store: SharedStore<B>,
     /// The membership the group was created with, used until a snapshot records another.
     initial_voters: Vec<NodeId>,
+    /// The index of the checkpoint the group's state machine restarted from (0: none).
+    /// Its entries were applied, so they were committed: the commit index reported at
+    /// start is at least this, even if the hard state that said so had not been written.
+    restored_index: Index,
 }
 
 impl<B: LogBackend> GroupStorage<B> {
@@ -79,7 +150,14 @@ impl<B: LogBackend> GroupStorage<B> {
             group,
             store,
             initial_voters,
+            restored_index: 0,
         }
+    }
+
+    /// Says that the group's state machine restarts from a checkpoint at `index`, which the
+    /// stored log holds (see the field's doc).
+    pub fn set_restored_index(&mut self, index: Index) {
+        self.restored_index = index;
     }
 }
 
@@ -103,7 +181,7 @@ impl<B: LogBackend> LogStorage for GroupStorage<B> {
         let hard_state = HardState {
             term: hs.term,
             vote: hs.vote,
-            commit: hs.commit,
+            commit: hs.commit.max(self.restored_index),
         };
         // Membership changes are not served yet: a group keeps its initial voters.
         let conf = ConfState {
@@ -153,10 +231,25 @@ impl<B: LogBackend> LogStorage for GroupStorage<B> {
         self.store.borrow().last_index(self.group)
     }
 
+    /// The metadata of the group's latest durable checkpoint, as the log store recorded it.
+    /// The data stays empty: the shard sends the checkpoint file itself, in chunks, when the
+    /// core asks for the snapshot to be sent.
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        // Snapshots (a checkpoint of the group's memtable sent in chunks) come with log
-        // compaction, which is not done yet: the log is never compacted, so a follower is
-        // always caught up from entries.
-        Err(StorageError::SnapshotTemporarilyUnavailable)
+        let store = self.store.borrow();
+        let Some(meta) = store.snapshot(self.group) else {
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        };
+        let conf_state = decode_conf_state(&meta.conf_state).unwrap_or_else(|_| ConfState {
+            voters: self.initial_voters.clone(),
+            ..ConfState::default()
+        });
+        Ok(Snapshot {
+            metadata: SnapshotMetadata {
+                index: meta.index,
+                term: meta.term,
+                conf_state,
+            },
+            data: Vec::new(),
+        })
     }
 }

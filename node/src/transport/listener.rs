@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::consensus::{Message, NodeId};
+use crate::consensus::NodeId;
 
-use super::tcp::{Shared, bump, lock};
+use super::tcp::{InboundTx, Shared, bump, lock};
 use super::wire::{Frame, FrameDecoder, Hello, HelloReply, WireError};
 
 /// Bytes read from a connection at a time.
@@ -33,7 +33,7 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 type Current = Arc<Mutex<HashMap<NodeId, (u64, oneshot::Sender<()>)>>>;
 
 /// Accepts connections until shutdown, then closes them all.
-pub(crate) async fn run(socket: TcpListener, shared: Arc<Shared>, tx: mpsc::Sender<Message>) {
+pub(crate) async fn run(socket: TcpListener, shared: Arc<Shared>, tx: InboundTx) {
     let mut shutdown = shared.shutdown.clone();
     let slots = Arc::new(Semaphore::new(shared.options.inbound_connections_max));
     let current: Current = Arc::default();
@@ -98,7 +98,7 @@ async fn serve(
     id: u64,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Message>,
+    tx: InboundTx,
     current: Current,
 ) {
     let mut peer = None;
@@ -127,7 +127,7 @@ async fn serve(
 async fn converse(
     stream: &mut TcpStream,
     shared: &Shared,
-    tx: &mpsc::Sender<Message>,
+    tx: &InboundTx,
     id: u64,
     current: &Current,
     peer: &mut Option<NodeId>,
@@ -208,8 +208,24 @@ async fn converse(
                 Ok(None) => break,
                 Err(e) => return Closed::Error(e.to_string()),
             };
-            let Frame::Messages(msgs) = frame else {
-                return Closed::Error("a handshake frame after the handshake".into());
+            let msgs = match frame {
+                Frame::Messages(msgs) => msgs,
+                Frame::SnapshotChunk(chunk) => {
+                    bump(&shared.counters.frames_received, 1);
+                    if chunk.from != from || chunk.to != options.member_id {
+                        return Closed::Error(format!(
+                            "a snapshot chunk from {} to {} on member {from}'s connection to {}",
+                            chunk.from, chunk.to, options.member_id
+                        ));
+                    }
+                    if tx.chunks.send(chunk).await.is_err() {
+                        return Closed::Normally("the owner dropped the inbound queue");
+                    }
+                    continue;
+                }
+                Frame::Hello(_) | Frame::HelloReply(_) => {
+                    return Closed::Error("a handshake frame after the handshake".into());
+                }
             };
             bump(&shared.counters.frames_received, 1);
             for msg in msgs {
@@ -221,7 +237,7 @@ async fn converse(
                 }
                 // A full queue waits here, and so stops reading: back-pressure on this
                 // connection, not growth.
-                if tx.send(msg).await.is_err() {
+                if tx.messages.send(msg).await.is_err() {
                     return Closed::Normally("the owner dropped the inbound queue");
                 }
                 bump(&shared.counters.messages_received, 1);

@@ -20,7 +20,10 @@ pub mod tcp;
 pub mod wire;
 
 pub use options::{TransportError, TransportOptions};
-pub use tcp::{Inbound, Transport, TransportStats};
+pub use tcp::{
+    ChunkRefused, INBOUND_QUEUE_CHUNKS_MAX, Inbound, InboundChunks, SNAPSHOT_CHUNKS_QUEUED_MAX,
+    Transport, TransportStats,
+};
 pub use wire::{
     Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, WIRE_VERSION, WireError, WireLimits,
 };

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::consensus::Message;
+use crate::shard::SnapshotChunk;
 
 use super::tcp::{Link, Peer, Shared, bump, lock};
 use super::wire::{Frame, FrameDecoder, Hello};
@@ -96,6 +97,7 @@ pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>) {
             let mut queue = lock(&peer.queue);
             queue.link = Link::Down;
             queue.bytes = 0;
+            queue.chunks.clear();
             std::mem::take(&mut queue.msgs)
         };
         shared.drop_messages(peer.id, &lost);
@@ -115,8 +117,11 @@ async fn wait_for_work(peer: &Peer, shutdown: &mut watch::Receiver<bool>) -> boo
         if *shutdown.borrow() {
             return false;
         }
-        if !lock(&peer.queue).msgs.is_empty() {
-            return true;
+        {
+            let queue = lock(&peer.queue);
+            if !queue.msgs.is_empty() || !queue.chunks.is_empty() {
+                return true;
+            }
         }
         tokio::select! {
             _ = peer.wake.notified() => {}
@@ -211,6 +216,7 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Hello(_) => "a hello",
         Frame::HelloReply(_) => "a hello reply",
         Frame::Messages(_) => "messages",
+        Frame::SnapshotChunk(_) => "a snapshot chunk",
     }
 }
 
@@ -227,14 +233,14 @@ async fn connected(
     let mut probe = [0u8; 64];
     let mut last_flush = Instant::now();
     loop {
-        let batch: Vec<Message> = {
+        let (batch, chunk): (Vec<Message>, Option<SnapshotChunk>) = {
             let mut queue = lock(&peer.queue);
             queue.bytes = 0;
-            std::mem::take(&mut queue.msgs)
+            (std::mem::take(&mut queue.msgs), queue.chunks.pop_front())
         };
-        if !batch.is_empty() {
+        if !batch.is_empty() || chunk.is_some() {
             out.clear();
-            let frames = match shared.encoder.encode_messages(&batch, &mut out) {
+            let mut frames = match shared.encoder.encode_messages(&batch, &mut out) {
                 Ok(frames) => frames,
                 Err(error) => {
                     // `send` checked every message, so this is a bug; drop the batch
@@ -244,6 +250,18 @@ async fn connected(
                     continue;
                 }
             };
+            // One chunk per flush, after the messages: a transfer never holds raft's
+            // messages back by more than one chunk.
+            if let Some(chunk) = chunk {
+                match shared.encoder.encode_snapshot_chunk(&chunk, &mut out) {
+                    Ok(()) => frames += 1,
+                    Err(error) => {
+                        // `send_snapshot_chunk` checked it, so this is a bug; the receiver
+                        // drops the incomplete transfer and raft sends it again.
+                        tracing::error!(peer = peer.id, %error, "a queued snapshot chunk does not encode");
+                    }
+                }
+            }
             // Only the count and the groups are needed from here on: let the messages go
             // before the write, so a peer holds at most its queue and one encoded flush.
             let count = batch.len();
@@ -284,7 +302,8 @@ async fn connected(
             _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
             _ = sleep_until(last_flush + options.idle_timeout) => {
                 // A message may have been queued just as the timer fired.
-                if lock(&peer.queue).msgs.is_empty() {
+                let queue = lock(&peer.queue);
+                if queue.msgs.is_empty() && queue.chunks.is_empty() {
                     return Ended::Idle;
                 }
             }

@@ -19,6 +19,13 @@
 //! - One outbound connection per peer, dialed lazily on the first message to it. Its writer
 //!   takes everything queued at each flush, encodes it as few frames as the limits allow
 //!   and writes them with one `write_all`: every group's messages to a peer share frames.
+//! - [`Transport::send_snapshot_chunk`] queues one chunk of a snapshot transfer for its peer
+//!   (at most [`SNAPSHOT_CHUNKS_QUEUED_MAX`] per peer; a flush writes the queued messages,
+//!   then one chunk) and says why when it cannot: the queue is full (send it again later) or
+//!   the peer is unreachable (abandon the transfer). Chunks lost with a broken connection
+//!   are not reported: the receiver drops the incomplete transfer and raft sends it again.
+//! - Chunks arrive through [`Inbound::take_chunks`], in order per connection, through a
+//!   queue of their own ([`INBOUND_QUEUE_CHUNKS_MAX`] chunks).
 //! - Messages arrive through [`Inbound::recv`] in the order each connection carried them;
 //!   there is no order between different peers. Its queue is bounded, and a full queue
 //!   stops the connections reading (TCP back-pressure), never grows.
@@ -71,11 +78,36 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::consensus::{Message, NodeId};
+use crate::shard::SnapshotChunk;
 
 use super::listener;
 use super::options::{TransportError, TransportOptions};
 use super::peer;
 use super::wire::FrameEncoder;
+
+/// Snapshot chunks queued for one peer and not yet written, at most. With the wire's
+/// `snapshot_chunk_bytes_max` (1 MiB by default), the memory one peer's transfers hold.
+pub const SNAPSHOT_CHUNKS_QUEUED_MAX: usize = 2;
+/// Received snapshot chunks waiting for [`InboundChunks::recv`], at most, over all
+/// connections; a full queue stops the connection reading, like the message queue.
+pub const INBOUND_QUEUE_CHUNKS_MAX: usize = 4;
+
+/// Why [`Transport::send_snapshot_chunk`] did not queue a chunk; it is handed back.
+#[derive(Debug)]
+pub enum ChunkRefused {
+    /// The peer's queue holds [`SNAPSHOT_CHUNKS_QUEUED_MAX`] chunks: send it again later.
+    Busy(SnapshotChunk),
+    /// The peer is unknown or backing off after a failure, or the chunk breaks the wire's
+    /// limits: abandon the transfer.
+    Unreachable(SnapshotChunk),
+}
+
+/// Where the inbound connections hand over what they received.
+#[derive(Clone, Debug)]
+pub(crate) struct InboundTx {
+    pub(crate) messages: mpsc::Sender<Message>,
+    pub(crate) chunks: mpsc::Sender<SnapshotChunk>,
+}
 
 /// Locks a mutex whose holders never leave its data half-changed, so a panic elsewhere
 /// (which poisons it) is no reason to stop.
@@ -159,6 +191,8 @@ pub(crate) enum Link {
 #[derive(Debug)]
 pub(crate) struct SendQueue {
     pub(crate) msgs: Vec<Message>,
+    /// Snapshot chunks, at most [`SNAPSHOT_CHUNKS_QUEUED_MAX`], in the order queued.
+    pub(crate) chunks: std::collections::VecDeque<SnapshotChunk>,
     /// Encoded bytes of `msgs`; at most `send_queue_bytes_max`.
     pub(crate) bytes: u64,
     pub(crate) link: Link,
@@ -238,6 +272,22 @@ pub struct Transport {
 #[derive(Debug)]
 pub struct Inbound {
     rx: mpsc::Receiver<Message>,
+    chunks: Option<mpsc::Receiver<SnapshotChunk>>,
+}
+
+/// The snapshot chunks peers sent to this member, in the order each connection carried
+/// them; taken from [`Inbound::take_chunks`] so that an event loop can wait on both.
+#[derive(Debug)]
+pub struct InboundChunks {
+    rx: mpsc::Receiver<SnapshotChunk>,
+}
+
+impl InboundChunks {
+    /// The next snapshot chunk; `None` once the transport has shut down and every chunk
+    /// received before has been returned.
+    pub async fn recv(&mut self) -> Option<SnapshotChunk> {
+        self.rx.recv().await
+    }
 }
 
 impl Inbound {
@@ -250,6 +300,13 @@ impl Inbound {
     /// The next message if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Message> {
         self.rx.try_recv().ok()
+    }
+
+    /// The queue of received snapshot chunks (`None` after the first call). Until it is
+    /// taken, chunks wait in it (at most [`INBOUND_QUEUE_CHUNKS_MAX`], then the connection
+    /// stops reading).
+    pub fn take_chunks(&mut self) -> Option<InboundChunks> {
+        self.chunks.take().map(|rx| InboundChunks { rx })
     }
 }
 
@@ -273,6 +330,11 @@ impl Transport {
         })?;
         let (stop, shutdown) = watch::channel(false);
         let (tx, rx) = mpsc::channel(options.inbound_queue_messages_max);
+        let (chunk_tx, chunk_rx) = mpsc::channel(INBOUND_QUEUE_CHUNKS_MAX);
+        let tx = InboundTx {
+            messages: tx,
+            chunks: chunk_tx,
+        };
         let peers = options
             .peers
             .iter()
@@ -296,7 +358,10 @@ impl Transport {
                 stop,
                 listener: Some(listener),
             },
-            Inbound { rx },
+            Inbound {
+                rx,
+                chunks: Some(chunk_rx),
+            },
         ))
     }
 
@@ -390,6 +455,44 @@ impl Transport {
         }
     }
 
+    /// Queues one chunk of a snapshot transfer for its peer (by `to`) and wakes the writer.
+    /// Never blocks; see [`ChunkRefused`] for what a refusal means.
+    pub fn send_snapshot_chunk(&self, chunk: SnapshotChunk) -> Result<(), ChunkRefused> {
+        let peers = lock(&self.shared.peers);
+        let Some(peer) = peers.get(&chunk.to).map(Arc::clone) else {
+            return Err(ChunkRefused::Unreachable(chunk));
+        };
+        drop(peers);
+        if let Err(error) = self
+            .shared
+            .encoder
+            .encode_snapshot_chunk(&chunk, &mut Vec::new())
+        {
+            tracing::warn!(to = chunk.to, group = chunk.group_id, %error, "snapshot chunk dropped");
+            return Err(ChunkRefused::Unreachable(chunk));
+        }
+        {
+            let mut queue = lock(&peer.queue);
+            if queue.link == Link::Down {
+                return Err(ChunkRefused::Unreachable(chunk));
+            }
+            if queue.chunks.len() >= SNAPSHOT_CHUNKS_QUEUED_MAX {
+                return Err(ChunkRefused::Busy(chunk));
+            }
+            queue.chunks.push_back(chunk);
+        }
+        let mut task = lock(&peer.task);
+        if task.is_none() {
+            *task = Some(
+                self.runtime
+                    .spawn(peer::run(Arc::clone(&peer), Arc::clone(&self.shared))),
+            );
+        }
+        drop(task);
+        peer.wake.notify_one();
+        Ok(())
+    }
+
     /// The `(peer, group)` pairs whose messages were dropped since the last call, each
     /// once, sorted. The owner calls raft's `report_unreachable(peer)` on each group.
     pub fn take_unreachable(&self) -> Vec<(NodeId, u64)> {
@@ -459,6 +562,7 @@ fn new_peer(id: NodeId, addr: SocketAddr) -> Arc<Peer> {
         addr: Mutex::new(addr),
         queue: Mutex::new(SendQueue {
             msgs: Vec::new(),
+            chunks: std::collections::VecDeque::new(),
             bytes: 0,
             link: Link::Open,
         }),

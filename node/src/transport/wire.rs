@@ -5,7 +5,9 @@
 //! Two members talk over one connection that carries a stream of *frames*. The dialer's
 //! first frame is a [`Hello`]; the acceptor answers it with a [`HelloReply`] (see
 //! [`Hello::answer`]) and closes the connection after a refusal. Only after an accepting
-//! reply does either side send [`Frame::Messages`]: batches of raft messages of any groups.
+//! reply does either side send [`Frame::Messages`]: batches of raft messages of any groups,
+//! and [`Frame::SnapshotChunk`]: a piece of a checkpoint file on its way to a lagging
+//! follower.
 //!
 //! # Frame
 //!
@@ -13,7 +15,7 @@
 //! offset size field
 //!      0    4 magic            b"KPWR" (0x4b505752 read in byte order)
 //!      4    2 wire version     WIRE_VERSION (1)
-//!      6    1 frame kind       1 hello, 2 hello reply, 3 messages; 4 reserved (see below)
+//!      6    1 frame kind       1 hello, 2 hello reply, 3 messages, 4 snapshot chunk
 //!      7    1 reserved         zero
 //!      8    4 body length      bytes of the body, at most frame_bytes_max
 //!     12    4 crc32            over bytes [0, 12) of this header, then over the body
@@ -106,6 +108,32 @@
 //!      .    1 auto leave       0 or 1
 //! ```
 //!
+//! # SnapshotChunk (kind 4), 68 bytes plus its data
+//!
+//! A leader sends a snapshot of a group (its checkpoint file, `keel_engine::checkpoint`) to
+//! a follower as a run of chunks in order, on the connection that carries its messages;
+//! the follower assembles them, verifies the whole file (its CRCs) and only then hands the
+//! snapshot to raft. The chunk carries everything the follower needs to rebuild raft's
+//! snapshot message, so no message of kind 3 goes with it.
+//!
+//! ```text
+//!      0    8 group id
+//!      8    8 to               the receiving member
+//!     16    8 from             the sending member (the group's leader)
+//!     24    8 term             the leader's term when it sent the snapshot
+//!     32    8 index            the snapshot's index (last entry it covers)
+//!     40    8 snapshot term    the term of the entry at `index`
+//!     48    8 total bytes      of the whole checkpoint file; not zero
+//!     56    8 offset           of this chunk in the file; offset + D <= total bytes
+//!     64    4 data length D    at most snapshot_chunk_bytes_max; not zero
+//!     68    D data
+//! ```
+//!
+//! Kind 4 was reserved in version 1 for snapshot chunks; this is its definition, still
+//! version 1 (the layout of every other kind is unchanged). A build from before it refuses
+//! the kind with [`WireError::UnknownFrameKind`] and closes the connection, so it cannot
+//! receive a snapshot from a newer member; everything else between them works.
+//!
 //! # Limits
 //!
 //! [`WireLimits`] bounds every length and count. The decoder checks each length it reads
@@ -125,9 +153,9 @@
 //! acceptor whose decoder reports [`WireError::UnsupportedVersion`] for the first frame may
 //! answer with a refusing HelloReply carrying the error's text before it closes.
 //!
-//! Frame kind 4 is reserved for snapshot chunks: a later version streams a large snapshot in
-//! pieces. Until then a snapshot travels whole inside its message and must fit in one frame.
-//! This build refuses kind 4, like any unknown kind, with [`WireError::UnknownFrameKind`].
+//! A snapshot may also travel whole inside its message (kind 3, flag bit 1), as long as it
+//! fits in one frame; Keel's shards send snapshots as chunks (kind 4) and drop snapshot
+//! messages that arrive whole.
 //!
 //! # Errors
 //!
@@ -139,6 +167,7 @@ use std::sync::Arc;
 use crate::consensus::{
     ConfState, Entry, EntryType, Message, MessageType, NodeId, Snapshot, SnapshotMetadata,
 };
+use crate::shard::SnapshotChunk;
 
 /// Magic bytes at the start of every frame.
 pub const MAGIC: [u8; 4] = *b"KPWR";
@@ -152,9 +181,10 @@ pub const FRAME_KIND_HELLO: u8 = 1;
 pub const FRAME_KIND_HELLO_REPLY: u8 = 2;
 /// Frame kind: a batch of raft messages.
 pub const FRAME_KIND_MESSAGES: u8 = 3;
-/// Frame kind reserved for snapshot chunks, which a later version sends; this build refuses
-/// it.
-pub const FRAME_KIND_SNAPSHOT_CHUNK_RESERVED: u8 = 4;
+/// Frame kind: a [`SnapshotChunk`].
+pub const FRAME_KIND_SNAPSHOT_CHUNK: u8 = 4;
+/// Bytes of a SnapshotChunk body before its data.
+pub const SNAPSHOT_CHUNK_FIXED_BYTES: usize = 68;
 
 /// Header bytes the checksum covers before the body: everything in front of the checksum.
 const HEADER_CHECKED_BYTES: usize = 12;
@@ -212,12 +242,16 @@ pub struct WireLimits {
     /// The longest member list in a conf state (voters, learners, outgoing voters and next
     /// learners each). Default 1024.
     pub voters_max: u32,
+    /// The most data bytes in one snapshot chunk. Default 1 MiB (a shard's
+    /// `chunk_bytes_max` must not exceed it).
+    pub snapshot_chunk_bytes_max: u32,
 }
 
 const DEFAULT_FRAME_BYTES_MAX: u32 = 16 << 20;
 const DEFAULT_ENTRY_BYTES_MAX: u32 = 8 << 20;
 const DEFAULT_CONTEXT_BYTES_MAX: u32 = 64 << 10;
 const DEFAULT_REASON_BYTES_MAX: u32 = 1 << 10;
+const DEFAULT_SNAPSHOT_CHUNK_BYTES_MAX: u32 = 1 << 20;
 // The defaults pass `validate`: the largest entry, the largest context and the longest
 // reason each fit in a frame.
 const _: () = assert!(
@@ -232,6 +266,10 @@ const _: () = assert!(
         <= DEFAULT_FRAME_BYTES_MAX as u64
 );
 const _: () = assert!(DEFAULT_FRAME_BYTES_MAX <= FRAME_BYTES_MAX_LIMIT);
+const _: () = assert!(
+    (DEFAULT_SNAPSHOT_CHUNK_BYTES_MAX as u64) + SNAPSHOT_CHUNK_FIXED_BYTES as u64
+        <= DEFAULT_FRAME_BYTES_MAX as u64
+);
 
 impl Default for WireLimits {
     fn default() -> Self {
@@ -243,6 +281,7 @@ impl Default for WireLimits {
             context_bytes_max: DEFAULT_CONTEXT_BYTES_MAX,
             reason_bytes_max: DEFAULT_REASON_BYTES_MAX,
             voters_max: 1 << 10,
+            snapshot_chunk_bytes_max: DEFAULT_SNAPSHOT_CHUNK_BYTES_MAX,
         }
     }
 }
@@ -260,6 +299,7 @@ impl WireLimits {
             ("context_bytes_max", self.context_bytes_max),
             ("reason_bytes_max", self.reason_bytes_max),
             ("voters_max", self.voters_max),
+            ("snapshot_chunk_bytes_max", self.snapshot_chunk_bytes_max),
         ];
         for (name, value) in named {
             if value == 0 {
@@ -288,6 +328,10 @@ impl WireLimits {
             (
                 "reason_bytes_max",
                 u64::from(self.reason_bytes_max) + HELLO_REPLY_FIXED_BYTES,
+            ),
+            (
+                "snapshot_chunk_bytes_max",
+                u64::from(self.snapshot_chunk_bytes_max) + widen64(SNAPSHOT_CHUNK_FIXED_BYTES),
             ),
         ];
         for (name, bytes) in needs {
@@ -434,6 +478,19 @@ pub enum WireError {
     /// [`WireLimits`] that cannot work.
     #[error("invalid wire limits: {0}")]
     InvalidLimits(String),
+    /// A snapshot chunk with no data, or with data beyond the file it announces.
+    #[error(
+        "snapshot chunk of {len} bytes at offset {offset} does not fit its file of {total} bytes \
+         (or is empty)"
+    )]
+    BadSnapshotChunk {
+        /// The chunk's offset.
+        offset: u64,
+        /// Its data length.
+        len: u64,
+        /// The announced size of the file.
+        total: u64,
+    },
 }
 
 /// The dialer's first frame: who it is and whom it means to reach.
@@ -467,6 +524,8 @@ pub enum Frame {
     HelloReply(HelloReply),
     /// Raft messages of any groups, in the order they were encoded.
     Messages(Vec<Message>),
+    /// A piece of a snapshot transfer.
+    SnapshotChunk(SnapshotChunk),
 }
 
 impl Hello {
@@ -639,6 +698,44 @@ impl FrameEncoder {
             });
         }
         Ok(bytes)
+    }
+
+    /// Appends a SnapshotChunk frame; refuses (appending nothing) a chunk with no data,
+    /// more data than `snapshot_chunk_bytes_max`, or data beyond its announced total.
+    pub fn encode_snapshot_chunk(
+        &self,
+        chunk: &SnapshotChunk,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        let len = widen64(chunk.data.len());
+        check_limit(
+            len,
+            "snapshot chunk bytes",
+            "snapshot_chunk_bytes_max",
+            self.limits.snapshot_chunk_bytes_max,
+        )?;
+        check_chunk_extent(chunk.offset, len, chunk.total_bytes)?;
+        let start = begin_frame(
+            out,
+            FRAME_KIND_SNAPSHOT_CHUNK,
+            widen64(SNAPSHOT_CHUNK_FIXED_BYTES) + len,
+        );
+        for v in [
+            chunk.group_id,
+            chunk.to,
+            chunk.from,
+            chunk.term,
+            chunk.index,
+            chunk.snapshot_term,
+            chunk.total_bytes,
+            chunk.offset,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        put_len(out, chunk.data.len());
+        out.extend_from_slice(&chunk.data);
+        finish_frame(out, start);
+        Ok(())
     }
 
     /// Appends `msgs` as Messages frames, as many as fit in each frame (by
@@ -874,6 +971,29 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
             }
             Frame::Messages(msgs)
         }
+        FRAME_KIND_SNAPSHOT_CHUNK => {
+            let h = r.fixed::<64>("snapshot chunk header")?;
+            let len = r.count(
+                "snapshot chunk bytes",
+                "snapshot_chunk_bytes_max",
+                limits.snapshot_chunk_bytes_max,
+                1,
+            )?;
+            let data = r.bytes(len, "snapshot chunk bytes")?;
+            let (total_bytes, offset) = (le_u64(h, 48), le_u64(h, 56));
+            check_chunk_extent(offset, widen64(len), total_bytes)?;
+            Frame::SnapshotChunk(SnapshotChunk {
+                group_id: le_u64(h, 0),
+                to: le_u64(h, 8),
+                from: le_u64(h, 16),
+                term: le_u64(h, 24),
+                index: le_u64(h, 32),
+                snapshot_term: le_u64(h, 40),
+                total_bytes,
+                offset,
+                data: data.to_vec(),
+            })
+        }
         _ => return Err(WireError::UnknownFrameKind { kind }),
     };
     if !r.rest.is_empty() {
@@ -1051,6 +1171,14 @@ impl<'a> Reader<'a> {
             remaining: widen64(self.rest.len()),
         }
     }
+}
+
+/// A chunk holds data, and its data lies within the announced file.
+fn check_chunk_extent(offset: u64, len: u64, total: u64) -> Result<(), WireError> {
+    if len == 0 || offset.checked_add(len).is_none_or(|end| end > total) {
+        return Err(WireError::BadSnapshotChunk { offset, len, total });
+    }
+    Ok(())
 }
 
 fn check_limit(

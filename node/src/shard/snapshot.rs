@@ -1,0 +1,650 @@
+//! Snapshots of a shard's groups: checkpoints written off the shard thread, transfers of a
+//! checkpoint to a lagging follower in chunks, and installs of received ones.
+//!
+//! # Checkpoints
+//!
+//! A group's checkpoint is a `keel_engine::checkpoint` file of its memtable at its applied
+//! index, with the raft term of that entry, its conf state and, as the file's app state, its
+//! exactly-once session table ([`super::Sessions::encode`]). Files live in
+//! `<dir>/group-<g>/checkpoint-<index, 20 digits>.ckpt`; the newest
+//! [`SnapshotOptions::checkpoints_kept`] are kept.
+//!
+//! The shard thread never writes or fsyncs a checkpoint itself. It opens a consistent
+//! snapshot of the memtable (`Memtable::begin_snapshot`: writes go on meanwhile), reads it
+//! in chunks of at most `checkpoint_round_entries_max` entries per round, and hands each
+//! chunk through a bounded channel (`CHECKPOINT_CHUNKS_QUEUED_MAX` chunks) to a helper
+//! thread that writes, fsyncs and publishes the file. At most one checkpoint is being
+//! written per shard. When the helper reports the file durable, the shard records it in its
+//! next staged log write (see `Shard::round`): the snapshot metadata, the group's hard state
+//! again (so that no old hard-state record pins the log), and a compaction up to the
+//! checkpoint index minus `catchup_entries`.
+//!
+//! # Transfers
+//!
+//! When raft asks to send a snapshot, the shard opens the group's checkpoint file at the
+//! snapshot's index and sends it as [`SnapshotChunk`]s of at most `chunk_bytes_max` bytes,
+//! one chunk per transfer each time the host asks ([`super::Shard::take_snapshot_chunks`]),
+//! at most `transfers_max` transfers at once. The receiver assembles a transfer in memory
+//! (at most `receive_bytes_max` bytes each, `receives_max` at once), verifies and publishes
+//! it on a helper thread (`CheckpointDir::install` checks every CRC and the structure),
+//! loads the memtable and the sessions there too, and only then steps the raft snapshot
+//! message into the group. A damaged or incomplete transfer is dropped with an error the
+//! host logs; raft sends the snapshot again later.
+//!
+//! # Log space
+//!
+//! A group that applies little may pin old log segments with its first records. The host
+//! calls `Shard::check_log_space` now and then: groups that pin a segment older than the
+//! log store's newest `segments_live_max` checkpoint at once and keep no catch-up entries,
+//! and a group with nothing applied since its recorded checkpoint writes that checkpoint's
+//! records (and its hard state and compaction point) again at the head of the log. The host
+//! purges the log below `Shard::purge_lsn` off the shard thread.
+//!
+//! # Restart
+//!
+//! At start each group loads the newest checkpoint the log continues from (its index
+//! between the log's compaction point and last entry, with the same term there), restores
+//! its memtable and sessions from it, and tells raft it applied up to that index: only the
+//! entries after it are applied again. The commit index starts at least there (those
+//! entries were applied, so committed, even if the hard state saying so was not written).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::task::Waker;
+
+use keel_engine::checkpoint::{CheckpointDir, CheckpointMeta};
+use keel_engine::{KeyValue, KvLimits, Memtable};
+
+use super::sessions::Sessions;
+use crate::consensus::NodeId;
+
+/// Default [`SnapshotOptions::snapshot_entries`].
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 10_000;
+/// Default [`SnapshotOptions::snapshot_bytes`]: 64 MiB.
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
+/// Default [`SnapshotOptions::catchup_entries`].
+pub const DEFAULT_CATCHUP_ENTRIES: u64 = 5_000;
+/// Default [`SnapshotOptions::chunk_bytes_max`]: 1 MiB.
+pub const DEFAULT_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Default [`SnapshotOptions::transfers_max`].
+pub const DEFAULT_TRANSFERS_MAX: usize = 4;
+/// Default [`SnapshotOptions::receives_max`].
+pub const DEFAULT_RECEIVES_MAX: usize = 2;
+/// Default [`SnapshotOptions::receive_bytes_max`]: 512 MiB.
+pub const DEFAULT_RECEIVE_BYTES_MAX: u64 = 512 << 20;
+/// Default [`SnapshotOptions::checkpoint_round_entries_max`].
+pub const DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX: usize = 4096;
+/// Default [`SnapshotOptions::checkpoints_kept`].
+pub const DEFAULT_CHECKPOINTS_KEPT: usize = 2;
+/// Chunks of a checkpoint being written that wait for the helper thread, at most: with
+/// `checkpoint_round_entries_max` entries each, the memory a checkpoint write holds.
+pub const CHECKPOINT_CHUNKS_QUEUED_MAX: usize = 4;
+
+/// How a shard snapshots its groups. Every limit has its unit last and its default in its
+/// doc; [`SnapshotOptions::validate`] checks them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Where the groups' checkpoints live (`<dir>/group-<g>/`). `None` turns snapshots off:
+    /// no checkpoint, no compaction, and a lagging follower is caught up from the log
+    /// alone, which then grows without bound. Default `None`; `keel server` sets
+    /// `DATA_DIR/shard-<s>/checkpoints`.
+    pub dir: Option<PathBuf>,
+    /// A group checkpoints once it applied this many entries since its last checkpoint
+    /// (etcd's `--snapshot-count`). Default 10,000.
+    pub snapshot_entries: u64,
+    /// ... or once it applied this many bytes of entries since its last checkpoint.
+    /// Default 64 MiB.
+    pub snapshot_bytes: u64,
+    /// Entries kept in the log behind a checkpoint, so that a follower that lags a little
+    /// is caught up from the log rather than by a snapshot (etcd's
+    /// `--snapshot-catchup-entries`). A group checkpointed because it pins old log
+    /// segments keeps none. Default 5,000.
+    pub catchup_entries: u64,
+    /// The most bytes of a checkpoint file in one [`SnapshotChunk`]. Default 1 MiB.
+    pub chunk_bytes_max: usize,
+    /// The most snapshot transfers a shard sends at once; raft is told that one more failed
+    /// and retries it later. Default 4.
+    pub transfers_max: usize,
+    /// The most snapshot transfers a shard receives at once (each held in memory until it
+    /// is complete); one more replaces the oldest. Default 2.
+    pub receives_max: usize,
+    /// The largest snapshot a shard accepts, in bytes. Default 512 MiB.
+    pub receive_bytes_max: u64,
+    /// The most memtable entries a round reads into the checkpoint being written.
+    /// Default 4096.
+    pub checkpoint_round_entries_max: usize,
+    /// Checkpoints kept per group (the newest). Default 2.
+    pub checkpoints_kept: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            dir: None,
+            snapshot_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            snapshot_bytes: DEFAULT_SNAPSHOT_BYTES,
+            catchup_entries: DEFAULT_CATCHUP_ENTRIES,
+            chunk_bytes_max: DEFAULT_CHUNK_BYTES_MAX,
+            transfers_max: DEFAULT_TRANSFERS_MAX,
+            receives_max: DEFAULT_RECEIVES_MAX,
+            receive_bytes_max: DEFAULT_RECEIVE_BYTES_MAX,
+            checkpoint_round_entries_max: DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
+            checkpoints_kept: DEFAULT_CHECKPOINTS_KEPT,
+        }
+    }
+}
+
+impl SnapshotOptions {
+    /// Checks that every count and size is positive and that a chunk fits a received
+    /// snapshot.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("snapshot_entries", self.snapshot_entries),
+            ("snapshot_bytes", self.snapshot_bytes),
+            ("chunk_bytes_max", self.chunk_bytes_max as u64),
+            ("transfers_max", self.transfers_max as u64),
+            ("receives_max", self.receives_max as u64),
+            ("receive_bytes_max", self.receive_bytes_max),
+            (
+                "checkpoint_round_entries_max",
+                self.checkpoint_round_entries_max as u64,
+            ),
+            ("checkpoints_kept", self.checkpoints_kept as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("snapshot option {name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory of `group`, when snapshots are on.
+    pub fn group_dir(&self, group: u64) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("group-{group}")))
+    }
+}
+
+/// A piece of a checkpoint file on its way from a group's leader to a lagging follower.
+/// The peer wire carries it as a frame of its own (kind 4, see `transport::wire`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The group.
+    pub group_id: u64,
+    /// The receiving member.
+    pub to: NodeId,
+    /// The sending member (the group's leader).
+    pub from: NodeId,
+    /// The leader's term when it sent the snapshot (the raft message's term).
+    pub term: u64,
+    /// The snapshot's index: the last entry the checkpoint covers.
+    pub index: u64,
+    /// The raft term of the entry at `index`.
+    pub snapshot_term: u64,
+    /// Bytes of the whole checkpoint file.
+    pub total_bytes: u64,
+    /// Where `data` starts in the file.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Why a received chunk was dropped. The transfer it belongs to is abandoned; raft sends
+/// the snapshot again later.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Snapshots are off on this member, or it does not host the group.
+    #[error("group {group} does not take snapshots here")]
+    NotAccepted {
+        /// The group.
+        group: u64,
+    },
+    /// The chunk is not the next one of a transfer in progress, or does not fit the
+    /// transfer's announced size.
+    #[error(
+        "snapshot chunk of group {group} from member {from} at offset {offset} does not \
+         follow the transfer ({reason})"
+    )]
+    OutOfOrder {
+        /// The group.
+        group: u64,
+        /// The sender.
+        from: NodeId,
+        /// The chunk's offset.
+        offset: u64,
+        /// What does not match.
+        reason: String,
+    },
+    /// The snapshot is larger than `receive_bytes_max`.
+    #[error(
+        "snapshot of group {group} from member {from} has {bytes} bytes, more than receive_bytes_max ({max})"
+    )]
+    TooLarge {
+        /// The group.
+        group: u64,
+        /// The sender.
+        from: NodeId,
+        /// Its announced size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+/// What a helper thread reports back to the shard.
+pub(super) enum Done {
+    /// A checkpoint write ended.
+    Checkpoint {
+        group: u64,
+        /// The checkpoint's metadata, or why it was not written.
+        result: Result<CheckpointMeta, String>,
+        /// Whether the group asked for it because it pins old log segments (it then keeps
+        /// no catch-up entries).
+        urgent: bool,
+    },
+    /// A received snapshot was verified, published and loaded.
+    Installed(Box<Installed>),
+    /// A received snapshot failed verification or could not be published.
+    InstallFailed {
+        group: u64,
+        from: NodeId,
+        error: String,
+    },
+}
+
+/// A verified, published snapshot with the state loaded from it, waiting for raft to
+/// accept it.
+pub(super) struct Installed {
+    pub(super) group: u64,
+    pub(super) from: NodeId,
+    pub(super) term: u64,
+    pub(super) meta: CheckpointMeta,
+    pub(super) kv: Memtable,
+    pub(super) sessions: Sessions,
+}
+
+/// One piece of a checkpoint being written, from the shard thread to its helper.
+pub(super) enum Piece {
+    Entries(Vec<KeyValue>),
+    /// Every entry was sent: publish the file. A channel closed without it aborts.
+    End,
+}
+
+/// A checkpoint being written: the shard's side.
+pub(super) struct Writing {
+    pub(super) group: u64,
+    /// The last key handed over (`None`: none yet).
+    pub(super) after: Option<Vec<u8>>,
+    /// A chunk read but not yet taken by the channel.
+    pub(super) held: Option<Piece>,
+    /// Whether every entry was read (then `End` is sent and the snapshot closed).
+    pub(super) read_all: bool,
+    pub(super) pieces: mpsc::SyncSender<Piece>,
+}
+
+/// A transfer this shard sends.
+pub(super) struct Outbound {
+    pub(super) group: u64,
+    pub(super) to: NodeId,
+    pub(super) term: u64,
+    pub(super) index: u64,
+    pub(super) snapshot_term: u64,
+    pub(super) file: File,
+    pub(super) total: u64,
+    pub(super) offset: u64,
+}
+
+/// A transfer this shard receives.
+pub(super) struct Inbound {
+    pub(super) term: u64,
+    pub(super) index: u64,
+    pub(super) snapshot_term: u64,
+    pub(super) total: u64,
+    pub(super) bytes: Vec<u8>,
+    /// When it started, in transfers started by this shard (to find the oldest).
+    pub(super) started: u64,
+}
+
+/// The shard's snapshot machinery: options, the helper threads' results, transfers.
+pub(super) struct Snapshots {
+    pub(super) options: SnapshotOptions,
+    /// Each hosted group's checkpoint directory, opened at start.
+    pub(super) dirs: BTreeMap<u64, CheckpointDir>,
+    pub(super) done_tx: mpsc::Sender<Done>,
+    pub(super) done_rx: mpsc::Receiver<Done>,
+    pub(super) waker: Option<Waker>,
+    pub(super) writing: Option<Writing>,
+    /// The group whose checkpoint writer thread has not reported back yet.
+    pub(super) writer_busy: Option<u64>,
+    /// Groups whose checkpoint is durable, waiting for the next staged write to record it:
+    /// (group, metadata, whether to keep no catch-up entries).
+    pub(super) to_record: Vec<(u64, CheckpointMeta, bool)>,
+    /// Groups that pin old log segments and should checkpoint now.
+    pub(super) urgent: Vec<u64>,
+    pub(super) outbound: Vec<Outbound>,
+    pub(super) inbound: BTreeMap<(u64, NodeId), Inbound>,
+    pub(super) transfers_started: u64,
+    /// Installs handed to helper threads and not reported back yet.
+    pub(super) installing: usize,
+    /// Counters (see [`super::SnapshotStats`]).
+    pub(super) stats: super::SnapshotStats,
+}
+
+impl Snapshots {
+    pub(super) fn new(options: SnapshotOptions) -> Snapshots {
+        let (done_tx, done_rx) = mpsc::channel();
+        Snapshots {
+            options,
+            dirs: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            waker: None,
+            writing: None,
+            writer_busy: None,
+            to_record: Vec::new(),
+            urgent: Vec::new(),
+            outbound: Vec::new(),
+            inbound: BTreeMap::new(),
+            transfers_started: 0,
+            installing: 0,
+            stats: super::SnapshotStats::default(),
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.options.dir.is_some()
+    }
+
+    /// Starts the helper thread that writes a checkpoint of `group` with `header` from the
+    /// pieces the shard sends; returns the shard's end of the channel.
+    pub(super) fn spawn_writer(
+        &self,
+        group: u64,
+        dir: CheckpointDir,
+        header: CheckpointMeta,
+        urgent: bool,
+    ) -> Result<mpsc::SyncSender<Piece>, String> {
+        let (tx, rx) = mpsc::sync_channel::<Piece>(CHECKPOINT_CHUNKS_QUEUED_MAX);
+        let done = self.done_tx.clone();
+        let waker = self.waker.clone();
+        let kept = self.options.checkpoints_kept;
+        std::thread::Builder::new()
+            .name(format!("keel-ckpt-g{group}"))
+            .spawn(move || {
+                let result = write_checkpoint(&dir, header, &rx, waker.as_ref(), kept);
+                let _ = done.send(Done::Checkpoint {
+                    group,
+                    result,
+                    urgent,
+                });
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            })
+            .map_err(|e| format!("starting a checkpoint writer: {e}"))?;
+        Ok(tx)
+    }
+
+    /// Starts the helper thread that verifies, publishes and loads a received snapshot.
+    pub(super) fn spawn_install(
+        &mut self,
+        group: u64,
+        from: NodeId,
+        transfer: Inbound,
+        limits: KvLimits,
+        sessions_max: usize,
+    ) {
+        let Some(dir) = self.dirs.get(&group).cloned() else {
+            return;
+        };
+        let done = self.done_tx.clone();
+        let waker = self.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("keel-install-g{group}"))
+            .spawn(move || {
+                let outcome = install(&dir, transfer.bytes, limits, sessions_max);
+                let report = match outcome {
+                    Ok((meta, kv, sessions)) => {
+                        if meta.index != transfer.index || meta.term != transfer.snapshot_term {
+                            Done::InstallFailed {
+                                group,
+                                from,
+                                error: format!(
+                                    "the checkpoint covers index {} term {}, the transfer \
+                                     announced index {} term {}",
+                                    meta.index, meta.term, transfer.index, transfer.snapshot_term
+                                ),
+                            }
+                        } else {
+                            Done::Installed(Box::new(Installed {
+                                group,
+                                from,
+                                term: transfer.term,
+                                meta,
+                                kv,
+                                sessions,
+                            }))
+                        }
+                    }
+                    Err(error) => Done::InstallFailed { group, from, error },
+                };
+                let _ = done.send(report);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            });
+        match spawned {
+            Ok(_) => self.installing += 1,
+            Err(e) => {
+                tracing::warn!(group, from, error = %e, "a received snapshot could not be installed");
+            }
+        }
+    }
+
+    /// Takes a received chunk; returns the completed transfer once its last chunk is in.
+    pub(super) fn receive(
+        &mut self,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<(NodeId, Inbound)>, SnapshotError> {
+        let key = (chunk.group_id, chunk.from);
+        let out_of_order = |reason: String| SnapshotError::OutOfOrder {
+            group: chunk.group_id,
+            from: chunk.from,
+            offset: chunk.offset,
+            reason,
+        };
+        if chunk.offset == 0 {
+            if chunk.total_bytes > self.options.receive_bytes_max {
+                self.inbound.remove(&key);
+                return Err(SnapshotError::TooLarge {
+                    group: chunk.group_id,
+                    from: chunk.from,
+                    bytes: chunk.total_bytes,
+                    max: self.options.receive_bytes_max,
+                });
+            }
+            self.inbound.remove(&key);
+            if self.inbound.len() >= self.options.receives_max {
+                // The oldest transfer is the likeliest to have been abandoned by its sender.
+                let oldest = self
+                    .inbound
+                    .iter()
+                    .min_by_key(|(_, t)| t.started)
+                    .map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    self.inbound.remove(&oldest);
+                }
+            }
+            self.transfers_started += 1;
+            self.inbound.insert(
+                key,
+                Inbound {
+                    term: chunk.term,
+                    index: chunk.index,
+                    snapshot_term: chunk.snapshot_term,
+                    total: chunk.total_bytes,
+                    bytes: Vec::new(),
+                    started: self.transfers_started,
+                },
+            );
+        }
+        let Some(transfer) = self.inbound.get_mut(&key) else {
+            return Err(out_of_order("no transfer in progress".into()));
+        };
+        let len = chunk.data.len() as u64;
+        let matches = transfer.index == chunk.index
+            && transfer.term == chunk.term
+            && transfer.snapshot_term == chunk.snapshot_term
+            && transfer.total == chunk.total_bytes;
+        let received = transfer.bytes.len() as u64;
+        if !matches || chunk.offset != received || received + len > transfer.total {
+            let reason = format!(
+                "{received} of {} bytes of snapshot {} received; chunk of {len} bytes for \
+                 snapshot {} of {} bytes",
+                transfer.total, transfer.index, chunk.index, chunk.total_bytes
+            );
+            self.inbound.remove(&key);
+            return Err(out_of_order(reason));
+        }
+        transfer.bytes.extend_from_slice(&chunk.data);
+        if transfer.bytes.len() as u64 == transfer.total {
+            let done = self.inbound.remove(&key);
+            return Ok(done.map(|t| (chunk.from, t)));
+        }
+        Ok(None)
+    }
+
+    /// The next chunk of `transfer`, read from its file; `Err` if the file cannot be read.
+    pub(super) fn next_chunk(
+        &self,
+        t: &mut Outbound,
+        from: NodeId,
+    ) -> Result<SnapshotChunk, String> {
+        let left = t.total - t.offset;
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.options.chunk_bytes_max);
+        let mut data = vec![0u8; n];
+        t.file
+            .read_exact_at(&mut data, t.offset)
+            .map_err(|e| format!("reading the checkpoint at offset {}: {e}", t.offset))?;
+        let chunk = SnapshotChunk {
+            group_id: t.group,
+            to: t.to,
+            from,
+            term: t.term,
+            index: t.index,
+            snapshot_term: t.snapshot_term,
+            total_bytes: t.total,
+            offset: t.offset,
+            data,
+        };
+        t.offset += n as u64;
+        Ok(chunk)
+    }
+}
+
+/// The helper thread's checkpoint write: pieces from the channel into the file, then
+/// retention. Wakes the shard after each piece so that it sends the next.
+fn write_checkpoint(
+    ckpts: &CheckpointDir,
+    header: CheckpointMeta,
+    pieces: &mpsc::Receiver<Piece>,
+    waker: Option<&Waker>,
+    kept: usize,
+) -> Result<CheckpointMeta, String> {
+    let (_, meta) = ckpts
+        .write_with(header, &mut |sink| {
+            loop {
+                let piece = pieces.recv();
+                if let Some(w) = waker {
+                    w.wake_by_ref();
+                }
+                match piece {
+                    Ok(Piece::Entries(entries)) => {
+                        for kv in &entries {
+                            sink.push(&kv.key, &kv.value, kv.meta)?;
+                        }
+                    }
+                    Ok(Piece::End) => return Ok(()),
+                    Err(_) => {
+                        return Err(keel_engine::CheckpointError::BadSource {
+                            reason: "the checkpoint was abandoned (its group's state was \
+                                     replaced, or the shard stopped)"
+                                .into(),
+                        });
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    ckpts.retain(kept).map_err(|e| e.to_string())?;
+    Ok(meta)
+}
+
+/// The helper thread's install: verify and publish the bytes, then load the state.
+fn install(
+    ckpts: &CheckpointDir,
+    bytes: Vec<u8>,
+    limits: KvLimits,
+    sessions_max: usize,
+) -> Result<(CheckpointMeta, Memtable, Sessions), String> {
+    let reader = ckpts.install(bytes).map_err(|e| e.to_string())?;
+    let kv = reader.to_memtable(limits).map_err(|e| e.to_string())?;
+    let sessions = Sessions::decode(&reader.meta().app_state, sessions_max)
+        .map_err(|e| format!("the snapshot's session table: {e}"))?;
+    Ok((reader.meta().clone(), kv, sessions))
+}
+
+/// A group's state loaded from its newest usable checkpoint at start.
+pub(super) struct Restored {
+    pub(super) index: u64,
+    pub(super) kv: Memtable,
+    pub(super) sessions: Sessions,
+}
+
+/// Loads the newest checkpoint of a group that the log can continue from: its index lies
+/// between the log's compaction point and its last entry, with the same term there (a
+/// checkpoint published by an install whose log write never happened does not). Corrupt
+/// files are skipped with a warning; any other error stops the start.
+pub(super) fn restore(
+    ckpts: &CheckpointDir,
+    limits: &KvLimits,
+    sessions_max: usize,
+    fits_log: &dyn Fn(u64, u64) -> bool,
+) -> Result<Option<Restored>, String> {
+    let list = ckpts.list().map_err(|e| e.to_string())?;
+    for (index, path) in list.into_iter().rev() {
+        let reader = match keel_engine::CheckpointReader::open(&path) {
+            Ok(r) => r,
+            Err(e @ keel_engine::CheckpointError::Corruption { .. }) => {
+                tracing::warn!(path = %path.display(), error = %e, "corrupt checkpoint skipped");
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let meta = reader.meta();
+        if meta.index != index || !fits_log(meta.index, meta.term) {
+            tracing::info!(
+                path = %path.display(),
+                "checkpoint skipped: the log does not continue from it"
+            );
+            continue;
+        }
+        let sessions = Sessions::decode(&meta.app_state, sessions_max)
+            .map_err(|e| format!("{}: its session table: {e}", path.display()))?;
+        let kv = reader
+            .to_memtable(limits.clone())
+            .map_err(|e| e.to_string())?;
+        return Ok(Some(Restored {
+            index: meta.index,
+            kv,
+            sessions,
+        }));
+    }
+    Ok(None)
+}
