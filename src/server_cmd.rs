@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use keel_node::runtime::{ClusterState, Server, ServerConfig};
+use keel_node::runtime::{ClusterState, Server, ServerConfig, ShardRuntime};
 
 /// Run one member of a Keel cluster.
 ///
@@ -50,6 +50,11 @@ pub struct ServerArgs {
     /// (a writer thread with pwrite). Default from KEEL_WAL_BACKEND, else auto.
     #[arg(long, value_enum)]
     wal_backend: Option<BackendArg>,
+    /// The shard threads' async runtime: tokio (current-thread, epoll) or tokio-uring (the
+    /// same runtime driven from an io_uring instance). Default from KEEL_SHARD_RUNTIME,
+    /// else tokio.
+    #[arg(long, value_enum)]
+    shard_runtime: Option<RuntimeArg>,
     /// Checkpoint a raft group (its snapshot, after which its log is compacted) once it
     /// applied this many entries since its last checkpoint (etcd's --snapshot-count).
     #[arg(long, default_value_t = 10_000)]
@@ -78,6 +83,12 @@ enum BackendArg {
     Auto,
     Uring,
     Blocking,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeArg {
+    Tokio,
+    TokioUring,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -174,6 +185,19 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         BackendArg::Auto => keel_wal::Backend::Auto,
         BackendArg::Uring => keel_wal::Backend::Uring,
         BackendArg::Blocking => keel_wal::Backend::Blocking,
+    };
+    config.shard_runtime = match args.shard_runtime {
+        Some(RuntimeArg::Tokio) => ShardRuntime::Tokio,
+        Some(RuntimeArg::TokioUring) => ShardRuntime::TokioUring,
+        None => match std::env::var("KEEL_SHARD_RUNTIME").as_deref() {
+            Ok("tokio") | Err(_) => ShardRuntime::Tokio,
+            Ok("tokio-uring") => ShardRuntime::TokioUring,
+            Ok(other) => {
+                return Err(format!(
+                    "KEEL_SHARD_RUNTIME={other}: expected tokio or tokio-uring"
+                ));
+            }
+        },
     };
     config.validate()?;
     Ok(config)

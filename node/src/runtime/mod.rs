@@ -40,6 +40,19 @@ pub enum ClusterState {
     Existing,
 }
 
+/// The async runtime a shard thread runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardRuntime {
+    /// tokio's current-thread runtime (epoll); the shard's WAL writes on its own writer
+    /// thread (through io_uring or pwrite, `wal_backend`). The default.
+    Tokio,
+    /// tokio-uring's runtime: the same tokio current-thread runtime driven from an io_uring
+    /// instance of the shard thread. The shard's sockets and WAL are served as with
+    /// [`ShardRuntime::Tokio`] (the WAL does not write on this ring): measured against it
+    /// on the cluster benchmark (README, "Replicated cluster").
+    TokioUring,
+}
+
 /// How a member is configured (`keel server`'s flags).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -85,6 +98,8 @@ pub struct ServerConfig {
     /// How the shards' WALs write. Default [`keel_wal::Backend::Auto`] (io_uring where the
     /// kernel allows it).
     pub wal_backend: keel_wal::Backend,
+    /// The runtime of the shard threads. Default [`ShardRuntime::Tokio`].
+    pub shard_runtime: ShardRuntime,
     /// A group checkpoints (its raft snapshot) once it applied this many entries since its
     /// last one (`--snapshot-entries`, etcd's `--snapshot-count`). Default 10,000.
     pub snapshot_entries: u64,
@@ -122,6 +137,7 @@ impl ServerConfig {
             wal_segment_bytes: 64 << 20,
             wal_backend: keel_wal::Backend::Auto,
             pin_shards: true,
+            shard_runtime: ShardRuntime::Tokio,
             snapshot_entries: crate::shard::DEFAULT_SNAPSHOT_ENTRIES,
             snapshot_catchup_entries: crate::shard::DEFAULT_CATCHUP_ENTRIES,
         }

@@ -13,7 +13,7 @@ use keel_engine::{LogStore, LogStoreOptions};
 use keel_wal::{Wal, WalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ClusterView, ServerConfig, ShardRequest, ShardWork};
+use super::{ClusterView, ServerConfig, ShardRequest, ShardRuntime, ShardWork};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
 use crate::shard::{Outcome, RequestId, Shard, ShardOptions, SnapshotOptions};
@@ -68,18 +68,24 @@ pub(super) fn run(ctx: ShardContext) -> Result<(), String> {
             tracing::warn!(shard = ctx.index, error = %e, "shard not pinned");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let index = ctx.index;
+    let result = match ctx.config.shard_runtime {
+        ShardRuntime::Tokio => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(serve(ctx))),
+        ShardRuntime::TokioUring => {
+            tokio_uring::Runtime::new(&tokio_uring::builder()).map(|rt| rt.block_on(serve(ctx)))
+        }
+    };
+    let result = match result {
+        Ok(served) => served,
         Err(e) => {
-            let e = format!("shard {}: building its runtime: {e}", ctx.index);
+            let e = format!("shard {index}: building its runtime: {e}");
             let _ = ready.send(Err(e.clone()));
             return Err(e);
         }
     };
-    let result = runtime.block_on(serve(ctx));
     if let Err(e) = &result {
         tracing::error!(error = %e, "shard stopped");
         let _ = ready.send(Err(e.clone()));
