@@ -972,3 +972,50 @@ fn an_idle_group_does_not_keep_the_log_from_being_purged() {
     );
     c.assert_converged();
 }
+
+#[test]
+fn a_compacted_group_with_no_usable_checkpoint_refuses_to_start_empty() {
+    let mut c = Cluster::with_snapshots(3, 1, "no usable checkpoint", small_snapshots());
+    c.wait_for_leaders(2_000);
+    for i in 0..60u64 {
+        written(&c.put(0, 9, i + 1, &format!("k{i:03}"), "v"));
+    }
+    let ids = c.ids();
+    c.run_until(5_000, "compaction on every member", |c| {
+        ids.iter().all(|&id| c.first_index(id, 0) > 1)
+    });
+    let id = ids[1];
+    c.crash(id);
+    // Every checkpoint file of the group is damaged: none can be restored.
+    let group_dir = c.member(id).dir.path().join("group-0");
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&group_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "ckpt") {
+            std::fs::write(&path, b"not a checkpoint").unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "the member had checkpoints");
+    let member = c.member(id);
+    let store = LogStore::open(member.log.clone(), LogStoreOptions::default(), &mut |_| {})
+        .expect("the log store recovers");
+    let first = store.first_index(0);
+    let mut options = ShardOptions::new(id, ids.clone());
+    options.snapshots = SnapshotOptions {
+        dir: Some(member.dir.path().to_path_buf()),
+        ..small_snapshots()
+    };
+    match Shard::new(options, store, &[0]) {
+        Ok(_) => panic!("a group whose log starts at {first} started with an empty state"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.starts_with("group 0:"), "{text}");
+            assert!(
+                text.contains(&format!("starts at index {first}")),
+                "{text}"
+            );
+            assert!(text.contains("checkpoint-"), "names the files: {text}");
+        }
+    }
+}

@@ -333,10 +333,22 @@ impl<B: AsyncLogBackend> Shard<B> {
                             && index <= s.last_index(group)
                             && s.term(group, index).is_ok_and(|t| t == term)
                     };
-                    snapshot::restore(&dir, &options.kv_limits, options.sessions_max, &fits_log)
-                        .map_err(|reason| ShardError::Group { group, reason })?
+                    let (restored, refused) = snapshot::restore(
+                        &dir,
+                        &options.kv_limits,
+                        options.sessions_max,
+                        &fits_log,
+                    )
+                    .map_err(|reason| ShardError::Group { group, reason })?;
+                    if restored.is_none() {
+                        check_log_needs_no_checkpoint(&store, group, Some(&refused))?;
+                    }
+                    restored
                 }
-                None => None,
+                None => {
+                    check_log_needs_no_checkpoint(&store, group, None)?;
+                    None
+                }
             };
             if let Some(r) = &restored {
                 storage.set_restored_index(r.index);
@@ -1116,6 +1128,38 @@ impl<B: AsyncLogBackend> Shard<B> {
             }
         })
     }
+}
+
+/// With no usable checkpoint a group starts from an empty state machine, which is right
+/// only while its log still starts at the first entry and records no snapshot: otherwise
+/// the entries before the log's first index would be lost, so the start is refused, naming
+/// the checkpoint files considered (`None`: snapshots are off) and why each was refused.
+fn check_log_needs_no_checkpoint<B: AsyncLogBackend>(
+    store: &SharedStore<B>,
+    group: u64,
+    refused: Option<&[String]>,
+) -> Result<(), ShardError> {
+    let s = store.borrow();
+    let first = s.first_index(group);
+    let recorded = s.snapshot(group).map(|m| m.index);
+    if first <= 1 && recorded.is_none() {
+        return Ok(());
+    }
+    let considered = match refused {
+        None => "snapshots are off (no checkpoint directory)".to_string(),
+        Some([]) => "no checkpoint file was found".to_string(),
+        Some(files) => format!("checkpoints refused: {}", files.join("; ")),
+    };
+    Err(ShardError::Group {
+        group,
+        reason: format!(
+            "no usable checkpoint, but the log starts at index {first}{}: starting from an \
+             empty state would lose the entries before it ({considered})",
+            recorded.map_or(String::new(), |i| format!(
+                " and records a snapshot at index {i}"
+            )),
+        ),
+    })
 }
 
 /// Starts sending the snapshot raft asked for in `m` (its data is empty: the checkpoint

@@ -610,19 +610,22 @@ pub(super) struct Restored {
 /// Loads the newest checkpoint of a group that the log can continue from: its index lies
 /// between the log's compaction point and its last entry, with the same term there (a
 /// checkpoint published by an install whose log write never happened does not). Corrupt
-/// files are skipped with a warning; any other error stops the start.
+/// files are skipped with a warning; any other error stops the start. Also returns every
+/// file considered and refused, with why (the caller names them when it cannot start).
 pub(super) fn restore(
     ckpts: &CheckpointDir,
     limits: &KvLimits,
     sessions_max: usize,
     fits_log: &dyn Fn(u64, u64) -> bool,
-) -> Result<Option<Restored>, String> {
+) -> Result<(Option<Restored>, Vec<String>), String> {
     let list = ckpts.list().map_err(|e| e.to_string())?;
+    let mut refused = Vec::new();
     for (index, path) in list.into_iter().rev() {
         let reader = match keel_engine::CheckpointReader::open(&path) {
             Ok(r) => r,
             Err(e @ keel_engine::CheckpointError::Corruption { .. }) => {
                 tracing::warn!(path = %path.display(), error = %e, "corrupt checkpoint skipped");
+                refused.push(format!("{}: {e}", path.display()));
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -633,6 +636,12 @@ pub(super) fn restore(
                 path = %path.display(),
                 "checkpoint skipped: the log does not continue from it"
             );
+            refused.push(format!(
+                "{}: covers index {} term {}, which the log does not continue from",
+                path.display(),
+                meta.index,
+                meta.term
+            ));
             continue;
         }
         let sessions = Sessions::decode(&meta.app_state, sessions_max)
@@ -640,11 +649,14 @@ pub(super) fn restore(
         let kv = reader
             .to_memtable(limits.clone())
             .map_err(|e| e.to_string())?;
-        return Ok(Some(Restored {
-            index: meta.index,
-            kv,
-            sessions,
-        }));
+        return Ok((
+            Some(Restored {
+                index: meta.index,
+                kv,
+                sessions,
+            }),
+            refused,
+        ));
     }
-    Ok(None)
+    Ok((None, refused))
 }
