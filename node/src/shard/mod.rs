@@ -613,7 +613,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             if let Some(mut append) = rd.append {
                 let mut wrote = !append.entries.is_empty();
                 if let Some(snap) = append.snapshot.take() {
-                    install_ready_snapshot(&mut self.snapshots, group, g, &snap)?;
+                    install_ready_snapshot(&mut self.snapshots, &self.options, group, g, &snap)?;
                     if let Some(hs) = append.hard_state.take() {
                         // Before the snapshot, so that its reset record carries it.
                         batch.set_hard_state(group, storage::store_hard_state(&hs));
@@ -731,6 +731,21 @@ impl<B: AsyncLogBackend> Shard<B> {
         while let Ok(done) = self.snapshots.done_rx.try_recv() {
             self.on_done(done);
         }
+        for (&group, g) in self.groups.iter_mut() {
+            // An install waits only while raft holds its snapshot unstable and its Ready is
+            // not taken yet; once raft dropped that snapshot, the install is left over.
+            let unstable = g.raw.basic_status().unstable.snapshot_index;
+            if let Some(inst) = g.pending_install.as_ref()
+                && unstable != Some(inst.meta.index)
+            {
+                tracing::info!(
+                    group,
+                    index = inst.meta.index,
+                    "raft dropped the snapshot of a pending install; install dropped"
+                );
+                g.pending_install = None;
+            }
+        }
         self.feed_checkpoint();
         if self.snapshots.writing.is_none() && self.snapshots.writer_busy.is_none() {
             self.start_checkpoint();
@@ -789,12 +804,24 @@ impl<B: AsyncLogBackend> Shard<B> {
                     data: Vec::new(),
                 });
                 let index = inst.meta.index;
-                g.pending_install = Some(inst);
+                // The install is kept aside until raft decides: a pending install (of a
+                // snapshot raft accepted earlier, whose Ready is not taken yet) is replaced
+                // only if raft accepts this one.
+                let before = g.raw.basic_status().unstable.snapshot_index;
                 let _ = g.raw.step(m);
-                if g.raw.basic_status().unstable.snapshot_index != Some(index) {
-                    // Raft did not take it (it has the entries already, or a newer leader
-                    // took over): the loaded state is not needed.
-                    g.pending_install = None;
+                let after = g.raw.basic_status().unstable.snapshot_index;
+                if after == Some(index) && before != Some(index) {
+                    g.pending_install = Some(inst);
+                } else {
+                    // Raft did not take it (it has the entries already, a newer snapshot
+                    // is pending or being written, or a newer leader took over): the
+                    // loaded state is not needed.
+                    tracing::info!(
+                        group = inst.group,
+                        from = inst.from,
+                        index,
+                        "received snapshot not needed by raft; dropped"
+                    );
                 }
             }
         }
@@ -1226,16 +1253,31 @@ fn start_transfer<B: AsyncLogBackend>(
 /// sessions become the ones loaded from it. The caller stages its log records.
 fn install_ready_snapshot<B: AsyncLogBackend>(
     sn: &mut Snapshots,
+    options: &ShardOptions,
     group: u64,
     g: &mut Group<B>,
     snap: &Snapshot,
 ) -> Result<(), ShardError> {
     let index = snap.metadata.index;
-    let Some(inst) = g.pending_install.take().filter(|i| i.meta.index == index) else {
-        return Err(ShardError::Group {
-            group,
-            reason: format!("raft accepted snapshot {index}, which was never installed here"),
-        });
+    let inst = match g.pending_install.take() {
+        Some(inst) if inst.meta.index == index => inst,
+        other => {
+            // Not expected (an install waits until raft accepted its snapshot); the file
+            // raft accepted was published by its install, so load it here rather than
+            // stop the shard.
+            tracing::error!(
+                group,
+                index,
+                pending = other.as_ref().map(|i| i.meta.index),
+                "raft accepted a snapshot with no install pending; loading its file"
+            );
+            load_installed(sn, options, group, index).map_err(|reason| ShardError::Group {
+                group,
+                reason: format!(
+                    "raft accepted snapshot {index}, which is not installed here: {reason}"
+                ),
+            })?
+        }
     };
     if sn.writing.as_ref().is_some_and(|w| w.group == group) {
         // The checkpoint being written reads the state machine being replaced: abandon it
@@ -1251,4 +1293,34 @@ fn install_ready_snapshot<B: AsyncLogBackend>(
     sn.stats.installed += 1;
     tracing::info!(group, from = inst.from, index, "snapshot installed");
     Ok(())
+}
+
+/// Loads the published checkpoint of `group` at `index` on the shard thread (the fallback of
+/// [`install_ready_snapshot`]).
+fn load_installed(
+    sn: &Snapshots,
+    options: &ShardOptions,
+    group: u64,
+    index: u64,
+) -> Result<Box<snapshot::Installed>, String> {
+    let dir = sn
+        .dirs
+        .get(&group)
+        .ok_or_else(|| "snapshots are off".to_string())?;
+    let reader = keel_engine::CheckpointReader::open(&dir.path_for(index))
+        .map_err(|e| e.to_string())?;
+    let meta = reader.meta().clone();
+    let kv = reader
+        .to_memtable(options.kv_limits.clone())
+        .map_err(|e| e.to_string())?;
+    let sessions = Sessions::decode(&meta.app_state, options.sessions_max)
+        .map_err(|e| format!("its session table: {e}"))?;
+    Ok(Box::new(snapshot::Installed {
+        group,
+        from: crate::consensus::NO_NODE,
+        term: 0,
+        meta,
+        kv,
+        sessions,
+    }))
 }
