@@ -55,7 +55,7 @@
 //! a memory map: lookups and scans touch only the pages they need and never copy the whole
 //! file to the heap (verification streams through it once, through the page cache).
 //!
-//! Writing goes to `<name>.tmp`, is fsynced, renamed to its final name, and the directory is
+//! Writing goes to a temporary file of its own (`<name>.<pid>-<n>.tmp`), is fsynced, renamed to its final name, and the directory is
 //! fsynced, so a crash leaves either no checkpoint or a complete one.
 
 use std::fs::{self, File, OpenOptions};
@@ -386,9 +386,15 @@ fn encode_header(meta: &CheckpointMeta, conf_len: u32, app_len: u32) -> [u8; HEA
     h
 }
 
+/// A temporary name for a write of `path` that no other writer shares, not even one of the
+/// same checkpoint in this process (an install and a local write of one index may run at
+/// once): `<name>.<process id>-<counter>.tmp`. [`CheckpointDir::open`] still finds it as a
+/// leftover (`checkpoint-` prefix, `.tmp` suffix).
 fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut s = path.as_os_str().to_owned();
-    s.push(TMP_SUFFIX);
+    s.push(format!(".{}-{n}{TMP_SUFFIX}", std::process::id()));
     PathBuf::from(s)
 }
 

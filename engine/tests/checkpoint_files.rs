@@ -254,3 +254,38 @@ fn the_app_state_round_trips_and_a_version_1_file_is_still_read() {
         contents(&m)
     );
 }
+
+#[test]
+fn an_install_during_a_write_of_the_same_index_leaves_both_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CheckpointDir::open(dir.path()).unwrap();
+    let m = store(&[(b"a".to_vec(), b"1".to_vec())], 9);
+    let other = tempfile::tempdir().unwrap();
+    let received = fs::read(cd_write_elsewhere(other.path(), &m)).unwrap();
+    let header = keel_engine::checkpoint::CheckpointMeta {
+        index: 9,
+        term: 1,
+        revision: m.revision(),
+        entry_count: 0,
+        conf_state: Vec::new(),
+        app_state: Vec::new(),
+    };
+    // While the local write of index 9 is half done, a received checkpoint of index 9 is
+    // installed: each writes through a temporary file of its own.
+    let written = cd.write_with(header, &mut |sink| {
+        sink.push(b"a", b"1", m.iter().next().unwrap().2)?;
+        cd.install(received.clone()).expect("the install succeeds");
+        Ok(())
+    });
+    let (path, _) = written.expect("the write succeeds");
+    CheckpointReader::open(&path).expect("the published file verifies");
+    // A leftover temporary file (as a crash leaves one) is still removed at open.
+    let leftover = format!("{}.123-4.tmp", path.display());
+    fs::write(&leftover, b"partial").unwrap();
+    CheckpointDir::open(dir.path()).unwrap();
+    assert!(!std::path::Path::new(&leftover).exists());
+}
+
+fn cd_write_elsewhere(dir: &std::path::Path, m: &Memtable) -> std::path::PathBuf {
+    CheckpointDir::open(dir).unwrap().write(m, 1, b"").unwrap().0
+}

@@ -1019,3 +1019,56 @@ fn a_compacted_group_with_no_usable_checkpoint_refuses_to_start_empty() {
         }
     }
 }
+
+/// The newest checkpoint file of `group` on `member`, with its index and term.
+fn newest_checkpoint(c: &mut Cluster, member: NodeId, group: u64) -> (u64, u64, Vec<u8>) {
+    let dir = c.member(member).dir.path().join(format!("group-{group}"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .collect();
+    files.sort();
+    let path = files.pop().expect("a checkpoint");
+    let meta = keel_engine::CheckpointReader::open(&path)
+        .unwrap()
+        .meta()
+        .clone();
+    (meta.index, meta.term, std::fs::read(&path).unwrap())
+}
+
+#[test]
+fn a_second_install_of_a_group_in_flight_is_dropped() {
+    let mut c = Cluster::with_snapshots(3, 1, "one install per group", small_snapshots());
+    c.wait_for_leaders(2_000);
+    for i in 0..30u64 {
+        written(&c.put(0, 4, i + 1, &format!("k{i:03}"), "v"));
+    }
+    let leader = c.agreed_leader(0).unwrap();
+    c.run_until(5_000, "a checkpoint on the leader", |c| {
+        c.shard(leader).snapshot_stats().checkpoints >= 1
+    });
+    let (index, snapshot_term, bytes) = newest_checkpoint(&mut c, leader, 0);
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let transfer = |data: &[u8]| SnapshotChunk {
+        group_id: 0,
+        to: follower,
+        from: leader,
+        term: snapshot_term,
+        index,
+        snapshot_term,
+        total_bytes: data.len() as u64,
+        offset: 0,
+        data: data.to_vec(),
+    };
+    let shard = c.shard(follower);
+    let rejected = shard.snapshot_stats().rejected;
+    // Two complete transfers with no round between: the first install is in flight (its
+    // result is picked up only by a round), so the second is dropped.
+    shard.receive_snapshot_chunk(transfer(&bytes)).unwrap();
+    shard.receive_snapshot_chunk(transfer(&bytes)).unwrap();
+    assert_eq!(shard.snapshot_stats().rejected, rejected + 1);
+    c.run(200);
+    written(&c.put(0, 4, 100, "k-after", "v"));
+    c.assert_converged();
+}

@@ -47,7 +47,7 @@ pub use snapshot::{
     CHECKPOINT_CHUNKS_QUEUED_MAX, DEFAULT_CATCHUP_ENTRIES, DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
     DEFAULT_CHECKPOINTS_KEPT, DEFAULT_CHUNK_BYTES_MAX, DEFAULT_RECEIVE_BYTES_MAX,
     DEFAULT_RECEIVES_MAX, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_ENTRIES, DEFAULT_TRANSFERS_MAX,
-    SnapshotChunk, SnapshotError, SnapshotOptions,
+    INSTALLS_MAX, SnapshotChunk, SnapshotError, SnapshotOptions,
 };
 pub use storage::{
     GroupStorage, SharedStore, decode_conf_state, decode_entry, encode_conf_state, encode_entry,
@@ -773,7 +773,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                 }
             }
             Done::InstallFailed { group, from, error } => {
-                sn.installing = sn.installing.saturating_sub(1);
+                sn.installing.remove(&group);
                 sn.stats.rejected += 1;
                 tracing::warn!(
                     group,
@@ -783,7 +783,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                 );
             }
             Done::Installed(inst) => {
-                sn.installing = sn.installing.saturating_sub(1);
+                sn.installing.remove(&inst.group);
                 let Some(g) = self.groups.get_mut(&inst.group) else {
                     return;
                 };
@@ -1108,6 +1108,17 @@ impl<B: AsyncLogBackend> Shard<B> {
         }
         match self.snapshots.receive(chunk) {
             Ok(Some((from, transfer))) => {
+                if let Some(reason) = self.snapshots.install_refused(group, transfer.index) {
+                    self.snapshots.stats.rejected += 1;
+                    tracing::info!(
+                        group,
+                        from,
+                        index = transfer.index,
+                        %reason,
+                        "received snapshot dropped; the leader sends it again later"
+                    );
+                    return Ok(());
+                }
                 tracing::info!(
                     group,
                     from,

@@ -28,7 +28,8 @@
 //! (at most `receive_bytes_max` bytes each, `receives_max` at once), verifies and publishes
 //! it on a helper thread (`CheckpointDir::install` checks every CRC and the structure),
 //! loads the memtable and the sessions there too, and only then steps the raft snapshot
-//! message into the group. A damaged or incomplete transfer is dropped with an error the
+//! message into the group. At most one install per group runs at once, and at most
+//! [`INSTALLS_MAX`] per shard; a transfer completed beyond that is dropped. A damaged or incomplete transfer is dropped with an error the
 //! host logs; raft sends the snapshot again later.
 //!
 //! # Log space
@@ -79,6 +80,10 @@ pub const DEFAULT_RECEIVE_BYTES_MAX: u64 = 512 << 20;
 pub const DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX: usize = 4096;
 /// Default [`SnapshotOptions::checkpoints_kept`].
 pub const DEFAULT_CHECKPOINTS_KEPT: usize = 2;
+/// Received snapshots a shard verifies and loads at once, at most (each holds its bytes
+/// and a loaded state machine in memory until raft decides); a completed transfer beyond
+/// it is dropped, and raft sends the snapshot again later. At most one per group.
+pub const INSTALLS_MAX: usize = 2;
 /// Chunks of a checkpoint being written that wait for the helper thread, at most: with
 /// `checkpoint_round_entries_max` entries each, the memory a checkpoint write holds.
 pub const CHECKPOINT_CHUNKS_QUEUED_MAX: usize = 4;
@@ -328,8 +333,9 @@ pub(super) struct Snapshots {
     pub(super) outbound: Vec<Outbound>,
     pub(super) inbound: BTreeMap<(u64, NodeId), Inbound>,
     pub(super) transfers_started: u64,
-    /// Installs handed to helper threads and not reported back yet.
-    pub(super) installing: usize,
+    /// Installs handed to helper threads and not reported back yet: group → snapshot
+    /// index (at most one per group, [`INSTALLS_MAX`] in all).
+    pub(super) installing: BTreeMap<u64, u64>,
     /// Counters (see [`super::SnapshotStats`]).
     pub(super) stats: super::SnapshotStats,
 }
@@ -350,7 +356,7 @@ impl Snapshots {
             outbound: Vec::new(),
             inbound: BTreeMap::new(),
             transfers_started: 0,
-            installing: 0,
+            installing: BTreeMap::new(),
             stats: super::SnapshotStats::default(),
         }
     }
@@ -401,6 +407,7 @@ impl Snapshots {
         let Some(dir) = self.dirs.get(&group).cloned() else {
             return;
         };
+        let index = transfer.index;
         let done = self.done_tx.clone();
         let waker = self.waker.clone();
         let spawned = std::thread::Builder::new()
@@ -438,11 +445,29 @@ impl Snapshots {
                 }
             });
         match spawned {
-            Ok(_) => self.installing += 1,
+            Ok(_) => {
+                self.installing.insert(group, index);
+            }
             Err(e) => {
                 tracing::warn!(group, from, error = %e, "a received snapshot could not be installed");
             }
         }
+    }
+
+    /// Why a completed transfer of `group` at `index` cannot be installed now, if it
+    /// cannot: an install of the group is in flight, or [`INSTALLS_MAX`] are.
+    pub(super) fn install_refused(&self, group: u64, index: u64) -> Option<String> {
+        if let Some(&busy) = self.installing.get(&group) {
+            return Some(format!(
+                "the install of snapshot {busy} of the group is in flight (this one is {index})"
+            ));
+        }
+        (self.installing.len() >= INSTALLS_MAX).then(|| {
+            format!(
+                "{} installs in flight on this shard (INSTALLS_MAX)",
+                self.installing.len()
+            )
+        })
     }
 
     /// Takes a received chunk; returns the completed transfer once its last chunk is in.
