@@ -909,12 +909,24 @@ impl CheckpointDir {
 
     /// Deletes all but the newest `keep` checkpoints, and fsyncs the directory.
     pub fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
+        self.retain_keeping(keep, &[])
+    }
+
+    /// Deletes all but the newest `keep` checkpoints and those covering an index in
+    /// `protect` (such as the checkpoint a raft log records as its snapshot, which a
+    /// restart falls back to when newer ones are damaged), and fsyncs the directory.
+    pub fn retain_keeping(&self, keep: usize, protect: &[u64]) -> Result<(), CheckpointError> {
         let list = self.list()?;
         let drop_n = list.len().saturating_sub(keep);
-        for (_, path) in &list[..drop_n] {
+        let mut dropped = false;
+        for (index, path) in &list[..drop_n] {
+            if protect.contains(index) {
+                continue;
+            }
             fs::remove_file(path).map_err(io_err("remove", path))?;
+            dropped = true;
         }
-        if drop_n > 0 {
+        if dropped {
             sync_parent(&self.path_for(0))?;
         }
         Ok(())

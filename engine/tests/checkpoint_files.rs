@@ -289,3 +289,19 @@ fn an_install_during_a_write_of_the_same_index_leaves_both_whole() {
 fn cd_write_elsewhere(dir: &std::path::Path, m: &Memtable) -> std::path::PathBuf {
     CheckpointDir::open(dir).unwrap().write(m, 1, b"").unwrap().0
 }
+
+#[test]
+fn retention_keeps_the_protected_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CheckpointDir::open(dir.path()).unwrap();
+    for index in [3, 5, 7, 9] {
+        cd.write(&store(&[(b"a".to_vec(), b"1".to_vec())], index), 1, b"")
+            .unwrap();
+    }
+    cd.retain_keeping(2, &[3]).unwrap();
+    let left: Vec<u64> = cd.list().unwrap().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(left, vec![3, 7, 9]);
+    cd.retain(2).unwrap();
+    let left: Vec<u64> = cd.list().unwrap().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(left, vec![7, 9]);
+}

@@ -822,6 +822,21 @@ impl<B: AsyncLogBackend> Shard<B> {
                         index,
                         "received snapshot not needed by raft; dropped"
                     );
+                    // Its published file is recorded nowhere: delete it, unless the group
+                    // has (or is writing, or recording) a checkpoint of its own there.
+                    let own = index == g.snapshot_index
+                        || index == g.last_checkpoint
+                        || g.pending_install.as_ref().is_some_and(|p| p.meta.index == index)
+                        || sn
+                            .to_record
+                            .iter()
+                            .any(|(r, m, _)| *r == inst.group && m.index == index);
+                    if !own && let Some(dir) = sn.dirs.get(&inst.group) {
+                        let path = dir.path_for(index);
+                        if let Err(error) = std::fs::remove_file(&path) {
+                            tracing::warn!(path = %path.display(), %error, "refused snapshot file not removed");
+                        }
+                    }
                 }
             }
         }
@@ -944,7 +959,10 @@ impl<B: AsyncLogBackend> Shard<B> {
             conf_state: encode_conf_state(&g.raw.status().conf_state),
             app_state: g.sessions.encode(),
         };
-        match self.snapshots.spawn_writer(group, dir, header, urgent) {
+        match self
+            .snapshots
+            .spawn_writer(group, dir, header, urgent, g.snapshot_index)
+        {
             Ok(pieces) => {
                 g.last_checkpoint = index;
                 g.bytes_since_checkpoint = 0;

@@ -7,7 +7,8 @@
 //! index, with the raft term of that entry, its conf state and, as the file's app state, its
 //! exactly-once session table ([`super::Sessions::encode`]). Files live in
 //! `<dir>/group-<g>/checkpoint-<index, 20 digits>.ckpt`; the newest
-//! [`SnapshotOptions::checkpoints_kept`] are kept.
+//! [`SnapshotOptions::checkpoints_kept`] are kept, and always the one the log records as the
+//! group's snapshot. Installed files raft refused are deleted.
 //!
 //! The shard thread never writes or fsyncs a checkpoint itself. It opens a consistent
 //! snapshot of the memtable (`Memtable::begin_snapshot`: writes go on meanwhile), reads it
@@ -373,6 +374,7 @@ impl Snapshots {
         dir: CheckpointDir,
         header: CheckpointMeta,
         urgent: bool,
+        recorded: u64,
     ) -> Result<mpsc::SyncSender<Piece>, String> {
         let (tx, rx) = mpsc::sync_channel::<Piece>(CHECKPOINT_CHUNKS_QUEUED_MAX);
         let done = self.done_tx.clone();
@@ -381,7 +383,7 @@ impl Snapshots {
         std::thread::Builder::new()
             .name(format!("keel-ckpt-g{group}"))
             .spawn(move || {
-                let result = write_checkpoint(&dir, header, &rx, waker.as_ref(), kept);
+                let result = write_checkpoint(&dir, header, &rx, waker.as_ref(), kept, recorded);
                 let _ = done.send(Done::Checkpoint {
                     group,
                     result,
@@ -581,6 +583,7 @@ fn write_checkpoint(
     pieces: &mpsc::Receiver<Piece>,
     waker: Option<&Waker>,
     kept: usize,
+    recorded: u64,
 ) -> Result<CheckpointMeta, String> {
     let (_, meta) = ckpts
         .write_with(header, &mut |sink| {
@@ -607,7 +610,16 @@ fn write_checkpoint(
             }
         })
         .map_err(|e| e.to_string())?;
-    ckpts.retain(kept).map_err(|e| e.to_string())?;
+    // The file the log records as the group's snapshot stays until a newer one is recorded:
+    // a restart falls back to it when newer files are damaged. The new checkpoint is
+    // durable and published whatever retention does, so a failure here is only logged.
+    if let Err(error) = ckpts.retain_keeping(kept, &[recorded, meta.index]) {
+        tracing::warn!(
+            dir = %ckpts.path().display(),
+            %error,
+            "old checkpoints not removed; retried after the next checkpoint"
+        );
+    }
     Ok(meta)
 }
 
