@@ -1072,3 +1072,62 @@ fn a_second_install_of_a_group_in_flight_is_dropped() {
     written(&c.put(0, 4, 100, "k-after", "v"));
     c.assert_converged();
 }
+
+#[test]
+fn a_snapshot_whose_conf_state_does_not_decode_is_rejected() {
+    let mut c = Cluster::with_snapshots(3, 1, "undecodable conf state", small_snapshots());
+    c.wait_for_leaders(2_000);
+    for i in 0..30u64 {
+        written(&c.put(0, 6, i + 1, &format!("k{i:03}"), "v"));
+    }
+    let leader = c.agreed_leader(0).unwrap();
+    c.run_until(5_000, "a checkpoint on the leader", |c| {
+        c.shard(leader).snapshot_stats().checkpoints >= 1
+    });
+    let (_, _, bytes) = newest_checkpoint(&mut c, leader, 0);
+    let term = c.shard(leader).group_facts(0).unwrap().term;
+    // The leader's state, as a checkpoint far ahead of the follower, with a conf state
+    // that is no conf state.
+    let original = keel_engine::CheckpointReader::from_bytes(bytes).unwrap();
+    let kv = original.to_memtable(keel_engine::KvLimits::default()).unwrap();
+    let index = 10_000;
+    let header = keel_engine::checkpoint::CheckpointMeta {
+        index,
+        term,
+        revision: kv.revision(),
+        entry_count: 0,
+        conf_state: b"no conf state".to_vec(),
+        app_state: original.meta().app_state.clone(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.ckpt");
+    keel_engine::checkpoint::write_checkpoint_with(&path, header, &mut |sink| {
+        for (k, v, meta) in kv.iter() {
+            sink.push(k, v, meta)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let rejected = c.shard(follower).snapshot_stats().rejected;
+    c.shard(follower)
+        .receive_snapshot_chunk(SnapshotChunk {
+            group_id: 0,
+            to: follower,
+            from: leader,
+            term,
+            index,
+            snapshot_term: term,
+            total_bytes: data.len() as u64,
+            offset: 0,
+            data,
+        })
+        .unwrap();
+    c.run_until(5_000, "the snapshot rejected", |c| {
+        c.shard(follower).snapshot_stats().rejected > rejected
+    });
+    c.run(50);
+    assert_eq!(c.shard(follower).snapshot_stats().installed, 0);
+    assert!(c.shard(follower).applied_index(0) < index);
+}

@@ -54,7 +54,7 @@ pub use storage::{
 };
 
 use crate::consensus::{
-    AppendAck, ConfState, Config, Message, MessageType, NodeId, RawNode, Snapshot, SnapshotMetadata,
+    AppendAck, Config, Message, MessageType, NodeId, RawNode, Snapshot, SnapshotMetadata,
 };
 use group::Group;
 use snapshot::{Done, Outbound, Piece, Snapshots, Writing};
@@ -368,7 +368,20 @@ impl<B: AsyncLogBackend> Shard<B> {
             let mut g = g;
             // The log may record a newer snapshot than the checkpoint restored (a newer file
             // was corrupt): never record an older one after it.
-            let recorded = store.borrow().snapshot(group).map_or(0, |s| s.index);
+            let recorded = match store.borrow().snapshot(group) {
+                None => 0,
+                Some(s) => {
+                    decode_conf_state(&s.conf_state).map_err(|e| ShardError::Group {
+                        group,
+                        reason: format!(
+                            "the conf state of the snapshot the log records at index {} does \
+                             not decode: {e}",
+                            s.index
+                        ),
+                    })?;
+                    s.index
+                }
+            };
             g.snapshot_index = g.snapshot_index.max(recorded);
             hosted.insert(group, g);
         }
@@ -787,11 +800,29 @@ impl<B: AsyncLogBackend> Shard<B> {
                 let Some(g) = self.groups.get_mut(&inst.group) else {
                     return;
                 };
-                let conf_state =
-                    decode_conf_state(&inst.meta.conf_state).unwrap_or_else(|_| ConfState {
-                        voters: self.options.members.clone(),
-                        ..ConfState::default()
-                    });
+                let conf_state = match decode_conf_state(&inst.meta.conf_state) {
+                    Ok(cs) => cs,
+                    Err(error) => {
+                        // Never guess the members: the install fails, and its file (recorded
+                        // nowhere) goes unless the group has a checkpoint of its own there.
+                        sn.stats.rejected += 1;
+                        tracing::error!(
+                            group = inst.group,
+                            from = inst.from,
+                            index = inst.meta.index,
+                            %error,
+                            "received snapshot rejected: its conf state does not decode"
+                        );
+                        let index = inst.meta.index;
+                        if index != g.snapshot_index
+                            && index != g.last_checkpoint
+                            && let Some(dir) = sn.dirs.get(&inst.group)
+                        {
+                            let _ = std::fs::remove_file(dir.path_for(index));
+                        }
+                        return;
+                    }
+                };
                 let mut m = Message::new(MessageType::Snapshot, inst.from, self.options.member);
                 m.group_id = inst.group;
                 m.term = inst.term;

@@ -239,10 +239,20 @@ impl<B: LogBackend> LogStorage for GroupStorage<B> {
         let Some(meta) = store.snapshot(self.group) else {
             return Err(StorageError::SnapshotTemporarilyUnavailable);
         };
-        let conf_state = decode_conf_state(&meta.conf_state).unwrap_or_else(|_| ConfState {
-            voters: self.initial_voters.clone(),
-            ..ConfState::default()
-        });
+        // A conf state that does not decode never becomes the initial members (a shard
+        // refuses to start on one; this can only be a bug): no snapshot is sent.
+        let conf_state = match decode_conf_state(&meta.conf_state) {
+            Ok(cs) => cs,
+            Err(error) => {
+                tracing::error!(
+                    group = self.group,
+                    index = meta.index,
+                    %error,
+                    "the recorded snapshot's conf state does not decode; not sent"
+                );
+                return Err(StorageError::SnapshotTemporarilyUnavailable);
+            }
+        };
         Ok(Snapshot {
             metadata: SnapshotMetadata {
                 index: meta.index,
