@@ -514,7 +514,12 @@ impl Snapshots {
                     index: chunk.index,
                     snapshot_term: chunk.snapshot_term,
                     total: chunk.total_bytes,
-                    bytes: Vec::new(),
+                    // Exactly the announced size (at most receive_bytes_max, checked above):
+                    // growing by doubling could reach twice that.
+                    bytes: Vec::with_capacity(
+                        usize::try_from(chunk.total_bytes.min(self.options.receive_bytes_max))
+                            .unwrap_or(0),
+                    ),
                     started: self.transfers_started,
                 },
             );
@@ -696,4 +701,34 @@ pub(super) fn restore(
         ));
     }
     Ok((None, refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_buffer_holds_exactly_the_announced_size() {
+        let mut sn = Snapshots::new(SnapshotOptions {
+            dir: Some(PathBuf::from("unused")),
+            ..SnapshotOptions::default()
+        });
+        let total = 1000u64;
+        let chunk = |offset: u64, len: usize| SnapshotChunk {
+            group_id: 0,
+            to: 2,
+            from: 1,
+            term: 1,
+            index: 10,
+            snapshot_term: 1,
+            total_bytes: total,
+            offset,
+            data: vec![7; len],
+        };
+        assert!(sn.receive(chunk(0, 300)).unwrap().is_none());
+        assert!(sn.receive(chunk(300, 300)).unwrap().is_none());
+        let (_, transfer) = sn.receive(chunk(600, 400)).unwrap().expect("complete");
+        assert_eq!(transfer.bytes.len(), 1000);
+        assert_eq!(transfer.bytes.capacity(), 1000);
+    }
 }
