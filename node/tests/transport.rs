@@ -810,3 +810,41 @@ fn options_that_cannot_work_are_refused_by_name() {
         assert!(error.contains(name), "{name}: {error}");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn snapshot_chunks_lost_with_a_connection_are_reported() {
+    timeout(TEST_TIME, async {
+        let (a, _a_in) = Transport::start(options(CLUSTER, 1)).await.expect("start");
+        // A peer whose dials fail: the queued chunk is lost when the link goes down.
+        let closed = TcpListener::bind(loopback()).await.expect("bind");
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        a.set_peer(2, addr);
+        assert!(a.snapshot_chunk_room(2));
+        a.send_snapshot_chunk(snapshot_chunk(0, 10, 1000))
+            .expect("queued while the link is not known down");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lost = Vec::new();
+        while lost.is_empty() && Instant::now() < deadline {
+            sleep(Duration::from_millis(10)).await;
+            lost = a.take_lost_snapshot_chunks();
+        }
+        assert_eq!(lost, vec![(2, 4)]);
+        // A peer that never answers the handshake: once its queue is full there is no
+        // room, and the owner need not read a chunk to hear it.
+        let silent = TcpListener::bind(loopback()).await.expect("bind");
+        a.set_peer(9, silent.local_addr().unwrap());
+        for i in 0..SNAPSHOT_CHUNKS_QUEUED_MAX {
+            assert!(a.snapshot_chunk_room(9));
+            a.send_snapshot_chunk(SnapshotChunk {
+                to: 9,
+                ..snapshot_chunk(10 * u64::try_from(i).unwrap(), 10, 1000)
+            })
+            .expect("room in the queue");
+        }
+        assert!(!a.snapshot_chunk_room(9));
+        a.shutdown().await;
+    })
+    .await
+    .expect("test took too long");
+}

@@ -473,7 +473,10 @@ fn run_rounds<B: AsyncLogBackend>(
             break;
         }
     }
-    for chunk in shard.take_snapshot_chunks() {
+    for (peer, group) in transport.take_lost_snapshot_chunks() {
+        shard.snapshot_transfer_lost(group, peer);
+    }
+    for chunk in shard.take_snapshot_chunks_where(|to| transport.snapshot_chunk_room(to)) {
         match transport.send_snapshot_chunk(chunk) {
             Ok(()) => {}
             Err(ChunkRefused::Busy(chunk)) => shard.snapshot_chunk_refused(&chunk, true),

@@ -1084,6 +1084,15 @@ impl<B: AsyncLogBackend> Shard<B> {
     /// peers now. A transfer whose last chunk went out in an earlier call and was not
     /// refused is reported to raft as sent.
     pub fn take_snapshot_chunks(&mut self) -> Vec<SnapshotChunk> {
+        self.take_snapshot_chunks_where(|_| true)
+    }
+
+    /// [`Shard::take_snapshot_chunks`], reading no chunk for a peer for which `room` says
+    /// the transport would refuse it as busy (those transfers wait for a later call).
+    pub fn take_snapshot_chunks_where(
+        &mut self,
+        mut room: impl FnMut(NodeId) -> bool,
+    ) -> Vec<SnapshotChunk> {
         let mut chunks = Vec::new();
         let mut ended = Vec::new();
         let member = self.options.member;
@@ -1091,6 +1100,10 @@ impl<B: AsyncLogBackend> Shard<B> {
         for mut t in transfers.drain(..) {
             if t.offset == t.total {
                 ended.push((t.group, t.to, true));
+                continue;
+            }
+            if !room(t.to) {
+                self.snapshots.outbound.push(t);
                 continue;
             }
             match self.snapshots.next_chunk(&mut t, member) {
@@ -1127,6 +1140,27 @@ impl<B: AsyncLogBackend> Shard<B> {
         } else {
             self.snapshots.outbound.remove(pos);
             self.end_transfer(chunk.group_id, chunk.to, false);
+        }
+    }
+
+    /// Reports that chunks of `group`'s snapshot transfer to `peer` were lost with a broken
+    /// connection (the transport's `take_lost_snapshot_chunks`): the transfer is abandoned
+    /// and reported to raft as failed, never as sent; raft sends the snapshot again later.
+    pub fn snapshot_transfer_lost(&mut self, group: u64, peer: NodeId) {
+        let pos = self
+            .snapshots
+            .outbound
+            .iter()
+            .position(|t| t.group == group && t.to == peer);
+        match pos {
+            Some(pos) => {
+                self.snapshots.outbound.remove(pos);
+                tracing::warn!(group, to = peer, "snapshot transfer lost with its connection");
+                self.end_transfer(group, peer, false);
+            }
+            // Reported sent already (its last chunk was in the queue): the peer is
+            // unreachable, which raft answers by probing it again.
+            None => self.report_unreachable(group, peer),
         }
     }
 

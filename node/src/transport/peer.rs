@@ -93,14 +93,15 @@ pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>) {
             }
         };
         // Down: what is queued is lost, and so is what comes until the backoff ends.
-        let lost = {
+        let (lost, chunks_lost) = {
             let mut queue = lock(&peer.queue);
             queue.link = Link::Down;
             queue.bytes = 0;
-            queue.chunks.clear();
-            std::mem::take(&mut queue.msgs)
+            let chunks: Vec<u64> = queue.chunks.drain(..).map(|c| c.group_id).collect();
+            (std::mem::take(&mut queue.msgs), chunks)
         };
         shared.drop_messages(peer.id, &lost);
+        shared.lose_chunks(peer.id, chunks_lost);
         let wait = backoff.next();
         tracing::trace!(peer = peer.id, ?wait, %failure, "backing off");
         tokio::select! {
@@ -252,6 +253,7 @@ async fn connected(
             };
             // One chunk per flush, after the messages: a transfer never holds raft's
             // messages back by more than one chunk.
+            let chunk_group = chunk.as_ref().map(|c| c.group_id);
             if let Some(chunk) = chunk {
                 match shared.encoder.encode_snapshot_chunk(&chunk, &mut out) {
                     Ok(()) => frames += 1,
@@ -275,10 +277,12 @@ async fn connected(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     shared.drop_groups(peer.id, count, groups);
+                    shared.lose_chunks(peer.id, chunk_group);
                     return Ended::Broken(format!("writing: {e}"));
                 }
                 Err(_) => {
                     shared.drop_groups(peer.id, count, groups);
+                    shared.lose_chunks(peer.id, chunk_group);
                     return Ended::Broken(format!(
                         "a flush of {} bytes took longer than {:?}",
                         out.len(),

@@ -23,7 +23,10 @@
 //!   (at most [`SNAPSHOT_CHUNKS_QUEUED_MAX`] per peer; a flush writes the queued messages,
 //!   then one chunk) and says why when it cannot: the queue is full (send it again later) or
 //!   the peer is unreachable (abandon the transfer). Chunks lost with a broken connection
-//!   are not reported: the receiver drops the incomplete transfer and raft sends it again.
+//!   (queued, or in the failed write) are reported through
+//!   [`Transport::take_lost_snapshot_chunks`]: the owner abandons those transfers, and raft
+//!   sends the snapshot again later. [`Transport::snapshot_chunk_room`] tells whether a
+//!   chunk would be queued, before the owner reads one.
 //! - Chunks arrive through [`Inbound::take_chunks`], in order per connection, through a
 //!   queue of their own ([`INBOUND_QUEUE_CHUNKS_MAX`] chunks).
 //! - Messages arrive through [`Inbound::recv`] in the order each connection carried them;
@@ -219,6 +222,9 @@ pub(crate) struct Shared {
     /// `(peer, group)` pairs that lost messages since the owner last asked. At most one
     /// entry per peer and group.
     pub(crate) unreachable: Mutex<BTreeSet<(NodeId, u64)>>,
+    /// `(peer, group)` pairs whose snapshot chunks were lost with a broken connection since
+    /// the owner last asked.
+    pub(crate) chunks_lost: Mutex<BTreeSet<(NodeId, u64)>>,
     pub(crate) counters: Counters,
     /// Set to true once at shutdown; every task watches it.
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -228,6 +234,14 @@ impl Shared {
     /// Whether `id` is a current peer (may dial in).
     pub(crate) fn is_peer(&self, id: NodeId) -> bool {
         lock(&self.peers).contains_key(&id)
+    }
+
+    /// Records snapshot chunks of `groups` as lost on the way to `peer`.
+    pub(crate) fn lose_chunks(&self, peer: NodeId, groups: impl IntoIterator<Item = u64>) {
+        let mut lost = lock(&self.chunks_lost);
+        for group in groups {
+            lost.insert((peer, group));
+        }
     }
 
     /// Records `msgs` as dropped on the way to `peer` and their groups as unreachable.
@@ -345,6 +359,7 @@ impl Transport {
             encoder,
             peers: Mutex::new(peers),
             unreachable: Mutex::new(BTreeSet::new()),
+            chunks_lost: Mutex::new(BTreeSet::new()),
             counters: Counters::default(),
             shutdown,
         });
@@ -491,6 +506,27 @@ impl Transport {
         drop(task);
         peer.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether a snapshot chunk to `to` would be queued now, or refused at once as
+    /// unreachable, rather than refused as busy: check it before reading a chunk.
+    pub fn snapshot_chunk_room(&self, to: NodeId) -> bool {
+        let peers = lock(&self.shared.peers);
+        let Some(peer) = peers.get(&to).map(Arc::clone) else {
+            return true;
+        };
+        drop(peers);
+        let queue = lock(&peer.queue);
+        queue.link == Link::Down || queue.chunks.len() < SNAPSHOT_CHUNKS_QUEUED_MAX
+    }
+
+    /// The `(peer, group)` pairs whose snapshot chunks were lost with a broken connection
+    /// since the last call (queued, or in the write that failed), each once, sorted. The
+    /// owner abandons those transfers (the shard's `snapshot_transfer_lost`).
+    pub fn take_lost_snapshot_chunks(&self) -> Vec<(NodeId, u64)> {
+        std::mem::take(&mut *lock(&self.shared.chunks_lost))
+            .into_iter()
+            .collect()
     }
 
     /// The `(peer, group)` pairs whose messages were dropped since the last call, each
