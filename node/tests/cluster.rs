@@ -1197,3 +1197,31 @@ fn a_duplicate_install_while_the_reset_is_in_flight_leaves_nothing_pending() {
     assert_eq!(c.shard(down).snapshot_stats().installed, 1);
     c.assert_converged();
 }
+
+#[test]
+fn checkpoints_failing_in_a_row_are_counted_until_one_succeeds() {
+    let mut c = Cluster::with_snapshots(3, 1, "failing checkpoints", small_snapshots());
+    c.wait_for_leaders(2_000);
+    let id = c.ids()[2];
+    // Its group's checkpoint directory is replaced by a file: every write fails.
+    let group_dir = c.member(id).dir.path().join("group-0");
+    std::fs::remove_dir_all(&group_dir).unwrap();
+    std::fs::write(&group_dir, b"in the way").unwrap();
+    for i in 0..100u64 {
+        written(&c.put(0, 5, i + 1, &format!("k{i:03}"), "v"));
+    }
+    c.run_until(5_000, "three failed checkpoints in a row", |c| {
+        c.shard(id).snapshot_stats().checkpoints_failing >= 3
+    });
+    assert!(c.shard(id).snapshot_stats().checkpoints_failed >= 3);
+    std::fs::remove_file(&group_dir).unwrap();
+    std::fs::create_dir(&group_dir).unwrap();
+    for i in 100..130u64 {
+        written(&c.put(0, 5, i + 1, &format!("k{i:03}"), "v"));
+    }
+    c.run_until(5_000, "a checkpoint that succeeds", |c| {
+        let stats = c.shard(id).snapshot_stats();
+        stats.checkpoints >= 1 && stats.checkpoints_failing == 0
+    });
+    c.assert_converged();
+}

@@ -246,6 +246,9 @@ pub struct Round {
     pub entries_written: usize,
 }
 
+/// Checkpoint failures in a row from which each is logged at error level (before: warn).
+pub const CHECKPOINT_FAILURES_LOUD: u64 = 3;
+
 /// Counters of a shard's snapshots since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotStats {
@@ -254,6 +257,10 @@ pub struct SnapshotStats {
     pub checkpoints: u64,
     /// Checkpoint writes that failed (logged; the group tries again later).
     pub checkpoints_failed: u64,
+    /// Checkpoint writes that failed in a row, up to now (0 after one that succeeds). From
+    /// [`CHECKPOINT_FAILURES_LOUD`] on, each failure is logged at error level: the groups
+    /// no longer compact, and their logs grow.
+    pub checkpoints_failing: u64,
     /// Snapshot transfers sent in full.
     pub sent: u64,
     /// Snapshot transfers abandoned (file unreadable, peer unreachable, too many at once).
@@ -777,11 +784,24 @@ impl<B: AsyncLogBackend> Shard<B> {
                 match result {
                     Ok(meta) => {
                         tracing::debug!(group, index = meta.index, "checkpoint written");
+                        sn.stats.checkpoints_failing = 0;
                         sn.to_record.push((group, meta, urgent));
                     }
                     Err(error) => {
                         sn.stats.checkpoints_failed += 1;
-                        tracing::warn!(group, %error, "checkpoint failed; the group tries again later");
+                        sn.stats.checkpoints_failing += 1;
+                        let in_a_row = sn.stats.checkpoints_failing;
+                        if in_a_row >= CHECKPOINT_FAILURES_LOUD {
+                            tracing::error!(
+                                group,
+                                %error,
+                                in_a_row,
+                                "checkpoints keep failing: the shard's logs are not compacted \
+                                 and grow"
+                            );
+                        } else {
+                            tracing::warn!(group, %error, in_a_row, "checkpoint failed; the group tries again later");
+                        }
                     }
                 }
             }
