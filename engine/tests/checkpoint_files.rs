@@ -287,7 +287,11 @@ fn an_install_during_a_write_of_the_same_index_leaves_both_whole() {
 }
 
 fn cd_write_elsewhere(dir: &std::path::Path, m: &Memtable) -> std::path::PathBuf {
-    CheckpointDir::open(dir).unwrap().write(m, 1, b"").unwrap().0
+    CheckpointDir::open(dir)
+        .unwrap()
+        .write(m, 1, b"")
+        .unwrap()
+        .0
 }
 
 #[test]

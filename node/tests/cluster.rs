@@ -1011,10 +1011,7 @@ fn a_compacted_group_with_no_usable_checkpoint_refuses_to_start_empty() {
         Err(e) => {
             let text = e.to_string();
             assert!(text.starts_with("group 0:"), "{text}");
-            assert!(
-                text.contains(&format!("starts at index {first}")),
-                "{text}"
-            );
+            assert!(text.contains(&format!("starts at index {first}")), "{text}");
             assert!(text.contains("checkpoint-"), "names the files: {text}");
         }
     }
@@ -1089,7 +1086,9 @@ fn a_snapshot_whose_conf_state_does_not_decode_is_rejected() {
     // The leader's state, as a checkpoint far ahead of the follower, with a conf state
     // that is no conf state.
     let original = keel_engine::CheckpointReader::from_bytes(bytes).unwrap();
-    let kv = original.to_memtable(keel_engine::KvLimits::default()).unwrap();
+    let kv = original
+        .to_memtable(keel_engine::KvLimits::default())
+        .unwrap();
     let index = 10_000;
     let header = keel_engine::checkpoint::CheckpointMeta {
         index,
@@ -1177,7 +1176,9 @@ fn a_duplicate_install_while_the_reset_is_in_flight_leaves_nothing_pending() {
     c.shard(down)
         .receive_snapshot_chunk(transfer.clone())
         .unwrap();
-    rounds(&mut c, "the install", &|s| s.snapshot_stats().installed == 1);
+    rounds(&mut c, "the install", &|s| {
+        s.snapshot_stats().installed == 1
+    });
     c.shard(down).receive_snapshot_chunk(transfer).unwrap();
     // The second install's result is picked up by a round (nothing counts it: raft does not
     // need it); give its helper thread time.

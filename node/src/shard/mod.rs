@@ -877,7 +877,9 @@ impl<B: AsyncLogBackend> Shard<B> {
                     // has (or is writing, or recording) a checkpoint of its own there.
                     let own = index == g.snapshot_index
                         || index == g.last_checkpoint
-                        || g.pending_install.as_ref().is_some_and(|p| p.meta.index == index)
+                        || g.pending_install
+                            .as_ref()
+                            .is_some_and(|p| p.meta.index == index)
                         || sn
                             .to_record
                             .iter()
@@ -1175,7 +1177,11 @@ impl<B: AsyncLogBackend> Shard<B> {
         match pos {
             Some(pos) => {
                 self.snapshots.outbound.remove(pos);
-                tracing::warn!(group, to = peer, "snapshot transfer lost with its connection");
+                tracing::warn!(
+                    group,
+                    to = peer,
+                    "snapshot transfer lost with its connection"
+                );
                 self.end_transfer(group, peer, false);
             }
             // Reported sent already (its last chunk was in the queue): the peer is
@@ -1421,8 +1427,8 @@ fn load_installed(
         .dirs
         .get(&group)
         .ok_or_else(|| "snapshots are off".to_string())?;
-    let reader = keel_engine::CheckpointReader::open(&dir.path_for(index))
-        .map_err(|e| e.to_string())?;
+    let reader =
+        keel_engine::CheckpointReader::open(&dir.path_for(index)).map_err(|e| e.to_string())?;
     let meta = reader.meta().clone();
     let kv = reader
         .to_memtable(options.kv_limits.clone())
