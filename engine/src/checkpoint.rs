@@ -55,8 +55,9 @@
 //! a memory map: lookups and scans touch only the pages they need and never copy the whole
 //! file to the heap (verification streams through it once, through the page cache).
 //!
-//! Writing goes to a temporary file of its own (`<name>.<pid>-<n>.tmp`), is fsynced, renamed to its final name, and the directory is
-//! fsynced, so a crash leaves either no checkpoint or a complete one.
+//! Writing goes to a temporary file of its own (`<name>.<pid>-<n>.tmp`), is fsynced, renamed
+//! to its final name, and the directory is fsynced, so a crash leaves either no checkpoint or
+//! a complete one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
@@ -177,7 +178,7 @@ pub struct CheckpointMeta {
     pub app_state: Vec<u8>,
 }
 
-/// Writes a checkpoint of `memtable` at `path` (through `path.tmp`, fsync, rename, directory
+/// Writes a checkpoint of `memtable` at `path` (through a temporary file, fsync, rename, directory
 /// fsync). `term` and `conf_state` describe the raft position `memtable.applied_index()`.
 pub fn write_checkpoint(
     path: &Path,
