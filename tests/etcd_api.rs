@@ -1044,6 +1044,18 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         ..TxnRequest::default()
     };
     assert_status(kv.txn(nested).await, Code::Unimplemented, "nested");
+    // A compare reads its key: none may look at the cluster's reserved metadata.
+    let peek = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Greater.into(),
+            target: compare::CompareTarget::Version.into(),
+            key: b"\0keel/members/00000000000000000001".to_vec(),
+            target_union: Some(compare::TargetUnion::Version(0)),
+            range_end: Vec::new(),
+        }],
+        ..TxnRequest::default()
+    };
+    assert_status(kv.txn(peek).await, Code::InvalidArgument, "reserved");
     if groups > 1 {
         let (a, b) = keys_in_two_groups(groups);
         let spanning = TxnRequest {

@@ -65,6 +65,8 @@ struct Cluster {
     /// (delivery step, packet)
     net: Vec<(u64, Packet)>,
     drop_percent: u64,
+    /// A member cut off from the network: nothing it sends and nothing sent to it arrives.
+    isolated: Option<NodeId>,
     step: u64,
     answers: HashMap<u64, Outcome>,
     next_request: u64,
@@ -126,6 +128,7 @@ impl Cluster {
             snapshots,
             net: Vec::new(),
             drop_percent: 0,
+            isolated: None,
             step: 0,
             answers: HashMap::new(),
             next_request: 1,
@@ -157,6 +160,9 @@ impl Cluster {
             .partition(|(at, _)| *at <= now);
         self.net = later;
         for (_, packet) in due {
+            if Some(packet.to()) == self.isolated {
+                continue;
+            }
             if let Some(shard) = self
                 .members
                 .iter_mut()
@@ -184,8 +190,11 @@ impl Cluster {
                 shard.check_log_space();
             }
             let round = shard.round().expect("round");
-            sent.extend(round.messages.into_iter().map(Packet::Message));
-            sent.extend(shard.take_snapshot_chunks().into_iter().map(Packet::Chunk));
+            let chunks = shard.take_snapshot_chunks();
+            if Some(member.id) != self.isolated {
+                sent.extend(round.messages.into_iter().map(Packet::Message));
+                sent.extend(chunks.into_iter().map(Packet::Chunk));
+            }
             // The in-memory log completes appends at once: report them durable.
             let waker = Waker::noop();
             let mut cx = Context::from_waker(waker);
@@ -292,9 +301,11 @@ impl Cluster {
                 s.write(id, group, (client, sequence, sequence), txn)
             });
             match outcome {
-                Outcome::Failed(RequestError::NotLeader { .. } | RequestError::Busy) => {
-                    self.run(10)
-                }
+                Outcome::Failed(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost { .. }
+                    | RequestError::Busy,
+                ) => self.run(10),
                 other => return other,
             }
         }
@@ -516,6 +527,55 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
                 c.seed
             );
         }
+    }
+}
+
+/// A write the leader proposed and then lost leadership over may still commit: it is answered
+/// "leadership lost", never "not leader" (which would tell a caller without a write id to send
+/// it again), and it is applied once.
+#[test]
+fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
+    let mut c = Cluster::new(3, 1, "deposed");
+    c.wait_for_leaders(2_000);
+    let old = c.agreed_leader(0).unwrap();
+    let id = c.next_request;
+    c.next_request += 1;
+    c.shard(old)
+        .write(id, 0, (7, 1, 1), Txn::batch(vec![Op::put("cas", "v")]));
+    // One round: the leader sends the entry to its followers; then it is cut off before it
+    // hears back.
+    c.run(1);
+    c.isolated = Some(old);
+    c.run(600);
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
+    let new = c.shard(others[0]).leader(0);
+    assert!(
+        new.is_some() && new != Some(old),
+        "seed {}: the others elected no new leader",
+        c.seed
+    );
+    c.isolated = None;
+    c.run(400);
+    let outcome = c
+        .answers
+        .remove(&id)
+        .expect("the deposed leader answered the write");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(RequestError::LeadershipLost { .. })
+        ),
+        "seed {}: a proposed write whose leader was deposed got {outcome:?}",
+        c.seed
+    );
+    c.assert_converged();
+    for m in c.ids() {
+        let kv = c
+            .shard(m)
+            .local_range(0, &RangeRequest::key("cas"))
+            .and_then(|r| r.kvs.into_iter().next())
+            .expect("the write committed under the new leader");
+        assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
     }
 }
 

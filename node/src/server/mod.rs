@@ -351,7 +351,11 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         Outcome::Written(Ok(resp)) => Ok(convert::txn_response(&request, header, resp)),
         Outcome::Written(Err(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
         Outcome::Read(resp) => Ok(convert::read_response(&request, header, resp)),
-        Outcome::Failed(RequestError::NotLeader { leader }) => Err(ErrorStatus::NotLeader {
+        // A native write carries its (client id, sequence), so resending it to the new
+        // leader is safe: the group's session table answers it if it was applied.
+        Outcome::Failed(
+            RequestError::NotLeader { leader } | RequestError::LeadershipLost { leader },
+        ) => Err(ErrorStatus::NotLeader {
             group,
             leader: leader.and_then(|id| ctx.view.hint(id)),
         }),

@@ -243,10 +243,15 @@ impl<B: LogBackend> Group<B> {
     /// that did commit is answered from the session table, not applied twice).
     pub(super) fn lost_leadership(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
         let error = self.not_leader();
+        // Proposed writes may still commit under the new leader: they are not "not leader"
+        // (which tells a caller that nothing was proposed and the request can go elsewhere).
+        let lost = RequestError::LeadershipLost {
+            leader: (self.leader != NO_NODE).then_some(self.leader),
+        };
         for (_, ids) in self.proposed.drain() {
             out.extend(
                 ids.into_iter()
-                    .map(|id| (id, Outcome::Failed(error.clone()))),
+                    .map(|id| (id, Outcome::Failed(lost.clone()))),
             );
         }
         let reads = self

@@ -86,6 +86,14 @@ pub enum RequestError {
         /// The member that leads the group, if this member knows one.
         leader: Option<NodeId>,
     },
+    /// This member proposed the write, then lost the group's leadership before the write
+    /// was applied: the write may still commit under the new leader, or may be lost. Only a
+    /// retry carrying the same (client id, sequence) is safe; a write without a client id
+    /// must not be proposed again (etcd's "leader changed").
+    LeadershipLost {
+        /// The member that leads the group now, if this member knows one.
+        leader: Option<NodeId>,
+    },
     /// The shard does not host the group.
     UnknownGroup(u64),
     /// The group's leader refused more proposals for now (uncommitted entries at their
@@ -114,6 +122,11 @@ impl std::fmt::Display for RequestError {
             RequestError::NotLeader { leader: None } => {
                 write!(f, "not the leader of the group, and no leader is known")
             }
+            RequestError::LeadershipLost { .. } => write!(
+                f,
+                "leadership of the group changed after the write was proposed; it may or may not \
+                 have been applied"
+            ),
             RequestError::UnknownGroup(g) => write!(f, "group {g} is not hosted here"),
             RequestError::Busy => write!(f, "the group's leader is busy; retry"),
             RequestError::StaleSequence { sequence, floor } => write!(

@@ -662,7 +662,11 @@ impl Kv for Etcd {
                 }
                 _ => false,
             });
-        if writes_reserved {
+        // A compare reads its key: on a reserved key it would tell the cluster's metadata.
+        let compares_reserved = compares
+            .iter()
+            .any(|c| touches_reserved(&c.key, &RangeEnd::Single));
+        if writes_reserved || compares_reserved {
             return Err(reserved());
         }
         let (success, success_shapes) = engine_ops(group, &t.success, &success_ends)?;
