@@ -535,6 +535,22 @@ impl<B: AsyncLogBackend> Shard<B> {
         }
     }
 
+    /// The learners of `group` within [`PROMOTE_LAG_ENTRIES_MAX`] entries of its commit
+    /// index, as this member sees them leading it (empty when it does not lead it).
+    pub fn learners_in_sync(&self, group: u64) -> std::collections::BTreeSet<NodeId> {
+        let Some(g) = self.groups.get(&group) else {
+            return Default::default();
+        };
+        let status = g.raw.status();
+        let commit = status.basic.commit;
+        status
+            .progress
+            .iter()
+            .filter(|(_, p)| p.is_learner && p.matched + PROMOTE_LAG_ENTRIES_MAX >= commit)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// The membership of `group` as this replica applied it (`None`: not hosted).
     pub fn conf_state(&self, group: u64) -> Option<ConfState> {
         self.groups.get(&group).map(|g| g.raw.status().conf_state)
