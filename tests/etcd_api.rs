@@ -219,9 +219,17 @@ impl Cluster {
 
     /// SIGTERM to every member; each must exit 0.
     fn terminate_all(&mut self) {
-        for m in &mut self.members {
+        for i in 0..self.members.len() {
+            self.terminate(i);
+        }
+    }
+
+    /// SIGTERM to member `i`, which must exit 0.
+    fn terminate(&mut self, i: usize) {
+        {
+            let m = &mut self.members[i];
             let Some(mut child) = m.child.take() else {
-                continue;
+                return;
             };
             let pid = libc::pid_t::try_from(child.id()).unwrap();
             // SAFETY: kill(2) touches no memory of ours; the child is not reaped yet, so its
@@ -593,6 +601,13 @@ fn etcdctl_scenario(groups: u32) {
         ctl_ok(&cluster, 2, &["put", "after/members", "x"], ""),
         "OK\n"
     );
+    // With m3 down, removing m1 would leave m2 alone of {m2, m3} started: refused. (The
+    // leader of group 0 notices m3's silence within an election timeout and two looks.)
+    cluster.terminate(2);
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = ctl_err(&cluster, 0, &["member", "remove", "1"], "");
+    assert!(refused.contains("not enough started members"), "{refused}");
+    members_listed(&cluster, 1, MEMBERS);
     cluster.terminate_all();
 }
 

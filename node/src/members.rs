@@ -240,6 +240,31 @@ impl MemberList {
         Ok(self.members.remove(pos))
     }
 
+    /// Removes member `id` as [`MemberList::remove`] does, and refuses to remove a voter
+    /// when the voters left would not have a quorum among the `started` members (the ones
+    /// group 0's leader heard from lately), as etcd refuses it: the groups could not
+    /// commit the change, or anything after it. A learner is removed regardless.
+    pub fn remove_keeping_quorum(
+        &mut self,
+        id: NodeId,
+        started: &BTreeSet<NodeId>,
+    ) -> Result<Member, MemberError> {
+        let member = self.get(id).ok_or(MemberError::NotFound(id))?;
+        if !member.is_learner {
+            let left: Vec<NodeId> = self
+                .members
+                .iter()
+                .filter(|m| !m.is_learner && m.id != id)
+                .map(|m| m.id)
+                .collect();
+            let up = left.iter().filter(|m| started.contains(m)).count();
+            if up < left.len() / 2 + 1 {
+                return Err(MemberError::LastVoter(id));
+            }
+        }
+        self.remove(id)
+    }
+
     /// The membership every group is driven toward.
     pub fn membership(&self) -> Membership {
         let (learners, voters): (Vec<&Member>, Vec<&Member>) =
@@ -404,6 +429,46 @@ mod tests {
         // The last voter stays.
         let mut one = MemberList::bootstrap(&[("a".into(), addr(1))]).unwrap();
         assert_eq!(one.remove(1), Err(MemberError::LastVoter(1)));
+    }
+
+    #[test]
+    fn a_voter_is_removed_only_if_the_started_voters_left_have_a_quorum() {
+        let three = MemberList::bootstrap(&[
+            ("m1".into(), addr(1)),
+            ("m2".into(), addr(2)),
+            ("m3".into(), addr(3)),
+        ])
+        .unwrap();
+        // Member 3 is down: removing it leaves {1, 2}, both up.
+        let up: BTreeSet<NodeId> = [1, 2].into();
+        assert!(three.clone().remove_keeping_quorum(3, &up).is_ok());
+        // Removing member 1 leaves {2, 3} with only 2 up: refused, with etcd's message.
+        let refused = three.clone().remove_keeping_quorum(1, &up);
+        assert_eq!(refused, Err(MemberError::LastVoter(1)));
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "etcdserver: re-configuration failed due to not enough started members"
+        );
+        // Nothing known started: no voter is removed; a learner is.
+        let mut with_learner = three.clone();
+        with_learner.add("", addr(4), true).unwrap();
+        assert!(
+            with_learner
+                .clone()
+                .remove_keeping_quorum(2, &BTreeSet::new())
+                .is_err()
+        );
+        assert!(
+            with_learner
+                .remove_keeping_quorum(4, &BTreeSet::new())
+                .is_ok()
+        );
+        let all: BTreeSet<NodeId> = [1, 2, 3].into();
+        assert!(three.clone().remove_keeping_quorum(1, &all).is_ok());
+        assert_eq!(
+            three.clone().remove_keeping_quorum(9, &all),
+            Err(MemberError::NotFound(9))
+        );
     }
 
     #[test]

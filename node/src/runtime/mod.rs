@@ -240,6 +240,10 @@ pub struct ClusterView {
     /// The learners this member, as group 0's leader, saw in sync at the last housekeeping
     /// (empty when it does not lead group 0).
     learners_in_sync: RwLock<std::collections::BTreeSet<u64>>,
+    /// The voters group 0's leader (this member) heard from within an election timeout,
+    /// at the last two housekeepings (the leader forgets who was active at every election
+    /// timeout: two looks never both fall right after that).
+    started: RwLock<[std::collections::BTreeSet<u64>; 2]>,
     /// Leader of each group (0: unknown).
     leaders: Vec<AtomicU64>,
     /// Raft and state-machine figures of each group as this member's replica had them at
@@ -255,6 +259,7 @@ impl ClusterView {
             members: RwLock::new(members),
             member_list: RwLock::new(None),
             learners_in_sync: RwLock::new(std::collections::BTreeSet::new()),
+            started: RwLock::new(Default::default()),
             leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             facts: RwLock::new(vec![
                 GroupFacts::default();
@@ -308,6 +313,21 @@ impl ClusterView {
     /// yet).
     pub fn member_list(&self) -> Option<MemberList> {
         self.member_list.read().ok().and_then(|m| m.clone())
+    }
+
+    fn set_active_voters(&self, ids: std::collections::BTreeSet<u64>) {
+        if let Ok(mut s) = self.started.write() {
+            s[0] = std::mem::replace(&mut s[1], ids);
+        }
+    }
+
+    /// The voters group 0's leader (this member) heard from lately (in either of the last
+    /// two housekeepings); empty on other members.
+    pub fn started_members(&self) -> std::collections::BTreeSet<u64> {
+        self.started
+            .read()
+            .map(|s| s[0].union(&s[1]).copied().collect())
+            .unwrap_or_default()
     }
 
     fn set_learners_in_sync(&self, ids: std::collections::BTreeSet<u64>) {

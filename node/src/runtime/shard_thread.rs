@@ -508,6 +508,7 @@ fn housekeeping<B: AsyncLogBackend>(
     if ctx.index == 0 {
         read_member_list(shard, ctx, config);
         ctx.view.set_learners_in_sync(shard.learners_in_sync(0));
+        ctx.view.set_active_voters(shard.active_voters(0));
     }
     if let Some(list) = ctx.view.member_list() {
         follow_member_list(shard, ctx, transport, &list);

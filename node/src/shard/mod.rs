@@ -551,6 +551,21 @@ impl<B: AsyncLogBackend> Shard<B> {
             .collect()
     }
 
+    /// The voters of `group` this member, leading it, heard from within the last election
+    /// timeout (itself included); empty when it does not lead the group.
+    pub fn active_voters(&self, group: u64) -> std::collections::BTreeSet<NodeId> {
+        let Some(g) = self.groups.get(&group) else {
+            return Default::default();
+        };
+        let status = g.raw.status();
+        status
+            .progress
+            .iter()
+            .filter(|(_, p)| !p.is_learner && p.recent_active)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     /// The membership of `group` as this replica applied it (`None`: not hosted).
     pub fn conf_state(&self, group: u64) -> Option<ConfState> {
         self.groups.get(&group).map(|g| g.raw.status().conf_state)

@@ -211,8 +211,13 @@ impl Cluster for Etcd {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
+        // Read on group 0's leader, where the change is made (elsewhere it is forwarded
+        // before the closure runs).
+        let started = self.ctx.view.started_members();
         match self
-            .change_members(forwarded, |list| list.remove(req.id).map(|_| ()))
+            .change_members(forwarded, |list| {
+                list.remove_keeping_quorum(req.id, &started).map(|_| ())
+            })
             .await?
         {
             Changed::Done((), list) => Ok(Response::new(MemberRemoveResponse {
