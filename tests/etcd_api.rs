@@ -219,9 +219,17 @@ impl Cluster {
 
     /// SIGTERM to every member; each must exit 0.
     fn terminate_all(&mut self) {
-        for m in &mut self.members {
+        for i in 0..self.members.len() {
+            self.terminate(i);
+        }
+    }
+
+    /// SIGTERM to member `i`, which must exit 0.
+    fn terminate(&mut self, i: usize) {
+        {
+            let m = &mut self.members[i];
             let Some(mut child) = m.child.take() else {
-                continue;
+                return;
             };
             let pid = libc::pid_t::try_from(child.id()).unwrap();
             // SAFETY: kill(2) touches no memory of ours; the child is not reaped yet, so its
@@ -550,6 +558,56 @@ fn etcdctl_scenario(groups: u32) {
             "{acct}y"
         ]
     );
+
+    // Membership: a learner added (never started here: its peer port has no listener),
+    // listed unstarted, refused promotion, removed; the errors are etcd's.
+    let peer = "http://127.0.0.1:9";
+    let added = ctl_ok(
+        &cluster,
+        1,
+        &[
+            "member",
+            "add",
+            "m4",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+        "",
+    );
+    assert!(added.contains("added to cluster"), "{added}");
+    let list = members_listed(&cluster, 2, MEMBERS + 1);
+    let line = list
+        .lines()
+        .find(|l| l.contains(peer))
+        .unwrap_or_else(|| panic!("m4 not listed: {list}"));
+    assert!(line.starts_with("4, unstarted"), "{line}");
+    assert!(line.ends_with("true"), "listed as a learner: {line}");
+    let again = ctl_err(
+        &cluster,
+        0,
+        &["member", "add", "m5", &format!("--peer-urls={peer}")],
+        "",
+    );
+    assert!(again.contains("peerURL exists"), "{again}");
+    let promote = ctl_err(&cluster, 0, &["member", "promote", "4"], "");
+    assert!(promote.contains("in sync with leader"), "{promote}");
+    let removed = ctl_ok(&cluster, 0, &["member", "remove", "4"], "");
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    let gone = ctl_err(&cluster, 2, &["member", "remove", "4"], "");
+    assert!(gone.contains("member not found"), "{gone}");
+    members_listed(&cluster, 1, MEMBERS);
+    // Writes still commit in every group.
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["put", "after/members", "x"], ""),
+        "OK\n"
+    );
+    // With m3 down, removing m1 would leave m2 alone of {m2, m3} started: refused. (The
+    // leader of group 0 notices m3's silence within an election timeout and two looks.)
+    cluster.terminate(2);
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = ctl_err(&cluster, 0, &["member", "remove", "1"], "");
+    assert!(refused.contains("not enough started members"), "{refused}");
+    members_listed(&cluster, 1, MEMBERS);
     cluster.terminate_all();
 }
 
@@ -597,6 +655,20 @@ fn keys(kvs: &[keel_etcd_proto::mvccpb::KeyValue]) -> Vec<String> {
     kvs.iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect()
+}
+
+/// `etcdctl member list` on `endpoint` once it lists `count` members (a member lists its
+/// own replica of the list, which applies a change a moment after the leader did).
+fn members_listed(cluster: &Cluster, endpoint: usize, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = ctl_ok(cluster, endpoint, &["member", "list"], "");
+        if list.lines().count() == count {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "never {count} members: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
@@ -986,8 +1058,34 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         members
             .member_add(keel_etcd_proto::etcdserverpb::MemberAddRequest::default())
             .await,
-        Code::Unimplemented,
-        "MemberAdd",
+        Code::InvalidArgument,
+        "one peer URL",
+    );
+    for bad in ["https://127.0.0.1:9", "localhost:9", "http://127.0.0.1"] {
+        assert_status(
+            members
+                .member_add(keel_etcd_proto::etcdserverpb::MemberAddRequest {
+                    peer_urls: vec![bad.to_string()],
+                    is_learner: true,
+                })
+                .await,
+            Code::InvalidArgument,
+            "peer URL",
+        );
+    }
+    assert_status(
+        members
+            .member_remove(keel_etcd_proto::etcdserverpb::MemberRemoveRequest { id: 77 })
+            .await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_status(
+        members
+            .member_promote(keel_etcd_proto::etcdserverpb::MemberPromoteRequest { id: 1 })
+            .await,
+        Code::FailedPrecondition,
+        "can only promote a learner member",
     );
 
     // Bad input.

@@ -8,6 +8,7 @@
 //! format and TCP connections on tokio.
 
 pub mod consensus;
+pub mod members;
 pub mod runtime;
 pub mod server;
 pub mod shard;

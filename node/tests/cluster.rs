@@ -12,7 +12,8 @@ use keel_engine::txn::{Op, RangeRequest, Txn};
 use keel_engine::{LogStore, LogStoreOptions};
 use keel_node::consensus::{Message, NodeId};
 use keel_node::shard::{
-    Outcome, ReadConsistency, RequestError, Shard, ShardOptions, SnapshotChunk, SnapshotOptions,
+    Membership, Outcome, ReadConsistency, RequestError, Shard, ShardOptions, SnapshotChunk,
+    SnapshotOptions,
 };
 
 struct Rng(u64);
@@ -60,6 +61,8 @@ struct Cluster {
     seed: u64,
     rng: Rng,
     members: Vec<Member>,
+    /// The members the cluster started with: every group's membership at creation.
+    bootstrap: Vec<NodeId>,
     groups: Vec<u64>,
     snapshots: SnapshotOptions,
     /// (delivery step, packet)
@@ -124,6 +127,7 @@ impl Cluster {
             seed,
             rng: Rng(seed),
             members,
+            bootstrap: ids,
             groups,
             snapshots,
             net: Vec::new(),
@@ -187,6 +191,7 @@ impl Cluster {
             if tick {
                 shard.tick();
                 shard.balance_leaders();
+                shard.reconcile_membership();
                 shard.check_log_space();
             }
             let round = shard.round().expect("round");
@@ -233,12 +238,14 @@ impl Cluster {
         }
     }
 
-    /// The leader of `group` that every live member agrees on, if there is one.
+    /// The leader of `group` that every live member agrees on, if there is one (a member
+    /// the group removed has no say).
     fn agreed_leader(&self, group: u64) -> Option<NodeId> {
         let mut leaders = self
             .members
             .iter()
             .filter_map(|m| m.shard.as_ref())
+            .filter(|s| !s.removed_groups().contains(&group))
             .map(|s| s.leader(group));
         let first = leaders.next()??;
         let up = |id: NodeId| self.members.iter().any(|m| m.id == id && m.shard.is_some());
@@ -309,6 +316,17 @@ impl Cluster {
                 other => return other,
             }
         }
+        for m in &self.members {
+            if let Some(sh) = &m.shard {
+                eprintln!(
+                    "member {}: leader {:?} conf {:?} removed {:?}",
+                    m.id,
+                    sh.leader(group),
+                    sh.conf_state(group),
+                    sh.removed_groups()
+                );
+            }
+        }
         panic!(
             "seed {}: write to group {group} never went through",
             self.seed
@@ -343,18 +361,89 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let ids = self.ids();
+        let bootstrap = self.bootstrap.clone();
         let groups = self.groups.clone();
         let snapshots = self.snapshots.clone();
+        let membership = self.shards_membership();
         let member = self.member(id);
-        member.shard = Some(open_shard(
+        let mut shard = open_shard(
             id,
-            &ids,
+            &bootstrap,
             &member.log,
             member.dir.path(),
             &snapshots,
             &groups,
-        ));
+        );
+        if let Some(target) = membership {
+            shard.set_membership(target).expect("a valid membership");
+        }
+        member.shard = Some(shard);
+    }
+
+    /// The membership target the live shards were given, if any.
+    fn shards_membership(&self) -> Option<Membership> {
+        self.members
+            .iter()
+            .filter_map(|m| m.shard.as_ref())
+            .find_map(|s| s.membership().cloned())
+    }
+
+    /// Starts member `id` with an empty log, as one joining the cluster: its groups start
+    /// from the bootstrap membership, which does not include it.
+    fn join(&mut self, id: NodeId) {
+        let log = MemLog::new(64);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut shard = open_shard(
+            id,
+            &self.bootstrap,
+            &log,
+            dir.path(),
+            &self.snapshots,
+            &self.groups,
+        );
+        if let Some(target) = self.shards_membership() {
+            shard.set_membership(target).expect("a valid membership");
+        }
+        self.members.push(Member {
+            id,
+            log,
+            dir,
+            shard: Some(shard),
+        });
+    }
+
+    /// Hands every live member the target membership.
+    fn set_membership(&mut self, voters: &[NodeId], learners: &[NodeId]) {
+        let target = Membership {
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+        };
+        for m in &mut self.members {
+            if let Some(shard) = m.shard.as_mut() {
+                shard
+                    .set_membership(target.clone())
+                    .expect("a valid membership");
+            }
+        }
+    }
+
+    /// Whether every live member's replica of every group applied the membership
+    /// (`voters`, `learners`), not joint.
+    fn applied_membership(&self, voters: &[NodeId], learners: &[NodeId]) -> bool {
+        self.members
+            .iter()
+            .filter_map(|m| m.shard.as_ref())
+            .all(|s| {
+                self.groups.iter().all(|&g| {
+                    s.conf_state(g).is_some_and(|cs| {
+                        let mut v = cs.voters.clone();
+                        v.sort_unstable();
+                        let mut l = cs.learners.clone();
+                        l.sort_unstable();
+                        v == voters && l == learners && cs.voters_outgoing.is_empty()
+                    })
+                })
+            })
     }
 
     /// Every live replica of every group holds the same data once caught up.
@@ -1031,4 +1120,117 @@ fn an_idle_group_does_not_keep_the_log_from_being_purged() {
         Some(b"v".as_slice())
     );
     c.assert_converged();
+}
+
+#[test]
+fn a_member_joins_by_snapshot_is_promoted_and_an_original_member_leaves_without_losing_writes() {
+    let mut c = Cluster::with_snapshots(3, 2, "membership changes", small_snapshots());
+    c.wait_for_leaders(2_000);
+    let mut acked = BTreeMap::new();
+    let mut sequence = 0;
+    let mut put = |c: &mut Cluster, acked: &mut BTreeMap<String, (u64, String)>, n: u64| {
+        for _ in 0..n {
+            sequence += 1;
+            let group = sequence % 2;
+            let key = format!("k{sequence:04}");
+            let value = format!("v{sequence}");
+            written(&c.put(group, 11, sequence, &key, &value));
+            acked.insert(key, (group, value));
+        }
+    };
+    put(&mut c, &mut acked, 80);
+    // The groups compact past their start: a member joining now can only catch up by
+    // snapshot.
+    c.run_until(5_000, "compaction in every group", |c| {
+        c.groups.clone().into_iter().all(|g| {
+            c.agreed_leader(g)
+                .is_some_and(|leader| c.first_index(leader, g) > 1)
+        })
+    });
+
+    // Member 4 joins as a learner of every group.
+    c.set_membership(&[1, 2, 3], &[4]);
+    c.join(4);
+    c.run_until(20_000, "member 4 a learner of every group", |c| {
+        c.applied_membership(&[1, 2, 3], &[4])
+    });
+    put(&mut c, &mut acked, 20);
+    c.assert_converged();
+    let stats = c.shard(4).snapshot_stats();
+    assert!(
+        stats.installed >= 2,
+        "seed {}: member 4 caught up by snapshot in both groups: {stats:?}",
+        c.seed
+    );
+    // A learner never leads.
+    for g in c.groups.clone() {
+        assert_ne!(c.agreed_leader(g), Some(4));
+    }
+
+    // Promoted to voter in every group.
+    c.set_membership(&[1, 2, 3, 4], &[]);
+    c.run_until(20_000, "member 4 a voter of every group", |c| {
+        c.applied_membership(&[1, 2, 3, 4], &[])
+    });
+    put(&mut c, &mut acked, 20);
+
+    // Member 1 (the preferred leader of group 0) leaves, while writes go on.
+    c.set_membership(&[2, 3, 4], &[]);
+    put(&mut c, &mut acked, 10);
+    c.run_until(20_000, "member 1 removed from every group", |c| {
+        let removed = c.shard(1).removed_groups();
+        removed == c.groups
+    });
+    // A removed member refuses requests, naming its removal.
+    let mut removed = c.member(1).shard.take().expect("member 1 is up");
+    removed.read(
+        1,
+        0,
+        RangeRequest::key("k0001"),
+        ReadConsistency::Serializable,
+    );
+    let answers = removed.take_answers();
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [(_, Outcome::Failed(RequestError::Removed { group: 0 }))]
+        ),
+        "seed {}: the removed member answered {answers:?}",
+        c.seed
+    );
+    c.members.retain(|m| m.id != 1);
+    c.run_until(20_000, "members 2, 3, 4 the voters of every group", |c| {
+        c.applied_membership(&[2, 3, 4], &[])
+    });
+    c.wait_for_leaders(3_000);
+    put(&mut c, &mut acked, 30);
+    for g in c.groups.clone() {
+        assert_ne!(c.agreed_leader(g), Some(1));
+    }
+
+    // Restarted members come back with the membership as changed (from their checkpoints
+    // and the changes in their logs), and writes still commit with one of them down.
+    for id in [4, 2] {
+        c.crash(id);
+        c.restart(id);
+        c.run_until(
+            20_000,
+            "the restarted member with the changed membership",
+            |c| c.applied_membership(&[2, 3, 4], &[]),
+        );
+    }
+    c.crash(3);
+    c.wait_for_leaders(3_000);
+    put(&mut c, &mut acked, 10);
+    c.restart(3);
+    c.assert_converged();
+    for (key, (group, value)) in &acked {
+        let got = c.get(*group, key, ReadConsistency::Linearizable);
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "seed {}: acknowledged {key} after the membership changes",
+            c.seed
+        );
+    }
 }

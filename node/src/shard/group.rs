@@ -38,6 +38,9 @@ pub(super) struct Group<B: LogBackend> {
     /// A hard state whose only change is the commit index, waiting to ride with the group's
     /// next write.
     pub(super) pending_hs: Option<HardState>,
+    /// Whether a membership change applied here took this member out of the group: it
+    /// serves the group no more (the cluster removed it).
+    pub(super) removed: bool,
     /// Writes proposed through this member: (client, sequence) -> who waits for the result.
     proposed: HashMap<(u64, u64), Vec<RequestId>>,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
@@ -79,6 +82,7 @@ impl<B: LogBackend> Group<B> {
             snapshot_index: last_checkpoint,
             pending_install: None,
             leader: NO_NODE,
+            removed: false,
             proposed: HashMap::new(),
             reads_new: Vec::new(),
             reads_lease: Vec::new(),
@@ -89,6 +93,12 @@ impl<B: LogBackend> Group<B> {
 
     fn is_leader(&self) -> bool {
         self.raw.role() == StateRole::Leader
+    }
+
+    fn removed_error(&self) -> RequestError {
+        RequestError::Removed {
+            group: self.raw.basic_status().group_id,
+        }
     }
 
     fn not_leader(&self) -> RequestError {
@@ -105,6 +115,10 @@ impl<B: LogBackend> Group<B> {
         command: Command,
         out: &mut Vec<(RequestId, Outcome)>,
     ) {
+        if self.removed {
+            out.push((id, Outcome::Failed(self.removed_error())));
+            return;
+        }
         if !self.is_leader() {
             out.push((id, Outcome::Failed(self.not_leader())));
             return;
@@ -149,6 +163,10 @@ impl<B: LogBackend> Group<B> {
         consistency: ReadConsistency,
         out: &mut Vec<(RequestId, Outcome)>,
     ) {
+        if self.removed {
+            out.push((id, Outcome::Failed(self.removed_error())));
+            return;
+        }
         match consistency {
             ReadConsistency::Serializable => out.push((id, self.serve(&request))),
             ReadConsistency::Linearizable | ReadConsistency::Lease => {
@@ -278,9 +296,23 @@ impl<B: LogBackend> Group<B> {
                     let cc = ConfChange::decode(&entry.data).map_err(|_| {
                         format!("entry {} holds a malformed membership change", entry.index)
                     })?;
-                    self.raw
+                    let me = self.raw.basic_status().id;
+                    let was_member = super::membership::in_conf(&self.raw.status().conf_state, me);
+                    let now = self
+                        .raw
                         .apply_conf_change(&cc)
                         .map_err(|e| format!("entry {}: {e}", entry.index))?;
+                    if was_member && !super::membership::in_conf(&now, me) {
+                        // Only a member can be removed: a member that joined later replays
+                        // the changes made before it joined without being in them.
+                        self.removed = true;
+                        tracing::warn!(
+                            group = self.raw.basic_status().group_id,
+                            member = me,
+                            index = entry.index,
+                            "this member was removed from the group; it serves it no more"
+                        );
+                    }
                 }
                 // A new leader's empty entry.
                 EntryType::Normal if entry.data.is_empty() => {}

@@ -49,7 +49,7 @@ enum Shape {
 }
 
 /// A request marked as forwarded, with the forwarding deadline.
-fn marked<T>(message: T, group: Option<u32>) -> Request<T> {
+pub(super) fn marked<T>(message: T, group: Option<u32>) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
