@@ -760,6 +760,17 @@ impl<B: AsyncLogBackend> Shard<B> {
                 let Some(g) = self.groups.get_mut(&inst.group) else {
                     return;
                 };
+                if g.pending_install.is_some() {
+                    // Raft accepted an earlier install that waits for its Ready (a leader
+                    // may send the same group twice): replacing it would leave that Ready
+                    // without its state. The leader sends again if this one is still needed.
+                    tracing::info!(
+                        group = inst.group,
+                        index = inst.meta.index,
+                        "received snapshot dropped: another waits to be applied"
+                    );
+                    return;
+                }
                 let conf_state =
                     decode_conf_state(&inst.meta.conf_state).unwrap_or_else(|_| ConfState {
                         voters: self.options.members.clone(),
