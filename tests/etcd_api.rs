@@ -28,7 +28,8 @@ use keel_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_etcd_proto::etcdserverpb::kv_client::KvClient;
 use keel_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_etcd_proto::etcdserverpb::{
-    AlarmRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest, RangeRequest,
+    AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest,
+    PutResponse, RangeRequest,
     RequestOp, SnapshotRequest, StatusRequest, TxnRequest, compare, range_request, request_op,
     response_op,
 };
@@ -445,6 +446,27 @@ fn etcdctl_scenario(groups: u32) {
         let err = ctl_err(&cluster, 1, &["get", "--prefix", "fruit/", &rev], "");
         assert!(err.contains("cannot span"), "{err}");
     }
+    // compaction at the key's latest revision: the older one is gone on every member
+    // (each applied the compaction from its group's log), the latest still reads.
+    let json = ctl_ok(&cluster, 0, &["get", "fruit/apple", "-w", "json"], "");
+    let latest = json_number(&json, "revision").to_string();
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["compaction", "--physical", &latest], ""),
+        format!("compacted revision {latest}\n")
+    );
+    for i in 0..MEMBERS {
+        let err = ctl_err(&cluster, i, &["get", "fruit/apple", &rev], "");
+        assert!(err.contains("required revision has been compacted"), "{err}");
+        let now = format!("--rev={latest}");
+        assert_eq!(
+            ctl_ok(&cluster, i, &["get", "fruit/apple", &now], ""),
+            "fruit/apple\ncrimson\n"
+        );
+    }
+    let err = ctl_err(&cluster, 1, &["compaction", &latest], "");
+    assert!(err.contains("required revision has been compacted"), "{err}");
+    let err = ctl_err(&cluster, 0, &["compaction", &(revision + 1000).to_string()], "");
+    assert!(err.contains("required revision is a future revision"), "{err}");
 
     // del.
     assert_eq!(ctl_ok(&cluster, 1, &["del", "fruit/cherry"], ""), "1\n");
@@ -908,22 +930,86 @@ async fn grpc_scenario_on(cluster: &Cluster) {
     assert!(!failed.succeeded);
     assert_eq!(failed.responses.len(), 1);
 
-    // Compact: accepted (no history to drop), a future revision refused.
-    kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
-        revision: 1,
-        physical: false,
-    })
-    .await
-    .unwrap();
+    // Compact goes through the key's group's log: two revisions of a key, compacted at the
+    // second through a member that may not lead the group.
+    let revision_of = |r: PutResponse| r.header.unwrap().revision;
+    let first = revision_of(kv.put(put("{c}k", b"old")).await.unwrap().into_inner());
+    let second = revision_of(kv0.put(put("{c}k", b"new")).await.unwrap().into_inner());
+    let at = |revision: i64, serializable: bool| RangeRequest {
+        key: b"{c}k".to_vec(),
+        revision,
+        serializable,
+        ..RangeRequest::default()
+    };
+    let old = kv.range(at(first, false)).await.unwrap().into_inner();
+    assert_eq!(old.kvs[0].value, b"old");
+    let compaction = |revision: i64| CompactionRequest {
+        revision,
+        physical: true,
+    };
+    let done = kv.compact(compaction(second)).await.unwrap().into_inner();
+    assert!(done.header.unwrap().revision >= second);
     assert_status(
-        kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
-            revision: i64::MAX,
-            physical: false,
-        })
-        .await,
+        kv0.range(at(first, false)).await,
         Code::OutOfRange,
-        "future revision",
+        "required revision has been compacted",
     );
+    // Every replica applied it (serializable reads are answered by the member asked).
+    for i in 0..MEMBERS {
+        let mut member = KvClient::new(channel(cluster, i).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match member.range(at(first, true)).await {
+                Err(status) if status.code() == Code::OutOfRange => {
+                    assert!(status.message().contains("compacted"), "{status:?}");
+                    break;
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "member {i} still reads the compacted revision: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kept = member.range(at(second, true)).await.unwrap().into_inner();
+        assert_eq!(kept.kvs[0].value, b"new", "member {i}");
+    }
+    // Again at the same revision: etcd's "compacted"; beyond the store: "future".
+    assert_status(
+        kv0.compact(compaction(second)).await,
+        Code::OutOfRange,
+        "required revision has been compacted",
+    );
+    assert_status(
+        kv.compact(compaction(i64::MAX)).await,
+        Code::OutOfRange,
+        "required revision is a future revision",
+    );
+    // The native protocol reads revisions too, and is told when they are compacted.
+    let group = group_of(b"{c}k", groups);
+    let native = Client::connect(&[cluster.endpoint(0)]).await.unwrap();
+    let native_at = |revision: i64| keel_client::RangeRequest {
+        key: b"{c}k".to_vec(),
+        revision: u64::try_from(revision).unwrap(),
+        ..keel_client::RangeRequest::default()
+    };
+    let read = native
+        .range_in_group(group, native_at(second))
+        .await
+        .unwrap();
+    assert_eq!(read.kvs[0].value, b"new");
+    let third = revision_of(kv.put(put("{c}k", b"newest")).await.unwrap().into_inner());
+    let read = native
+        .range_in_group(group, native_at(second))
+        .await
+        .unwrap();
+    assert_eq!(read.kvs[0].value, b"new");
+    assert!(third > second);
+    let err = native
+        .range_in_group(group, native_at(first))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("compacted"), "{err}");
 
     // Maintenance and Cluster.
     let mut maintenance = MaintenanceClient::new(channel(cluster, 2).await);

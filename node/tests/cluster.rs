@@ -972,3 +972,108 @@ fn an_idle_group_does_not_keep_the_log_from_being_purged() {
     );
     c.assert_converged();
 }
+
+impl Cluster {
+    /// A serializable read of `key` at `revision` on `member`'s own replica of group 0.
+    fn read_at(&mut self, member: NodeId, key: &str, revision: u64) -> Outcome {
+        let request = RangeRequest {
+            revision,
+            ..RangeRequest::key(key)
+        };
+        self.request(member, |s, id| {
+            s.read(id, 0, request, ReadConsistency::Serializable)
+        })
+    }
+
+    /// Asks group 0's leader to compact its history below `revision`.
+    fn compact(&mut self, revision: u64) -> Outcome {
+        let leader = self.agreed_leader(0).expect("group 0 has a leader");
+        self.request(leader, |s, id| s.compact(id, 0, revision))
+    }
+}
+
+#[test]
+fn a_compaction_is_replicated_and_a_member_restored_past_it_applies_it_as_a_no_op() {
+    let mut c = Cluster::with_snapshots(3, 1, "compaction", small_snapshots());
+    c.wait_for_leaders(2_000);
+    c.run(300);
+    for i in 0..30u64 {
+        assert_eq!(written(&c.put(0, 9, i + 1, "k", &format!("v{i}"))), i + 1);
+    }
+    // Answered once the leader applied it, with the group's revision.
+    assert_eq!(c.compact(10), Outcome::Compaction { revision: 30 });
+    c.run(100);
+    for id in c.ids() {
+        assert_eq!(
+            c.read_at(id, "k", 9),
+            Outcome::Failed(RequestError::Compacted {
+                requested: 9,
+                compacted: 10
+            }),
+            "member {id}"
+        );
+        match c.read_at(id, "k", 10) {
+            Outcome::Read(r) => assert_eq!(r.kvs[0].value, b"v9", "member {id}"),
+            other => panic!("member {id}: {other:?}"),
+        }
+    }
+    // etcd's refusals, which change nothing.
+    assert_eq!(
+        c.compact(10),
+        Outcome::Failed(RequestError::Compacted {
+            requested: 10,
+            compacted: 10
+        })
+    );
+    assert_eq!(
+        c.compact(31),
+        Outcome::Failed(RequestError::FutureRevision {
+            requested: 31,
+            current: 30
+        })
+    );
+    // A follower goes down and comes back by snapshot: its history starts at the
+    // checkpoint's revision, past the next compaction.
+    // Neither the leader nor the member group 0 prefers (which would take the leadership
+    // back when it returns).
+    let leader = c.agreed_leader(0).unwrap();
+    let preferred = c.ids()[0];
+    let down = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != preferred)
+        .unwrap();
+    c.crash(down);
+    for i in 30..120u64 {
+        written(&c.put(0, 9, i + 1, "k", &format!("v{i}")));
+    }
+    c.wait_compacted_past(down);
+    c.restart(down);
+    c.run_until(20_000, "a snapshot install on the restarted member", |c| {
+        c.shard(down).snapshot_stats().installed >= 1
+    });
+    c.run(100);
+    let restored_at = match c.read_at(down, "k", 20) {
+        Outcome::Failed(RequestError::Compacted { compacted, .. }) => compacted,
+        other => panic!("the restored member reads revision 20: {other:?}"),
+    };
+    assert!(restored_at > 20);
+    // The leader compacts at 20; the restored member applies it as a no-op (its history
+    // stays as it was), and the group goes on on every member.
+    assert_eq!(c.compact(20), Outcome::Compaction { revision: 120 });
+    written(&c.put(0, 9, 121, "k", "last"));
+    c.assert_converged();
+    for id in c.ids() {
+        match c.read_at(id, "k", 19) {
+            // The restored member's history starts at its checkpoint (a later install may
+            // have moved it further), never back at 20.
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) if id == down => {
+                assert!(compacted >= restored_at, "member {id}: {compacted}");
+            }
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) => {
+                assert_eq!(compacted, 20, "member {id}");
+            }
+            other => panic!("member {id}: {other:?}"),
+        }
+    }
+}

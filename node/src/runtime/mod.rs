@@ -222,6 +222,12 @@ pub enum ShardWork {
         /// How.
         consistency: ReadConsistency,
     },
+    /// A compaction of the group's history below `revision` (etcd's `Compact`), replicated
+    /// through the group's log.
+    Compact {
+        /// The revision.
+        revision: u64,
+    },
 }
 
 /// What a member knows of the cluster, shared by its shards and connections (not on the

@@ -41,7 +41,7 @@ use keel_engine::log_backend::AsyncLogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, Txn, TxnResponse};
 use keel_engine::{KvLimits, LogStore, LogStoreError, SnapshotMeta, Ticket, WriteBatch};
 
-pub use command::Command;
+pub use command::{Action, Command};
 pub use sessions::{Duplicate, Sessions};
 pub use snapshot::{
     CHECKPOINT_CHUNKS_QUEUED_MAX, DEFAULT_CATCHUP_ENTRIES, DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
@@ -99,6 +99,22 @@ pub enum RequestError {
         /// The client's floor (its smallest unanswered sequence).
         floor: u64,
     },
+    /// The revision asked for (a read's, a compaction's) is at or below the group's
+    /// compact revision: its history is gone. (A read at the compact revision itself still
+    /// works; a compaction there is refused, as etcd's.)
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's compact revision.
+        compacted: u64,
+    },
+    /// The revision asked for is beyond the group's store revision.
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's store revision.
+        current: u64,
+    },
     /// The state machine refused the request (a size limit, a bad range).
     Kv(String),
     /// The consensus core refused the request.
@@ -120,6 +136,20 @@ impl std::fmt::Display for RequestError {
                 f,
                 "write {sequence} was answered already (the client's writes below {floor} were)"
             ),
+            // etcd's messages first: its clients match them.
+            RequestError::Compacted {
+                requested,
+                compacted,
+            } => write!(
+                f,
+                "mvcc: required revision has been compacted (revision {requested}, compacted \
+                 at {compacted})"
+            ),
+            RequestError::FutureRevision { requested, current } => write!(
+                f,
+                "mvcc: required revision is a future revision (revision {requested}, current \
+                 {current})"
+            ),
             RequestError::Kv(e) => write!(f, "{e}"),
             RequestError::Raft(e) => write!(f, "{e}"),
         }
@@ -136,6 +166,13 @@ pub enum Outcome {
     Written(Result<TxnResponse, String>),
     /// A read was served.
     Read(RangeResponse),
+    /// A compaction was applied: the group's history below the revision asked for is gone.
+    /// A refused one is `Failed` with [`RequestError::Compacted`] or
+    /// [`RequestError::FutureRevision`].
+    Compaction {
+        /// The group's store revision when it applied.
+        revision: u64,
+    },
     /// The request was not carried out.
     Failed(RequestError),
 }
@@ -517,6 +554,18 @@ impl<B: AsyncLogBackend> Shard<B> {
             txn,
         };
         g.write(id, command, &mut self.answers);
+    }
+
+    /// Takes a compaction of `group`'s history below `revision` (etcd's `Compact`): the
+    /// leader proposes it, every replica applies it in log order, and it is answered with
+    /// the leader's result when it applies (see `command.rs`).
+    pub fn compact(&mut self, id: RequestId, group: u64, revision: u64) {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.compact(id, revision, &mut self.answers),
+            None => self
+                .answers
+                .push((id, Outcome::Failed(RequestError::UnknownGroup(group)))),
+        }
     }
 
     /// Proposes an anonymous write to `group` wherever its leader is: a follower's proposal
