@@ -209,7 +209,10 @@ mod tests {
             floor: 3,
             txn,
         };
-        assert_eq!(Action::decode(&old).unwrap(), Action::Write(expected.clone()));
+        assert_eq!(
+            Action::decode(&old).unwrap(),
+            Action::Write(expected.clone())
+        );
         assert_eq!(Action::Write(expected).encode(), old);
     }
 }

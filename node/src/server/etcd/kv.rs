@@ -758,7 +758,8 @@ impl Etcd {
         }
         let mut revisions = Vec::new();
         while let Some(read) = reads.join_next().await {
-            let (g, read) = read.map_err(|e| Status::internal(format!("keel: a read failed: {e}")))?;
+            let (g, read) =
+                read.map_err(|e| Status::internal(format!("keel: a read failed: {e}")))?;
             revisions.push((g, read?.revision));
         }
         let newest = revisions.iter().map(|&(_, r)| r).max().unwrap_or(0);
@@ -791,8 +792,9 @@ impl Etcd {
                 }
                 Ok(Err(status)) => failed = failed.or(Some(status)),
                 Err(e) => {
-                    failed =
-                        failed.or(Some(Status::internal(format!("keel: a compaction failed: {e}"))));
+                    failed = failed.or(Some(Status::internal(format!(
+                        "keel: a compaction failed: {e}"
+                    ))));
                 }
             }
         }
