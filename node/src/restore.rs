@@ -100,6 +100,18 @@ impl RestoreOptions {
             backup_bytes_max: DEFAULT_BACKUP_BYTES_MAX,
         }
     }
+
+    /// Checks the options as far as they do not depend on the backup (the group count, when
+    /// not given, is the backup's); the error names the flag.
+    pub fn validate(&self) -> Result<(), RestoreError> {
+        server_config(self, self.groups.unwrap_or(1))?;
+        if self.backup_bytes_max == 0 {
+            return Err(RestoreError::InvalidOptions(
+                "backup_bytes_max must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a restore built.
@@ -167,6 +179,7 @@ pub enum RestoreError {
 /// Reads and verifies the backup at `file` and builds `options.data_dir` from it (see the
 /// module documentation).
 pub fn restore(file: &Path, options: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
+    options.validate()?;
     let read_error = |reason: String| RestoreError::Read {
         path: file.to_path_buf(),
         reason,
@@ -263,11 +276,9 @@ fn server_config(options: &RestoreOptions, groups: u32) -> Result<ServerConfig, 
     config.shards = options.shards;
     config.initial_cluster_token = options.initial_cluster_token.clone();
     config.validate().map_err(RestoreError::InvalidOptions)?;
-    if options.wal_segment_bytes == 0 {
-        return Err(RestoreError::InvalidOptions(
-            "wal_segment_bytes must be positive".into(),
-        ));
-    }
+    wal_options(options.wal_segment_bytes)
+        .validate()
+        .map_err(|e| RestoreError::InvalidOptions(format!("wal_segment_bytes: {e}")))?;
     Ok(config)
 }
 
@@ -461,18 +472,24 @@ fn write_log(shard_dir: &Path, segment_bytes: u64, batch: WriteBatch) -> Result<
         path: shard_dir.to_path_buf(),
         reason,
     };
-    let wal_options = WalOptions {
-        segment_bytes,
-        backend: Backend::Blocking,
-        ..WalOptions::default()
-    };
-    let wal = Wal::open(shard_dir, wal_options).map_err(|e| write_error(e.to_string()))?;
+    let wal =
+        Wal::open(shard_dir, wal_options(segment_bytes)).map_err(|e| write_error(e.to_string()))?;
     let mut store = LogStore::open(wal, LogStoreOptions::default(), &mut |_| {})
         .map_err(|e| write_error(e.to_string()))?;
     if !batch.is_empty() {
         store.write(batch).map_err(|e| write_error(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The options of the WAL a restore writes: the server's defaults with `segment_bytes`,
+/// written by a plain thread (a restore writes once).
+fn wal_options(segment_bytes: u64) -> WalOptions {
+    WalOptions {
+        segment_bytes,
+        backend: Backend::Blocking,
+        ..WalOptions::default()
+    }
 }
 
 /// Moves the built directory into place (replacing an empty target) and makes the rename
@@ -671,6 +688,11 @@ mod tests {
             names.sort();
             names
         };
+        // A WAL segment the log cannot use.
+        let mut o = options(dir.path(), "m1");
+        o.wal_segment_bytes = 1 << 20;
+        let e = restore_backup(&backup, &o).unwrap_err();
+        assert!(e.to_string().contains("wal_segment_bytes"), "{e}");
         // A name not in the cluster.
         let mut o = options(dir.path(), "m9");
         let e = restore_backup(&backup, &o).unwrap_err();
