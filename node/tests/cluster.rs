@@ -624,47 +624,51 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
 /// it again), and it is applied once.
 #[test]
 fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
-    let mut c = Cluster::new(3, 1, "deposed");
-    c.wait_for_leaders(2_000);
-    let old = c.agreed_leader(0).unwrap();
-    let id = c.next_request;
-    c.next_request += 1;
-    c.shard(old)
-        .write(id, 0, (7, 1, 1), Txn::batch(vec![Op::put("cas", "v")]));
-    // One round: the leader sends the entry to its followers; then it is cut off before it
-    // hears back.
-    c.run(1);
-    c.isolated = Some(old);
-    c.run(600);
-    let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
-    let new = c.shard(others[0]).leader(0);
-    assert!(
-        new.is_some() && new != Some(old),
-        "seed {}: the others elected no new leader",
-        c.seed
-    );
-    c.isolated = None;
-    c.run(400);
-    let outcome = c
-        .answers
-        .remove(&id)
-        .expect("the deposed leader answered the write");
-    assert!(
-        matches!(
-            outcome,
-            Outcome::Failed(RequestError::LeadershipLost { .. })
-        ),
-        "seed {}: a proposed write whose leader was deposed got {outcome:?}",
-        c.seed
-    );
-    c.assert_converged();
-    for m in c.ids() {
-        let kv = c
-            .shard(m)
-            .local_range(0, &RangeRequest::key("cas"))
-            .and_then(|r| r.kvs.into_iter().next())
-            .expect("the write committed under the new leader");
-        assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
+    // A named write (client 7, sequence 1) and an anonymous one (client 0: the etcd API's,
+    // matched by its log index).
+    for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
+        let mut c = Cluster::new(3, 1, "deposed");
+        c.wait_for_leaders(2_000);
+        let old = c.agreed_leader(0).unwrap();
+        let id = c.next_request;
+        c.next_request += 1;
+        c.shard(old)
+            .write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
+        // One round: the leader sends the entry to its followers; then it is cut off before
+        // it hears back.
+        c.run(1);
+        c.isolated = Some(old);
+        c.run(600);
+        let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
+        let new = c.shard(others[0]).leader(0);
+        assert!(
+            new.is_some() && new != Some(old),
+            "seed {}: the others elected no new leader",
+            c.seed
+        );
+        c.isolated = None;
+        c.run(400);
+        let outcome = c
+            .answers
+            .remove(&id)
+            .expect("the deposed leader answered the write");
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed(RequestError::LeadershipLost { .. })
+            ),
+            "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
+            c.seed
+        );
+        c.assert_converged();
+        for m in c.ids() {
+            let kv = c
+                .shard(m)
+                .local_range(0, &RangeRequest::key(key))
+                .and_then(|r| r.kvs.into_iter().next())
+                .expect("the write committed under the new leader");
+            assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
+        }
     }
 }
 
@@ -1232,5 +1236,110 @@ fn a_member_joins_by_snapshot_is_promoted_and_an_original_member_leaves_without_
             "seed {}: acknowledged {key} after the membership changes",
             c.seed
         );
+    }
+}
+
+impl Cluster {
+    /// A serializable read of `key` at `revision` on `member`'s own replica of group 0.
+    fn read_at(&mut self, member: NodeId, key: &str, revision: u64) -> Outcome {
+        let request = RangeRequest {
+            revision,
+            ..RangeRequest::key(key)
+        };
+        self.request(member, |s, id| {
+            s.read(id, 0, request, ReadConsistency::Serializable)
+        })
+    }
+
+    /// Asks group 0's leader to compact its history below `revision`.
+    fn compact(&mut self, revision: u64) -> Outcome {
+        let leader = self.agreed_leader(0).expect("group 0 has a leader");
+        self.request(leader, |s, id| s.compact(id, 0, revision))
+    }
+}
+
+#[test]
+fn a_compaction_is_replicated_and_a_member_restored_past_it_applies_it_as_a_no_op() {
+    let mut c = Cluster::with_snapshots(3, 1, "compaction", small_snapshots());
+    c.wait_for_leaders(2_000);
+    c.run(300);
+    for i in 0..30u64 {
+        assert_eq!(written(&c.put(0, 9, i + 1, "k", &format!("v{i}"))), i + 1);
+    }
+    // Answered once the leader applied it, with the group's revision.
+    assert_eq!(c.compact(10), Outcome::Compaction { revision: 30 });
+    c.run(100);
+    for id in c.ids() {
+        assert_eq!(
+            c.read_at(id, "k", 9),
+            Outcome::Failed(RequestError::Compacted {
+                requested: 9,
+                compacted: 10
+            }),
+            "member {id}"
+        );
+        match c.read_at(id, "k", 10) {
+            Outcome::Read(r) => assert_eq!(r.kvs[0].value, b"v9", "member {id}"),
+            other => panic!("member {id}: {other:?}"),
+        }
+    }
+    // etcd's refusals, which change nothing.
+    assert_eq!(
+        c.compact(10),
+        Outcome::Failed(RequestError::Compacted {
+            requested: 10,
+            compacted: 10
+        })
+    );
+    assert_eq!(
+        c.compact(31),
+        Outcome::Failed(RequestError::FutureRevision {
+            requested: 31,
+            current: 30
+        })
+    );
+    // A follower goes down and comes back by snapshot: its history starts at the
+    // checkpoint's revision, past the next compaction.
+    // Neither the leader nor the member group 0 prefers (which would take the leadership
+    // back when it returns).
+    let leader = c.agreed_leader(0).unwrap();
+    let preferred = c.ids()[0];
+    let down = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != preferred)
+        .unwrap();
+    c.crash(down);
+    for i in 30..120u64 {
+        written(&c.put(0, 9, i + 1, "k", &format!("v{i}")));
+    }
+    c.wait_compacted_past(down);
+    c.restart(down);
+    c.run_until(20_000, "a snapshot install on the restarted member", |c| {
+        c.shard(down).snapshot_stats().installed >= 1
+    });
+    c.run(100);
+    let restored_at = match c.read_at(down, "k", 20) {
+        Outcome::Failed(RequestError::Compacted { compacted, .. }) => compacted,
+        other => panic!("the restored member reads revision 20: {other:?}"),
+    };
+    assert!(restored_at > 20);
+    // The leader compacts at 20; the restored member applies it as a no-op (its history
+    // stays as it was), and the group goes on on every member.
+    assert_eq!(c.compact(20), Outcome::Compaction { revision: 120 });
+    written(&c.put(0, 9, 121, "k", "last"));
+    c.assert_converged();
+    for id in c.ids() {
+        match c.read_at(id, "k", 19) {
+            // The restored member's history starts at its checkpoint (a later install may
+            // have moved it further), never back at 20.
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) if id == down => {
+                assert!(compacted >= restored_at, "member {id}: {compacted}");
+            }
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) => {
+                assert_eq!(compacted, 20, "member {id}");
+            }
+            other => panic!("member {id}: {other:?}"),
+        }
     }
 }

@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(String, SocketAddr)>,
     /// New cluster or joining one.
     pub initial_cluster_state: ClusterState,
+    /// Mixed into the cluster id when not empty (etcd's `--initial-cluster-token`), so that
+    /// two clusters of the same members and groups — a cluster restored from a backup and
+    /// the one it was taken from — have different ids. Default empty.
+    pub initial_cluster_token: String,
     /// Where the peer listener of shard 0 binds (shard `s`: port + `s`).
     pub listen_peer: SocketAddr,
     /// Where clients connect.
@@ -127,6 +131,7 @@ impl ServerConfig {
             data_dir,
             initial_cluster,
             initial_cluster_state: ClusterState::New,
+            initial_cluster_token: String::new(),
             listen_peer,
             listen_client,
             advertise_client: listen_client.to_string(),
@@ -158,7 +163,8 @@ impl ServerConfig {
             .collect()
     }
 
-    /// The cluster id: FNV-1a of the sorted member list and the group count.
+    /// The cluster id: FNV-1a of the sorted member list and the group count, and the
+    /// token when there is one.
     pub fn cluster_id(&self) -> u64 {
         let mut members: Vec<String> = self
             .initial_cluster
@@ -166,7 +172,11 @@ impl ServerConfig {
             .map(|(n, a)| format!("{n}={a}"))
             .collect();
         members.sort();
-        let text = format!("{}|groups={}", members.join(","), self.groups);
+        let mut text = format!("{}|groups={}", members.join(","), self.groups);
+        if !self.initial_cluster_token.is_empty() {
+            text.push_str("|token=");
+            text.push_str(&self.initial_cluster_token);
+        }
         keel_client::route::fnv1a_64(text.as_bytes()).max(1)
     }
 
@@ -242,6 +252,12 @@ pub enum ShardWork {
         range: RangeRequest,
         /// How.
         consistency: ReadConsistency,
+    },
+    /// A compaction of the group's history below `revision` (etcd's `Compact`), replicated
+    /// through the group's log.
+    Compact {
+        /// The revision.
+        revision: u64,
     },
 }
 

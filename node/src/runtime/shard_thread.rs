@@ -371,6 +371,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                         ShardWork::Read { range, consistency } => {
                             shard.read(id, req.group, range, consistency);
                         }
+                        ShardWork::Compact { revision } => {
+                            shard.compact(id, req.group, revision);
+                        }
                     }
                 }
             }

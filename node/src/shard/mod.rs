@@ -42,7 +42,7 @@ use keel_engine::log_backend::AsyncLogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, Txn, TxnResponse};
 use keel_engine::{KvLimits, LogStore, LogStoreError, SnapshotMeta, Ticket, WriteBatch};
 
-pub use command::Command;
+pub use command::{Action, Command};
 pub use membership::{Membership, PROMOTE_LAG_ENTRIES_MAX, Step as MembershipStep, next_step};
 pub use sessions::{Duplicate, Sessions};
 pub use snapshot::{
@@ -109,6 +109,22 @@ pub enum RequestError {
         /// The client's floor (its smallest unanswered sequence).
         floor: u64,
     },
+    /// The revision asked for (a read's, a compaction's) is at or below the group's
+    /// compact revision: its history is gone. (A read at the compact revision itself still
+    /// works; a compaction there is refused, as etcd's.)
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's compact revision.
+        compacted: u64,
+    },
+    /// The revision asked for is beyond the group's store revision.
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's store revision.
+        current: u64,
+    },
     /// The state machine refused the request (a size limit, a bad range).
     Kv(String),
     /// The consensus core refused the request.
@@ -141,6 +157,20 @@ impl std::fmt::Display for RequestError {
                 f,
                 "write {sequence} was answered already (the client's writes below {floor} were)"
             ),
+            // etcd's messages first: its clients match them.
+            RequestError::Compacted {
+                requested,
+                compacted,
+            } => write!(
+                f,
+                "mvcc: required revision has been compacted (revision {requested}, compacted \
+                 at {compacted})"
+            ),
+            RequestError::FutureRevision { requested, current } => write!(
+                f,
+                "mvcc: required revision is a future revision (revision {requested}, current \
+                 {current})"
+            ),
             RequestError::Kv(e) => write!(f, "{e}"),
             RequestError::Raft(e) => write!(f, "{e}"),
             RequestError::Removed { group } => write!(
@@ -161,6 +191,13 @@ pub enum Outcome {
     Written(Result<TxnResponse, String>),
     /// A read was served.
     Read(RangeResponse),
+    /// A compaction was applied: the group's history below the revision asked for is gone.
+    /// A refused one is `Failed` with [`RequestError::Compacted`] or
+    /// [`RequestError::FutureRevision`].
+    Compaction {
+        /// The group's store revision when it applied.
+        revision: u64,
+    },
     /// The request was not carried out.
     Failed(RequestError),
 }
@@ -663,6 +700,18 @@ impl<B: AsyncLogBackend> Shard<B> {
         g.write(id, command, &mut self.answers);
     }
 
+    /// Takes a compaction of `group`'s history below `revision` (etcd's `Compact`): the
+    /// leader proposes it, every replica applies it in log order, and it is answered with
+    /// the leader's result when it applies (see `command.rs`).
+    pub fn compact(&mut self, id: RequestId, group: u64, revision: u64) {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.compact(id, revision, &mut self.answers),
+            None => self
+                .answers
+                .push((id, Outcome::Failed(RequestError::UnknownGroup(group)))),
+        }
+    }
+
     /// Proposes an anonymous write to `group` wherever its leader is: a follower's proposal
     /// is forwarded to the leader by raft. Nobody waits for it; returns whether it was taken
     /// (no leader known: dropped). For cluster metadata a member publishes about itself.
@@ -904,6 +953,17 @@ impl<B: AsyncLogBackend> Shard<B> {
                 let Some(g) = self.groups.get_mut(&inst.group) else {
                     return;
                 };
+                if g.pending_install.is_some() {
+                    // Raft accepted an earlier install that waits for its Ready (a leader
+                    // may send the same group twice): replacing it would leave that Ready
+                    // without its state. The leader sends again if this one is still needed.
+                    tracing::info!(
+                        group = inst.group,
+                        index = inst.meta.index,
+                        "received snapshot dropped: another waits to be applied"
+                    );
+                    return;
+                }
                 let conf_state =
                     decode_conf_state(&inst.meta.conf_state).unwrap_or_else(|_| ConfState {
                         voters: self.options.members.clone(),

@@ -302,14 +302,8 @@ impl Etcd {
 fn outcome_error(outcome: Outcome) -> Status {
     match outcome {
         // The engine's revision errors, as etcd's (clients match the message exactly).
-        Outcome::Failed(RequestError::Kv(reason))
-            if reason.starts_with("mvcc: required revision has been compacted") =>
-        {
-            Status::out_of_range(errors::COMPACTED)
-        }
-        Outcome::Failed(RequestError::Kv(reason))
-            if reason.starts_with("mvcc: required revision is a future revision") =>
-        {
+        Outcome::Failed(RequestError::Compacted { .. }) => Status::out_of_range(errors::COMPACTED),
+        Outcome::Failed(RequestError::FutureRevision { .. }) => {
             Status::out_of_range(errors::FUTURE_REV)
         }
         Outcome::Written(Err(reason)) | Outcome::Failed(RequestError::Kv(reason)) => {
@@ -325,7 +319,7 @@ fn outcome_error(outcome: Outcome) -> Status {
             Status::unavailable(errors::LEADER_CHANGED)
         }
         Outcome::Failed(e) => Status::unavailable(format!("keel: {e}")),
-        Outcome::Written(Ok(_)) | Outcome::Read(_) => {
+        Outcome::Written(Ok(_)) | Outcome::Read(_) | Outcome::Compaction { .. } => {
             Status::internal("keel: the shard answered with the wrong kind of result")
         }
     }
