@@ -4,6 +4,7 @@ mod bench;
 mod client_cmd;
 mod debug;
 mod server_cmd;
+mod snapshot_cmd;
 mod txn_script;
 mod wal_cmd;
 
@@ -26,6 +27,10 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Run one member of a replicated cluster (etcd-style flags; see --help).
     Server(server_cmd::ServerArgs),
+    /// Backups of the etcd API's Snapshot: restore one into a new member's data directory,
+    /// or print what one holds.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
     /// Inspect a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal_cmd::WalCommand),
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Server(args) => server_cmd::run(args),
         Command::Wal(cmd) => wal_cmd::run(cmd),
+        Command::Snapshot(cmd) => snapshot_cmd::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
         Command::Put(args) => client_cmd::put(&args),
         Command::Get(args) => client_cmd::get(&args),

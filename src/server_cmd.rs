@@ -25,6 +25,10 @@ pub struct ServerArgs {
     /// Every member: name=peer-url, comma-separated (e.g. m1=http://127.0.0.1:12380,...).
     #[arg(long, default_value = "default=http://127.0.0.1:2380")]
     initial_cluster: String,
+    /// Mixed into the cluster id (etcd's flag): give a restored cluster a token of its own
+    /// (the same as `keel snapshot restore` was given). Default none.
+    #[arg(long, default_value = "")]
+    initial_cluster_token: String,
     /// new: start a new cluster; existing: join a running one (not served yet).
     #[arg(long, value_enum, default_value_t = StateArg::New)]
     initial_cluster_state: StateArg,
@@ -123,13 +127,10 @@ fn single(urls: &str, flag: &str) -> Result<SocketAddr, String> {
     parse_url(first).map_err(|e| format!("{flag}: {e}"))
 }
 
-fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
+/// `--initial-cluster`: `name=peer-url`, comma-separated.
+pub fn parse_initial_cluster(list: &str) -> Result<Vec<(String, SocketAddr)>, String> {
     let mut cluster = Vec::new();
-    for item in args
-        .initial_cluster
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-    {
+    for item in list.split(',').filter(|s| !s.trim().is_empty()) {
         let (name, url) = item
             .split_once('=')
             .ok_or_else(|| format!("--initial-cluster: {item} is not name=peer-url"))?;
@@ -138,6 +139,11 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
             parse_url(url).map_err(|e| format!("--initial-cluster: {e}"))?,
         ));
     }
+    Ok(cluster)
+}
+
+fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
+    let cluster = parse_initial_cluster(&args.initial_cluster)?;
     let listen_peer = single(&args.listen_peer_urls, "--listen-peer-urls")?;
     let listen_client = single(&args.listen_client_urls, "--listen-client-urls")?;
     let mut config = ServerConfig::new(
@@ -154,6 +160,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         StateArg::New => ClusterState::New,
         StateArg::Existing => ClusterState::Existing,
     };
+    config.initial_cluster_token = args.initial_cluster_token.clone();
     config.groups = args.groups;
     if let Some(s) = args.shards {
         config.shards = s;

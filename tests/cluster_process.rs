@@ -1096,3 +1096,25 @@ fn a_member_behind_a_compaction_catches_up_by_snapshot() {
     );
     cluster.terminate_all();
 }
+
+/// Members whose shards run on tokio-uring's runtime (`--shard-runtime tokio-uring`) serve
+/// writes and reads like the default ones.
+#[test]
+fn members_on_the_tokio_uring_runtime_serve() {
+    let _turn = serial();
+    let mut cluster = Cluster::start_with(3, &["--shard-runtime", "tokio-uring"]);
+    runtime().block_on(cluster.wait_ready());
+    let all = cluster.endpoints_flag();
+    for i in 0..20 {
+        let key = format!("uring-{i}");
+        expect(
+            &cluster,
+            &keel(&["put", "--endpoints", &all, &key, "v"], ""),
+            0,
+        );
+        assert_eq!(
+            expect(&cluster, &keel(&["get", "--endpoints", &all, &key], ""), 0),
+            "v\n"
+        );
+    }
+}

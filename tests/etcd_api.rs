@@ -4,13 +4,19 @@
 //!
 //! - the real `etcdctl` (Debian package `etcd-client`, `ETCDCTL_API=3`): `put`, `get`
 //!   (`--prefix`, `--limit`, `--sort-by`, `-w json`, `--rev` at an older revision), `del`,
-//!   `txn` from stdin, `endpoint status` and `endpoint health` with `--cluster`, `member
-//!   list`, `snapshot save` (a Keel backup file, decoded and checked); a missing `etcdctl`
-//!   fails the test, naming the package;
+//!   `txn` from stdin, `compaction` (then `get --rev` at the old revision fails on every
+//!   member), `endpoint status` and `endpoint health` with `--cluster`, `member list`,
+//!   `snapshot save` (a Keel backup file, decoded and checked), and `keel snapshot restore`
+//!   of that file into a new three-member cluster and a new one-member cluster with another
+//!   group count, which serve the same keys; a missing `etcdctl` fails the test, naming the
+//!   package;
 //! - Keel's generated tonic client (keel-etcd-proto) over tonic's channel: the same requests
 //!   and bad input — an oversized value, too many txn operations, malformed protobuf in a
 //!   gRPC frame, unknown fields, a txn spanning groups, leases, a nested txn, a service Keel
-//!   does not serve, a snapshot stream that is never read.
+//!   does not serve, a snapshot stream that is never read; `Compact` and reads at the
+//!   compacted revision (also through the native client);
+//! - `keel snapshot restore` on bad input: damaged, truncated or missing backups, a name not
+//!   in the cluster, a data directory in use — refused, with nothing left behind.
 //!
 //! Requests go to members that do not lead the key's group too: they must forward them.
 //! The tests take turns (one cluster at a time) and stop their members with SIGTERM.
@@ -28,9 +34,9 @@ use keel_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_etcd_proto::etcdserverpb::kv_client::KvClient;
 use keel_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_etcd_proto::etcdserverpb::{
-    AlarmRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest, RangeRequest,
-    RequestOp, SnapshotRequest, StatusRequest, TxnRequest, compare, range_request, request_op,
-    response_op,
+    AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest, MemberListRequest, PutRequest,
+    PutResponse, RangeRequest, RequestOp, SnapshotRequest, StatusRequest, TxnRequest, compare,
+    range_request, request_op, response_op,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -74,33 +80,76 @@ struct Member {
     child: Option<Child>,
 }
 
-/// Three members, killed when dropped.
+/// Members (three unless restored otherwise), killed when dropped.
 struct Cluster {
     _dir: tempfile::TempDir,
     groups: u32,
     members: Vec<Member>,
 }
 
+/// A cluster restored from a backup with `keel snapshot restore` before it starts.
+struct Restore<'a> {
+    backup: &'a std::path::Path,
+    members: usize,
+    token: &'a str,
+}
+
+const SHARDS: u16 = 2;
+
 impl Cluster {
     fn start(groups: u32) -> Cluster {
-        const SHARDS: u16 = 2;
+        Cluster::start_with(groups, None)
+    }
+
+    fn start_with(groups: u32, restore: Option<Restore<'_>>) -> Cluster {
+        let count = restore.as_ref().map_or(MEMBERS, |r| r.members);
         let dir = tempfile::Builder::new()
             .prefix("keel-etcd-test-")
             .tempdir()
             .unwrap();
         let mut held = Vec::new();
-        let peers: Vec<u16> = (0..MEMBERS)
-            .map(|_| free_ports(SHARDS, &mut held))
-            .collect();
-        let clients: Vec<u16> = (0..MEMBERS).map(|_| free_ports(1, &mut held)).collect();
-        let initial_cluster = (0..MEMBERS)
+        let peers: Vec<u16> = (0..count).map(|_| free_ports(SHARDS, &mut held)).collect();
+        let clients: Vec<u16> = (0..count).map(|_| free_ports(1, &mut held)).collect();
+        let initial_cluster = (0..count)
             .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, peers[i]))
             .collect::<Vec<_>>()
             .join(",");
         drop(held);
+        let token = restore.as_ref().map_or("", |r| r.token);
         let mut members = Vec::new();
-        for i in 0..MEMBERS {
+        for i in 0..count {
             let name = format!("m{}", i + 1);
+            let data_dir = dir.path().join(&name).display().to_string();
+            if let Some(r) = &restore {
+                // Once per member, as etcdutl snapshot restore.
+                let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+                    .args([
+                        "snapshot",
+                        "restore",
+                        &r.backup.display().to_string(),
+                        "--data-dir",
+                        &data_dir,
+                        "--name",
+                        &name,
+                        "--initial-cluster",
+                        &initial_cluster,
+                        "--initial-cluster-token",
+                        token,
+                        "--groups",
+                        &groups.to_string(),
+                        "--shards",
+                        &SHARDS.to_string(),
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "keel snapshot restore failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let said = String::from_utf8_lossy(&out.stdout);
+                assert!(said.contains(&format!("restored member {name}")), "{said}");
+            }
             let err_path = dir.path().join(format!("{name}.err"));
             let child = Command::new(env!("CARGO_BIN_EXE_keel"))
                 .args([
@@ -108,13 +157,15 @@ impl Cluster {
                     "--name",
                     &name,
                     "--data-dir",
-                    &dir.path().join(&name).display().to_string(),
+                    &data_dir,
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{}", peers[i]),
                     "--listen-client-urls",
                     &format!("http://127.0.0.1:{}", clients[i]),
                     "--initial-cluster",
                     &initial_cluster,
+                    "--initial-cluster-token",
+                    token,
                     "--groups",
                     &groups.to_string(),
                     "--shards",
@@ -188,13 +239,14 @@ impl Cluster {
                 };
                 match status {
                     Ok(s) => {
-                        // Group g's preferred leader is the (g mod 3)-th member by id.
+                        // Group g's preferred leader is the (g mod n)-th member by id.
+                        let n = u64::try_from(endpoints.len()).unwrap();
                         let balanced = s
                             .leaders
                             .iter()
                             .zip(0u64..)
-                            .all(|(l, g)| *l == Some(g % 3 + 1));
-                        if !balanced || s.members.len() != MEMBERS {
+                            .all(|(l, g)| *l == Some(g % n + 1));
+                        if !balanced || s.members.len() != endpoints.len() {
                             ready = false;
                             last = format!("leaders {:?}, members {:?}", s.leaders, s.members);
                         }
@@ -219,9 +271,17 @@ impl Cluster {
 
     /// SIGTERM to every member; each must exit 0.
     fn terminate_all(&mut self) {
-        for m in &mut self.members {
+        for i in 0..self.members.len() {
+            self.terminate(i);
+        }
+    }
+
+    /// SIGTERM to member `i`, which must exit 0.
+    fn terminate(&mut self, i: usize) {
+        {
+            let m = &mut self.members[i];
             let Some(mut child) = m.child.take() else {
-                continue;
+                return;
             };
             let pid = libc::pid_t::try_from(child.id()).unwrap();
             // SAFETY: kill(2) touches no memory of ours; the child is not reaped yet, so its
@@ -352,6 +412,20 @@ fn json_number(json: &str, field: &str) -> i64 {
         .unwrap_or_else(|_| panic!("{field} is not a number in {json}"))
 }
 
+/// The unsigned number after `"field":` in etcdctl's JSON output (ids use all 64 bits).
+fn json_u64(json: &str, field: &str) -> u64 {
+    let at = json
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("no {field} in {json}"));
+    let digits: String = json[at + field.len() + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} is not a number in {json}"))
+}
+
 fn etcdctl_scenario(groups: u32) {
     let _turn = serial();
     etcdctl_path();
@@ -445,6 +519,41 @@ fn etcdctl_scenario(groups: u32) {
         let err = ctl_err(&cluster, 1, &["get", "--prefix", "fruit/", &rev], "");
         assert!(err.contains("cannot span"), "{err}");
     }
+    // compaction at the key's latest revision: the older one is gone on every member
+    // (each applied the compaction from its group's log), the latest still reads.
+    let json = ctl_ok(&cluster, 0, &["get", "fruit/apple", "-w", "json"], "");
+    let latest = json_number(&json, "revision").to_string();
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["compaction", "--physical", &latest], ""),
+        format!("compacted revision {latest}\n")
+    );
+    for i in 0..MEMBERS {
+        let err = ctl_err(&cluster, i, &["get", "fruit/apple", &rev], "");
+        assert!(
+            err.contains("required revision has been compacted"),
+            "{err}"
+        );
+        let now = format!("--rev={latest}");
+        assert_eq!(
+            ctl_ok(&cluster, i, &["get", "fruit/apple", &now], ""),
+            "fruit/apple\ncrimson\n"
+        );
+    }
+    let err = ctl_err(&cluster, 1, &["compaction", &latest], "");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
+    let err = ctl_err(
+        &cluster,
+        0,
+        &["compaction", &(revision + 1000).to_string()],
+        "",
+    );
+    assert!(
+        err.contains("required revision is a future revision"),
+        "{err}"
+    );
 
     // del.
     assert_eq!(ctl_ok(&cluster, 1, &["del", "fruit/cherry"], ""), "1\n");
@@ -550,7 +659,122 @@ fn etcdctl_scenario(groups: u32) {
             "{acct}y"
         ]
     );
+    let everything = ["get", "", "--from-key"];
+    let saved = ctl_ok(&cluster, 0, &everything, "");
+    let file_dir = tempfile::tempdir().unwrap();
+    let backup_file = file_dir.path().join("backup.db");
+    std::fs::copy(&file, &backup_file).unwrap();
+
+    // Membership: a learner added (never started here: its peer port has no listener),
+    // listed unstarted, refused promotion, removed; the errors are etcd's.
+    let peer = "http://127.0.0.1:9";
+    let added = ctl_ok(
+        &cluster,
+        1,
+        &[
+            "member",
+            "add",
+            "m4",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+        "",
+    );
+    assert!(added.contains("added to cluster"), "{added}");
+    let list = members_listed(&cluster, 2, MEMBERS + 1);
+    let line = list
+        .lines()
+        .find(|l| l.contains(peer))
+        .unwrap_or_else(|| panic!("m4 not listed: {list}"));
+    assert!(line.starts_with("4, unstarted"), "{line}");
+    assert!(line.ends_with("true"), "listed as a learner: {line}");
+    let again = ctl_err(
+        &cluster,
+        0,
+        &["member", "add", "m5", &format!("--peer-urls={peer}")],
+        "",
+    );
+    assert!(again.contains("peerURL exists"), "{again}");
+    let promote = ctl_err(&cluster, 0, &["member", "promote", "4"], "");
+    assert!(promote.contains("in sync with leader"), "{promote}");
+    let removed = ctl_ok(&cluster, 0, &["member", "remove", "4"], "");
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    let gone = ctl_err(&cluster, 2, &["member", "remove", "4"], "");
+    assert!(gone.contains("member not found"), "{gone}");
+    members_listed(&cluster, 1, MEMBERS);
+    // Writes still commit in every group.
+    assert_eq!(
+        ctl_ok(&cluster, 2, &["put", "after/members", "x"], ""),
+        "OK\n"
+    );
+    // With m3 down, removing m1 would leave m2 alone of {m2, m3} started: refused. (The
+    // leader of group 0 notices m3's silence within an election timeout and two looks.)
+    cluster.terminate(2);
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = ctl_err(&cluster, 0, &["member", "remove", "1"], "");
+    assert!(refused.contains("not enough started members"), "{refused}");
+    members_listed(&cluster, 1, MEMBERS);
     cluster.terminate_all();
+    drop(cluster);
+
+    // keel snapshot restore into three new members (the backup's group count), then into
+    // one member with another group count: each serves the same keys and takes writes.
+    for (members, restored_groups) in [(MEMBERS, groups), (1, groups % 3 + 2)] {
+        let mut restored = Cluster::start_with(
+            restored_groups,
+            Some(Restore {
+                backup: &backup_file,
+                members,
+                token: "restored",
+            }),
+        );
+        runtime().block_on(restored.wait_ready());
+        for i in 0..members {
+            assert_eq!(ctl_ok(&restored, i, &everything, ""), saved, "member {i}");
+        }
+        // Keys keep their revisions, and the store's revision goes on from the backup's
+        // (the members' own metadata, written at start, moves it further).
+        let json = ctl_ok(&restored, 0, &["get", "fruit/apple", "-w", "json"], "");
+        let apple = backup
+            .groups
+            .iter()
+            .flat_map(|g| &g.kvs)
+            .find(|kv| kv.key == b"fruit/apple")
+            .unwrap();
+        assert_eq!(
+            u64::try_from(json_number(&json, "mod_revision")).unwrap(),
+            apple.meta.mod_revision,
+            "{json}"
+        );
+        if restored_groups == groups {
+            let group = usize::try_from(group_of(b"fruit/apple", groups)).unwrap();
+            assert!(
+                u64::try_from(json_number(&json, "revision")).unwrap()
+                    >= backup.groups[group].revision,
+                "{json}"
+            );
+        }
+        assert_eq!(
+            ctl_ok(&restored, members - 1, &["put", "fruit/date", "brown"], ""),
+            "OK\n"
+        );
+        assert_eq!(
+            ctl_ok(
+                &restored,
+                0,
+                &["get", "fruit/date", "--print-value-only"],
+                ""
+            ),
+            "brown\n"
+        );
+        let status = ctl_ok(&restored, 0, &["endpoint", "status", "-w", "json"], "");
+        assert_ne!(
+            json_u64(&status, "cluster_id"),
+            backup.cluster_id,
+            "{status}"
+        );
+        restored.terminate_all();
+    }
 }
 
 #[test]
@@ -597,6 +821,20 @@ fn keys(kvs: &[keel_etcd_proto::mvccpb::KeyValue]) -> Vec<String> {
     kvs.iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
         .collect()
+}
+
+/// `etcdctl member list` on `endpoint` once it lists `count` members (a member lists its
+/// own replica of the list, which applies a change a moment after the leader did).
+fn members_listed(cluster: &Cluster, endpoint: usize, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = ctl_ok(cluster, endpoint, &["member", "list"], "");
+        if list.lines().count() == count {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "never {count} members: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
@@ -908,22 +1146,86 @@ async fn grpc_scenario_on(cluster: &Cluster) {
     assert!(!failed.succeeded);
     assert_eq!(failed.responses.len(), 1);
 
-    // Compact: accepted (no history to drop), a future revision refused.
-    kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
-        revision: 1,
-        physical: false,
-    })
-    .await
-    .unwrap();
+    // Compact goes through the key's group's log: two revisions of a key, compacted at the
+    // second through a member that may not lead the group.
+    let revision_of = |r: PutResponse| r.header.unwrap().revision;
+    let first = revision_of(kv.put(put("{c}k", b"old")).await.unwrap().into_inner());
+    let second = revision_of(kv0.put(put("{c}k", b"new")).await.unwrap().into_inner());
+    let at = |revision: i64, serializable: bool| RangeRequest {
+        key: b"{c}k".to_vec(),
+        revision,
+        serializable,
+        ..RangeRequest::default()
+    };
+    let old = kv.range(at(first, false)).await.unwrap().into_inner();
+    assert_eq!(old.kvs[0].value, b"old");
+    let compaction = |revision: i64| CompactionRequest {
+        revision,
+        physical: true,
+    };
+    let done = kv.compact(compaction(second)).await.unwrap().into_inner();
+    assert!(done.header.unwrap().revision >= second);
     assert_status(
-        kv.compact(keel_etcd_proto::etcdserverpb::CompactionRequest {
-            revision: i64::MAX,
-            physical: false,
-        })
-        .await,
+        kv0.range(at(first, false)).await,
         Code::OutOfRange,
-        "future revision",
+        "required revision has been compacted",
     );
+    // Every replica applied it (serializable reads are answered by the member asked).
+    for i in 0..MEMBERS {
+        let mut member = KvClient::new(channel(cluster, i).await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match member.range(at(first, true)).await {
+                Err(status) if status.code() == Code::OutOfRange => {
+                    assert!(status.message().contains("compacted"), "{status:?}");
+                    break;
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "member {i} still reads the compacted revision: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kept = member.range(at(second, true)).await.unwrap().into_inner();
+        assert_eq!(kept.kvs[0].value, b"new", "member {i}");
+    }
+    // Again at the same revision: etcd's "compacted"; beyond the store: "future".
+    assert_status(
+        kv0.compact(compaction(second)).await,
+        Code::OutOfRange,
+        "required revision has been compacted",
+    );
+    assert_status(
+        kv.compact(compaction(i64::MAX)).await,
+        Code::OutOfRange,
+        "required revision is a future revision",
+    );
+    // The native protocol reads revisions too, and is told when they are compacted.
+    let group = group_of(b"{c}k", groups);
+    let native = Client::connect(&[cluster.endpoint(0)]).await.unwrap();
+    let native_at = |revision: i64| keel_client::RangeRequest {
+        key: b"{c}k".to_vec(),
+        revision: u64::try_from(revision).unwrap(),
+        ..keel_client::RangeRequest::default()
+    };
+    let read = native
+        .range_in_group(group, native_at(second))
+        .await
+        .unwrap();
+    assert_eq!(read.kvs[0].value, b"new");
+    let third = revision_of(kv.put(put("{c}k", b"newest")).await.unwrap().into_inner());
+    let read = native
+        .range_in_group(group, native_at(second))
+        .await
+        .unwrap();
+    assert_eq!(read.kvs[0].value, b"new");
+    assert!(third > second);
+    let err = native
+        .range_in_group(group, native_at(first))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("compacted"), "{err}");
 
     // Maintenance and Cluster.
     let mut maintenance = MaintenanceClient::new(channel(cluster, 2).await);
@@ -986,8 +1288,34 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         members
             .member_add(keel_etcd_proto::etcdserverpb::MemberAddRequest::default())
             .await,
-        Code::Unimplemented,
-        "MemberAdd",
+        Code::InvalidArgument,
+        "one peer URL",
+    );
+    for bad in ["https://127.0.0.1:9", "localhost:9", "http://127.0.0.1"] {
+        assert_status(
+            members
+                .member_add(keel_etcd_proto::etcdserverpb::MemberAddRequest {
+                    peer_urls: vec![bad.to_string()],
+                    is_learner: true,
+                })
+                .await,
+            Code::InvalidArgument,
+            "peer URL",
+        );
+    }
+    assert_status(
+        members
+            .member_remove(keel_etcd_proto::etcdserverpb::MemberRemoveRequest { id: 77 })
+            .await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+    assert_status(
+        members
+            .member_promote(keel_etcd_proto::etcdserverpb::MemberPromoteRequest { id: 1 })
+            .await,
+        Code::FailedPrecondition,
+        "can only promote a learner member",
     );
 
     // Bad input.
@@ -1044,6 +1372,18 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         ..TxnRequest::default()
     };
     assert_status(kv.txn(nested).await, Code::Unimplemented, "nested");
+    // A compare reads its key: none may look at the cluster's reserved metadata.
+    let peek = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Greater.into(),
+            target: compare::CompareTarget::Version.into(),
+            key: b"\0keel/members/00000000000000000001".to_vec(),
+            target_union: Some(compare::TargetUnion::Version(0)),
+            range_end: Vec::new(),
+        }],
+        ..TxnRequest::default()
+    };
+    assert_status(kv.txn(peek).await, Code::InvalidArgument, "reserved");
     if groups > 1 {
         let (a, b) = keys_in_two_groups(groups);
         let spanning = TxnRequest {
@@ -1120,4 +1460,104 @@ fn tonic_client_with_one_group() {
 #[test]
 fn tonic_client_with_four_groups() {
     grpc_scenario(4);
+}
+
+// ---- keel snapshot restore on bad input ---------------------------------------------------
+
+/// Runs `keel snapshot restore` of `file` as member m1 of a two-member cluster into
+/// `data_dir`; returns whether it succeeded and its stderr.
+fn keel_restore(file: &std::path::Path, data_dir: &std::path::Path, name: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "snapshot",
+            "restore",
+            &file.display().to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--name",
+            name,
+            "--initial-cluster",
+            "m1=http://127.0.0.1:1,m2=http://127.0.0.1:3",
+            "--shards",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn snapshot_restore_refuses_bad_input_and_leaves_nothing_behind() {
+    use keel_node::server::etcd::backup::{self, Backup, GroupBackup};
+    let dir = tempfile::tempdir().unwrap();
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let good = backup::encode(&Backup {
+        cluster_id: 7,
+        groups: vec![GroupBackup {
+            group: 0,
+            revision: 2,
+            kvs: vec![keel_engine::KeyValue {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                meta: keel_engine::KeyMeta {
+                    create_revision: 2,
+                    mod_revision: 2,
+                    version: 1,
+                },
+            }],
+        }],
+    })
+    .unwrap();
+    let file = dir.path().join("backup.db");
+    let target = dir.path().join("data");
+    // Truncated, damaged, not a backup at all, missing.
+    for (bytes, says) in [
+        (good[..good.len() - 7].to_vec(), "truncated"),
+        (
+            {
+                let mut b = good.clone();
+                b[30] ^= 0x10;
+                b
+            },
+            "checksum",
+        ),
+        (b"SQLite format 3\0".to_vec(), "not a Keel backup"),
+    ] {
+        std::fs::write(&file, &bytes).unwrap();
+        let (ok, err) = keel_restore(&file, &target, "m1");
+        assert!(
+            !ok && err.contains("unusable") && err.contains(says),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    let (ok, err) = keel_restore(&file, &target, "m1");
+    assert!(!ok && err.contains("reading the backup"), "{err}");
+    assert_eq!(listing(), Vec::<String>::new());
+    // A name not in --initial-cluster.
+    std::fs::write(&file, &good).unwrap();
+    let (ok, err) = keel_restore(&file, &target, "m3");
+    assert!(
+        !ok && err.contains("not a member of --initial-cluster"),
+        "{err}"
+    );
+    assert_eq!(listing(), ["backup.db"]);
+    // A good restore, then the same directory again: in use.
+    let (ok, err) = keel_restore(&file, &target, "m1");
+    assert!(ok, "{err}");
+    let (ok, err) = keel_restore(&file, &target, "m1");
+    assert!(!ok && err.contains("is not empty"), "{err}");
+    assert_eq!(listing(), ["backup.db", "data"]);
+    assert!(target.join("keel.meta").is_file());
+    assert!(target.join("shard-0/checkpoints/group-0").is_dir());
 }

@@ -12,7 +12,8 @@ use keel_engine::txn::{Op, RangeRequest, Txn};
 use keel_engine::{LogStore, LogStoreOptions};
 use keel_node::consensus::{Message, NodeId};
 use keel_node::shard::{
-    Outcome, ReadConsistency, RequestError, Shard, ShardOptions, SnapshotChunk, SnapshotOptions,
+    Membership, Outcome, ReadConsistency, RequestError, Shard, ShardOptions, SnapshotChunk,
+    SnapshotOptions,
 };
 
 struct Rng(u64);
@@ -60,11 +61,15 @@ struct Cluster {
     seed: u64,
     rng: Rng,
     members: Vec<Member>,
+    /// The members the cluster started with: every group's membership at creation.
+    bootstrap: Vec<NodeId>,
     groups: Vec<u64>,
     snapshots: SnapshotOptions,
     /// (delivery step, packet)
     net: Vec<(u64, Packet)>,
     drop_percent: u64,
+    /// A member cut off from the network: nothing it sends and nothing sent to it arrives.
+    isolated: Option<NodeId>,
     step: u64,
     answers: HashMap<u64, Outcome>,
     next_request: u64,
@@ -122,10 +127,12 @@ impl Cluster {
             seed,
             rng: Rng(seed),
             members,
+            bootstrap: ids,
             groups,
             snapshots,
             net: Vec::new(),
             drop_percent: 0,
+            isolated: None,
             step: 0,
             answers: HashMap::new(),
             next_request: 1,
@@ -157,6 +164,9 @@ impl Cluster {
             .partition(|(at, _)| *at <= now);
         self.net = later;
         for (_, packet) in due {
+            if Some(packet.to()) == self.isolated {
+                continue;
+            }
             if let Some(shard) = self
                 .members
                 .iter_mut()
@@ -181,11 +191,15 @@ impl Cluster {
             if tick {
                 shard.tick();
                 shard.balance_leaders();
+                shard.reconcile_membership();
                 shard.check_log_space();
             }
             let round = shard.round().expect("round");
-            sent.extend(round.messages.into_iter().map(Packet::Message));
-            sent.extend(shard.take_snapshot_chunks().into_iter().map(Packet::Chunk));
+            let chunks = shard.take_snapshot_chunks();
+            if Some(member.id) != self.isolated {
+                sent.extend(round.messages.into_iter().map(Packet::Message));
+                sent.extend(chunks.into_iter().map(Packet::Chunk));
+            }
             // The in-memory log completes appends at once: report them durable.
             let waker = Waker::noop();
             let mut cx = Context::from_waker(waker);
@@ -224,12 +238,14 @@ impl Cluster {
         }
     }
 
-    /// The leader of `group` that every live member agrees on, if there is one.
+    /// The leader of `group` that every live member agrees on, if there is one (a member
+    /// the group removed has no say).
     fn agreed_leader(&self, group: u64) -> Option<NodeId> {
         let mut leaders = self
             .members
             .iter()
             .filter_map(|m| m.shard.as_ref())
+            .filter(|s| !s.removed_groups().contains(&group))
             .map(|s| s.leader(group));
         let first = leaders.next()??;
         let up = |id: NodeId| self.members.iter().any(|m| m.id == id && m.shard.is_some());
@@ -292,10 +308,23 @@ impl Cluster {
                 s.write(id, group, (client, sequence, sequence), txn)
             });
             match outcome {
-                Outcome::Failed(RequestError::NotLeader { .. } | RequestError::Busy) => {
-                    self.run(10)
-                }
+                Outcome::Failed(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost { .. }
+                    | RequestError::Busy,
+                ) => self.run(10),
                 other => return other,
+            }
+        }
+        for m in &self.members {
+            if let Some(sh) = &m.shard {
+                eprintln!(
+                    "member {}: leader {:?} conf {:?} removed {:?}",
+                    m.id,
+                    sh.leader(group),
+                    sh.conf_state(group),
+                    sh.removed_groups()
+                );
             }
         }
         panic!(
@@ -332,18 +361,89 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: NodeId) {
-        let ids = self.ids();
+        let bootstrap = self.bootstrap.clone();
         let groups = self.groups.clone();
         let snapshots = self.snapshots.clone();
+        let membership = self.shards_membership();
         let member = self.member(id);
-        member.shard = Some(open_shard(
+        let mut shard = open_shard(
             id,
-            &ids,
+            &bootstrap,
             &member.log,
             member.dir.path(),
             &snapshots,
             &groups,
-        ));
+        );
+        if let Some(target) = membership {
+            shard.set_membership(target).expect("a valid membership");
+        }
+        member.shard = Some(shard);
+    }
+
+    /// The membership target the live shards were given, if any.
+    fn shards_membership(&self) -> Option<Membership> {
+        self.members
+            .iter()
+            .filter_map(|m| m.shard.as_ref())
+            .find_map(|s| s.membership().cloned())
+    }
+
+    /// Starts member `id` with an empty log, as one joining the cluster: its groups start
+    /// from the bootstrap membership, which does not include it.
+    fn join(&mut self, id: NodeId) {
+        let log = MemLog::new(64);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut shard = open_shard(
+            id,
+            &self.bootstrap,
+            &log,
+            dir.path(),
+            &self.snapshots,
+            &self.groups,
+        );
+        if let Some(target) = self.shards_membership() {
+            shard.set_membership(target).expect("a valid membership");
+        }
+        self.members.push(Member {
+            id,
+            log,
+            dir,
+            shard: Some(shard),
+        });
+    }
+
+    /// Hands every live member the target membership.
+    fn set_membership(&mut self, voters: &[NodeId], learners: &[NodeId]) {
+        let target = Membership {
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+        };
+        for m in &mut self.members {
+            if let Some(shard) = m.shard.as_mut() {
+                shard
+                    .set_membership(target.clone())
+                    .expect("a valid membership");
+            }
+        }
+    }
+
+    /// Whether every live member's replica of every group applied the membership
+    /// (`voters`, `learners`), not joint.
+    fn applied_membership(&self, voters: &[NodeId], learners: &[NodeId]) -> bool {
+        self.members
+            .iter()
+            .filter_map(|m| m.shard.as_ref())
+            .all(|s| {
+                self.groups.iter().all(|&g| {
+                    s.conf_state(g).is_some_and(|cs| {
+                        let mut v = cs.voters.clone();
+                        v.sort_unstable();
+                        let mut l = cs.learners.clone();
+                        l.sort_unstable();
+                        v == voters && l == learners && cs.voters_outgoing.is_empty()
+                    })
+                })
+            })
     }
 
     /// Every live replica of every group holds the same data once caught up.
@@ -515,6 +615,59 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
                 "seed {}: {key} lost",
                 c.seed
             );
+        }
+    }
+}
+
+/// A write the leader proposed and then lost leadership over may still commit: it is answered
+/// "leadership lost", never "not leader" (which would tell a caller without a write id to send
+/// it again), and it is applied once.
+#[test]
+fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
+    // A named write (client 7, sequence 1) and an anonymous one (client 0: the etcd API's,
+    // matched by its log index).
+    for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
+        let mut c = Cluster::new(3, 1, "deposed");
+        c.wait_for_leaders(2_000);
+        let old = c.agreed_leader(0).unwrap();
+        let id = c.next_request;
+        c.next_request += 1;
+        c.shard(old)
+            .write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
+        // One round: the leader sends the entry to its followers; then it is cut off before
+        // it hears back.
+        c.run(1);
+        c.isolated = Some(old);
+        c.run(600);
+        let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
+        let new = c.shard(others[0]).leader(0);
+        assert!(
+            new.is_some() && new != Some(old),
+            "seed {}: the others elected no new leader",
+            c.seed
+        );
+        c.isolated = None;
+        c.run(400);
+        let outcome = c
+            .answers
+            .remove(&id)
+            .expect("the deposed leader answered the write");
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed(RequestError::LeadershipLost { .. })
+            ),
+            "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
+            c.seed
+        );
+        c.assert_converged();
+        for m in c.ids() {
+            let kv = c
+                .shard(m)
+                .local_range(0, &RangeRequest::key(key))
+                .and_then(|r| r.kvs.into_iter().next())
+                .expect("the write committed under the new leader");
+            assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
         }
     }
 }
@@ -1225,4 +1378,222 @@ fn checkpoints_failing_in_a_row_are_counted_until_one_succeeds() {
         stats.checkpoints >= 1 && stats.checkpoints_failing == 0
     });
     c.assert_converged();
+}
+
+#[test]
+fn a_member_joins_by_snapshot_is_promoted_and_an_original_member_leaves_without_losing_writes() {
+    let mut c = Cluster::with_snapshots(3, 2, "membership changes", small_snapshots());
+    c.wait_for_leaders(2_000);
+    let mut acked = BTreeMap::new();
+    let mut sequence = 0;
+    let mut put = |c: &mut Cluster, acked: &mut BTreeMap<String, (u64, String)>, n: u64| {
+        for _ in 0..n {
+            sequence += 1;
+            let group = sequence % 2;
+            let key = format!("k{sequence:04}");
+            let value = format!("v{sequence}");
+            written(&c.put(group, 11, sequence, &key, &value));
+            acked.insert(key, (group, value));
+        }
+    };
+    put(&mut c, &mut acked, 80);
+    // The groups compact past their start: a member joining now can only catch up by
+    // snapshot.
+    c.run_until(5_000, "compaction in every group", |c| {
+        c.groups.clone().into_iter().all(|g| {
+            c.agreed_leader(g)
+                .is_some_and(|leader| c.first_index(leader, g) > 1)
+        })
+    });
+
+    // Member 4 joins as a learner of every group.
+    c.set_membership(&[1, 2, 3], &[4]);
+    c.join(4);
+    c.run_until(20_000, "member 4 a learner of every group", |c| {
+        c.applied_membership(&[1, 2, 3], &[4])
+    });
+    put(&mut c, &mut acked, 20);
+    c.assert_converged();
+    let stats = c.shard(4).snapshot_stats();
+    assert!(
+        stats.installed >= 2,
+        "seed {}: member 4 caught up by snapshot in both groups: {stats:?}",
+        c.seed
+    );
+    // A learner never leads.
+    for g in c.groups.clone() {
+        assert_ne!(c.agreed_leader(g), Some(4));
+    }
+
+    // Promoted to voter in every group.
+    c.set_membership(&[1, 2, 3, 4], &[]);
+    c.run_until(20_000, "member 4 a voter of every group", |c| {
+        c.applied_membership(&[1, 2, 3, 4], &[])
+    });
+    put(&mut c, &mut acked, 20);
+
+    // Member 1 (the preferred leader of group 0) leaves, while writes go on.
+    c.set_membership(&[2, 3, 4], &[]);
+    put(&mut c, &mut acked, 10);
+    c.run_until(20_000, "member 1 removed from every group", |c| {
+        let removed = c.shard(1).removed_groups();
+        removed == c.groups
+    });
+    // A removed member refuses requests, naming its removal.
+    let mut removed = c.member(1).shard.take().expect("member 1 is up");
+    removed.read(
+        1,
+        0,
+        RangeRequest::key("k0001"),
+        ReadConsistency::Serializable,
+    );
+    let answers = removed.take_answers();
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [(_, Outcome::Failed(RequestError::Removed { group: 0 }))]
+        ),
+        "seed {}: the removed member answered {answers:?}",
+        c.seed
+    );
+    c.members.retain(|m| m.id != 1);
+    c.run_until(20_000, "members 2, 3, 4 the voters of every group", |c| {
+        c.applied_membership(&[2, 3, 4], &[])
+    });
+    c.wait_for_leaders(3_000);
+    put(&mut c, &mut acked, 30);
+    for g in c.groups.clone() {
+        assert_ne!(c.agreed_leader(g), Some(1));
+    }
+
+    // Restarted members come back with the membership as changed (from their checkpoints
+    // and the changes in their logs), and writes still commit with one of them down.
+    for id in [4, 2] {
+        c.crash(id);
+        c.restart(id);
+        c.run_until(
+            20_000,
+            "the restarted member with the changed membership",
+            |c| c.applied_membership(&[2, 3, 4], &[]),
+        );
+    }
+    c.crash(3);
+    c.wait_for_leaders(3_000);
+    put(&mut c, &mut acked, 10);
+    c.restart(3);
+    c.assert_converged();
+    for (key, (group, value)) in &acked {
+        let got = c.get(*group, key, ReadConsistency::Linearizable);
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "seed {}: acknowledged {key} after the membership changes",
+            c.seed
+        );
+    }
+}
+
+impl Cluster {
+    /// A serializable read of `key` at `revision` on `member`'s own replica of group 0.
+    fn read_at(&mut self, member: NodeId, key: &str, revision: u64) -> Outcome {
+        let request = RangeRequest {
+            revision,
+            ..RangeRequest::key(key)
+        };
+        self.request(member, |s, id| {
+            s.read(id, 0, request, ReadConsistency::Serializable)
+        })
+    }
+
+    /// Asks group 0's leader to compact its history below `revision`.
+    fn compact(&mut self, revision: u64) -> Outcome {
+        let leader = self.agreed_leader(0).expect("group 0 has a leader");
+        self.request(leader, |s, id| s.compact(id, 0, revision))
+    }
+}
+
+#[test]
+fn a_compaction_is_replicated_and_a_member_restored_past_it_applies_it_as_a_no_op() {
+    let mut c = Cluster::with_snapshots(3, 1, "compaction", small_snapshots());
+    c.wait_for_leaders(2_000);
+    c.run(300);
+    for i in 0..30u64 {
+        assert_eq!(written(&c.put(0, 9, i + 1, "k", &format!("v{i}"))), i + 1);
+    }
+    // Answered once the leader applied it, with the group's revision.
+    assert_eq!(c.compact(10), Outcome::Compaction { revision: 30 });
+    c.run(100);
+    for id in c.ids() {
+        assert_eq!(
+            c.read_at(id, "k", 9),
+            Outcome::Failed(RequestError::Compacted {
+                requested: 9,
+                compacted: 10
+            }),
+            "member {id}"
+        );
+        match c.read_at(id, "k", 10) {
+            Outcome::Read(r) => assert_eq!(r.kvs[0].value, b"v9", "member {id}"),
+            other => panic!("member {id}: {other:?}"),
+        }
+    }
+    // etcd's refusals, which change nothing.
+    assert_eq!(
+        c.compact(10),
+        Outcome::Failed(RequestError::Compacted {
+            requested: 10,
+            compacted: 10
+        })
+    );
+    assert_eq!(
+        c.compact(31),
+        Outcome::Failed(RequestError::FutureRevision {
+            requested: 31,
+            current: 30
+        })
+    );
+    // A follower goes down and comes back by snapshot: its history starts at the
+    // checkpoint's revision, past the next compaction.
+    // Neither the leader nor the member group 0 prefers (which would take the leadership
+    // back when it returns).
+    let leader = c.agreed_leader(0).unwrap();
+    let preferred = c.ids()[0];
+    let down = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != preferred)
+        .unwrap();
+    c.crash(down);
+    for i in 30..120u64 {
+        written(&c.put(0, 9, i + 1, "k", &format!("v{i}")));
+    }
+    c.wait_compacted_past(down);
+    c.restart(down);
+    c.run_until(20_000, "a snapshot install on the restarted member", |c| {
+        c.shard(down).snapshot_stats().installed >= 1
+    });
+    c.run(100);
+    let restored_at = match c.read_at(down, "k", 20) {
+        Outcome::Failed(RequestError::Compacted { compacted, .. }) => compacted,
+        other => panic!("the restored member reads revision 20: {other:?}"),
+    };
+    assert!(restored_at > 20);
+    // The leader compacts at 20; the restored member applies it as a no-op (its history
+    // stays as it was), and the group goes on on every member.
+    assert_eq!(c.compact(20), Outcome::Compaction { revision: 120 });
+    written(&c.put(0, 9, 121, "k", "last"));
+    c.assert_converged();
+    for id in c.ids() {
+        match c.read_at(id, "k", 19) {
+            // The restored member's history starts at its checkpoint (a later install may
+            // have moved it further), never back at 20.
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) if id == down => {
+                assert!(compacted >= restored_at, "member {id}: {compacted}");
+            }
+            Outcome::Failed(RequestError::Compacted { compacted, .. }) => {
+                assert_eq!(compacted, 20, "member {id}");
+            }
+            other => panic!("member {id}: {other:?}"),
+        }
+    }
 }

@@ -848,3 +848,58 @@ async fn snapshot_chunks_lost_with_a_connection_are_reported() {
     .await
     .expect("test took too long");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn peers_are_added_and_removed_at_runtime_within_peers_max() {
+    timeout(TEST_TIME, async {
+        let mut members = cluster(&[1, 2], |o| o.peers_max = 2).await;
+        let (b, mut b_in) = members.pop().expect("b");
+        let (a, mut a_in) = members.pop().expect("a");
+        until_delivered(&a, 2, &mut b_in, Duration::from_secs(5)).await;
+        // A third member joins: a learns its address at runtime and talks to it.
+        let (c, mut c_in) = Transport::start(options(CLUSTER, 3))
+            .await
+            .expect("start c");
+        c.set_peer(1, a.local_addr());
+        assert!(
+            a.set_peer(3, c.local_addr()),
+            "a has room for a second peer"
+        );
+        until_delivered(&a, 3, &mut c_in, Duration::from_secs(5)).await;
+        until_delivered(&c, 1, &mut a_in, Duration::from_secs(5)).await;
+        // Past peers_max, and for ids that are no peer's, set_peer refuses.
+        assert!(
+            !a.set_peer(4, loopback()),
+            "a fourth member exceeds peers_max"
+        );
+        assert!(!a.set_peer(0, loopback()));
+        assert!(!a.set_peer(1, loopback()));
+        assert_eq!(a.peers().keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        // Member 2 is removed: a drops what it sends there, and 2 may not dial in again.
+        assert!(a.remove_peer(2));
+        assert!(!a.remove_peer(2), "removed once");
+        let dropped = a.stats().messages_dropped;
+        a.send(vec![heartbeat(8, 1, 2)]);
+        assert_eq!(a.stats().messages_dropped, dropped + 1);
+        assert!(a.take_unreachable().contains(&(2, 8)));
+        // Its connection to a is new after the removal (b's outbound one may still be up
+        // until it breaks): let b dial again by sending to a through a fresh transport.
+        let (b2, _b2_in) = Transport::start(options(CLUSTER, 2))
+            .await
+            .expect("start b2");
+        b2.set_peer(1, a.local_addr());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b2.stats().handshakes_refused_by_peer == 0 {
+            assert!(Instant::now() < deadline, "not refused: {:?}", b2.stats());
+            b2.send(vec![heartbeat(9, 2, 1)]);
+            sleep(Duration::from_millis(10)).await;
+        }
+        // And the freed slot takes another peer.
+        assert!(a.set_peer(4, loopback()));
+        for t in [a, b, b2, c] {
+            t.shutdown().await;
+        }
+    })
+    .await
+    .expect("test took too long");
+}

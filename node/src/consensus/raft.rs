@@ -497,6 +497,19 @@ impl<S: LogStorage> Raft<S> {
         if m.term == 0 && !forwarded {
             return Err(RaftError::BadMessage("protocol message without a term"));
         }
+        if self.state == StateRole::Leader
+            && m.from != self.id
+            && !self.tracker.progress.contains_key(&m.from)
+            && matches!(
+                m.msg_type,
+                MessageType::RequestVote
+                    | MessageType::RequestPreVote
+                    | MessageType::AppendResponse
+            )
+        {
+            self.catch_up_non_member(&m);
+            return Ok(());
+        }
         if m.term > self.term {
             let is_vote = matches!(
                 m.msg_type,
@@ -766,6 +779,15 @@ impl<S: LogStorage> Raft<S> {
     /// Forgets `bytes` of uncommitted payload because those entries were committed.
     pub fn reduce_uncommitted_bytes(&mut self, bytes: u64) {
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
+    }
+
+    /// Whether a membership change proposed now would be refused (see
+    /// `leader_propose`): not the leader, an earlier change unapplied, or no entry
+    /// of this term committed yet.
+    pub fn conf_change_blocked(&self) -> bool {
+        self.state != StateRole::Leader
+            || self.pending_conf_index > self.raft_log.applied
+            || !self.committed_entry_in_current_term()
     }
 
     fn committed_entry_in_current_term(&self) -> bool {
@@ -1119,6 +1141,49 @@ impl<S: LogStorage> Raft<S> {
         m.commit = self.raft_log.committed;
         self.send(m);
         true
+    }
+
+    /// Answers a node that is no member of the group but campaigns or answers an append:
+    /// a member removed by a change it has not seen committed (the leader stopped sending
+    /// to it when it applied the change). It gets the committed entries after its last one
+    /// (as far as this leader's log holds them and one message carries), so that it
+    /// applies its own removal and stops; its vote is never counted. Nothing is sent when
+    /// its last entry is not in this log, or when it already has every committed entry
+    /// (so that its answer to this append ends the exchange).
+    fn catch_up_non_member(&mut self, m: &Message) {
+        let is_vote = matches!(
+            m.msg_type,
+            MessageType::RequestVote | MessageType::RequestPreVote
+        );
+        if !is_vote && m.reject {
+            return;
+        }
+        let committed = self.raft_log.committed;
+        if m.index >= committed && !is_vote {
+            return;
+        }
+        let prev_index = m.index.min(committed);
+        let Ok(prev_term) = self.raft_log.term(prev_index) else {
+            return;
+        };
+        if is_vote && prev_index == m.index && prev_term != m.log_term {
+            return;
+        }
+        let mut entries = if prev_index < committed {
+            match self.raft_log.entries(prev_index + 1, self.msg_bytes_max) {
+                Ok(entries) => entries,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
+        };
+        entries.retain(|e| e.index <= committed);
+        let mut append = Message::new(MessageType::Append, self.id, m.from);
+        append.index = prev_index;
+        append.log_term = prev_term;
+        append.entries = entries;
+        append.commit = committed;
+        self.send(append);
     }
 
     fn maybe_send_snapshot(&mut self, to: NodeId) -> bool {

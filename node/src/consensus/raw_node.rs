@@ -189,6 +189,14 @@ impl<S: LogStorage> RawNode<S> {
         self.propose_entries(vec![entry])
     }
 
+    /// Whether a membership change proposed now would be refused: this node does not lead,
+    /// an earlier change is not applied yet, or the leader has not committed an entry of
+    /// its own term (before that it may not know the latest membership). A refused change
+    /// becomes an empty entry, so a host driving changes asks this first.
+    pub fn conf_change_blocked(&self) -> bool {
+        self.raft.conf_change_blocked()
+    }
+
     /// Requests a linearizable read; a [`ReadState`] with `context` appears in a later Ready.
     pub fn read_index(&mut self, context: Vec<u8>) -> Result<(), RaftError> {
         let mut m = Message::new(MessageType::ReadIndex, self.raft.id, self.raft.id);

@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use meta::Meta;
 
+use crate::members::MemberList;
+
 use crate::shard::{GroupFacts, Outcome, ReadConsistency};
 
 /// Whether the member starts a new cluster or joins one.
@@ -36,7 +38,9 @@ use crate::shard::{GroupFacts, Outcome, ReadConsistency};
 pub enum ClusterState {
     /// Every member of `initial_cluster` starts together (etcd's `new`).
     New,
-    /// Join a running cluster (etcd's `existing`): needs membership changes, not served yet.
+    /// Join a running cluster (etcd's `existing`) that added this member: not served yet
+    /// (members are added through the etcd API, but a starting member cannot yet learn
+    /// the cluster's id, its own id and the bootstrap membership from its peers).
     Existing,
 }
 
@@ -65,6 +69,10 @@ pub struct ServerConfig {
     pub initial_cluster: Vec<(String, SocketAddr)>,
     /// New cluster or joining one.
     pub initial_cluster_state: ClusterState,
+    /// Mixed into the cluster id when not empty (etcd's `--initial-cluster-token`), so that
+    /// two clusters of the same members and groups — a cluster restored from a backup and
+    /// the one it was taken from — have different ids. Default empty.
+    pub initial_cluster_token: String,
     /// Where the peer listener of shard 0 binds (shard `s`: port + `s`).
     pub listen_peer: SocketAddr,
     /// Where clients connect.
@@ -123,6 +131,7 @@ impl ServerConfig {
             data_dir,
             initial_cluster,
             initial_cluster_state: ClusterState::New,
+            initial_cluster_token: String::new(),
             listen_peer,
             listen_client,
             advertise_client: listen_client.to_string(),
@@ -154,7 +163,8 @@ impl ServerConfig {
             .collect()
     }
 
-    /// The cluster id: FNV-1a of the sorted member list and the group count.
+    /// The cluster id: FNV-1a of the sorted member list and the group count, and the
+    /// token when there is one.
     pub fn cluster_id(&self) -> u64 {
         let mut members: Vec<String> = self
             .initial_cluster
@@ -162,7 +172,11 @@ impl ServerConfig {
             .map(|(n, a)| format!("{n}={a}"))
             .collect();
         members.sort();
-        let text = format!("{}|groups={}", members.join(","), self.groups);
+        let mut text = format!("{}|groups={}", members.join(","), self.groups);
+        if !self.initial_cluster_token.is_empty() {
+            text.push_str("|token=");
+            text.push_str(&self.initial_cluster_token);
+        }
         keel_client::route::fnv1a_64(text.as_bytes()).max(1)
     }
 
@@ -198,8 +212,9 @@ impl ServerConfig {
         }
         if self.initial_cluster_state == ClusterState::Existing {
             return Err(
-                "--initial-cluster-state existing (joining a running cluster) needs membership \
-                 changes, which are not served yet"
+                "--initial-cluster-state existing (joining a running cluster) is not served \
+                 yet: a starting member cannot learn the cluster's id and its own member id \
+                 from its peers"
                     .into(),
             );
         }
@@ -238,6 +253,12 @@ pub enum ShardWork {
         /// How.
         consistency: ReadConsistency,
     },
+    /// A compaction of the group's history below `revision` (etcd's `Compact`), replicated
+    /// through the group's log.
+    Compact {
+        /// The revision.
+        revision: u64,
+    },
 }
 
 /// What a member knows of the cluster, shared by its shards and connections (not on the
@@ -245,6 +266,16 @@ pub enum ShardWork {
 pub struct ClusterView {
     /// Member id -> client address, as published in group 0.
     members: RwLock<BTreeMap<u64, String>>,
+    /// The member list as this member's replica of group 0 holds it (`None` until shard 0
+    /// read it; a cluster created before the list existed gets it written at start).
+    member_list: RwLock<Option<MemberList>>,
+    /// The learners this member, as group 0's leader, saw in sync at the last housekeeping
+    /// (empty when it does not lead group 0).
+    learners_in_sync: RwLock<std::collections::BTreeSet<u64>>,
+    /// The voters group 0's leader (this member) heard from within an election timeout,
+    /// at the last two housekeepings (the leader forgets who was active at every election
+    /// timeout: two looks never both fall right after that).
+    started: RwLock<[std::collections::BTreeSet<u64>; 2]>,
     /// Leader of each group (0: unknown).
     leaders: Vec<AtomicU64>,
     /// Raft and state-machine figures of each group as this member's replica had them at
@@ -258,6 +289,9 @@ impl ClusterView {
         members.insert(member, address);
         ClusterView {
             members: RwLock::new(members),
+            member_list: RwLock::new(None),
+            learners_in_sync: RwLock::new(std::collections::BTreeSet::new()),
+            started: RwLock::new(Default::default()),
             leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             facts: RwLock::new(vec![
                 GroupFacts::default();
@@ -299,6 +333,49 @@ impl ClusterView {
         {
             slot.store(leader, Ordering::Relaxed);
         }
+    }
+
+    fn set_member_list(&self, list: MemberList) {
+        if let Ok(mut m) = self.member_list.write() {
+            *m = Some(list);
+        }
+    }
+
+    /// The member list as this member's replica of group 0 last had it (`None`: not read
+    /// yet).
+    pub fn member_list(&self) -> Option<MemberList> {
+        self.member_list.read().ok().and_then(|m| m.clone())
+    }
+
+    fn set_active_voters(&self, ids: std::collections::BTreeSet<u64>) {
+        if let Ok(mut s) = self.started.write() {
+            s[0] = std::mem::replace(&mut s[1], ids);
+        }
+    }
+
+    /// The voters group 0's leader (this member) heard from lately (in either of the last
+    /// two housekeepings); empty on other members.
+    pub fn started_members(&self) -> std::collections::BTreeSet<u64> {
+        self.started
+            .read()
+            .map(|s| s[0].union(&s[1]).copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_learners_in_sync(&self, ids: std::collections::BTreeSet<u64>) {
+        if let Ok(mut l) = self.learners_in_sync.write() {
+            *l = ids;
+        }
+    }
+
+    /// The learners group 0's leader (this member) saw within
+    /// [`PROMOTE_LAG_ENTRIES_MAX`](crate::shard::PROMOTE_LAG_ENTRIES_MAX) entries of its
+    /// commit index at the last housekeeping; empty on other members.
+    pub fn learners_in_sync(&self) -> std::collections::BTreeSet<u64> {
+        self.learners_in_sync
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     fn set_member(&self, id: u64, address: String) {

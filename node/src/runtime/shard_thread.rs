@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_engine::log_backend::AsyncLogBackend;
-use keel_engine::txn::{Op, RangeRequest, Txn};
+use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, RangeRequest, Txn};
 use keel_engine::{LogStore, LogStoreOptions};
 use keel_wal::{Wal, WalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{ClusterView, ServerConfig, ShardRequest, ShardRuntime, ShardWork};
+use crate::members::{MEMBERS_KEY, MemberList};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
 use crate::shard::{Outcome, RequestId, Shard, ShardOptions, SnapshotOptions};
@@ -370,6 +371,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                         ShardWork::Read { range, consistency } => {
                             shard.read(id, req.group, range, consistency);
                         }
+                        ShardWork::Compact { revision } => {
+                            shard.compact(id, req.group, revision);
+                        }
                     }
                 }
             }
@@ -377,7 +381,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                 shard.tick();
                 ticks += 1;
                 if ticks % HOUSEKEEPING_TICKS == 0 {
-                    housekeeping(&mut shard, &ctx, &config);
+                    if let Err(e) = housekeeping(&mut shard, &ctx, &config, &transport) {
+                        break Err(e);
+                    }
                     purge_log(&mut shard, &wal, &mut purging, index);
                 }
             }
@@ -489,14 +495,38 @@ fn run_rounds<B: AsyncLogBackend>(
     Ok(())
 }
 
-/// Every few ticks: move leadership to preferred members, publish this shard's leaders, and
-/// (shard 0, which hosts group 0) publish and learn the members' client addresses.
+/// Every few ticks: move leadership to preferred members, publish this shard's leaders,
+/// (shard 0, which hosts group 0) read the member list and publish and learn the members'
+/// client addresses, and (every shard) drive the groups and the transport toward the
+/// member list. An error means this member was removed from the cluster: the shard stops.
 fn housekeeping<B: AsyncLogBackend>(
     shard: &mut Shard<B>,
     ctx: &ShardContext,
     config: &ServerConfig,
-) {
+    transport: &Transport,
+) -> Result<(), String> {
+    let removed = shard.removed_groups();
+    if !removed.is_empty() {
+        tracing::error!(
+            member = ctx.member_id,
+            groups = ?removed,
+            "this member was removed from the cluster; it stops serving"
+        );
+        return Err(format!(
+            "member {} was removed from the cluster (groups {removed:?} applied its removal);              it stops serving",
+            ctx.member_id
+        ));
+    }
+    if ctx.index == 0 {
+        read_member_list(shard, ctx, config);
+        ctx.view.set_learners_in_sync(shard.learners_in_sync(0));
+        ctx.view.set_active_voters(shard.active_voters(0));
+    }
+    if let Some(list) = ctx.view.member_list() {
+        follow_member_list(shard, ctx, transport, &list);
+    }
     shard.balance_leaders();
+    shard.reconcile_membership();
     let groups: Vec<u64> = shard.groups().collect();
     for g in groups {
         ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));
@@ -505,7 +535,7 @@ fn housekeeping<B: AsyncLogBackend>(
         }
     }
     if ctx.index != 0 {
-        return;
+        return Ok(());
     }
     let prefix = members_prefix();
     if let Some(found) = shard.local_range(0, &RangeRequest::prefix(prefix.clone())) {
@@ -531,5 +561,76 @@ fn housekeeping<B: AsyncLogBackend>(
             )]);
             shard.propose_anywhere(0, txn);
         }
+    }
+    Ok(())
+}
+
+/// Shard 0: reads the member list from this member's replica of group 0 into the cluster
+/// view. A cluster without one (new, or created before the list existed) gets the
+/// bootstrap list from `--initial-cluster` written by group 0's leader, only if the key is
+/// still absent (every member would write the same list).
+fn read_member_list<B: AsyncLogBackend>(
+    shard: &mut Shard<B>,
+    ctx: &ShardContext,
+    config: &ServerConfig,
+) {
+    let Some(found) = shard.local_range(0, &RangeRequest::key(MEMBERS_KEY)) else {
+        return;
+    };
+    match found.kvs.first() {
+        Some(kv) => match MemberList::decode(&kv.value) {
+            Ok(list) => ctx.view.set_member_list(list),
+            Err(error) => {
+                tracing::warn!(%error, "the member list in group 0 does not decode; ignored");
+            }
+        },
+        None if shard.is_leader(0) => match MemberList::bootstrap(&config.initial_cluster) {
+            Ok(list) => {
+                let txn = Txn {
+                    compares: vec![Compare {
+                        key: MEMBERS_KEY.to_vec(),
+                        op: CompareOp::Equal,
+                        target: CompareTarget::Version(0),
+                    }],
+                    success: vec![Op::put(MEMBERS_KEY, list.encode())],
+                    failure: Vec::new(),
+                };
+                shard.propose_anywhere(0, txn);
+            }
+            Err(error) => tracing::warn!(%error, "no bootstrap member list"),
+        },
+        None => {}
+    }
+}
+
+/// Every shard: hands the member list's membership to the shard's groups, and makes the
+/// transport's peers the list's members (shard `s` of each, at its peer port + `s`).
+fn follow_member_list<B: AsyncLogBackend>(
+    shard: &mut Shard<B>,
+    ctx: &ShardContext,
+    transport: &Transport,
+    list: &MemberList,
+) {
+    if let Err(error) = shard.set_membership(list.membership()) {
+        tracing::warn!(%error, "the member list's membership is refused");
+    }
+    let mut wanted = BTreeMap::new();
+    for m in list.members.iter().filter(|m| m.id != ctx.member_id) {
+        match offset_port(m.peer, ctx.index) {
+            Ok(addr) => {
+                wanted.insert(m.id, addr);
+            }
+            Err(error) => tracing::warn!(peer = m.id, %error, "member unreachable from this shard"),
+        }
+    }
+    let current = transport.peers();
+    for (&id, &addr) in &wanted {
+        if current.get(&id) != Some(&addr) {
+            tracing::info!(peer = id, %addr, "peer from the member list");
+            transport.set_peer(id, addr);
+        }
+    }
+    for id in current.keys().filter(|id| !wanted.contains_key(id)) {
+        transport.remove_peer(*id);
     }
 }

@@ -21,8 +21,9 @@ pub fn range(r: &wire::RangeRequest) -> kv::RangeRequest {
         count_only: r.count_only,
         filter: kv::RevisionFilter::default(),
         sort: None,
-        // The server refuses reads at other revisions before it converts them.
-        revision: 0,
+        // 0: the current revision. Another is read from the group's history; inside a
+        // transaction the engine refuses it (reads there are at the transaction's revision).
+        revision: r.revision,
     }
 }
 

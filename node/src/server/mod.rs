@@ -315,17 +315,11 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
             }),
             consistency: convert::consistency(g.consistency),
         },
-        Request::Range(r) => {
-            if r.revision != 0 {
-                return Err(ErrorStatus::Compacted {
-                    compact_revision: 0,
-                });
-            }
-            ShardWork::Read {
-                range: convert::range(r),
-                consistency: convert::consistency(r.consistency),
-            }
-        }
+        // A revision other than 0 is read from the group's history.
+        Request::Range(r) => ShardWork::Read {
+            range: convert::range(r),
+            consistency: convert::consistency(r.consistency),
+        },
         Request::Status => unreachable!("answered above"),
     };
     let shard_count = u32::try_from(ctx.shards.len()).unwrap_or(1).max(1);
@@ -351,12 +345,25 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         Outcome::Written(Ok(resp)) => Ok(convert::txn_response(&request, header, resp)),
         Outcome::Written(Err(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
         Outcome::Read(resp) => Ok(convert::read_response(&request, header, resp)),
-        Outcome::Failed(RequestError::NotLeader { leader }) => Err(ErrorStatus::NotLeader {
+        // A native write carries its (client id, sequence), so resending it to the new
+        // leader is safe: the group's session table answers it if it was applied.
+        Outcome::Failed(
+            RequestError::NotLeader { leader } | RequestError::LeadershipLost { leader },
+        ) => Err(ErrorStatus::NotLeader {
             group,
             leader: leader.and_then(|id| ctx.view.hint(id)),
         }),
         Outcome::Failed(RequestError::Busy) => Err(ErrorStatus::Busy),
+        Outcome::Failed(RequestError::Compacted { compacted, .. }) => Err(ErrorStatus::Compacted {
+            compact_revision: compacted,
+        }),
+        Outcome::Failed(e @ RequestError::FutureRevision { .. }) => {
+            Err(ErrorStatus::InvalidArgument(e.to_string()))
+        }
         Outcome::Failed(RequestError::Kv(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
+        Outcome::Compaction { .. } => Err(ErrorStatus::Internal(
+            "the shard answered a request with a compaction".into(),
+        )),
         Outcome::Failed(e) => Err(ErrorStatus::Internal(e.to_string())),
     }
 }

@@ -1,13 +1,13 @@
 //! One raft group hosted by a shard: its consensus core, its state machine (a memtable with
 //! etcd revisions of its own), its client sessions, and the requests waiting on it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use keel_engine::log_backend::LogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, TxnResponse};
-use keel_engine::{KvLimits, Memtable};
+use keel_engine::{KvError, KvLimits, Memtable};
 
-use super::command::Command;
+use super::command::{Action, Command};
 use super::sessions::{Duplicate, Sessions};
 use super::storage::GroupStorage;
 use super::{Outcome, ReadConsistency, RequestError, RequestId};
@@ -38,8 +38,17 @@ pub(super) struct Group<B: LogBackend> {
     /// A hard state whose only change is the commit index, waiting to ride with the group's
     /// next write.
     pub(super) pending_hs: Option<HardState>,
-    /// Writes proposed through this member: (client, sequence) -> who waits for the result.
+    /// Whether a membership change applied here took this member out of the group: it
+    /// serves the group no more (the cluster removed it).
+    pub(super) removed: bool,
+    /// Named writes proposed through this member: (client, sequence) -> who waits for the
+    /// result.
     proposed: HashMap<(u64, u64), Vec<RequestId>>,
+    /// Anonymous writes and compactions proposed through this member, by the log index
+    /// their entry got: (term of that entry, who waits). Nothing names them but their
+    /// place in the log, so an entry applied at that index with another term is another
+    /// leader's, and the proposal was lost.
+    proposed_at: BTreeMap<u64, (u64, RequestId)>,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
     reads_new: Vec<(RequestId, RangeRequest)>,
     /// Lease reads that arrived this round; they share one lease read.
@@ -79,7 +88,9 @@ impl<B: LogBackend> Group<B> {
             snapshot_index: last_checkpoint,
             pending_install: None,
             leader: NO_NODE,
+            removed: false,
             proposed: HashMap::new(),
+            proposed_at: BTreeMap::new(),
             reads_new: Vec::new(),
             reads_lease: Vec::new(),
             reads_sent: HashMap::new(),
@@ -89,6 +100,18 @@ impl<B: LogBackend> Group<B> {
 
     fn is_leader(&self) -> bool {
         self.raw.role() == StateRole::Leader
+    }
+
+    fn removed_error(&self) -> RequestError {
+        RequestError::Removed {
+            group: self.raw.basic_status().group_id,
+        }
+    }
+
+    fn leadership_lost(&self) -> RequestError {
+        RequestError::LeadershipLost {
+            leader: (self.leader != NO_NODE).then_some(self.leader),
+        }
     }
 
     fn not_leader(&self) -> RequestError {
@@ -105,6 +128,10 @@ impl<B: LogBackend> Group<B> {
         command: Command,
         out: &mut Vec<(RequestId, Outcome)>,
     ) {
+        if self.removed {
+            out.push((id, Outcome::Failed(self.removed_error())));
+            return;
+        }
         if !self.is_leader() {
             out.push((id, Outcome::Failed(self.not_leader())));
             return;
@@ -126,14 +153,49 @@ impl<B: LogBackend> Group<B> {
             }
             Duplicate::New => {}
         }
+        if command.client_id == 0 {
+            self.propose_at(id, command.encode(), out);
+            return;
+        }
         let key = (command.client_id, command.sequence);
-        if command.client_id != 0 && self.proposed.contains_key(&key) {
+        if self.proposed.contains_key(&key) {
             // The same write is in flight already: answer both when it applies.
             self.proposed.entry(key).or_default().push(id);
             return;
         }
         match self.raw.propose(command.encode()) {
             Ok(()) => self.proposed.entry(key).or_default().push(id),
+            Err(RaftError::ProposalDropped) => {
+                out.push((id, Outcome::Failed(RequestError::Busy)));
+            }
+            Err(e) => out.push((id, Outcome::Failed(RequestError::Raft(e.to_string())))),
+        }
+    }
+
+    /// Takes a compaction of the history below `revision`: proposes it (the leader) or
+    /// refuses it (a follower names the leader). It is answered when it applies.
+    pub(super) fn compact(
+        &mut self,
+        id: RequestId,
+        revision: u64,
+        out: &mut Vec<(RequestId, Outcome)>,
+    ) {
+        if !self.is_leader() {
+            out.push((id, Outcome::Failed(self.not_leader())));
+            return;
+        }
+        self.propose_at(id, Action::Compact { revision }.encode(), out);
+    }
+
+    /// Proposes `data` and remembers who waits for it by the index its entry got (this
+    /// member leads: the leader appends a proposal to its log at once).
+    fn propose_at(&mut self, id: RequestId, data: Vec<u8>, out: &mut Vec<(RequestId, Outcome)>) {
+        match self.raw.propose(data) {
+            Ok(()) => {
+                let status = self.raw.basic_status();
+                self.proposed_at
+                    .insert(status.last_index, (status.term, id));
+            }
             Err(RaftError::ProposalDropped) => {
                 out.push((id, Outcome::Failed(RequestError::Busy)));
             }
@@ -149,6 +211,10 @@ impl<B: LogBackend> Group<B> {
         consistency: ReadConsistency,
         out: &mut Vec<(RequestId, Outcome)>,
     ) {
+        if self.removed {
+            out.push((id, Outcome::Failed(self.removed_error())));
+            return;
+        }
         match consistency {
             ReadConsistency::Serializable => out.push((id, self.serve(&request))),
             ReadConsistency::Linearizable | ReadConsistency::Lease => {
@@ -166,7 +232,7 @@ impl<B: LogBackend> Group<B> {
     fn serve(&self, request: &RangeRequest) -> Outcome {
         match self.kv.range(request) {
             Ok(resp) => Outcome::Read(resp),
-            Err(e) => Outcome::Failed(RequestError::Kv(e.to_string())),
+            Err(e) => Outcome::Failed(kv_error(e)),
         }
     }
 
@@ -243,12 +309,21 @@ impl<B: LogBackend> Group<B> {
     /// that did commit is answered from the session table, not applied twice).
     pub(super) fn lost_leadership(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
         let error = self.not_leader();
+        // Proposed writes may still commit under the new leader: they are not "not leader"
+        // (which tells a caller that nothing was proposed and the request can go elsewhere).
+        let lost = self.leadership_lost();
         for (_, ids) in self.proposed.drain() {
             out.extend(
                 ids.into_iter()
-                    .map(|id| (id, Outcome::Failed(error.clone()))),
+                    .map(|id| (id, Outcome::Failed(lost.clone()))),
             );
         }
+        let anonymous = std::mem::take(&mut self.proposed_at);
+        out.extend(
+            anonymous
+                .into_values()
+                .map(|(_, id)| (id, Outcome::Failed(lost.clone()))),
+        );
         let reads = self
             .reads_new
             .drain(..)
@@ -273,15 +348,44 @@ impl<B: LogBackend> Group<B> {
                     let cc = ConfChange::decode(&entry.data).map_err(|_| {
                         format!("entry {} holds a malformed membership change", entry.index)
                     })?;
-                    self.raw
+                    let me = self.raw.basic_status().id;
+                    let was_member = super::membership::in_conf(&self.raw.status().conf_state, me);
+                    let now = self
+                        .raw
                         .apply_conf_change(&cc)
                         .map_err(|e| format!("entry {}: {e}", entry.index))?;
+                    if was_member && !super::membership::in_conf(&now, me) {
+                        // Only a member can be removed: a member that joined later replays
+                        // the changes made before it joined without being in them.
+                        self.removed = true;
+                        tracing::warn!(
+                            group = self.raw.basic_status().group_id,
+                            member = me,
+                            index = entry.index,
+                            "this member was removed from the group; it serves it no more"
+                        );
+                    }
                 }
                 // A new leader's empty entry.
                 EntryType::Normal if entry.data.is_empty() => {}
                 EntryType::Normal => {
-                    let command = Command::decode(&entry.data)
+                    let action = Action::decode(&entry.data)
                         .map_err(|e| format!("entry {}: {e}", entry.index))?;
+                    let command = match action {
+                        Action::Write(command) => command,
+                        Action::Compact { revision } => {
+                            let outcome = self.apply_compaction(revision);
+                            self.answer_at(entry, outcome, out);
+                            self.kv.set_applied_index(entry.index);
+                            continue;
+                        }
+                    };
+                    if command.client_id == 0 {
+                        let result = self.kv.txn(&command.txn).map_err(|e| e.to_string());
+                        self.answer_at(entry, Outcome::Written(result), out);
+                        self.kv.set_applied_index(entry.index);
+                        continue;
+                    }
                     let result = match self.sessions.check(command.client_id, command.sequence) {
                         Duplicate::Answered(result) => result,
                         Duplicate::Stale { floor } => Err(format!(
@@ -315,8 +419,62 @@ impl<B: LogBackend> Group<B> {
         Ok(())
     }
 
+    /// Compacts the history below `revision` as the log says. Refusals (compacted already,
+    /// a future revision) change nothing on any replica: they are the answer to the client
+    /// who asked, not an error of the group.
+    fn apply_compaction(&mut self, revision: u64) -> Outcome {
+        match self.kv.compact(revision) {
+            Ok(()) => Outcome::Compaction {
+                revision: self.kv.revision(),
+            },
+            Err(e) => Outcome::Failed(kv_error(e)),
+        }
+    }
+
+    /// Answers who waits for the anonymous proposal at `entry`'s index: with `outcome` when
+    /// the entry is the one proposed (same term), with "not leader" when another leader's
+    /// entry took its place.
+    fn answer_at(&mut self, entry: &Entry, outcome: Outcome, out: &mut Vec<(RequestId, Outcome)>) {
+        // Proposals at lower indexes that were never applied here were covered by a
+        // snapshot: whether they are in it is not known.
+        while let Some((&index, _)) = self.proposed_at.first_key_value() {
+            if index >= entry.index {
+                break;
+            }
+            if let Some((_, id)) = self.proposed_at.remove(&index) {
+                out.push((id, Outcome::Failed(self.leadership_lost())));
+            }
+        }
+        if let Some((term, id)) = self.proposed_at.remove(&entry.index) {
+            if term == entry.term {
+                out.push((id, outcome));
+            } else {
+                // Another leader's entry took its index: the proposal can never commit, so
+                // sending it again elsewhere is safe.
+                out.push((id, Outcome::Failed(self.not_leader())));
+            }
+        }
+    }
+
     /// A point read straight from the state machine (for tests and status).
     pub(super) fn range(&self, request: &RangeRequest) -> Option<RangeResponse> {
         self.kv.range(request).ok()
+    }
+}
+
+/// The shard's error for the state machine's: revision errors keep their numbers.
+fn kv_error(e: KvError) -> RequestError {
+    match e {
+        KvError::Compacted {
+            requested,
+            compacted,
+        } => RequestError::Compacted {
+            requested,
+            compacted,
+        },
+        KvError::FutureRevision { requested, current } => {
+            RequestError::FutureRevision { requested, current }
+        }
+        other => RequestError::Kv(other.to_string()),
     }
 }

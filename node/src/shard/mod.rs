@@ -28,6 +28,7 @@
 
 mod command;
 mod group;
+mod membership;
 mod sessions;
 mod snapshot;
 mod storage;
@@ -41,7 +42,8 @@ use keel_engine::log_backend::AsyncLogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, Txn, TxnResponse};
 use keel_engine::{KvLimits, LogStore, LogStoreError, SnapshotMeta, Ticket, WriteBatch};
 
-pub use command::Command;
+pub use command::{Action, Command};
+pub use membership::{Membership, PROMOTE_LAG_ENTRIES_MAX, Step as MembershipStep, next_step};
 pub use sessions::{Duplicate, Sessions};
 pub use snapshot::{
     CHECKPOINT_CHUNKS_QUEUED_MAX, DEFAULT_CATCHUP_ENTRIES, DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
@@ -54,7 +56,7 @@ pub use storage::{
 };
 
 use crate::consensus::{
-    AppendAck, Config, Message, MessageType, NodeId, RawNode, Snapshot, SnapshotMetadata,
+    AppendAck, ConfState, Config, Message, MessageType, NodeId, RawNode, Snapshot, SnapshotMetadata,
 };
 use group::Group;
 use snapshot::{Done, Outbound, Piece, Snapshots, Writing};
@@ -86,6 +88,14 @@ pub enum RequestError {
         /// The member that leads the group, if this member knows one.
         leader: Option<NodeId>,
     },
+    /// This member proposed the write, then lost the group's leadership before the write
+    /// was applied: the write may still commit under the new leader, or may be lost. Only a
+    /// retry carrying the same (client id, sequence) is safe; a write without a client id
+    /// must not be proposed again (etcd's "leader changed").
+    LeadershipLost {
+        /// The member that leads the group now, if this member knows one.
+        leader: Option<NodeId>,
+    },
     /// The shard does not host the group.
     UnknownGroup(u64),
     /// The group's leader refused more proposals for now (uncommitted entries at their
@@ -99,10 +109,32 @@ pub enum RequestError {
         /// The client's floor (its smallest unanswered sequence).
         floor: u64,
     },
+    /// The revision asked for (a read's, a compaction's) is at or below the group's
+    /// compact revision: its history is gone. (A read at the compact revision itself still
+    /// works; a compaction there is refused, as etcd's.)
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's compact revision.
+        compacted: u64,
+    },
+    /// The revision asked for is beyond the group's store revision.
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The group's store revision.
+        current: u64,
+    },
     /// The state machine refused the request (a size limit, a bad range).
     Kv(String),
     /// The consensus core refused the request.
     Raft(String),
+    /// This member was removed from the group by a membership change; it serves it no
+    /// more.
+    Removed {
+        /// The group.
+        group: u64,
+    },
 }
 
 impl std::fmt::Display for RequestError {
@@ -114,14 +146,37 @@ impl std::fmt::Display for RequestError {
             RequestError::NotLeader { leader: None } => {
                 write!(f, "not the leader of the group, and no leader is known")
             }
+            RequestError::LeadershipLost { .. } => write!(
+                f,
+                "leadership of the group changed after the write was proposed; it may or may not \
+                 have been applied"
+            ),
             RequestError::UnknownGroup(g) => write!(f, "group {g} is not hosted here"),
             RequestError::Busy => write!(f, "the group's leader is busy; retry"),
             RequestError::StaleSequence { sequence, floor } => write!(
                 f,
                 "write {sequence} was answered already (the client's writes below {floor} were)"
             ),
+            // etcd's messages first: its clients match them.
+            RequestError::Compacted {
+                requested,
+                compacted,
+            } => write!(
+                f,
+                "mvcc: required revision has been compacted (revision {requested}, compacted \
+                 at {compacted})"
+            ),
+            RequestError::FutureRevision { requested, current } => write!(
+                f,
+                "mvcc: required revision is a future revision (revision {requested}, current \
+                 {current})"
+            ),
             RequestError::Kv(e) => write!(f, "{e}"),
             RequestError::Raft(e) => write!(f, "{e}"),
+            RequestError::Removed { group } => write!(
+                f,
+                "this member was removed from the cluster (group {group} applied its removal)"
+            ),
         }
     }
 }
@@ -136,6 +191,13 @@ pub enum Outcome {
     Written(Result<TxnResponse, String>),
     /// A read was served.
     Read(RangeResponse),
+    /// A compaction was applied: the group's history below the revision asked for is gone.
+    /// A refused one is `Failed` with [`RequestError::Compacted`] or
+    /// [`RequestError::FutureRevision`].
+    Compaction {
+        /// The group's store revision when it applied.
+        revision: u64,
+    },
     /// The request was not carried out.
     Failed(RequestError),
 }
@@ -160,7 +222,10 @@ pub struct GroupFacts {
 pub struct ShardOptions {
     /// This member's id in every group (not 0).
     pub member: NodeId,
-    /// The members of every group at creation (this member among them).
+    /// The cluster's bootstrap voters: every group's membership at creation, before any
+    /// membership change. This member is among them unless it joined the cluster later;
+    /// a joining member starts from them too, and its groups learn the changes made since
+    /// from the log or a snapshot (and start no election while not voters).
     pub members: Vec<NodeId>,
     /// The raft options every group starts from (`id` and `group_id` are set per group).
     pub raft: Config,
@@ -298,6 +363,9 @@ pub struct Shard<B: AsyncLogBackend> {
     snapshots: Snapshots,
     /// The log position below which the log was last reported purgeable.
     purged_lsn: u64,
+    /// The membership the groups this member leads are driven toward (`None`: the host
+    /// set none; no group changes its membership).
+    membership: Option<Membership>,
 }
 
 impl<B: AsyncLogBackend> Shard<B> {
@@ -358,7 +426,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                 }
             };
             if let Some(r) = &restored {
-                storage.set_restored_index(r.index);
+                storage.set_restored(r.index, r.conf_state.clone());
                 config.applied = r.index;
             }
             let raw = RawNode::new(&config, storage).map_err(|e| ShardError::Group {
@@ -404,6 +472,7 @@ impl<B: AsyncLogBackend> Shard<B> {
             stats: ShardStats::default(),
             snapshots,
             purged_lsn: 0,
+            membership: None,
         })
     }
 
@@ -456,14 +525,27 @@ impl<B: AsyncLogBackend> Shard<B> {
     /// member has every entry, so that every member — and every core — leads a share of the
     /// groups. Call it every few ticks.
     pub fn balance_leaders(&mut self) {
-        let mut members = self.options.members.clone();
-        members.sort_unstable();
-        if members.is_empty() {
-            return;
-        }
         let me = self.options.member;
         for (&group, g) in self.groups.iter_mut() {
             if g.leader != me {
+                continue;
+            }
+            let status = g.raw.status();
+            // The group's voters now, less those the target membership takes out (they
+            // are on their way out: leading would only delay their removal).
+            let mut members: Vec<NodeId> = status
+                .conf_state
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.membership
+                        .as_ref()
+                        .is_none_or(|t| t.voters.contains(id))
+                })
+                .collect();
+            members.sort_unstable();
+            if members.is_empty() || !status.conf_state.voters_outgoing.is_empty() {
                 continue;
             }
             let n = u64::try_from(members.len()).unwrap_or(u64::MAX);
@@ -471,7 +553,6 @@ impl<B: AsyncLogBackend> Shard<B> {
             if preferred == me {
                 continue;
             }
-            let status = g.raw.status();
             let caught_up = status
                 .progress
                 .get(&preferred)
@@ -480,6 +561,106 @@ impl<B: AsyncLogBackend> Shard<B> {
                 let _ = g.raw.transfer_leader(preferred);
             }
         }
+    }
+
+    /// Sets the membership every group is driven toward (see `membership.rs`): the leader
+    /// of each group takes one step toward it in each [`Shard::reconcile_membership`]. The
+    /// host hands every shard of every member the same target (the cluster's replicated
+    /// member list). An invalid target is refused and the previous one kept.
+    pub fn set_membership(&mut self, target: Membership) -> Result<(), ShardError> {
+        target.validate().map_err(ShardError::InvalidOptions)?;
+        if self.membership.as_ref() != Some(&target) {
+            tracing::info!(
+                voters = ?target.voters,
+                learners = ?target.learners,
+                "membership target set"
+            );
+            self.membership = Some(target);
+        }
+        Ok(())
+    }
+
+    /// The membership the groups are driven toward, if the host set one.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
+    /// Moves each group this member leads one configuration change toward the target
+    /// membership, when the group may change now (no change pending, an entry of the
+    /// leader's term committed). Call it every few ticks, as [`Shard::balance_leaders`].
+    pub fn reconcile_membership(&mut self) {
+        let Some(target) = self.membership.as_ref() else {
+            return;
+        };
+        let me = self.options.member;
+        for (&group, g) in self.groups.iter_mut() {
+            if g.leader != me || g.removed || g.raw.conf_change_blocked() {
+                continue;
+            }
+            match membership::next_step(&g.raw.status(), target) {
+                None => {}
+                Some(membership::Step::Propose(cc)) => {
+                    tracing::info!(group, change = ?cc, "proposing a membership change");
+                    if let Err(error) = g.raw.propose_conf_change(&cc) {
+                        tracing::debug!(group, %error, "membership change not proposed; retried");
+                    }
+                }
+                Some(membership::Step::TransferLeader(to)) => {
+                    tracing::info!(
+                        group,
+                        to,
+                        "handing leadership over before leaving the group"
+                    );
+                    let _ = g.raw.transfer_leader(to);
+                }
+            }
+        }
+    }
+
+    /// The learners of `group` within [`PROMOTE_LAG_ENTRIES_MAX`] entries of its commit
+    /// index, as this member sees them leading it (empty when it does not lead it).
+    pub fn learners_in_sync(&self, group: u64) -> std::collections::BTreeSet<NodeId> {
+        let Some(g) = self.groups.get(&group) else {
+            return Default::default();
+        };
+        let status = g.raw.status();
+        let commit = status.basic.commit;
+        status
+            .progress
+            .iter()
+            .filter(|(_, p)| p.is_learner && p.matched + PROMOTE_LAG_ENTRIES_MAX >= commit)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The voters of `group` this member, leading it, heard from within the last election
+    /// timeout (itself included); empty when it does not lead the group.
+    pub fn active_voters(&self, group: u64) -> std::collections::BTreeSet<NodeId> {
+        let Some(g) = self.groups.get(&group) else {
+            return Default::default();
+        };
+        let status = g.raw.status();
+        status
+            .progress
+            .iter()
+            .filter(|(_, p)| !p.is_learner && p.recent_active)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The membership of `group` as this replica applied it (`None`: not hosted).
+    pub fn conf_state(&self, group: u64) -> Option<ConfState> {
+        self.groups.get(&group).map(|g| g.raw.status().conf_state)
+    }
+
+    /// The groups that removed this member (a membership change applied here took it
+    /// out); the member serves them no more.
+    pub fn removed_groups(&self) -> Vec<u64> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.removed)
+            .map(|(&group, _)| group)
+            .collect()
     }
 
     /// Advances every group's logical clock by one tick.
@@ -549,6 +730,18 @@ impl<B: AsyncLogBackend> Shard<B> {
             txn,
         };
         g.write(id, command, &mut self.answers);
+    }
+
+    /// Takes a compaction of `group`'s history below `revision` (etcd's `Compact`): the
+    /// leader proposes it, every replica applies it in log order, and it is answered with
+    /// the leader's result when it applies (see `command.rs`).
+    pub fn compact(&mut self, id: RequestId, group: u64, revision: u64) {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.compact(id, revision, &mut self.answers),
+            None => self
+                .answers
+                .push((id, Outcome::Failed(RequestError::UnknownGroup(group)))),
+        }
     }
 
     /// Proposes an anonymous write to `group` wherever its leader is: a follower's proposal

@@ -645,6 +645,8 @@ fn install(
 /// A group's state loaded from its newest usable checkpoint at start.
 pub(super) struct Restored {
     pub(super) index: u64,
+    /// The group's membership as of `index`.
+    pub(super) conf_state: crate::consensus::ConfState,
     pub(super) kv: Memtable,
     pub(super) sessions: Sessions,
 }
@@ -688,12 +690,15 @@ pub(super) fn restore(
         }
         let sessions = Sessions::decode(&meta.app_state, sessions_max)
             .map_err(|e| format!("{}: its session table: {e}", path.display()))?;
+        let conf_state = super::decode_conf_state(&meta.conf_state)
+            .map_err(|e| format!("{}: its membership: {e}", path.display()))?;
         let kv = reader
             .to_memtable(limits.clone())
             .map_err(|e| e.to_string())?;
         return Ok((
             Some(Restored {
                 index: meta.index,
+                conf_state,
                 kv,
                 sessions,
             }),

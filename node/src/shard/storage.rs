@@ -140,6 +140,9 @@ pub struct GroupStorage<B: LogBackend> {
     /// Its entries were applied, so they were committed: the commit index reported at
     /// start is at least this, even if the hard state that said so had not been written.
     restored_index: Index,
+    /// The membership as of the checkpoint the group restarted from (`None`: no
+    /// checkpoint); the membership changes after it are applied again from the log.
+    restored_conf: Option<ConfState>,
 }
 
 impl<B: LogBackend> GroupStorage<B> {
@@ -151,13 +154,26 @@ impl<B: LogBackend> GroupStorage<B> {
             store,
             initial_voters,
             restored_index: 0,
+            restored_conf: None,
         }
     }
 
     /// Says that the group's state machine restarts from a checkpoint at `index`, which the
-    /// stored log holds (see the field's doc).
-    pub fn set_restored_index(&mut self, index: Index) {
+    /// stored log holds, with the membership `conf_state` as of it (see the fields' docs).
+    pub fn set_restored(&mut self, index: Index, conf_state: ConfState) {
         self.restored_index = index;
+        self.restored_conf = Some(conf_state);
+    }
+
+    /// The membership as of the snapshot the log records, or the initial one.
+    fn recorded_conf(&self, store: &LogStore<B>) -> ConfState {
+        store
+            .snapshot(self.group)
+            .and_then(|meta| decode_conf_state(&meta.conf_state).ok())
+            .unwrap_or_else(|| ConfState {
+                voters: self.initial_voters.clone(),
+                ..ConfState::default()
+            })
     }
 }
 
@@ -183,10 +199,11 @@ impl<B: LogBackend> LogStorage for GroupStorage<B> {
             vote: hs.vote,
             commit: hs.commit.max(self.restored_index),
         };
-        // Membership changes are not served yet: a group keeps its initial voters.
-        let conf = ConfState {
-            voters: self.initial_voters.clone(),
-            ..ConfState::default()
+        // The membership as of the point the state machine restarts from: the membership
+        // changes after it are committed entries, which the group applies again.
+        let conf = match &self.restored_conf {
+            Some(cs) => cs.clone(),
+            None => self.recorded_conf(&store),
         };
         (hard_state, conf)
     }

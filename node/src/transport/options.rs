@@ -29,6 +29,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Default [`TransportOptions::backoff_max`].
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Default [`TransportOptions::peers_max`].
+pub const DEFAULT_PEERS_MAX: usize = 64;
 
 // A send queue must be able to hold the largest message a frame carries, or such a message
 // could never be sent; the defaults keep that relation.
@@ -95,6 +97,11 @@ pub struct TransportOptions {
     pub backoff_min: Duration,
     /// The longest wait between dials; at least `backoff_min`. Default 2 s.
     pub backoff_max: Duration,
+    /// The most peers at once (each has a send queue and, once used, a task and an
+    /// outbound connection): the initial `peers`, and those added later with
+    /// [`Transport::set_peer`](super::Transport::set_peer), which refuses one more.
+    /// Default 64.
+    pub peers_max: usize,
 }
 
 impl TransportOptions {
@@ -117,6 +124,7 @@ impl TransportOptions {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            peers_max: DEFAULT_PEERS_MAX,
         }
     }
 
@@ -138,6 +146,13 @@ impl TransportOptions {
                 self.member_id
             ));
         }
+        if self.peers.len() > self.peers_max {
+            return invalid(format!(
+                "{} peers exceed peers_max ({})",
+                self.peers.len(),
+                self.peers_max
+            ));
+        }
         self.limits.validate()?;
         let counts = [
             ("send_queue_messages_max", self.send_queue_messages_max),
@@ -146,6 +161,7 @@ impl TransportOptions {
                 self.inbound_queue_messages_max,
             ),
             ("inbound_connections_max", self.inbound_connections_max),
+            ("peers_max", self.peers_max),
         ];
         for (name, value) in counts {
             if value == 0 {

@@ -392,19 +392,54 @@ impl Transport {
 
     /// Adds peer `id` at `addr`, or moves it there: the next dial goes to `addr` (an
     /// established connection stays until it breaks or idles out). From now on `id` may
-    /// also dial in. `id` must not be zero or this member's own id; such calls are ignored.
-    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+    /// also dial in. `id` must not be zero or this member's own id, and a new peer must fit
+    /// in [`TransportOptions::peers_max`]; such calls are refused (logged) and return
+    /// false.
+    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) -> bool {
         if id == 0 || id == self.shared.options.member_id {
             tracing::warn!(peer = id, "set_peer ignored: not a peer id");
-            return;
+            return false;
         }
         let mut peers = lock(&self.shared.peers);
         match peers.get(&id) {
             Some(peer) => *lock(&peer.addr) = addr,
+            None if peers.len() >= self.shared.options.peers_max => {
+                tracing::warn!(
+                    peer = id,
+                    peers_max = self.shared.options.peers_max,
+                    "peer not added: the transport has peers_max peers"
+                );
+                return false;
+            }
             None => {
                 peers.insert(id, new_peer(id, addr));
             }
         }
+        true
+    }
+
+    /// Forgets peer `id` (a member removed from the cluster): its queued messages are
+    /// dropped, its task and outbound connection stop, and it may no longer dial in (an
+    /// inbound connection it established stays until it breaks or idles out; what it
+    /// sends there is delivered, and the groups ignore a non-member). Returns whether `id`
+    /// was a peer.
+    pub fn remove_peer(&self, id: NodeId) -> bool {
+        let Some(peer) = lock(&self.shared.peers).remove(&id) else {
+            return false;
+        };
+        if let Some(task) = lock(&peer.task).take() {
+            task.abort();
+        }
+        tracing::info!(peer = id, "peer removed");
+        true
+    }
+
+    /// The current peers and their addresses.
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        lock(&self.shared.peers)
+            .iter()
+            .map(|(&id, peer)| (id, *lock(&peer.addr)))
+            .collect()
     }
 
     /// Queues `messages` for their peers (by `to`) and wakes the writers. Never blocks,

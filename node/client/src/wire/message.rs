@@ -121,8 +121,11 @@ pub struct RangeRequest {
     pub keys_only: bool,
     /// Return only the count.
     pub count_only: bool,
-    /// Read at this store revision; 0 means the current one. Keel keeps no history: any
-    /// other revision than the current is answered [`ErrorStatus::Compacted`].
+    /// Read at this store revision of the group; 0 means the current one. An older revision
+    /// is read from the group's history; one below the group's compact revision (the
+    /// history there was compacted, or the replica restarted from a checkpoint) is answered
+    /// [`ErrorStatus::Compacted`], one beyond its store revision
+    /// [`ErrorStatus::InvalidArgument`]. Inside a transaction it must be 0.
     pub revision: u64,
     /// How the read is served (ignored inside a transaction, which runs on the leader).
     pub consistency: ReadConsistency,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use keel_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_etcd_proto::etcdserverpb::kv_client::KvClient;
 use tonic::Status;
 
@@ -65,6 +66,16 @@ pub struct Forwards {
 }
 
 impl Forwards {
+    /// A Cluster client on the connection to `member`, opened if needed.
+    pub async fn cluster(
+        &self,
+        view: &ClusterView,
+        member: u64,
+    ) -> Result<ClusterClient<Channel>, Status> {
+        let (channel, origin) = self.channel(view, member).await?;
+        Ok(ClusterClient::with_origin(channel, origin))
+    }
+
     /// A KV client on the connection to `member`, opened if needed.
     pub async fn kv(&self, view: &ClusterView, member: u64) -> Result<KvClient<Channel>, Status> {
         let (channel, origin) = self.channel(view, member).await?;

@@ -49,7 +49,7 @@ enum Shape {
 }
 
 /// A request marked as forwarded, with the forwarding deadline.
-fn marked<T>(message: T, group: Option<u32>) -> Request<T> {
+pub(super) fn marked<T>(message: T, group: Option<u32>) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -172,24 +172,6 @@ impl Etcd {
                 Ok(Write::Forward(self.forward_target(leader, forwarded)?))
             }
         }
-    }
-
-    /// The largest current revision over all groups, as this member's replicas have it.
-    async fn current_revision(&self) -> Result<u64, Status> {
-        let mut revision = 0;
-        for group in 0..self.groups() {
-            let work = ShardWork::Read {
-                // A range that ends where it starts reads nothing but the revision.
-                range: kv::RangeRequest::between(vec![0], vec![0]),
-                consistency: ReadConsistency::Serializable,
-            };
-            match self.call_shard(group, work).await? {
-                Answer::Done(Outcome::Read(resp)) => revision = revision.max(resp.revision),
-                Answer::Done(other) => return Err(outcome_error(other)),
-                Answer::NotLeader(_) => return Err(Status::unavailable(errors::NOT_LEADER)),
-            }
-        }
-        Ok(revision)
     }
 }
 
@@ -662,7 +644,11 @@ impl Kv for Etcd {
                 }
                 _ => false,
             });
-        if writes_reserved {
+        // A compare reads its key: on a reserved key it would tell the cluster's metadata.
+        let compares_reserved = compares
+            .iter()
+            .any(|c| touches_reserved(&c.key, &RangeEnd::Single));
+        if writes_reserved || compares_reserved {
             return Err(reserved());
         }
         let (success, success_shapes) = engine_ops(group, &t.success, &success_ends)?;
@@ -697,16 +683,133 @@ impl Kv for Etcd {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let only = forwarded_group(&request);
         let c = request.into_inner();
-        // Accepted, not carried out yet: compacting the groups' histories must go through
-        // their logs (every replica at the same point), which the shard does not offer
-        // yet. The history stays bounded by its own size limit meanwhile.
-        let current = self.current_revision().await?;
-        if unsigned(c.revision) > current {
-            return Err(Status::out_of_range(errors::FUTURE_REV));
-        }
+        let revision = unsigned(c.revision);
+        // `physical` needs nothing more: the answer comes after the leader applied it.
+        let current = match only {
+            Some(g) if g < self.groups() => self.compact_group(g, revision, forwarded).await?,
+            Some(g) => {
+                return Err(Status::invalid_argument(format!(
+                    "keel: group {g} does not exist (the cluster has {})",
+                    self.groups()
+                )));
+            }
+            None if self.groups() == 1 => self.compact_group(0, revision, forwarded).await?,
+            None => self.compact_groups(revision).await?,
+        };
         Ok(Response::new(CompactionResponse {
             header: Some(self.header(0, current)),
         }))
+    }
+}
+
+impl Etcd {
+    /// Compacts `group`'s history below `revision` through its log: the leader (this
+    /// member, or the one the request is forwarded to) proposes it and answers with its own
+    /// apply's result. Returns the group's revision then.
+    async fn compact_group(
+        &self,
+        group: u32,
+        revision: u64,
+        forwarded: bool,
+    ) -> Result<u64, Status> {
+        match self
+            .call_shard(group, ShardWork::Compact { revision })
+            .await?
+        {
+            Answer::Done(Outcome::Compaction { revision }) => Ok(revision),
+            Answer::Done(other) => Err(outcome_error(other)),
+            Answer::NotLeader(leader) => {
+                let to = self.forward_target(leader, forwarded)?;
+                let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
+                let request = CompactionRequest {
+                    revision: signed(revision),
+                    physical: true,
+                };
+                let resp = within(client.compact(marked(request, Some(group))))
+                    .await?
+                    .into_inner();
+                Ok(resp.header.map_or(0, |h| unsigned(h.revision)))
+            }
+        }
+    }
+
+    /// `Compact(revision)` with several groups, whose revisions are their own: refused as a
+    /// future revision when `revision` is beyond every group's revision (nothing changes);
+    /// otherwise each group is compacted at `min(revision, its revision)` — everything a
+    /// read at `revision` or later could need stays — and the answer is "compacted" only
+    /// when no group had anything left to drop. Returns the largest group revision.
+    async fn compact_groups(&self, revision: u64) -> Result<u64, Status> {
+        // Each group's revision from its leader (a linearizable read): revisions only grow,
+        // so a target at or below it is never a future revision when it applies.
+        let probe = Arc::new(RangeRequest {
+            key: vec![0],
+            range_end: vec![0, 0],
+            count_only: true,
+            ..RangeRequest::default()
+        });
+        let mut reads = tokio::task::JoinSet::new();
+        for g in 0..self.groups() {
+            let (etcd, probe) = (
+                Etcd {
+                    ctx: self.ctx.clone(),
+                },
+                probe.clone(),
+            );
+            reads.spawn(async move { (g, etcd.range_group(g, &probe, false).await) });
+        }
+        let mut revisions = Vec::new();
+        while let Some(read) = reads.join_next().await {
+            let (g, read) =
+                read.map_err(|e| Status::internal(format!("keel: a read failed: {e}")))?;
+            revisions.push((g, read?.revision));
+        }
+        let newest = revisions.iter().map(|&(_, r)| r).max().unwrap_or(0);
+        if revision > newest {
+            return Err(Status::out_of_range(errors::FUTURE_REV));
+        }
+        let mut compactions = tokio::task::JoinSet::new();
+        for (g, group_revision) in revisions {
+            let etcd = Etcd {
+                ctx: self.ctx.clone(),
+            };
+            let target = revision.min(group_revision);
+            compactions.spawn(async move { etcd.compact_group(g, target, false).await });
+        }
+        let mut compacted = 0usize;
+        let mut applied = 0usize;
+        let mut failed = None;
+        let mut current = newest;
+        while let Some(done) = compactions.join_next().await {
+            match done {
+                Ok(Ok(r)) => {
+                    applied += 1;
+                    current = current.max(r);
+                }
+                Ok(Err(status))
+                    if status.code() == tonic::Code::OutOfRange
+                        && status.message() == errors::COMPACTED =>
+                {
+                    compacted += 1;
+                }
+                Ok(Err(status)) => failed = failed.or(Some(status)),
+                Err(e) => {
+                    failed = failed.or(Some(Status::internal(format!(
+                        "keel: a compaction failed: {e}"
+                    ))));
+                }
+            }
+        }
+        if let Some(status) = failed {
+            // Groups compacted meanwhile stay compacted; the same Compact again finishes
+            // the others.
+            return Err(status);
+        }
+        if applied == 0 && compacted > 0 {
+            return Err(Status::out_of_range(errors::COMPACTED));
+        }
+        Ok(current)
     }
 }

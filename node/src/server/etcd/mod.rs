@@ -231,6 +231,8 @@ mod errors {
     pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
     pub const NO_LEADER: &str = "etcdserver: no leader";
     pub const NOT_LEADER: &str = "etcdserver: not leader";
+    /// A write was proposed and leadership changed before it was applied.
+    pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
     pub const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 }
 
@@ -300,14 +302,8 @@ impl Etcd {
 fn outcome_error(outcome: Outcome) -> Status {
     match outcome {
         // The engine's revision errors, as etcd's (clients match the message exactly).
-        Outcome::Failed(RequestError::Kv(reason))
-            if reason.starts_with("mvcc: required revision has been compacted") =>
-        {
-            Status::out_of_range(errors::COMPACTED)
-        }
-        Outcome::Failed(RequestError::Kv(reason))
-            if reason.starts_with("mvcc: required revision is a future revision") =>
-        {
+        Outcome::Failed(RequestError::Compacted { .. }) => Status::out_of_range(errors::COMPACTED),
+        Outcome::Failed(RequestError::FutureRevision { .. }) => {
             Status::out_of_range(errors::FUTURE_REV)
         }
         Outcome::Written(Err(reason)) | Outcome::Failed(RequestError::Kv(reason)) => {
@@ -317,8 +313,13 @@ fn outcome_error(outcome: Outcome) -> Status {
             Status::resource_exhausted(errors::TOO_MANY_REQUESTS)
         }
         Outcome::Failed(RequestError::NotLeader { .. }) => Status::unavailable(errors::NOT_LEADER),
+        // An etcd write carries no client id, so it is never proposed again: the client is
+        // told, as etcd tells it, and decides.
+        Outcome::Failed(RequestError::LeadershipLost { .. }) => {
+            Status::unavailable(errors::LEADER_CHANGED)
+        }
         Outcome::Failed(e) => Status::unavailable(format!("keel: {e}")),
-        Outcome::Written(Ok(_)) | Outcome::Read(_) => {
+        Outcome::Written(Ok(_)) | Outcome::Read(_) | Outcome::Compaction { .. } => {
             Status::internal("keel: the shard answered with the wrong kind of result")
         }
     }
