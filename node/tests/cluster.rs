@@ -1286,13 +1286,19 @@ fn a_snapshot_whose_conf_state_does_not_decode_is_rejected() {
 
 #[test]
 fn a_duplicate_install_while_the_reset_is_in_flight_leaves_nothing_pending() {
-    let mut c = Cluster::with_snapshots(3, 1, "duplicate install", small_snapshots());
+    // Enough entries kept behind a checkpoint that the member, once it installed the
+    // snapshot, catches up from the log: no later snapshot could hide a pending leftover.
+    let options = SnapshotOptions {
+        catchup_entries: 30,
+        ..small_snapshots()
+    };
+    let mut c = Cluster::with_snapshots(3, 1, "duplicate install", options);
     c.wait_for_leaders(2_000);
     c.run(300);
     let leader = c.agreed_leader(0).unwrap();
     let down = c.ids().into_iter().find(|&id| id != leader).unwrap();
     c.crash(down);
-    for i in 0..60u64 {
+    for i in 0..200u64 {
         written(&c.put(0, 7, i + 1, &format!("k{i:03}"), "v"));
     }
     c.wait_compacted_past(down);
@@ -1341,7 +1347,7 @@ fn a_duplicate_install_while_the_reset_is_in_flight_leaves_nothing_pending() {
     }
     log.set_hold_appends(false);
     // Nothing is left pending: the member checkpoints again once it applied enough.
-    for i in 60..120u64 {
+    for i in 200..260u64 {
         written(&c.put(0, 7, i + 1, &format!("k{i:03}"), "v"));
     }
     c.run_until(5_000, "a checkpoint on the member after the install", |c| {
