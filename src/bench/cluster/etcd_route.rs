@@ -309,7 +309,11 @@ mod tests {
     fn endpoints_are_host_port_with_an_optional_http_scheme() {
         assert_eq!(host_port("127.0.0.1:2379"), Ok("127.0.0.1:2379"));
         assert_eq!(host_port("http://127.0.0.1:2379/"), Ok("127.0.0.1:2379"));
-        assert!(host_port("https://127.0.0.1:2379").unwrap_err().contains("TLS"));
+        assert!(
+            host_port("https://127.0.0.1:2379")
+                .unwrap_err()
+                .contains("TLS")
+        );
         assert!(host_port("127.0.0.1").is_err());
         assert!(host_port("http://h:1/v3").is_err());
         assert!(host_port("").is_err());

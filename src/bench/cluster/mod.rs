@@ -158,20 +158,26 @@ impl ClusterBenchArgs {
             && matches!(self.read, ReadArg::Lease)
             && matches!(self.workload, WorkloadArg::Get | WorkloadArg::Mixed)
         {
-            return Err("--read lease is served by the native API only: etcd's Range is \
+            return Err(
+                "--read lease is served by the native API only: etcd's Range is \
                         linearizable or serializable; use --api native or another --read"
-                .into());
+                    .into(),
+            );
         }
         if matches!(self.api, ApiArg::Native) && matches!(self.route, RouteArg::Spread) {
-            return Err("--route spread is for --api etcd: the native client sends every \
+            return Err(
+                "--route spread is for --api etcd: the native client sends every \
                         request to its group's leader"
-                .into());
+                    .into(),
+            );
         }
         if !self.server_pids.is_empty() {
             if self.endpoints.is_empty() {
-                return Err("--server-pids is for --endpoints: the members the bench starts \
+                return Err(
+                    "--server-pids is for --endpoints: the members the bench starts \
                             are measured anyway"
-                    .into());
+                        .into(),
+                );
             }
             for pid in &self.server_pids {
                 cpu::cpu_time(&pid.to_string())
