@@ -259,6 +259,9 @@ def main():
     ap.add_argument("--shards", type=int, default=os.cpu_count() or 1,
                     help="Keel's shards per member (one per core)")
     ap.add_argument("--size", type=int, default=128, help="bytes per value (128)")
+    ap.add_argument("--route", choices=["leader", "spread"], default="leader",
+                    help="the bench's --route: each request to its key's leader (default), "
+                         "or connections spread over the members as etcd's benchmark does")
     ap.add_argument("--keep", action="store_true", help="keep the data and logs")
     a = ap.parse_args()
     if not (0 < a.secs <= 3600) or not (1 <= a.rounds <= 100):
@@ -281,7 +284,7 @@ def main():
     clusters = []
     try:
         taken = set()
-        common = ["--size", str(a.size)]
+        common = ["--size", str(a.size), "--route", a.route]
         e = start_etcd(etcd, root, taken)
         clusters.append(e)
         k = start_keel(keel, root, taken, a.shards, a.groups)
@@ -325,7 +328,7 @@ def report(a, version, results):
             med[(w, s, field)] = median([number(f.get(field)) for f in runs])
     etcd_version = version.splitlines()[0] if version else "etcd"
     print(f"\nKeel vs {etcd_version}: 3 members each on 127.0.0.1, the same client "
-          f"(keel bench cluster --api etcd, route leader), {a.size} B values, "
+          f"(keel bench cluster --api etcd, route {a.route}), {a.size} B values, "
           f"{a.secs:g} s per run, median of {a.rounds} round(s); Keel --groups {a.groups} "
           f"--shards {a.shards}")
     head = f"{'workload':<15}{'metric':<15}{'etcd':>11}{'keel':>11}{'keel/etcd':>11}"
