@@ -7,7 +7,7 @@
 //!   from its data directory, it catches up) and then of every member at once, three times
 //!   (all restarted), and the cluster serves again;
 //! - `keel bench cluster` on members of its own (started, measured, stopped with SIGTERM)
-//!   and against a running cluster;
+//!   and against a running cluster, through the native API and the etcd API;
 //! - a member killed while the others write past their log compaction restarts and
 //!   catches up by snapshot (its own serializable reads serve every write);
 //! - bad input on the client port (garbage, a truncated frame, an oversized length, a sound
@@ -503,6 +503,35 @@ fn client_commands_against_three_processes() {
     assert!(
         line.starts_with("cluster api=native nodes=3 clients=2 workload=put")
             && line.contains(" cpu_us_per_op=n/a ")
+            && line.contains(" errors=0"),
+        "{bench}"
+    );
+    // The same through the etcd API, measuring the members named by --server-pids.
+    let pids = format!("{},{},{}", cluster.pid(0), cluster.pid(1), cluster.pid(2));
+    let bench = keel(
+        &[
+            "bench",
+            "cluster",
+            "--api",
+            "etcd",
+            "--endpoints",
+            &all,
+            "--server-pids",
+            &pids,
+            "--secs",
+            "1",
+            "--clients",
+            "2",
+            "--workload",
+            "txn",
+        ],
+        "",
+    );
+    let bench = expect(&cluster, &bench, 0);
+    let line = bench.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("cluster api=etcd nodes=3 clients=2 workload=txn")
+            && !line.contains(" cpu_us_per_op=n/a ")
             && line.contains(" errors=0"),
         "{bench}"
     );
@@ -1117,4 +1146,84 @@ fn members_on_the_tokio_uring_runtime_serve() {
             "v\n"
         );
     }
+}
+
+#[test]
+fn bench_cluster_drives_the_etcd_api_of_its_own_members() {
+    let _turn = serial();
+    let out = keel(
+        &[
+            "bench",
+            "cluster",
+            "--api",
+            "etcd",
+            "--secs",
+            "1",
+            "--clients",
+            "4",
+            "--keys",
+            "200",
+            "--workload",
+            "mixed",
+            "--groups",
+            "2",
+            "--shards",
+            "1",
+        ],
+        "",
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    let field = |name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_owned()
+    };
+    assert!(
+        line.starts_with("cluster api=etcd nodes=3 clients=4 workload=mixed"),
+        "{line}"
+    );
+    assert!(field("ops/s").parse::<f64>().unwrap() > 0.0, "{line}");
+    assert!(
+        field("cpu_us_per_op").parse::<f64>().unwrap() > 0.0,
+        "{line}"
+    );
+    assert_eq!(field("errors"), "0", "{line}");
+    assert_eq!(field("groups"), "2", "{line}");
+    assert_eq!(field("route"), "leader", "{line}");
+
+    // Bad input is an error that names it, never a panic.
+    let lease = keel(
+        &[
+            "bench",
+            "cluster",
+            "--api",
+            "etcd",
+            "--workload",
+            "get",
+            "--read",
+            "lease",
+        ],
+        "",
+    );
+    assert_eq!(lease.status.code(), Some(2), "{}", text(&lease.stderr));
+    assert!(text(&lease.stderr).contains("--read lease"));
+    let unreachable = keel(
+        &[
+            "bench",
+            "cluster",
+            "--api",
+            "etcd",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--secs",
+            "1",
+        ],
+        "",
+    );
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(text(&unreachable.stderr).contains("127.0.0.1:1"));
 }

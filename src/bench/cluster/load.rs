@@ -51,7 +51,7 @@ pub struct LoadOutcome {
 }
 
 /// The key of index `i`.
-fn key(i: u64) -> Vec<u8> {
+pub fn key(i: u64) -> Vec<u8> {
     format!("bench/{i:010}").into_bytes()
 }
 
@@ -122,16 +122,24 @@ pub async fn run(clients: &[Client], spec: &LoadSpec, done: Arc<AtomicU64>) -> L
         let (spec, done) = (spec.clone(), done.clone());
         tasks.spawn(async move { client_loop(c, &client, &spec, deadline, &done).await });
     }
+    let mut outcomes = Vec::with_capacity(spec.clients);
+    while let Some(joined) = tasks.join_next().await {
+        outcomes.push(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    merge(outcomes, started.elapsed())
+}
+
+/// The load's outcome from its tasks' and its wall time.
+pub fn merge(tasks: Vec<TaskOutcome>, elapsed: Duration) -> LoadOutcome {
     let mut outcome = LoadOutcome {
         ops: 0,
-        elapsed: Duration::ZERO,
+        elapsed,
         lat: Latencies::new(),
         errors: 0,
         first_error: None,
         txn_conflicts: 0,
     };
-    while let Some(joined) = tasks.join_next().await {
-        let task = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    for task in tasks {
         outcome.lat.merge(&task.lat);
         outcome.errors += task.errors;
         outcome.txn_conflicts += task.txn_conflicts;
@@ -139,16 +147,27 @@ pub async fn run(clients: &[Client], spec: &LoadSpec, done: Arc<AtomicU64>) -> L
             outcome.first_error = task.first_error;
         }
     }
-    outcome.elapsed = started.elapsed();
     outcome.ops = outcome.lat.count();
     outcome
 }
 
-struct TaskOutcome {
-    lat: Latencies,
-    errors: u64,
-    first_error: Option<String>,
-    txn_conflicts: u64,
+/// What one client task measured.
+pub struct TaskOutcome {
+    pub lat: Latencies,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub txn_conflicts: u64,
+}
+
+impl TaskOutcome {
+    pub fn new() -> TaskOutcome {
+        TaskOutcome {
+            lat: Latencies::new(),
+            errors: 0,
+            first_error: None,
+            txn_conflicts: 0,
+        }
+    }
 }
 
 async fn client_loop(
@@ -158,13 +177,8 @@ async fn client_loop(
     deadline: Instant,
     done: &AtomicU64,
 ) -> TaskOutcome {
-    let mut rng = SplitMix64(0x9e37_79b9_7f4a_7c15 ^ index as u64);
-    let mut out = TaskOutcome {
-        lat: Latencies::new(),
-        errors: 0,
-        first_error: None,
-        txn_conflicts: 0,
-    };
+    let mut rng = SplitMix64::seeded(index);
+    let mut out = TaskOutcome::new();
     let value = vec![b'x'; spec.size];
     let mut counter = Counter::new(index, spec.size);
     while Instant::now() < deadline {
@@ -293,10 +307,15 @@ impl Counter {
 }
 
 /// A small, fast generator for key choice; quality far beyond what picking keys needs.
-struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The generator of client task `index`.
+    pub fn seeded(index: usize) -> SplitMix64 {
+        SplitMix64(0x9e37_79b9_7f4a_7c15 ^ index as u64)
+    }
+
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -305,7 +324,7 @@ impl SplitMix64 {
     }
 
     /// Uniform enough in `0..n` for `n` far below 2^64.
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }

@@ -4,9 +4,16 @@
 //! (`members`), waits until every group has a leader, runs the load (`load`), then stops
 //! the members with SIGTERM and removes their directories. With `--endpoints` it drives a
 //! cluster that is already running instead. The CPU time the members spend during the load
-//! (`cpu`) is divided by the operations answered: the server's cost per operation.
+//! (`cpu`) is divided by the operations answered: the server's cost per operation; for a
+//! cluster that is not ours, `--server-pids` names the processes to measure.
+//!
+//! `--api etcd` runs the same workloads through the etcd v3 gRPC API with a client of its
+//! own (`etcd_route`, `etcd_load`), against Keel's members or, with `--endpoints`, any
+//! etcd-API cluster, etcd itself included: one client, so that the two are compared fairly.
 
 mod cpu;
+mod etcd_load;
+mod etcd_route;
 mod load;
 mod members;
 
@@ -33,8 +40,19 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub enum ApiArg {
     /// Keel's native protocol, through keel-client.
     Native,
-    /// The etcd v3 gRPC API (not served yet).
+    /// The etcd v3 gRPC API, through a client of the bench's own (keel-etcd-proto's
+    /// generated one over hyper's HTTP/2): against Keel or any etcd-API cluster.
     Etcd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RouteArg {
+    /// Each request to the member leading its key's group (learned before the load: Keel's
+    /// native status, or etcd's Maintenance.Status), --conns connections to each member.
+    Leader,
+    /// As etcd's benchmark tool: --conns connections in all, round-robin over the
+    /// endpoints, clients round-robin over the connections; members not leading forward.
+    Spread,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,7 +72,7 @@ pub enum WorkloadArg {
 pub enum ReadArg {
     /// Confirmed with a quorum by the leader (read index).
     Linearizable,
-    /// Served by the leader under its lease.
+    /// Served by the leader under its lease (native API only).
     Lease,
     /// Served by any member from its own state.
     Serializable,
@@ -72,9 +90,14 @@ pub enum RuntimeArg {
 #[derive(Args, Debug)]
 pub struct ClusterBenchArgs {
     /// Drive this running cluster (comma-separated `host:port` or `http://host:port`)
-    /// instead of starting one; the members' CPU time is then not measured.
+    /// instead of starting one; the members' CPU time is then measured only with
+    /// --server-pids. With --api etcd, any etcd-API cluster (etcd itself included).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// With --endpoints: the server processes (comma-separated pids on this machine) whose
+    /// CPU time during the load, read from /proc, gives `cpu_us_per_op`.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
     /// Members of the cluster to start.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -84,6 +107,8 @@ pub struct ClusterBenchArgs {
     clients: usize,
     /// Connections to each member. keel-client keeps one pipelined connection per member
     /// in each `Client`, so this many `Client`s are made and the clients spread over them.
+    /// With --api etcd, HTTP/2 connections to each member (--route leader) or in all
+    /// (--route spread), the clients spread over them.
     #[arg(long, default_value_t = 1)]
     conns: usize,
     /// Bytes per value.
@@ -107,9 +132,13 @@ pub struct ClusterBenchArgs {
     /// Shards per member of the cluster to start (default: the server's, one per core).
     #[arg(long)]
     shards: Option<u32>,
-    /// The client API. Only `native` is served for now.
+    /// The client API.
     #[arg(long, value_enum, default_value_t = ApiArg::Native)]
     api: ApiArg,
+    /// With --api etcd: where requests go (the native client always sends each to its
+    /// group's leader).
+    #[arg(long, value_enum, default_value_t = RouteArg::Leader)]
+    route: RouteArg,
     /// The client side's tokio runtime. One thread is the default: on a 2-core machine it
     /// spent about 30% less client CPU per linearizable get than two workers, the same per
     /// put, at the same throughput.
@@ -125,12 +154,38 @@ pub struct ClusterBenchArgs {
 
 impl ClusterBenchArgs {
     fn validate(&self) -> Result<(), String> {
-        if matches!(self.api, ApiArg::Etcd) {
+        if matches!(self.api, ApiArg::Etcd)
+            && matches!(self.read, ReadArg::Lease)
+            && matches!(self.workload, WorkloadArg::Get | WorkloadArg::Mixed)
+        {
             return Err(
-                "--api etcd: the etcd gRPC API is not served yet (it comes later); \
-                        use --api native"
+                "--read lease is served by the native API only: etcd's Range is \
+                        linearizable or serializable; use --api native or another --read"
                     .into(),
             );
+        }
+        if matches!(self.api, ApiArg::Native) && matches!(self.route, RouteArg::Spread) {
+            return Err(
+                "--route spread is for --api etcd: the native client sends every \
+                        request to its group's leader"
+                    .into(),
+            );
+        }
+        if !self.server_pids.is_empty() {
+            if self.endpoints.is_empty() {
+                return Err(
+                    "--server-pids is for --endpoints: the members the bench starts \
+                            are measured anyway"
+                        .into(),
+                );
+            }
+            for pid in &self.server_pids {
+                cpu::cpu_time(&pid.to_string())
+                    .map_err(|e| format!("--server-pids: process {pid}: {e}"))?;
+            }
+        }
+        for endpoint in &self.endpoints {
+            etcd_route::host_port(endpoint)?;
         }
         if self.endpoints.is_empty() && !(1..=9).contains(&self.nodes) {
             return Err(format!("--nodes must be within [1, 9], got {}", self.nodes));
@@ -225,7 +280,7 @@ pub fn run(args: &ClusterBenchArgs) -> Result<ExitCode, String> {
         run_own_cluster(args, &runtime)?
     } else {
         let endpoints: Vec<&str> = args.endpoints.iter().map(String::as_str).collect();
-        runtime.block_on(run_load(args, &endpoints, &[]))?
+        runtime.block_on(run_load(args, &endpoints, &args.server_pids))?
     };
     drop(runtime);
     print_report(args, &report);
@@ -280,9 +335,76 @@ fn run_own_cluster(
     Ok(report)
 }
 
-/// Connects `--conns` clients, preloads if the workload reads, and runs the load while
-/// measuring the CPU time of `pids` (the members, when ours) and of this process.
+/// Runs the load through the API asked for, measuring the CPU time of `pids` (the
+/// members, when ours or named by --server-pids) and of this process.
 async fn run_load(
+    args: &ClusterBenchArgs,
+    endpoints: &[&str],
+    pids: &[u32],
+) -> Result<Report, String> {
+    match args.api {
+        ApiArg::Native => run_native_load(args, endpoints, pids).await,
+        ApiArg::Etcd => run_etcd_load(args, endpoints, pids).await,
+    }
+}
+
+/// Learns the leaders (--route leader), opens the HTTP/2 connections, preloads if the
+/// workload reads, and runs the load through the etcd API.
+async fn run_etcd_load(
+    args: &ClusterBenchArgs,
+    endpoints: &[&str],
+    pids: &[u32],
+) -> Result<Report, String> {
+    let endpoints = endpoints
+        .iter()
+        .map(|e| etcd_route::host_port(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let routing = match args.route {
+        RouteArg::Leader => etcd_route::Routing::Leader,
+        RouteArg::Spread => etcd_route::Routing::Spread,
+    };
+    // Learned for both routings: the group count and the member count go in the report.
+    let leaders = etcd_route::discover(&endpoints).await;
+    let leaders = match (routing, leaders) {
+        (_, Ok(l)) => Some(l),
+        (etcd_route::Routing::Leader, Err(e)) => return Err(e),
+        (etcd_route::Routing::Spread, Err(e)) => {
+            eprintln!("keel: the leaders are unknown ({e}); spreading as asked");
+            None
+        }
+    };
+    let routes =
+        etcd_route::Routes::open(routing, &endpoints, leaders.as_ref(), args.conns).await?;
+    let spec = args.spec();
+    if matches!(spec.workload, Workload::Get | Workload::Mixed) {
+        let concurrency = (args.clients * 4).clamp(16, 256);
+        etcd_load::preload(&routes, &spec, concurrency).await?;
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = progress_line(done.clone());
+    let server_before = cpu::cpu_time_of(pids)?;
+    let client_before = cpu::cpu_time("self")?;
+    let outcome = etcd_load::run(&routes, &spec, done).await;
+    let server_after = cpu::cpu_time_of(pids)?;
+    let client_after = cpu::cpu_time("self")?;
+    drop(progress);
+    let (members, groups) = match &leaders {
+        Some(l) if l.is_keel => (l.members.len(), l.groups),
+        _ => (endpoints.len(), 1),
+    };
+    Ok(Report {
+        nodes: members.max(endpoints.len()),
+        groups,
+        outcome,
+        server_cpu: (!pids.is_empty()).then(|| server_after.saturating_sub(server_before)),
+        client_cpu: client_after.saturating_sub(client_before),
+        batching: None,
+    })
+}
+
+/// Connects `--conns` clients, preloads if the workload reads, and runs the load through
+/// the native API.
+async fn run_native_load(
     args: &ClusterBenchArgs,
     endpoints: &[&str],
     pids: &[u32],
@@ -375,18 +497,41 @@ fn read_name(r: ReadArg) -> &'static str {
     }
 }
 
+fn api_name(a: ApiArg) -> &'static str {
+    match a {
+        ApiArg::Native => "native",
+        ApiArg::Etcd => "etcd",
+    }
+}
+
+fn route_name(r: RouteArg) -> &'static str {
+    match r {
+        RouteArg::Leader => "leader",
+        RouteArg::Spread => "spread",
+    }
+}
+
 fn print_report(args: &ClusterBenchArgs, r: &Report) {
     let o = &r.outcome;
+    let api = api_name(args.api);
+    let conns = match (args.api, args.route) {
+        (ApiArg::Etcd, RouteArg::Spread) => "in all",
+        _ => "per member",
+    };
     let server = r.server_cpu.and_then(|cpu| r.per_op(cpu));
     let client = r.per_op(r.client_cpu);
     let shards = args
         .shards
         .map_or_else(|| "server default".into(), |s| s.to_string());
     println!(
-        "cluster: {} members, {} groups, shards {shards}; {} clients over {} connection(s) \
-         per member; workload {}, {} B values, {} keys, reads {}",
+        "cluster: {} members, {} groups, shards {shards}; {api} API, routed to {}; {} clients \
+         over {} connection(s) {conns}; workload {}, {} B values, {} keys, reads {}",
         r.nodes,
         r.groups,
+        match (args.api, args.route) {
+            (ApiArg::Etcd, RouteArg::Spread) => "any member",
+            _ => "each key's leader",
+        },
         args.clients,
         args.conns,
         workload_name(args.workload),
@@ -408,7 +553,7 @@ fn print_report(args: &ClusterBenchArgs, r: &Report) {
     );
     println!(
         "{:<14} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>16} {:>16}",
-        format!("native {}", workload_name(args.workload)),
+        format!("{api} {}", workload_name(args.workload)),
         thousands(whole(r.ops_per_sec())),
         o.lat.p(0.5),
         o.lat.p(0.99),
@@ -442,8 +587,8 @@ fn print_report(args: &ClusterBenchArgs, r: &Report) {
         None => ("n/a".to_string(), "n/a".to_string()),
     };
     println!(
-        "cluster api=native nodes={} clients={} workload={} conns={} size={} groups={} \
-         read={} ops/s={:.0} p50_us={} p99_us={} p999_us={} cpu_us_per_op={} \
+        "cluster api={api} nodes={} clients={} workload={} conns={} size={} groups={} \
+         read={} route={} ops/s={:.0} p50_us={} p99_us={} p999_us={} cpu_us_per_op={} \
          client_cpu_us_per_op={} errors={} groups_per_write={groups_per_write} \
          entries_per_write={entries_per_write}",
         r.nodes,
@@ -453,6 +598,7 @@ fn print_report(args: &ClusterBenchArgs, r: &Report) {
         args.size,
         r.groups,
         read_name(args.read),
+        route_name(args.route),
         r.ops_per_sec(),
         o.lat.p(0.5),
         o.lat.p(0.99),
