@@ -234,6 +234,7 @@ pub struct ShardRequest {
 }
 
 /// What a request asks of a shard.
+#[derive(Clone, Debug)]
 pub enum ShardWork {
     /// A write, named for exactly-once (client id 0: anonymous).
     Write {

@@ -73,6 +73,12 @@ pub struct EtcdLimits {
     pub streams_per_connection_max: u32,
 }
 
+/// How long a request waits for its group to have a leader before it is answered
+/// "etcdserver: no leader": about two election timeouts at the default tick.
+pub const NO_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a request waiting for a leader asks again.
+const NO_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Room above `request_bytes_max` that the gRPC layer still decodes, so that a request just
 /// over the limit gets etcd's own error rather than a transport one (etcd allows the same).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
@@ -259,8 +265,23 @@ impl Etcd {
         }
     }
 
-    /// Hands `work` to the shard hosting `group` and waits for its answer.
+    /// Hands `work` to the shard hosting `group` and waits for its answer. While the group
+    /// has no leader (an election, a leadership transfer) the request waits for one, up to
+    /// [`NO_LEADER_WAIT`], as etcd's requests wait out an election: etcd's clients do not
+    /// retry a write on "no leader".
     async fn call_shard(&self, group: u32, work: ShardWork) -> Result<Answer, Status> {
+        let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
+        loop {
+            match self.call_shard_once(group, work.clone()).await? {
+                Answer::NotLeader(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(NO_LEADER_POLL).await;
+                }
+                answer => return Ok(answer),
+            }
+        }
+    }
+
+    async fn call_shard_once(&self, group: u32, work: ShardWork) -> Result<Answer, Status> {
         let shards = u32::try_from(self.ctx.shards.len()).unwrap_or(1).max(1);
         let shard = usize::try_from(group % shards)
             .ok()
