@@ -11,7 +11,7 @@ use keel_etcd_proto::etcdserverpb::{
 };
 
 use super::etcd_route::{ClientRoutes, Routes};
-use super::load::{LoadOutcome, LoadSpec, SplitMix64, TaskOutcome, Workload, key, merge};
+use super::load::{Counter, LoadOutcome, LoadSpec, SplitMix64, TaskOutcome, Workload, key, merge};
 use crate::bench::{show_progress, thousands};
 
 /// Most attempts at preloading one key when the cluster answers `UNAVAILABLE` (a member that
@@ -129,7 +129,7 @@ async fn client_loop(
                 put(&mut client, &mut rng, spec, &value).await
             }
             Workload::Mixed => get(&mut client, &mut rng, spec, serializable).await,
-            Workload::Txn => counter.increment(&mut client).await.map(|swapped| {
+            Workload::Txn => counter.increment_etcd(&mut client).await.map(|swapped| {
                 out.txn_conflicts += u64::from(!swapped);
             }),
         };
@@ -189,32 +189,13 @@ async fn get(
         .map_err(|e| failed(&e))
 }
 
-/// One client's counter for the txn workload, the native workload's shape: a `Txn` that
-/// compares the counter's value with the one last seen (its version with 0 before the
-/// first) and then puts the counter plus one and a value of the run's size beside it, or
-/// else reads the counter for the next try. Both keys share a `{hash tag}`, so a Keel
-/// cluster of several groups holds them in one.
-struct Counter {
-    counter_key: Vec<u8>,
-    value_key: Vec<u8>,
-    value: Vec<u8>,
-    /// The counter as last seen: `None` before the first read (the key may be absent or
-    /// left by an earlier run).
-    seen: Option<Vec<u8>>,
-}
-
+/// The txn workload through the etcd API, the native workload's shape: a `Txn` that compares
+/// the counter's value with the one last seen (its version with 0 before the first) and
+/// then puts the counter plus one and a value of the run's size beside it, or else reads the
+/// counter for the next try.
 impl Counter {
-    fn new(index: usize, size: usize) -> Counter {
-        Counter {
-            counter_key: format!("{{bench-c{index}}}/counter").into_bytes(),
-            value_key: format!("{{bench-c{index}}}/value").into_bytes(),
-            value: vec![b't'; size],
-            seen: None,
-        }
-    }
-
     /// One compare-and-swap; returns whether the swap happened.
-    async fn increment(&mut self, client: &mut ClientRoutes) -> Result<bool, String> {
+    async fn increment_etcd(&mut self, client: &mut ClientRoutes) -> Result<bool, String> {
         let (target, target_union, next) = match &self.seen {
             Some(seen) => {
                 let n: u64 = std::str::from_utf8(seen)

@@ -234,17 +234,19 @@ async fn get(client: &Client, rng: &mut SplitMix64, spec: &LoadSpec) -> Result<(
 
 /// One client's counter for the txn workload: `{bench-cN}/counter` holds a decimal count,
 /// `{bench-cN}/value` a value of the run's size, both in the group of the tag.
-struct Counter {
-    counter_key: Vec<u8>,
-    value_key: Vec<u8>,
-    value: Vec<u8>,
+/// Both keys share a `{hash tag}`, so a cluster of several groups holds them in one. The
+/// etcd API's workload (`etcd_load.rs`) drives the same counters.
+pub(super) struct Counter {
+    pub(super) counter_key: Vec<u8>,
+    pub(super) value_key: Vec<u8>,
+    pub(super) value: Vec<u8>,
     /// The counter as last seen: `None` before the first read (the key may be absent or
     /// left by an earlier run).
-    seen: Option<Vec<u8>>,
+    pub(super) seen: Option<Vec<u8>>,
 }
 
 impl Counter {
-    fn new(index: usize, size: usize) -> Counter {
+    pub(super) fn new(index: usize, size: usize) -> Counter {
         Counter {
             counter_key: format!("{{bench-c{index}}}/counter").into_bytes(),
             value_key: format!("{{bench-c{index}}}/value").into_bytes(),
