@@ -19,11 +19,11 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_client::wire::{
@@ -34,19 +34,15 @@ use keel_client::{Client, ClientOptions, ReadConsistency};
 
 /// Shards per member: with more than one, a member's groups live on several threads and
 /// logs, which the tests should cover.
+mod common;
+use common::{free_ports, runtime, serial};
+
 const SHARDS: u16 = 2;
 const GROUPS: u32 = 4;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Times every member is killed at once under load and restarted, the last with the
 /// writers stopping.
 const FULL_CRASHES: usize = 3;
-
-/// One cluster at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 struct Member {
     name: String,
@@ -291,35 +287,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// A port `p` with `p..p + span` free, held by listeners pushed to `held`.
-fn free_ports(span: u16, held: &mut Vec<TcpListener>) -> u16 {
-    'again: for _ in 0..64 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        let mut block = vec![first];
-        for offset in 1..span {
-            let Some(port) = base.checked_add(offset) else {
-                continue 'again;
-            };
-            match TcpListener::bind(("127.0.0.1", port)) {
-                Ok(l) => block.push(l),
-                Err(_) => continue 'again,
-            }
-        }
-        held.extend(block);
-        return base;
-    }
-    panic!("no {span} consecutive free ports");
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Runs the CLI with `args` and `stdin`.

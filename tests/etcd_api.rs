@@ -23,10 +23,8 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keel_client::{Client, ClientOptions, group_of};
@@ -42,36 +40,11 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+mod common;
+use common::{free_ports, runtime, serial};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MEMBERS: usize = 3;
-
-/// One cluster at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A port `p` with `p..p + span` free, held by listeners pushed to `held`.
-fn free_ports(span: u16, held: &mut Vec<TcpListener>) -> u16 {
-    'again: for _ in 0..64 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        let mut block = vec![first];
-        for offset in 1..span {
-            let Some(port) = base.checked_add(offset) else {
-                continue 'again;
-            };
-            match TcpListener::bind(("127.0.0.1", port)) {
-                Ok(l) => block.push(l),
-                Err(_) => continue 'again,
-            }
-        }
-        held.extend(block);
-        return base;
-    }
-    panic!("no {span} consecutive free ports");
-}
 
 struct Member {
     name: String,
@@ -313,14 +286,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Two keys of different groups (several groups only).
