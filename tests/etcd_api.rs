@@ -1237,6 +1237,45 @@ async fn grpc_scenario_on(cluster: &Cluster) {
     assert!(saved >= 5, "{backup:?}");
     kv.put(put("while-unread", b"ok")).await.unwrap();
     drop(unread);
+    // Open streams are bounded per listener (snapshot_streams_max): with two shards, nine
+    // unread streams on their own connections put at least five on one listener. A backup
+    // of a few MB outlasts the HTTP/2 flow-control windows, so an unread stream stays open.
+    for i in 0..4 {
+        kv.put(put(&format!("big-{i}"), &vec![b'b'; 1_000_000]))
+            .await
+            .unwrap();
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..(2 * keel_node::server::etcd::SNAPSHOT_STREAMS_MAX + 1) {
+        let mut client = MaintenanceClient::new(channel(cluster, 0).await);
+        match client.snapshot(SnapshotRequest {}).await {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("snapshot_streams_max"),
+                    "{status:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 1,
+        "more unread Snapshot streams than the bound were served"
+    );
+    drop(open);
+    // Streams dropped by their clients free their places.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = MaintenanceClient::new(channel(cluster, 0).await);
+        if client.snapshot(SnapshotRequest {}).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Snapshot streams never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut members = ClusterClient::new(channel(cluster, 0).await);
     let list = members
         .member_list(MemberListRequest::default())

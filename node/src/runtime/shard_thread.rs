@@ -301,6 +301,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
             .collect(),
         etcd_limits: config.etcd_limits.clone(),
         forwards: Forwards::default(),
+        snapshots_open: Arc::default(),
     });
     let accept = tokio::spawn(async move {
         loop {

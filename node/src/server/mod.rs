@@ -53,6 +53,10 @@ pub struct ServerContext {
     /// This shard's HTTP/2 connections to other members, for forwarding etcd requests to a
     /// group's leader.
     pub forwards: etcd::Forwards,
+    /// etcd `Snapshot` streams open on this shard's listener: at most
+    /// [`etcd::SNAPSHOT_STREAMS_MAX`], since each holds a copy of the member's keys (past it
+    /// `RESOURCE_EXHAUSTED`).
+    pub snapshots_open: Arc<AtomicUsize>,
 }
 
 /// Reserved keys (cluster metadata lives under them); clients cannot write them.

@@ -2,9 +2,12 @@
 //! see [`super::backup`]).
 
 use keel_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use keel_etcd_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, ResponseHeader,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::codegen::tokio_stream;
 use tonic::{Request, Response, Status};
@@ -67,7 +70,7 @@ impl Maintenance for Etcd {
         }))
     }
 
-    type SnapshotStream = tokio_stream::Iter<std::vec::IntoIter<Result<SnapshotResponse, Status>>>;
+    type SnapshotStream = tokio_stream::Iter<SnapshotChunks>;
 
     async fn snapshot(
         &self,
@@ -76,7 +79,15 @@ impl Maintenance for Etcd {
         // As etcd's, the snapshot is this member's own copy: each group read from the local
         // replica (serializable), consistent at that group's revision. The whole file is
         // built before it is sent, so that `remaining_bytes` is exact: it holds the
-        // member's keys once more in memory while it streams.
+        // member's keys once more in memory while it streams (at most SNAPSHOT_STREAMS_MAX
+        // streams per shard's listener; the messages are cut from it as they are sent).
+        let open = SnapshotOpen(self.ctx.snapshots_open.clone());
+        if open.0.fetch_add(1, Ordering::AcqRel) >= SNAPSHOT_STREAMS_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "keel: {SNAPSHOT_STREAMS_MAX} Snapshot streams are open on this listener \
+                 (snapshot_streams_max); retry when one ends"
+            )));
+        }
         let mut backup = Backup {
             cluster_id: self.ctx.cluster_id,
             groups: Vec::new(),
@@ -93,18 +104,54 @@ impl Maintenance for Etcd {
         }
         let revision = backup.groups.iter().map(|g| g.revision).max().unwrap_or(0);
         let bytes = backup::encode(&backup).map_err(Status::internal)?;
-        let total = bytes.len();
-        let mut sent = 0;
-        let mut messages = Vec::new();
-        for chunk in bytes.chunks(SNAPSHOT_CHUNK_BYTES) {
-            sent += chunk.len();
-            messages.push(Ok(SnapshotResponse {
-                header: Some(self.header(0, revision)),
-                remaining_bytes: u64::try_from(total - sent).unwrap_or(0),
-                blob: chunk.to_vec(),
-            }));
+        drop(backup);
+        Ok(Response::new(tokio_stream::iter(SnapshotChunks {
+            bytes,
+            sent: 0,
+            header: self.header(0, revision),
+            _open: open,
+        })))
+    }
+}
+
+/// Most `Snapshot` streams open at once on one shard's client listener; each holds a copy
+/// of the member's keys until it is sent or dropped.
+pub const SNAPSHOT_STREAMS_MAX: usize = 4;
+
+/// Counts a listener's `Snapshot` stream open until dropped (with the stream, also when the
+/// client goes away without reading it).
+struct SnapshotOpen(Arc<AtomicUsize>);
+
+impl Drop for SnapshotOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A backup file as `Snapshot` messages of [`SNAPSHOT_CHUNK_BYTES`], each cut when it is
+/// sent.
+pub struct SnapshotChunks {
+    bytes: Vec<u8>,
+    sent: usize,
+    header: ResponseHeader,
+    _open: SnapshotOpen,
+}
+
+impl Iterator for SnapshotChunks {
+    type Item = Result<SnapshotResponse, Status>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.sent >= self.bytes.len() {
+            return None;
         }
-        Ok(Response::new(tokio_stream::iter(messages)))
+        let end = (self.sent + SNAPSHOT_CHUNK_BYTES).min(self.bytes.len());
+        let blob = self.bytes[self.sent..end].to_vec();
+        self.sent = end;
+        Some(Ok(SnapshotResponse {
+            header: Some(self.header),
+            remaining_bytes: u64::try_from(self.bytes.len() - end).unwrap_or(0),
+            blob,
+        }))
     }
 }
 

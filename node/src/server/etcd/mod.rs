@@ -50,6 +50,7 @@ use tonic::Status;
 use tonic::codegen::Service as _;
 
 pub use forward::Forwards;
+pub use maintenance::{SNAPSHOT_STREAMS_MAX, SnapshotChunks};
 
 use super::ServerContext;
 use super::prefixed::Prefixed;
