@@ -128,7 +128,7 @@ impl Drop for SnapshotOpen {
     }
 }
 
-/// A backup file as `Snapshot` messages of [`SNAPSHOT_CHUNK_BYTES`], each cut when it is
+/// A backup file as `Snapshot` messages of 64 KiB, each cut when it is
 /// sent.
 pub struct SnapshotChunks {
     bytes: Vec<u8>,
