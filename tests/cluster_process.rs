@@ -35,7 +35,7 @@ use keel_client::{Client, ClientOptions, ReadConsistency};
 /// Shards per member: with more than one, a member's groups live on several threads and
 /// logs, which the tests should cover.
 mod common;
-use common::{free_ports, runtime, serial};
+use common::{free_ports, run_with_stdin, runtime, serial};
 
 const SHARDS: u16 = 2;
 const GROUPS: u32 = 4;
@@ -291,20 +291,7 @@ impl Drop for Cluster {
 
 /// Runs the CLI with `args` and `stdin`.
 fn keel(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(Command::new(env!("CARGO_BIN_EXE_keel")).args(args), stdin)
 }
 
 fn text(bytes: &[u8]) -> String {

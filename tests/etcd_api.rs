@@ -22,7 +22,6 @@
 //! The tests take turns (one cluster at a time) and stop their members with SIGTERM.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 mod common;
-use common::{free_ports, runtime, serial};
+use common::{free_ports, run_with_stdin, runtime, serial};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MEMBERS: usize = 3;
@@ -318,23 +317,14 @@ fn etcdctl_path() -> PathBuf {
 /// Runs etcdctl against `endpoint` (which may not lead the group of the keys) with `input`
 /// on its stdin.
 fn ctl(cluster: &Cluster, endpoint: usize, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(etcdctl_path())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", cluster.endpoint(endpoint)))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_stdin(
+        Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", cluster.endpoint(endpoint)))
+            .arg("--command-timeout=10s")
+            .args(args),
+        input,
+    )
 }
 
 /// Runs etcdctl and returns its stdout, failing the test (with everything) if it failed.

@@ -2,8 +2,27 @@
 //! port ranges, and a runtime for async clients.
 #![allow(dead_code)] // Each test binary uses its own share of these.
 
+use std::io::Write;
 use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
+
+/// Runs `command` with `stdin` as its standard input and collects its output.
+pub fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
 
 /// One cluster at a time (within a test binary).
 pub fn serial() -> MutexGuard<'static, ()> {

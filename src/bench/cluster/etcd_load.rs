@@ -133,16 +133,7 @@ async fn client_loop(
                 out.txn_conflicts += u64::from(!swapped);
             }),
         };
-        match result {
-            Ok(()) => {
-                out.lat.record(t0.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                out.errors += 1;
-                out.first_error.get_or_insert(e);
-            }
-        }
+        out.record(t0, result, done);
     }
     out
 }

@@ -160,6 +160,21 @@ pub struct TaskOutcome {
 }
 
 impl TaskOutcome {
+    /// Counts one operation started at `t0`: its latency and the shared count when it
+    /// succeeded, the error otherwise.
+    pub fn record(&mut self, t0: Instant, result: Result<(), String>, done: &AtomicU64) {
+        match result {
+            Ok(()) => {
+                self.lat.record(t0.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
     pub fn new() -> TaskOutcome {
         TaskOutcome {
             lat: Latencies::new(),
@@ -192,16 +207,7 @@ async fn client_loop(
                 out.txn_conflicts += u64::from(!swapped);
             }),
         };
-        match result {
-            Ok(()) => {
-                out.lat.record(t0.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                out.errors += 1;
-                out.first_error.get_or_insert(e);
-            }
-        }
+        out.record(t0, result, done);
     }
     out
 }
