@@ -967,6 +967,25 @@ fn bad_input_on_the_client_port_costs_only_that_connection() {
     cluster.terminate_all();
 }
 
+/// The value of `name=` on a `cluster ...` line of `keel bench cluster`.
+fn bench_field(line: &str, name: &str) -> String {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        .to_owned()
+}
+
+/// A bench line that did operations, measured the members' CPU, and met no error.
+fn assert_bench_did_work(line: &str) {
+    let field = |name: &str| bench_field(line, name);
+    assert!(field("ops/s").parse::<f64>().unwrap() > 0.0, "{line}");
+    assert!(
+        field("cpu_us_per_op").parse::<f64>().unwrap() > 0.0,
+        "{line}"
+    );
+    assert_eq!(field("errors"), "0", "{line}");
+}
+
 #[test]
 fn bench_cluster_starts_and_stops_its_own_members() {
     let _turn = serial();
@@ -999,22 +1018,12 @@ fn bench_cluster_starts_and_stops_its_own_members() {
         "a member did not exit 0: {stderr}"
     );
     let line = stdout.lines().last().unwrap_or_default();
-    let field = |name: &str| {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-            .to_owned()
-    };
+    let field = |name: &str| bench_field(line, name);
     assert!(
         line.starts_with("cluster api=native nodes=3 clients=4 workload=mixed"),
         "{line}"
     );
-    assert!(field("ops/s").parse::<f64>().unwrap() > 0.0, "{line}");
-    assert!(
-        field("cpu_us_per_op").parse::<f64>().unwrap() > 0.0,
-        "{line}"
-    );
-    assert_eq!(field("errors"), "0", "{line}");
+    assert_bench_did_work(line);
     assert_eq!(field("groups"), "4", "{line}");
 }
 
@@ -1130,22 +1139,12 @@ fn bench_cluster_drives_the_etcd_api_of_its_own_members() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let line = stdout.lines().last().unwrap_or_default();
-    let field = |name: &str| {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-            .to_owned()
-    };
+    let field = |name: &str| bench_field(line, name);
     assert!(
         line.starts_with("cluster api=etcd nodes=3 clients=4 workload=mixed"),
         "{line}"
     );
-    assert!(field("ops/s").parse::<f64>().unwrap() > 0.0, "{line}");
-    assert!(
-        field("cpu_us_per_op").parse::<f64>().unwrap() > 0.0,
-        "{line}"
-    );
-    assert_eq!(field("errors"), "0", "{line}");
+    assert_bench_did_work(line);
     assert_eq!(field("groups"), "2", "{line}");
     assert_eq!(field("route"), "leader", "{line}");
 
