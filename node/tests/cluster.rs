@@ -354,6 +354,19 @@ impl Cluster {
         );
     }
 
+    /// Every acknowledged write (key -> (group, value)) reads back linearizably.
+    fn assert_acked_readable(&mut self, acked: &BTreeMap<String, (u64, String)>, what: &str) {
+        for (key, (group, value)) in acked {
+            let got = self.get(*group, key, ReadConsistency::Linearizable);
+            assert_eq!(
+                got.as_deref(),
+                Some(value.as_bytes()),
+                "seed {}: acknowledged {key} {what}",
+                self.seed
+            );
+        }
+    }
+
     fn crash(&mut self, id: NodeId) {
         self.member(id).shard = None;
         // Messages in flight to it are lost with it.
@@ -607,15 +620,7 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
         // The old leader comes back, catches up from the log, and agrees.
         c.restart(old);
         c.assert_converged();
-        for (key, (group, value)) in &acked {
-            let got = c.get(*group, key, ReadConsistency::Linearizable);
-            assert_eq!(
-                got.as_deref(),
-                Some(value.as_bytes()),
-                "seed {}: {key} lost",
-                c.seed
-            );
-        }
+        c.assert_acked_readable(&acked, "lost after the failover");
     }
 }
 
@@ -739,15 +744,7 @@ fn a_lossy_network_and_restarts_lose_no_acknowledged_write() {
     }
     c.drop_percent = 0;
     c.assert_converged();
-    for (key, (group, value)) in &acked {
-        let got = c.get(*group, key, ReadConsistency::Linearizable);
-        assert_eq!(
-            got.as_deref(),
-            Some(value.as_bytes()),
-            "seed {}: {key} lost",
-            c.seed
-        );
-    }
+    c.assert_acked_readable(&acked, "lost over the lossy network");
 }
 
 #[test]
@@ -1000,10 +997,7 @@ fn a_restart_from_a_checkpoint_and_the_log_tail_gives_the_same_state() {
             .collect();
         assert_eq!(&now, kvs, "member {id} group {g} after the restart");
     }
-    for (key, (group, value)) in &acked {
-        let got = c.get(*group, key, ReadConsistency::Linearizable);
-        assert_eq!(got.as_deref(), Some(value.as_bytes()), "{key}");
-    }
+    c.assert_acked_readable(&acked, "lost across the restart");
     // A retry of a write applied before the restart is still answered, not applied again.
     let retry = c.put(0, 8, 89, "k088", "v88");
     written(&retry);
@@ -1488,15 +1482,7 @@ fn a_member_joins_by_snapshot_is_promoted_and_an_original_member_leaves_without_
     put(&mut c, &mut acked, 10);
     c.restart(3);
     c.assert_converged();
-    for (key, (group, value)) in &acked {
-        let got = c.get(*group, key, ReadConsistency::Linearizable);
-        assert_eq!(
-            got.as_deref(),
-            Some(value.as_bytes()),
-            "seed {}: acknowledged {key} after the membership changes",
-            c.seed
-        );
-    }
+    c.assert_acked_readable(&acked, "after the membership changes");
 }
 
 impl Cluster {
