@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use keel_engine::{Db, DbOptions, KvLimits, Op, RangeEnd, RangeRequest, Txn};
 use keel_wal::WalOptions;
 
+mod crash;
+use crash::{Rng, kills, seed};
+
 const CHILD_DIR: &str = "KEEL_DB_CRASH_DIR";
 const CHILD_ROUND: &str = "KEEL_DB_CRASH_ROUND";
 const WRITERS: u64 = 4;
@@ -64,37 +67,6 @@ fn parse_key(k: &[u8]) -> (u32, u64, u8) {
 
 fn value(round: u32, n: u64, j: u8) -> Vec<u8> {
     format!("value-{round}-{n}-{j}-").repeat(4).into_bytes()
-}
-
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("KEEL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs() << 30 ^ u64::from(d.subsec_nanos()))
-                | 1
-        })
-}
-
-fn kills() -> u64 {
-    std::env::var("KEEL_CRASH_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100)
 }
 
 /// The child's body; a no-op unless the parent started this binary for it.

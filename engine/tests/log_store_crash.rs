@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 use keel_engine::{Entry, HardState, LogStore, LogStoreOptions, WriteBatch};
 use keel_wal::{Wal, WalOptions};
 
+mod crash;
+use crash::{Rng, kills, seed};
+
 const CHILD_DIR: &str = "KEEL_LOG_CRASH_DIR";
 const CHILD_STAGED: &str = "KEEL_LOG_CRASH_STAGED";
 const GROUPS: u64 = 8;
@@ -103,37 +106,6 @@ fn block_on<F: Future>(f: F) -> F::Output {
         }
         std::thread::park();
     }
-}
-
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("KEEL_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs() << 30 ^ u64::from(d.subsec_nanos()))
-                | 1
-        })
-}
-
-fn kills() -> u64 {
-    std::env::var("KEEL_CRASH_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100)
 }
 
 /// The number in an `ACK <n>` line. The first one shares its line with the test harness's
