@@ -387,6 +387,16 @@ fn encode_header(meta: &CheckpointMeta, conf_len: u32, app_len: u32) -> [u8; HEA
     h
 }
 
+/// Removes a file that may already be gone: a file listed a moment ago can be renamed by
+/// the writer that was finishing it (a crashed owner's helper thread outliving it in one
+/// process) or removed by another retention pass; either way it is no longer there to remove.
+fn remove_if_present(path: &Path) -> Result<(), CheckpointError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(io_err("remove", path)),
+    }
+}
+
 /// A temporary name for a write of `path` that no other writer shares, not even one of the
 /// same checkpoint in this process (an install and a local write of one index may run at
 /// once): `<name>.<process id>-<counter>.tmp`. [`CheckpointDir::open`] still finds it as a
@@ -785,7 +795,7 @@ impl CheckpointDir {
             let name = name.to_string_lossy();
             if name.starts_with(FILE_PREFIX) && name.ends_with(TMP_SUFFIX) {
                 let p = entry.path();
-                fs::remove_file(&p).map_err(io_err("remove", &p))?;
+                remove_if_present(&p)?;
             }
         }
         Ok(CheckpointDir {
@@ -924,7 +934,7 @@ impl CheckpointDir {
             if protect.contains(index) {
                 continue;
             }
-            fs::remove_file(path).map_err(io_err("remove", path))?;
+            remove_if_present(path)?;
             dropped = true;
         }
         if dropped {
