@@ -1502,21 +1502,12 @@ async fn nested_and_range_txns_on(cluster: &Cluster, kv: &mut KvClient<Channel>)
     use compare::CompareResult::{Equal, Less};
     use compare::TargetUnion::{ModRevision, Value, Version};
     let mut kv0 = KvClient::new(channel(cluster, 0).await);
+    let mut before = 0;
     for k in ["{n}/a", "{n}/b"] {
-        kv.put(put(k, b"1")).await.unwrap();
+        let written = kv.put(put(k, b"1")).await.unwrap().into_inner();
+        before = written.header.unwrap().revision;
     }
     let all = prefix_end("{n}/");
-    let before = kv
-        .range(RangeRequest {
-            key: b"{n}/a".to_vec(),
-            ..RangeRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
 
     // The outer txn changes {n}/a first; both nested compares still see the state before.
     let t = TxnRequest {

@@ -232,81 +232,39 @@ fn a_range_compare_holds_only_for_every_key_of_its_range() {
         .succeeded
     };
     let is = |v: &str| CompareTarget::Value(v.into());
+    let version = CompareTarget::Version;
     let first_two = RangeEnd::Exclusive(b"k/c".to_vec());
-    assert!(holds(
-        &mut m,
-        cmp("k/", first_two.clone(), CompareOp::Equal, is("1"))
-    ));
-    assert!(!holds(
-        &mut m,
-        cmp("k/", prefix.clone(), CompareOp::Equal, is("1"))
-    ));
-    assert!(holds(
-        &mut m,
-        cmp("k/", prefix.clone(), CompareOp::Less, is("3"))
-    ));
-    assert!(holds(
-        &mut m,
-        cmp(
-            "k/",
-            prefix.clone(),
-            CompareOp::Equal,
-            CompareTarget::Version(1)
-        )
-    ));
-    assert!(!holds(
-        &mut m,
-        cmp(
-            "k/",
-            prefix.clone(),
-            CompareOp::Greater,
-            CompareTarget::ModRevision(1)
-        )
-    ));
-    // etcd's "\0" form: every key from the start on, "z" included.
-    assert!(!holds(
-        &mut m,
-        cmp("k/", RangeEnd::Unbounded, CompareOp::Less, is("3"))
-    ));
-    assert!(holds(
-        &mut m,
-        cmp("k/", RangeEnd::Unbounded, CompareOp::Less, is("a"))
-    ));
-
     // A range holding no key compares a missing key: a value compare fails, whatever the
     // relation; the others see 0. An inverted range is empty too.
     let empty = RangeEnd::Exclusive(b"m".to_vec());
-    assert!(!holds(
-        &mut m,
-        cmp("l", empty.clone(), CompareOp::NotEqual, is("x"))
-    ));
-    assert!(holds(
-        &mut m,
-        cmp(
-            "l",
-            empty.clone(),
-            CompareOp::Equal,
-            CompareTarget::Version(0)
-        )
-    ));
-    assert!(holds(
-        &mut m,
-        cmp(
-            "l",
-            empty,
-            CompareOp::Equal,
-            CompareTarget::CreateRevision(0)
-        )
-    ));
     let inverted = RangeEnd::Exclusive(b"a".to_vec());
-    assert!(!holds(
-        &mut m,
-        cmp("k/", inverted.clone(), CompareOp::Equal, is("1"))
-    ));
-    assert!(holds(
-        &mut m,
-        cmp("k/", inverted, CompareOp::Equal, CompareTarget::Version(0))
-    ));
+    let (eq, ne, lt, gt) = (
+        CompareOp::Equal,
+        CompareOp::NotEqual,
+        CompareOp::Less,
+        CompareOp::Greater,
+    );
+    let cases = [
+        (cmp("k/", first_two, eq, is("1")), true),
+        (cmp("k/", prefix.clone(), eq, is("1")), false),
+        (cmp("k/", prefix.clone(), lt, is("3")), true),
+        (cmp("k/", prefix.clone(), eq, version(1)), true),
+        (
+            cmp("k/", prefix.clone(), gt, CompareTarget::ModRevision(1)),
+            false,
+        ),
+        // etcd's "\0" form: every key from the start on, "z" included.
+        (cmp("k/", RangeEnd::Unbounded, lt, is("3")), false),
+        (cmp("k/", RangeEnd::Unbounded, lt, is("a")), true),
+        (cmp("l", empty.clone(), ne, is("x")), false),
+        (cmp("l", empty.clone(), eq, version(0)), true),
+        (cmp("l", empty, eq, CompareTarget::CreateRevision(0)), true),
+        (cmp("k/", inverted.clone(), eq, is("1")), false),
+        (cmp("k/", inverted, eq, version(0)), true),
+    ];
+    for (c, expected) in cases {
+        assert_eq!(holds(&mut m, c.clone()), expected, "{c:?}");
+    }
 
     // Compares over a range inside a nested transaction, decided before the outer writes.
     let resp = m
@@ -558,15 +516,8 @@ fn transactions_logged_before_range_compares_and_nesting_still_decode() {
     assert_eq!(encode_txn(&txn), old);
 
     // A range compare or a nested transaction needs version 2 and round-trips.
-    let ranged = Txn {
-        compares: vec![cmp(
-            "a",
-            RangeEnd::Unbounded,
-            CompareOp::Less,
-            CompareTarget::Version(9),
-        )],
-        ..txn.clone()
-    };
+    let mut ranged = txn.clone();
+    ranged.compares[0].end = RangeEnd::Unbounded;
     assert_eq!(encode_txn(&ranged)[0], 2);
     assert_eq!(decode_txn(&encode_txn(&ranged)).unwrap(), ranged);
     let with_nested = Txn::batch(vec![Op::Txn(txn.clone())]);
