@@ -12,9 +12,9 @@
 //!   package;
 //! - Keel's generated tonic client (keel-etcd-proto) over tonic's channel: the same requests
 //!   and bad input — an oversized value, too many txn operations, malformed protobuf in a
-//!   gRPC frame, unknown fields, a txn spanning groups, leases, a nested txn, a service Keel
-//!   does not serve, a snapshot stream that is never read; `Compact` and reads at the
-//!   compacted revision (also through the native client);
+//!   gRPC frame, unknown fields, a txn spanning groups, leases, a service Keel does not serve, a snapshot stream that is never read; `Compact` and reads at the
+//!   compacted revision (also through the native client); nested txns and compares over key
+//!   ranges (etcdctl cannot express a nested txn);
 //! - `keel snapshot restore` on bad input: damaged, truncated or missing backups, a name not
 //!   in the cluster, a data directory in use — refused, with nothing left behind.
 //!
@@ -1359,13 +1359,7 @@ async fn grpc_scenario_on(cluster: &Cluster) {
         Code::InvalidArgument,
         "too many operations in txn request",
     );
-    let nested = TxnRequest {
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
-        }],
-        ..TxnRequest::default()
-    };
-    assert_status(kv.txn(nested).await, Code::Unimplemented, "nested");
+    nested_and_range_txns_on(cluster, &mut kv).await;
     // A compare reads its key: none may look at the cluster's reserved metadata.
     let peek = TxnRequest {
         compare: vec![Compare {
@@ -1435,6 +1429,285 @@ async fn grpc_scenario_on(cluster: &Cluster) {
     );
     // The members still serve after all that.
     kv.put(put("after", b"ok")).await.unwrap();
+}
+
+// ---- nested txns and compares over key ranges (tonic client) ------------------------------
+
+fn txn_op(t: TxnRequest) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestTxn(t)),
+    }
+}
+
+fn range_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.into(),
+            ..RangeRequest::default()
+        })),
+    }
+}
+
+/// A compare of `[key, range_end)` (`range_end` empty: the key alone).
+fn compare_range(
+    key: &str,
+    range_end: &[u8],
+    result: compare::CompareResult,
+    target: compare::TargetUnion,
+) -> Compare {
+    let kind = match target {
+        compare::TargetUnion::Version(_) => compare::CompareTarget::Version,
+        compare::TargetUnion::CreateRevision(_) => compare::CompareTarget::Create,
+        compare::TargetUnion::ModRevision(_) => compare::CompareTarget::Mod,
+        compare::TargetUnion::Value(_) => compare::CompareTarget::Value,
+        compare::TargetUnion::Lease(_) => compare::CompareTarget::Lease,
+    };
+    Compare {
+        result: result.into(),
+        target: kind.into(),
+        key: key.into(),
+        range_end: range_end.to_vec(),
+        target_union: Some(target),
+    }
+}
+
+fn nested_txn(
+    compare: Vec<Compare>,
+    success: Vec<RequestOp>,
+    failure: Vec<RequestOp>,
+) -> RequestOp {
+    txn_op(TxnRequest {
+        compare,
+        success,
+        failure,
+    })
+}
+
+/// The nested txn answering operation `i` of `responses`.
+fn nested_answer(
+    responses: &[keel_etcd_proto::etcdserverpb::ResponseOp],
+    i: usize,
+) -> &keel_etcd_proto::etcdserverpb::TxnResponse {
+    match &responses[i].response {
+        Some(response_op::Response::ResponseTxn(t)) => t,
+        other => panic!("operation {i} answered {other:?}, not a txn"),
+    }
+}
+
+/// Nested txns (`request_txn`) and compares over key ranges (`range_end`) as etcd 3.5 serves
+/// them: every compare decided before the outer txn's operations run, one revision for the
+/// whole txn, `response_txn` answers, duplicate keys, the operation and depth limits, the
+/// reserved keys, and groups. The keys share the `{n}` hash tag: one group.
+async fn nested_and_range_txns_on(cluster: &Cluster, kv: &mut KvClient<Channel>) {
+    use compare::CompareResult::{Equal, Less};
+    use compare::TargetUnion::{ModRevision, Value, Version};
+    let mut kv0 = KvClient::new(channel(cluster, 0).await);
+    let mut before = 0;
+    for k in ["{n}/a", "{n}/b"] {
+        let written = kv.put(put(k, b"1")).await.unwrap().into_inner();
+        before = written.header.unwrap().revision;
+    }
+    let all = prefix_end("{n}/");
+
+    // The outer txn changes {n}/a first; both nested compares still see the state before.
+    let t = TxnRequest {
+        compare: vec![compare_range("{n}/a", b"", Equal, Value(b"1".to_vec()))],
+        success: vec![
+            put_op("{n}/a", "2"),
+            nested_txn(
+                vec![compare_range("{n}/a", b"", Equal, Value(b"1".to_vec()))],
+                vec![put_op("{n}/c", "saw 1"), range_op("{n}/a")],
+                vec![put_op("{n}/c", "saw 2")],
+            ),
+            nested_txn(
+                vec![compare_range("{n}/", &all, Equal, Version(1))],
+                vec![put_op("{n}/d", "all at version 1")],
+                vec![put_op("{n}/d", "mixed")],
+            ),
+        ],
+        failure: vec![put_op("{n}/e", "outer failure")],
+    };
+    let resp = kv.txn(t).await.unwrap().into_inner();
+    assert!(resp.succeeded);
+    let revision = resp.header.unwrap().revision;
+    assert_eq!(revision, before + 1, "one revision for the whole txn");
+    assert_eq!(resp.responses.len(), 3);
+    let first = nested_answer(&resp.responses, 1);
+    assert!(first.succeeded);
+    match &first.responses[..] {
+        [
+            _,
+            keel_etcd_proto::etcdserverpb::ResponseOp {
+                response: Some(response_op::Response::ResponseRange(r)),
+            },
+        ] => {
+            // The nested read is an operation: it sees the outer put.
+            assert_eq!(r.kvs[0].value, b"2");
+            assert_eq!(r.kvs[0].mod_revision, revision);
+        }
+        other => panic!("unexpected nested answers {other:?}"),
+    }
+    assert!(nested_answer(&resp.responses, 2).succeeded);
+    let read = kv0
+        .range(RangeRequest {
+            key: b"{n}/".to_vec(),
+            range_end: all.clone(),
+            ..RangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let state: Vec<(String, String, i64)> = read
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+                kv.mod_revision,
+            )
+        })
+        .collect();
+    assert_eq!(
+        state,
+        [
+            ("{n}/a".into(), "2".into(), revision),
+            ("{n}/b".into(), "1".into(), before),
+            ("{n}/c".into(), "saw 1".into(), revision),
+            ("{n}/d".into(), "all at version 1".into(), revision),
+        ]
+    );
+
+    // A range compare holds only if it holds for every key: {n}/a is at version 2 now.
+    let some = |c: Compare| TxnRequest {
+        compare: vec![c],
+        success: vec![put_op("{n}/held", "yes")],
+        failure: vec![range_op("{n}/held")],
+    };
+    let r = kv
+        .txn(some(compare_range("{n}/", &all, Equal, Version(1))))
+        .await;
+    assert!(!r.unwrap().into_inner().succeeded);
+    let r = kv.txn(some(compare_range(
+        "{n}/",
+        &all,
+        Less,
+        ModRevision(revision + 1),
+    )));
+    assert!(r.await.unwrap().into_inner().succeeded);
+    // Over a range holding no key: a value compare fails, a version compare sees 0.
+    let empty = prefix_end("{n}/x");
+    let r = kv.txn(some(compare_range(
+        "{n}/x",
+        &empty,
+        Less,
+        Value(b"zzz".to_vec()),
+    )));
+    assert!(!r.await.unwrap().into_inner().succeeded);
+    let r = kv.txn(some(compare_range("{n}/x", &empty, Equal, Version(0))));
+    assert!(r.await.unwrap().into_inner().succeeded);
+
+    // etcd refuses a branch writing a key twice, nested txns included; the two branches of
+    // one nested txn may put the same key.
+    let twice = TxnRequest {
+        success: vec![
+            put_op("{n}/a", "3"),
+            nested_txn(vec![], vec![put_op("{n}/a", "4")], vec![]),
+        ],
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(twice).await,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    );
+    let either = TxnRequest {
+        success: vec![nested_txn(
+            vec![compare_range("{n}/a", b"", Equal, Value(b"2".to_vec()))],
+            vec![put_op("{n}/f", "then")],
+            vec![put_op("{n}/f", "else")],
+        )],
+        ..TxnRequest::default()
+    };
+    assert!(kv.txn(either).await.is_ok());
+
+    // --max-txn-ops (128) counts nested operations along the nesting: one outer operation
+    // plus 128 nested ones is too many.
+    let wide = TxnRequest {
+        success: vec![nested_txn(
+            vec![],
+            (0..128)
+                .map(|i| put_op(&format!("{{n}}/w{i}"), "v"))
+                .collect(),
+            vec![],
+        )],
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(wide).await,
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    );
+    // Nesting is bounded by the engine's TXN_DEPTH_MAX (32 levels).
+    let mut deep = TxnRequest {
+        success: vec![put_op("{n}/deep", "v")],
+        ..TxnRequest::default()
+    };
+    for _ in 0..32 {
+        deep = TxnRequest {
+            success: vec![txn_op(deep)],
+            ..TxnRequest::default()
+        };
+    }
+    assert_status(kv.txn(deep).await, Code::InvalidArgument, "TXN_DEPTH_MAX");
+    let wide_written = kv
+        .range(RangeRequest {
+            key: b"{n}/w".to_vec(),
+            range_end: prefix_end("{n}/w"),
+            count_only: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(wide_written.count, 0, "a refused txn wrote nothing");
+
+    // Reserved keys stay out of reach in nested operations and range compares.
+    let hidden = TxnRequest {
+        success: vec![nested_txn(vec![], vec![put_op("\0keel/x", "v")], vec![])],
+        ..TxnRequest::default()
+    };
+    assert_status(kv.txn(hidden).await, Code::InvalidArgument, "reserved");
+    let peek = TxnRequest {
+        compare: vec![compare_range("\0", b"\0", Equal, Version(0))],
+        ..TxnRequest::default()
+    };
+    assert_status(kv.txn(peek).await, Code::InvalidArgument, "reserved");
+
+    if cluster.groups > 1 {
+        let (a, b) = keys_in_two_groups(cluster.groups);
+        let spanning = TxnRequest {
+            success: vec![
+                put_op(&a, "1"),
+                nested_txn(vec![], vec![], vec![put_op(&b, "1")]),
+            ],
+            ..TxnRequest::default()
+        };
+        assert_status(
+            kv.txn(spanning).await,
+            Code::FailedPrecondition,
+            "span groups",
+        );
+        let range_compare = TxnRequest {
+            compare: vec![compare_range("a", b"b", Equal, Version(0))],
+            ..TxnRequest::default()
+        };
+        assert_status(
+            kv.txn(range_compare).await,
+            Code::FailedPrecondition,
+            "span groups",
+        );
+    }
 }
 
 fn grpc_scenario(groups: u32) {

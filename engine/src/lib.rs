@@ -20,7 +20,9 @@
 //! The standalone store:
 //!
 //! ```
-//! use keel_engine::{Compare, CompareOp, CompareTarget, Db, DbOptions, Op, RangeRequest, Txn};
+//! use keel_engine::{
+//!     Compare, CompareOp, CompareTarget, Db, DbOptions, Op, RangeEnd, RangeRequest, Txn,
+//! };
 //!
 //! let dir = tempfile::tempdir()?;
 //! let db = Db::open(dir.path(), DbOptions::default())?;
@@ -28,6 +30,7 @@
 //! let swapped = db.txn(Txn {
 //!     compares: vec![Compare {
 //!         key: b"config/a".to_vec(),
+//!         end: RangeEnd::Single,
 //!         op: CompareOp::Equal,
 //!         target: CompareTarget::Version(1),
 //!     }],
@@ -138,5 +141,5 @@ pub use progress::ReplayProgress;
 pub use revision::{KeyMeta, KeyValue};
 pub use txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
-    RangeSort, RevisionFilter, SortOrder, SortTarget, Txn, TxnResponse,
+    RangeSort, RevisionFilter, SortOrder, SortTarget, TXN_DEPTH_MAX, Txn, TxnResponse,
 };

@@ -36,7 +36,7 @@ use crate::history::History;
 use crate::revision::{KeyMeta, KeyValue};
 use crate::txn::{
     Compare, CompareOp, CompareTarget, Op, OpResponse, RangeEnd, RangeRequest, RangeResponse,
-    SortOrder, SortTarget, Txn, TxnResponse,
+    SortOrder, SortTarget, TXN_DEPTH_MAX, Txn, TxnResponse,
 };
 
 /// Largest `key_bytes_max` a store accepts: on-disk key lengths are u32, and a bound far below
@@ -58,7 +58,8 @@ pub struct KvLimits {
     pub key_bytes_max: usize,
     /// Largest value, in bytes. Default 1 MiB.
     pub value_bytes_max: usize,
-    /// Most operations in one transaction, both branches counted. Default 1024.
+    /// Most operations in one transaction, both branches counted, and a nested transaction
+    /// counted as one operation plus its own. Default 1024.
     pub txn_ops_max: usize,
     /// Most key and value bytes in one transaction, both branches and compares counted.
     /// Default 8 MiB.
@@ -144,6 +145,20 @@ pub enum KvError {
         ops: usize,
         /// The limit.
         max: usize,
+    },
+    /// Transactions were nested deeper than [`TXN_DEPTH_MAX`].
+    #[error("transactions nested {depth} deep exceed TXN_DEPTH_MAX = {max}")]
+    TxnTooDeep {
+        /// Levels of the transaction, the outermost counted (as far as they were followed).
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One branch of a transaction wrote a key twice (see [`Txn::check_duplicate_keys`]).
+    #[error("duplicate key given in txn request: {}", String::from_utf8_lossy(key))]
+    DuplicateKey {
+        /// The key written twice.
+        key: Vec<u8>,
     },
     /// A transaction carried more bytes than `txn_bytes_max`.
     #[error("transaction of {bytes} bytes exceeds txn_bytes_max = {max}")]
@@ -510,54 +525,18 @@ impl Memtable {
         ))
     }
 
-    /// Checks a transaction against the limits without running it.
+    /// Checks a transaction against the limits without running it: nesting within
+    /// [`TXN_DEPTH_MAX`], operations (nested ones counted) within `txn_ops_max`, then every
+    /// key, value and range end, then the bytes within `txn_bytes_max`.
     pub fn validate_txn(&self, txn: &Txn) -> Result<(), KvError> {
-        let ops = txn.success.len() + txn.failure.len();
+        let ops = count_ops(txn, 1)?;
         if ops > self.limits.txn_ops_max {
             return Err(KvError::TooManyOps {
                 ops,
                 max: self.limits.txn_ops_max,
             });
         }
-        let mut bytes = 0usize;
-        for c in &txn.compares {
-            self.check_key(&c.key)?;
-            bytes += c.key.len();
-            if let CompareTarget::Value(v) = &c.target {
-                self.check_value(v)?;
-                bytes += v.len();
-            }
-        }
-        for op in txn.success.iter().chain(&txn.failure) {
-            match op {
-                Op::Put { key, value, .. } => {
-                    self.check_key(key)?;
-                    self.check_value(value)?;
-                    bytes += key.len() + value.len();
-                }
-                Op::DeleteRange { start, end, .. } => {
-                    self.check_key(start)?;
-                    bytes += start.len();
-                    if let RangeEnd::Exclusive(e) = end {
-                        self.check_end(e)?;
-                        bytes += e.len();
-                    }
-                }
-                Op::Range(r) => {
-                    self.check_key(&r.start)?;
-                    if r.revision != 0 {
-                        return Err(KvError::RevisionInTxn {
-                            revision: r.revision,
-                        });
-                    }
-                    bytes += r.start.len();
-                    if let RangeEnd::Exclusive(e) = &r.end {
-                        self.check_end(e)?;
-                        bytes += e.len();
-                    }
-                }
-            }
-        }
+        let bytes = self.validate_level(txn)?;
         if bytes > self.limits.txn_bytes_max {
             return Err(KvError::TxnTooLarge {
                 bytes,
@@ -567,23 +546,107 @@ impl Memtable {
         Ok(())
     }
 
-    /// Runs a transaction atomically: validates it in full, evaluates the compares, then runs
-    /// the chosen branch. The store revision advances by one if the branch changed any key
-    /// (a put always does; a delete only if it removed something), and every key written by
-    /// the transaction gets that revision as its `mod_revision`. Compares and reads are at
-    /// the current revision (a read asking for another fails validation with
-    /// [`KvError::RevisionInTxn`]). The versions the transaction replaced join the history,
-    /// which is then compacted to fit [`KvLimits::history_bytes_max`].
+    /// Checks the keys, values and range ends of one transaction and those nested in it
+    /// (whose depth [`count_ops`] bounded); returns their bytes.
+    fn validate_level(&self, txn: &Txn) -> Result<usize, KvError> {
+        let mut bytes = 0usize;
+        for c in &txn.compares {
+            self.check_key(&c.key)?;
+            bytes += c.key.len() + self.check_range_end(&c.end)?;
+            if let CompareTarget::Value(v) = &c.target {
+                self.check_value(v)?;
+                bytes += v.len();
+            }
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            bytes += match op {
+                Op::Put { key, value, .. } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                    key.len() + value.len()
+                }
+                Op::DeleteRange { start, end, .. } => {
+                    self.check_key(start)?;
+                    start.len() + self.check_range_end(end)?
+                }
+                Op::Range(r) => {
+                    self.check_key(&r.start)?;
+                    if r.revision != 0 {
+                        return Err(KvError::RevisionInTxn {
+                            revision: r.revision,
+                        });
+                    }
+                    r.start.len() + self.check_range_end(&r.end)?
+                }
+                Op::Txn(nested) => self.validate_level(nested)?,
+            };
+        }
+        Ok(bytes)
+    }
+
+    /// Checks an exclusive range end like a key (it may be empty); returns its bytes.
+    fn check_range_end(&self, end: &RangeEnd) -> Result<usize, KvError> {
+        match end {
+            RangeEnd::Exclusive(e) => {
+                self.check_end(e)?;
+                Ok(e.len())
+            }
+            RangeEnd::Single | RangeEnd::Unbounded => Ok(0),
+        }
+    }
+
+    /// Runs a transaction atomically: validates it in full, decides the compares of it and
+    /// of the transactions nested in its chosen branches (recursively) on the store as it is
+    /// now, then runs the chosen branch, a nested transaction's chosen branch running where
+    /// it stands among the operations. The store revision advances by one if the
+    /// transaction changed any key (a put always does; a delete only if it removed
+    /// something), and every key written by it, nested operations included, gets that
+    /// revision as its `mod_revision`. Reads see the earlier operations' writes; a read
+    /// asking for a revision fails validation with [`KvError::RevisionInTxn`]. The versions
+    /// the transaction replaced join the history, which is then compacted to fit
+    /// [`KvLimits::history_bytes_max`].
     pub fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, KvError> {
         self.validate_txn(txn)?;
-        let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
-        let ops = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        // As etcd's `compareToPath`: every outcome is decided before any operation runs, so a
+        // nested transaction's compares never see the outer transaction's writes.
+        let decision = self.decide(txn);
         let new_revision = self.revision + 1;
         let mut changed = false;
+        let mut resp = self.run(txn, &decision, new_revision, &mut changed);
+        if changed {
+            self.revision = new_revision;
+            self.history.compact_to_fit(self.limits.history_bytes_max);
+        }
+        stamp_revision(&mut resp, self.revision);
+        Ok(resp)
+    }
+
+    /// The outcome of `txn`'s compares and, in order, of the transactions nested in the
+    /// branch that outcome chooses.
+    fn decide(&self, txn: &Txn) -> Decision {
+        let succeeded = txn.compares.iter().all(|c| self.compare_holds(c));
+        let nested = txn
+            .branch(succeeded)
+            .iter()
+            .filter_map(|op| match op {
+                Op::Txn(t) => Some(self.decide(t)),
+                _ => None,
+            })
+            .collect();
+        Decision { succeeded, nested }
+    }
+
+    /// Runs the branch of `txn` that `decision` chose, at `new_revision`; sets `changed` once
+    /// a key changed. The response's revisions are stamped by the caller.
+    fn run(
+        &mut self,
+        txn: &Txn,
+        decision: &Decision,
+        new_revision: u64,
+        changed: &mut bool,
+    ) -> TxnResponse {
+        let ops = txn.branch(decision.succeeded);
+        let mut nested = decision.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let resp = match op {
@@ -592,7 +655,7 @@ impl Memtable {
                     value,
                     prev_kv,
                 } => {
-                    changed = true;
+                    *changed = true;
                     let (prev, old) = self.put_at(key, value, new_revision, *prev_kv);
                     OpResponse::Put {
                         prev,
@@ -610,30 +673,33 @@ impl Memtable {
                 } => {
                     let (deleted, prev_kvs) =
                         self.delete_range_at(start, end, new_revision, *prev_kv);
-                    changed |= deleted > 0;
+                    *changed |= deleted > 0;
                     OpResponse::DeleteRange { deleted, prev_kvs }
                 }
                 Op::Range(r) => {
                     let mut resp = self.range_unchecked(r);
                     // Reads inside a writing transaction report the revision the transaction
                     // will have, as etcd does.
-                    if changed {
+                    if *changed {
                         resp.revision = new_revision;
                     }
                     OpResponse::Range(resp)
                 }
+                Op::Txn(t) => {
+                    // `decide` made one decision per nested transaction of the chosen
+                    // branch, in this order, so there is always one.
+                    let d = nested.next();
+                    debug_assert!(d.is_some(), "a nested txn without a decision");
+                    OpResponse::Txn(self.run(t, d.unwrap_or(&NO_DECISION), new_revision, changed))
+                }
             };
             responses.push(resp);
         }
-        if changed {
-            self.revision = new_revision;
-            self.history.compact_to_fit(self.limits.history_bytes_max);
-        }
-        Ok(TxnResponse {
-            succeeded,
+        TxnResponse {
+            succeeded: decision.succeeded,
             responses,
-            revision: self.revision,
-        })
+            revision: 0,
+        }
     }
 
     /// Rebuilds a store from a checkpoint: `revision` and `applied_index` as recorded, and
@@ -715,23 +781,23 @@ impl Memtable {
         Ok(())
     }
 
+    /// Whether a compare holds on the current state: for every key of its range, or, when
+    /// the range holds no key, for a missing key (a value compare then fails), as etcd's
+    /// `applyCompare`.
     fn compare_holds(&self, c: &Compare) -> bool {
-        let stored = self.map.get(&c.key);
-        let meta = stored.map_or(KeyMeta::ABSENT, |s| s.meta);
-        let ord = match &c.target {
-            CompareTarget::Value(v) => match stored {
-                Some(s) => s.value.as_slice().cmp(v.as_slice()),
-                None => return false,
-            },
-            CompareTarget::Version(v) => meta.version.cmp(v),
-            CompareTarget::CreateRevision(v) => meta.create_revision.cmp(v),
-            CompareTarget::ModRevision(v) => meta.mod_revision.cmp(v),
-        };
-        match c.op {
-            CompareOp::Equal => ord.is_eq(),
-            CompareOp::NotEqual => ord.is_ne(),
-            CompareOp::Greater => ord.is_gt(),
-            CompareOp::Less => ord.is_lt(),
+        match &c.end {
+            RangeEnd::Single => compare_version(c, self.map.get(&c.key).map(Stored::view)),
+            end => {
+                let mut keys = self
+                    .map
+                    .range::<[u8], _>(bounds(&c.key, end))
+                    .map(|(_, s)| s.view())
+                    .peekable();
+                if keys.peek().is_none() {
+                    return compare_version(c, None);
+                }
+                keys.all(|v| compare_version(c, Some(v)))
+            }
         }
     }
 
@@ -933,6 +999,72 @@ impl Memtable {
         }
         resp.kvs = picked.into_iter().map(|(k, s)| to_kv(k, s)).collect();
         resp
+    }
+}
+
+/// The outcome of a transaction's compares and of those nested in its chosen branch.
+#[derive(Debug)]
+struct Decision {
+    succeeded: bool,
+    /// One per nested transaction of the chosen branch, in order.
+    nested: Vec<Decision>,
+}
+
+/// Stands in for a decision `decide` always makes (runs the failure branch, none nested).
+static NO_DECISION: Decision = Decision {
+    succeeded: false,
+    nested: Vec::new(),
+};
+
+/// Counts the operations of `txn` (at nesting level `depth`) and of the transactions nested
+/// in it, each nested one counted as one operation plus its own; refuses nesting deeper than
+/// [`TXN_DEPTH_MAX`] before following it further.
+fn count_ops(txn: &Txn, depth: usize) -> Result<usize, KvError> {
+    if depth > TXN_DEPTH_MAX {
+        return Err(KvError::TxnTooDeep {
+            depth,
+            max: TXN_DEPTH_MAX,
+        });
+    }
+    let mut ops = 0;
+    for op in txn.success.iter().chain(&txn.failure) {
+        ops += 1;
+        if let Op::Txn(nested) = op {
+            ops += count_ops(nested, depth + 1)?;
+        }
+    }
+    Ok(ops)
+}
+
+/// Sets the revision of the nested responses in `resp` and of `resp` itself: the store
+/// revision after the outermost transaction.
+fn stamp_revision(resp: &mut TxnResponse, revision: u64) {
+    resp.revision = revision;
+    for op in &mut resp.responses {
+        if let OpResponse::Txn(nested) = op {
+            stamp_revision(nested, revision);
+        }
+    }
+}
+
+/// Whether compare `c` holds for one version of a key (`None`: the key is missing, so a
+/// value compare fails and the other fields are 0).
+fn compare_version(c: &Compare, version: Option<VersionRef<'_>>) -> bool {
+    let meta = version.map_or(KeyMeta::ABSENT, |v| v.meta);
+    let ord = match &c.target {
+        CompareTarget::Value(v) => match version {
+            Some(s) => s.value.cmp(v.as_slice()),
+            None => return false,
+        },
+        CompareTarget::Version(v) => meta.version.cmp(v),
+        CompareTarget::CreateRevision(v) => meta.create_revision.cmp(v),
+        CompareTarget::ModRevision(v) => meta.mod_revision.cmp(v),
+    };
+    match c.op {
+        CompareOp::Equal => ord.is_eq(),
+        CompareOp::NotEqual => ord.is_ne(),
+        CompareOp::Greater => ord.is_gt(),
+        CompareOp::Less => ord.is_lt(),
     }
 }
 

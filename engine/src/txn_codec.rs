@@ -1,24 +1,33 @@
 //! The encoding of a transaction as one record of the standalone store's log.
 //!
-//! # Encoding, version 1
+//! # Encoding, versions 1 and 2
 //!
 //! Little-endian. `bytes` is a u32 length followed by that many bytes.
 //!
 //! ```text
-//! u8 version = 1
-//! u32 compare count, then each compare:
-//!     bytes key, u8 op (0 =, 1 !=, 2 >, 3 <),
+//! u8 version (1 or 2), then the body.
+//! body:
+//!   u32 compare count, then each compare:
+//!     bytes key, [version 2: end], u8 op (0 =, 1 !=, 2 >, 3 <),
 //!     u8 target (0 value, 1 version, 2 create revision, 3 mod revision),
 //!     then bytes value (target 0) or u64 (targets 1-3)
-//! u32 success op count, then each op; u32 failure op count, then each op. An op is:
+//!   u32 success op count, then each op; u32 failure op count, then each op. An op is:
 //!     u8 0 put:          bytes key, bytes value, u8 flags (1 prev_kv)
 //!     u8 1 delete range: bytes start, end, u8 flags (1 prev_kv)
 //!     u8 2 range:        bytes start, end, u64 limit, u8 flags (1 keys only, 2 count only),
 //!                        u64 min mod, u64 max mod, u64 min create, u64 max create revision,
 //!                        u8 sort (0 none, else 1 + target: 0 key, 1 version, 2 create,
 //!                        3 mod, 4 value), u8 order (0 ascend, 1 descend; 0 when no sort)
+//!     u8 3 nested txn:   (version 2 only) the nested transaction's body
 //! end: u8 0 single key, u8 1 exclusive end followed by bytes end, u8 2 unbounded
 //! ```
+//!
+//! Version 2 added compares over a key range (the compare's `end`) and nested transactions
+//! (op 3); everything else is version 1's layout. A transaction that uses neither is written
+//! as version 1, byte for byte what builds before version 2 wrote and can read, so a mixed
+//! cluster keeps applying every write the older build can express (and the older build stops,
+//! naming the version, at one it cannot). Both versions decode. Nesting deeper than
+//! [`TXN_DEPTH_MAX`] is refused when decoding, before it is followed.
 //!
 //! A range's `revision` has no field: reads inside a transaction are at the current revision,
 //! and a transaction asking for another fails validation before it is logged.
@@ -26,10 +35,13 @@
 use crate::bytes::Reader;
 use crate::txn::{
     Compare, CompareOp, CompareTarget, Op, RangeEnd, RangeRequest, RangeSort, RevisionFilter,
-    SortOrder, SortTarget, Txn,
+    SortOrder, SortTarget, TXN_DEPTH_MAX, Txn,
 };
 
-const VERSION: u8 = 1;
+/// The encoding of transactions without range compares or nested transactions.
+const VERSION_1: u8 = 1;
+/// Version 1 plus compare range ends and nested transactions.
+const VERSION_2: u8 = 2;
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Lengths fit: the store's limits cap every key, value and transaction far below 4 GiB.
@@ -49,7 +61,7 @@ fn put_end(out: &mut Vec<u8>, end: &RangeEnd) {
     }
 }
 
-fn put_ops(out: &mut Vec<u8>, ops: &[Op]) {
+fn put_ops(out: &mut Vec<u8>, ops: &[Op], version: u8) {
     let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&n.to_le_bytes());
     for op in ops {
@@ -105,18 +117,46 @@ fn put_ops(out: &mut Vec<u8>, ops: &[Op]) {
                     }
                 }
             }
+            Op::Txn(nested) => {
+                out.push(3);
+                put_body(out, nested, version);
+            }
         }
     }
+}
+
+/// Whether `txn` needs version 2: a compare over a range, or a nested transaction.
+fn needs_version_2(txn: &Txn) -> bool {
+    txn.compares.iter().any(|c| c.end != RangeEnd::Single)
+        || txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| matches!(op, Op::Txn(_)))
 }
 
 /// Encodes a transaction. The caller has validated it against the store's limits, so every
 /// length fits its u32 field.
 pub fn encode_txn(txn: &Txn) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let version = if needs_version_2(txn) {
+        VERSION_2
+    } else {
+        VERSION_1
+    };
+    let mut out = vec![version];
+    put_body(&mut out, txn, version);
+    out
+}
+
+/// Encodes the compares and both branches of `txn` in `version`'s layout.
+fn put_body(out: &mut Vec<u8>, txn: &Txn, version: u8) {
     let n = u32::try_from(txn.compares.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&n.to_le_bytes());
     for c in &txn.compares {
-        put_bytes(&mut out, &c.key);
+        put_bytes(out, &c.key);
+        if version >= VERSION_2 {
+            put_end(out, &c.end);
+        }
         out.push(match c.op {
             CompareOp::Equal => 0,
             CompareOp::NotEqual => 1,
@@ -126,7 +166,7 @@ pub fn encode_txn(txn: &Txn) -> Vec<u8> {
         match &c.target {
             CompareTarget::Value(v) => {
                 out.push(0);
-                put_bytes(&mut out, v);
+                put_bytes(out, v);
             }
             CompareTarget::Version(v) => {
                 out.push(1);
@@ -142,16 +182,16 @@ pub fn encode_txn(txn: &Txn) -> Vec<u8> {
             }
         }
     }
-    put_ops(&mut out, &txn.success);
-    put_ops(&mut out, &txn.failure);
-    out
+    put_ops(out, &txn.success, version);
+    put_ops(out, &txn.failure, version);
 }
 
 /// Domain reads of the transaction encoding, over the engine's byte [`Reader`].
 trait TxnReader {
     fn flag(&mut self) -> Result<bool, String>;
     fn end(&mut self) -> Result<RangeEnd, String>;
-    fn ops(&mut self) -> Result<Vec<Op>, String>;
+    fn ops(&mut self, version: u8, depth: usize) -> Result<Vec<Op>, String>;
+    fn body(&mut self, version: u8, depth: usize) -> Result<Txn, String>;
 }
 
 impl TxnReader for Reader<'_> {
@@ -170,7 +210,7 @@ impl TxnReader for Reader<'_> {
             t => Err(format!("bad range end tag {t}")),
         }
     }
-    fn ops(&mut self) -> Result<Vec<Op>, String> {
+    fn ops(&mut self, version: u8, depth: usize) -> Result<Vec<Op>, String> {
         let n = self.count(6)?;
         let mut ops = Vec::with_capacity(n);
         for _ in 0..n {
@@ -230,46 +270,72 @@ impl TxnReader for Reader<'_> {
                         revision: 0,
                     })
                 }
-                t => return Err(format!("bad op tag {t}")),
+                3 if version >= VERSION_2 => {
+                    if depth >= TXN_DEPTH_MAX {
+                        return Err(format!(
+                            "transactions nested deeper than TXN_DEPTH_MAX = {TXN_DEPTH_MAX}"
+                        ));
+                    }
+                    Op::Txn(self.body(version, depth + 1)?)
+                }
+                t => return Err(format!("bad op tag {t} in a version {version} transaction")),
             });
         }
         Ok(ops)
     }
+
+    /// A transaction's body at nesting level `depth` (1: the outermost).
+    fn body(&mut self, version: u8, depth: usize) -> Result<Txn, String> {
+        let n = self.count(10)?;
+        let mut compares = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = self.bytes()?;
+            let end = if version >= VERSION_2 {
+                self.end()?
+            } else {
+                RangeEnd::Single
+            };
+            let op = match self.u8()? {
+                0 => CompareOp::Equal,
+                1 => CompareOp::NotEqual,
+                2 => CompareOp::Greater,
+                3 => CompareOp::Less,
+                t => return Err(format!("bad compare op {t}")),
+            };
+            let target = match self.u8()? {
+                0 => CompareTarget::Value(self.bytes()?),
+                1 => CompareTarget::Version(self.u64()?),
+                2 => CompareTarget::CreateRevision(self.u64()?),
+                3 => CompareTarget::ModRevision(self.u64()?),
+                t => return Err(format!("bad compare target {t}")),
+            };
+            compares.push(Compare {
+                key,
+                end,
+                op,
+                target,
+            });
+        }
+        let success = self.ops(version, depth)?;
+        let failure = self.ops(version, depth)?;
+        Ok(Txn {
+            compares,
+            success,
+            failure,
+        })
+    }
 }
 
-/// Decodes a transaction; the error says what is malformed.
+/// Decodes a transaction of either version; the error says what is malformed.
 pub fn decode_txn(bytes: &[u8]) -> Result<Txn, String> {
     let mut r = Reader::new(bytes);
     let version = r.u8()?;
-    if version != VERSION {
-        return Err(format!("unknown transaction encoding version {version}"));
+    if version != VERSION_1 && version != VERSION_2 {
+        return Err(format!(
+            "unknown transaction encoding version {version} (this build reads 1 and 2)"
+        ));
     }
-    let n = r.count(10)?;
-    let mut compares = Vec::with_capacity(n);
-    for _ in 0..n {
-        let key = r.bytes()?;
-        let op = match r.u8()? {
-            0 => CompareOp::Equal,
-            1 => CompareOp::NotEqual,
-            2 => CompareOp::Greater,
-            3 => CompareOp::Less,
-            t => return Err(format!("bad compare op {t}")),
-        };
-        let target = match r.u8()? {
-            0 => CompareTarget::Value(r.bytes()?),
-            1 => CompareTarget::Version(r.u64()?),
-            2 => CompareTarget::CreateRevision(r.u64()?),
-            3 => CompareTarget::ModRevision(r.u64()?),
-            t => return Err(format!("bad compare target {t}")),
-        };
-        compares.push(Compare { key, op, target });
-    }
-    let success = r.ops()?;
-    let failure = r.ops()?;
+    let txn = r.body(version, 1)?;
     r.finish()?;
-    Ok(Txn {
-        compares,
-        success,
-        failure,
-    })
+    Ok(txn)
 }

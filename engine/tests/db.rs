@@ -59,6 +59,7 @@ fn writes_survive_reopen_with_revisions() {
             .txn(Txn {
                 compares: vec![Compare {
                     key: b"a".to_vec(),
+                    end: RangeEnd::Single,
                     op: CompareOp::Equal,
                     target: CompareTarget::Version(2),
                 }],
@@ -271,7 +272,7 @@ proptest! {
                 Step::CasVersion(k, ver, v) => {
                     let cur = model.get(&k).map_or(0, |e| e.1);
                     let txn = Txn {
-                        compares: vec![Compare { key: vec![k], op: CompareOp::Equal,
+                        compares: vec![Compare { key: vec![k], end: RangeEnd::Single, op: CompareOp::Equal,
                             target: CompareTarget::Version(ver) }],
                         success: vec![Op::put(vec![k], vec![v])],
                         failure: vec![],

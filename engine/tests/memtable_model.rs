@@ -37,13 +37,25 @@ impl Model {
         }
     }
 
+    /// Whether a compare holds: for each key of its range, or for a missing key (value
+    /// compares fail, the rest see zeros) when the range is empty — written out naively.
     fn holds(&self, c: &Compare) -> bool {
-        let m = self.meta(&c.key);
+        let keys: Vec<&Vec<u8>> = self
+            .map
+            .keys()
+            .filter(|k| Self::in_range(k, &c.key, &c.end))
+            .collect();
+        if keys.is_empty() {
+            return !matches!(c.target, CompareTarget::Value(_))
+                && Self::relation_holds(c, &KeyMeta::ABSENT, &[]);
+        }
+        keys.iter()
+            .all(|k| Self::relation_holds(c, &self.meta(k), &self.map[*k].0))
+    }
+
+    fn relation_holds(c: &Compare, m: &KeyMeta, value: &[u8]) -> bool {
         let ord = match &c.target {
-            CompareTarget::Value(v) => match self.map.get(&c.key) {
-                Some((cur, ..)) => cur.cmp(v),
-                None => return false,
-            },
+            CompareTarget::Value(v) => value.cmp(v.as_slice()),
             CompareTarget::Version(v) => m.version.cmp(v),
             CompareTarget::CreateRevision(v) => m.create_revision.cmp(v),
             CompareTarget::ModRevision(v) => m.mod_revision.cmp(v),
@@ -63,18 +75,49 @@ impl Model {
 
     /// Applies a valid transaction; returns whether the success branch ran and the history
     /// bytes its changes are charged, by the documented rule: per changed key, its key and
-    /// previous value lengths plus the fixed overhead.
+    /// previous value lengths plus the fixed overhead. As etcd: the outcomes of all compares
+    /// (of the nested transactions in the chosen branches too) are listed first, depth
+    /// first, on the state before the transaction; then the chosen branches run.
     fn txn_charged(&mut self, t: &Txn) -> (bool, u64) {
-        let ok = t.compares.iter().all(|c| self.holds(c));
+        let mut path = Vec::new();
+        self.path(t, &mut path);
         let rev = self.revision + 1;
         let mut changed = false;
         let mut charged = 0;
+        let mut path = path.into_iter();
+        let ok = self.run(t, &mut path, rev, &mut changed, &mut charged);
+        assert!(path.next().is_none());
+        if changed {
+            self.revision = rev;
+        }
+        (ok, charged)
+    }
+
+    fn path(&self, t: &Txn, out: &mut Vec<bool>) {
+        let ok = t.compares.iter().all(|c| self.holds(c));
+        out.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let Op::Txn(nested) = op {
+                self.path(nested, out);
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        t: &Txn,
+        path: &mut impl Iterator<Item = bool>,
+        rev: u64,
+        changed: &mut bool,
+        charged: &mut u64,
+    ) -> bool {
+        let ok = path.next().expect("a decision per transaction");
         for op in if ok { &t.success } else { &t.failure } {
             match op {
                 Op::Put { key, value, .. } => {
-                    changed = true;
+                    *changed = true;
                     let old = self.map.get(key).map_or(0, |e| e.0.len());
-                    charged += (key.len() + old) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
+                    *charged += (key.len() + old) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
                     let e = self
                         .map
                         .entry(key.clone())
@@ -88,19 +131,19 @@ impl Model {
                     self.map.retain(|k, (v, ..)| {
                         let gone = Self::in_range(k, start, end);
                         if gone {
-                            charged += (k.len() + v.len()) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
+                            *charged += (k.len() + v.len()) as u64 + HISTORY_CHANGE_OVERHEAD_BYTES;
                         }
                         !gone
                     });
-                    changed |= self.map.len() != before;
+                    *changed |= self.map.len() != before;
                 }
                 Op::Range(_) => {}
+                Op::Txn(nested) => {
+                    self.run(nested, path, rev, changed, charged);
+                }
             }
         }
-        if changed {
-            self.revision = rev;
-        }
-        (ok, charged)
+        ok
     }
 
     /// What a read of `r` returns: (count, more, key-value-metadata triples), written out
@@ -172,13 +215,31 @@ fn end() -> impl Strategy<Value = RangeEnd> {
     ]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn leaf_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::put(k, v)),
         2 => (key(), end(), any::<bool>()).prop_map(|(start, end, prev_kv)| Op::DeleteRange { start, end, prev_kv }),
         1 => (key(), end(), filter(), sort()).prop_map(|(start, end, filter, sort)| Op::Range(RangeRequest {
             start, end, limit: 0, keys_only: false, count_only: false, filter, sort, revision: 0 })),
     ]
+}
+
+/// An operation, now and then a transaction nested up to two levels.
+fn op() -> impl Strategy<Value = Op> {
+    leaf_op().prop_recursive(2, 12, 3, |inner| {
+        (
+            prop::collection::vec(compare(), 0..3),
+            prop::collection::vec(inner.clone(), 0..3),
+            prop::collection::vec(inner, 0..3),
+        )
+            .prop_map(|(compares, success, failure)| {
+                Op::Txn(Txn {
+                    compares,
+                    success,
+                    failure,
+                })
+            })
+    })
 }
 
 fn compare() -> impl Strategy<Value = Compare> {
@@ -194,7 +255,12 @@ fn compare() -> impl Strategy<Value = Compare> {
         CompareOp::Greater,
         CompareOp::Less,
     ]);
-    (key(), op, target).prop_map(|(key, op, target)| Compare { key, op, target })
+    (key(), end(), op, target).prop_map(|(key, end, op, target)| Compare {
+        key,
+        end,
+        op,
+        target,
+    })
 }
 
 fn filter() -> impl Strategy<Value = RevisionFilter> {
@@ -348,6 +414,7 @@ fn revisions_follow_etcd_rules() {
     let cas = |rev| Txn {
         compares: vec![Compare {
             key: b"a".to_vec(),
+            end: RangeEnd::Single,
             op: CompareOp::Equal,
             target: CompareTarget::ModRevision(rev),
         }],

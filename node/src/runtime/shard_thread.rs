@@ -590,6 +590,7 @@ fn read_member_list<B: AsyncLogBackend>(
                 let txn = Txn {
                     compares: vec![Compare {
                         key: MEMBERS_KEY.to_vec(),
+                        end: keel_engine::txn::RangeEnd::Single,
                         op: CompareOp::Equal,
                         target: CompareTarget::Version(0),
                     }],

@@ -75,6 +75,8 @@ pub fn txn(t: &wire::TxnRequest) -> kv::Txn {
             .iter()
             .map(|c| kv::Compare {
                 key: c.key.clone(),
+                // The native protocol compares single keys only.
+                end: RangeEnd::Single,
                 op: match c.op {
                     wire::CompareOp::Equal => kv::CompareOp::Equal,
                     wire::CompareOp::NotEqual => kv::CompareOp::NotEqual,
@@ -105,8 +107,12 @@ pub fn key_value(kv: keel_engine::KeyValue) -> wire::KeyValue {
     }
 }
 
-fn op_response(r: kv::OpResponse) -> wire::OpResponse {
-    match r {
+/// The protocol result of one operation. The native protocol carries no nested
+/// transactions (its `TxnOp` has no kind for one, and a request naming an unknown kind is
+/// refused when decoded), so a nested result is never the answer to a native request; it is
+/// an error rather than a result in the wrong shape.
+fn op_response(r: kv::OpResponse) -> Result<wire::OpResponse, String> {
+    Ok(match r {
         kv::OpResponse::Put { prev_kv, .. } => wire::OpResponse::Put {
             prev_kv: prev_kv.map(key_value),
         },
@@ -119,21 +125,32 @@ fn op_response(r: kv::OpResponse) -> wire::OpResponse {
             count: r.count,
             more: r.more,
         },
-    }
+        kv::OpResponse::Txn(_) => {
+            return Err(
+                "a nested transaction's result cannot travel in the native protocol".into(),
+            );
+        }
+    })
 }
 
-/// The protocol response to `request` from the engine's transaction result.
+/// The protocol response to `request` from the engine's transaction result; an error when
+/// the result holds what the protocol cannot carry (see `op_response`).
 pub fn txn_response(
     request: &wire::Request,
     header: wire::ResponseHeader,
     resp: kv::TxnResponse,
-) -> wire::Response {
+) -> Result<wire::Response, String> {
     let header = wire::ResponseHeader {
         revision: resp.revision,
         ..header
     };
-    let mut responses = resp.responses.into_iter().map(op_response);
-    match request {
+    let mut responses = resp
+        .responses
+        .into_iter()
+        .map(op_response)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    Ok(match request {
         wire::Request::Put(..) => {
             let prev_kv = match responses.next() {
                 Some(wire::OpResponse::Put { prev_kv }) => prev_kv,
@@ -157,7 +174,7 @@ pub fn txn_response(
             succeeded: resp.succeeded,
             responses: responses.collect(),
         }),
-    }
+    })
 }
 
 /// The protocol response to a read.

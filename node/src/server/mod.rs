@@ -346,7 +346,9 @@ async fn execute(ctx: &ServerContext, frame: RequestFrame) -> Result<Response, E
         member_id: ctx.member_id,
     };
     match outcome {
-        Outcome::Written(Ok(resp)) => Ok(convert::txn_response(&request, header, resp)),
+        Outcome::Written(Ok(resp)) => {
+            convert::txn_response(&request, header, resp).map_err(ErrorStatus::Internal)
+        }
         Outcome::Written(Err(reason)) => Err(ErrorStatus::InvalidArgument(reason)),
         Outcome::Read(resp) => Ok(convert::read_response(&request, header, resp)),
         // A native write carries its (client id, sequence), so resending it to the new

@@ -18,7 +18,11 @@
 //!      1    8 revision    drop the group's history below this store revision
 //! ```
 //!
-//! Integers are little-endian. An anonymous write (client id 0) is applied every time it
+//! Integers are little-endian. The transaction's encoding carries its own version
+//! (`keel_engine::txn_codec`): version 2 added compares over key ranges and nested
+//! transactions, and a write using neither is still encoded as version 1, so kind 1 entries
+//! of earlier logs decode unchanged and a build that predates version 2 still applies every
+//! write it could express. An anonymous write (client id 0) is applied every time it
 //! is committed; a named one at most once (see [`super::sessions`]).
 //!
 //! Compatibility: the first byte was the write's format version (1) before compactions
@@ -214,5 +218,33 @@ mod tests {
             Action::Write(expected.clone())
         );
         assert_eq!(Action::Write(expected).encode(), old);
+    }
+
+    #[test]
+    fn writes_with_nested_txns_and_range_compares_round_trip() {
+        use keel_engine::txn::{Compare, CompareOp, CompareTarget, RangeEnd};
+        let inner = Txn {
+            compares: vec![Compare {
+                key: b"a".to_vec(),
+                end: RangeEnd::Exclusive(b"b".to_vec()),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(0),
+            }],
+            success: vec![Op::put("a/1", "v")],
+            failure: vec![Op::delete("a/2")],
+        };
+        let command = Command {
+            client_id: 0,
+            sequence: 0,
+            floor: 0,
+            txn: Txn::batch(vec![Op::put("x", "1"), Op::Txn(inner)]),
+        };
+        let bytes = command.encode();
+        // The kind, then the header, then the transaction's own version: 2.
+        assert_eq!((bytes[0], bytes[HEADER_BYTES]), (KIND_WRITE, 2));
+        assert_eq!(Command::decode(&bytes).unwrap(), command);
+        for cut in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -32,16 +32,20 @@
 //!            2 delete: u64 deleted, u32 prev kv count P, P key-values
 //!            3 range:  u64 count, u8 more (0 or 1), u64 revision, u32 kv count P,
 //!                      P key-values
+//!            4 txn:    a nested txn response (at most TXN_DEPTH_MAX levels in all)
 //! key-value: u32 key length, key, u32 value length, value, u64 create revision,
 //!            u64 mod revision, u64 version
 //! ```
+//!
+//! Kind 4 came with nested transactions; a table without it is laid out as before, so
+//! tables written before still decode.
 //!
 //! Decoding checks every count and length against the bytes left before it allocates, so
 //! a damaged table is an error, never a panic or an allocation of a lying size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use keel_engine::txn::{OpResponse, RangeResponse, TxnResponse};
+use keel_engine::txn::{OpResponse, RangeResponse, TXN_DEPTH_MAX, TxnResponse};
 use keel_engine::{KeyMeta, KeyValue};
 
 /// The version of the table's encoding.
@@ -308,11 +312,20 @@ fn encode_txn_response(out: &mut Vec<u8>, resp: &TxnResponse) {
                     put_kv(out, kv);
                 }
             }
+            OpResponse::Txn(nested) => {
+                out.push(4);
+                encode_txn_response(out, nested);
+            }
         }
     }
 }
 
 fn decode_txn_response(r: &mut Decoder<'_>) -> Result<TxnResponse, String> {
+    decode_txn_response_at(r, 1)
+}
+
+/// A txn response at nesting level `depth` (1: the outermost).
+fn decode_txn_response_at(r: &mut Decoder<'_>, depth: usize) -> Result<TxnResponse, String> {
     let succeeded = r.bool()?;
     let revision = r.u64()?;
     let n = r.count(OP_RESPONSE_BYTES_MIN)?;
@@ -340,6 +353,12 @@ fn decode_txn_response(r: &mut Decoder<'_>) -> Result<TxnResponse, String> {
                     more,
                     revision,
                 })
+            }
+            4 if depth < TXN_DEPTH_MAX => OpResponse::Txn(decode_txn_response_at(r, depth + 1)?),
+            4 => {
+                return Err(format!(
+                    "txn responses nested deeper than TXN_DEPTH_MAX = {TXN_DEPTH_MAX}"
+                ));
             }
             other => return Err(format!("op response kind {other} unknown")),
         });
@@ -467,6 +486,14 @@ mod tests {
                     kvs: vec![kv("c")],
                     count: 1,
                     more: false,
+                    revision: 3,
+                }),
+                OpResponse::Txn(TxnResponse {
+                    succeeded: false,
+                    responses: vec![OpResponse::DeleteRange {
+                        deleted: 0,
+                        prev_kvs: Vec::new(),
+                    }],
                     revision: 3,
                 }),
             ],

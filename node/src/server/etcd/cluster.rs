@@ -77,6 +77,7 @@ impl Etcd {
             let txn = Txn {
                 compares: vec![Compare {
                     key: MEMBERS_KEY.to_vec(),
+                    end: keel_engine::txn::RangeEnd::Single,
                     op: CompareOp::Equal,
                     target: CompareTarget::ModRevision(kv.meta.mod_revision),
                 }],

@@ -34,6 +34,12 @@ enum Write {
     Forward(u64),
 }
 
+/// How one etcd transaction's branches became engine operations, to build its answer.
+struct TxnShape {
+    success: Vec<Shape>,
+    failure: Vec<Shape>,
+}
+
 /// How one etcd operation of a transaction became engine operations, to build its answer.
 enum Shape {
     /// A range read in `parts` engine reads (around the reserved keys).
@@ -46,6 +52,8 @@ enum Shape {
     Put,
     /// A delete in `parts` engine deletes.
     Delete { parts: usize },
+    /// A nested transaction: one engine operation.
+    Txn(TxnShape),
 }
 
 /// A request marked as forwarded, with the forwarding deadline.
@@ -250,11 +258,14 @@ fn reserved() -> Status {
     Status::invalid_argument("keel: keys starting with \\0keel/ are reserved for cluster metadata")
 }
 
+/// The engine's compare for an etcd compare: over the key, or the range `[key, range_end)`
+/// (`"\0"`: every key from `key` on).
 fn compare(c: &Compare) -> Result<kv::Compare, Status> {
-    if !c.range_end.is_empty() {
-        return Err(Status::unimplemented(
-            "keel: a compare over a key range (range_end) is not served yet; compare single keys",
-        ));
+    check_key(&c.key)?;
+    let end = RangeEnd::from_etcd(&c.range_end);
+    // A compare reads its keys: on reserved keys it would tell the cluster's metadata.
+    if touches_reserved(&c.key, &end) {
+        return Err(reserved());
     }
     let number = |n: Option<i64>| unsigned(n.unwrap_or(0));
     let target = match c.target() {
@@ -294,21 +305,44 @@ fn compare(c: &Compare) -> Result<kv::Compare, Status> {
     };
     Ok(kv::Compare {
         key: c.key.clone(),
+        end,
         op,
         target,
     })
 }
 
-/// The engine operations of one branch and how to answer them; adds the groups they touch
-/// (`None` in `groups` stands for "every group").
-fn branch(
-    ops: &[RequestOp],
-    group_count: u32,
-    groups: &mut BTreeSet<u32>,
-) -> Result<Vec<RangeEnd>, Status> {
-    // Group membership first; the engine operations are built once the group is known.
-    let mut ends = Vec::with_capacity(ops.len());
-    for op in ops {
+/// etcd's `checkTxnRequest` limit: each level spends the longest of its compare, success and
+/// failure lists from `budget` (`--max-txn-ops`), and its nested txns get what is left.
+/// Nesting deeper than the engine's [`kv::TXN_DEPTH_MAX`] is refused here too, before the
+/// request goes further. `depth` is the level of `t` (1: the outermost).
+fn check_txn_ops(t: &TxnRequest, budget: usize, depth: usize) -> Result<(), Status> {
+    if depth > kv::TXN_DEPTH_MAX {
+        return Err(Status::invalid_argument(format!(
+            "keel: txns nested {depth} deep exceed the limit of {} levels (TXN_DEPTH_MAX)",
+            kv::TXN_DEPTH_MAX
+        )));
+    }
+    let spent = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if spent > budget {
+        // etcd's exact message: clients map it to their typed error by string.
+        return Err(Status::invalid_argument(errors::TOO_MANY_OPS));
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            check_txn_ops(nested, budget - spent, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a transaction's compares and operations as etcd would, refuses reserved keys, and
+/// adds the groups its keys (nested transactions' included) belong to.
+fn txn_groups(t: &TxnRequest, group_count: u32, groups: &mut BTreeSet<u32>) -> Result<(), Status> {
+    for c in &t.compare {
+        let c = compare(c)?;
+        groups.extend(groups_of_range(&c.key, &c.end, group_count));
+    }
+    for op in t.success.iter().chain(&t.failure) {
         match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
                 check_key(&r.key)?;
@@ -320,23 +354,23 @@ fn branch(
                 }
                 let end = RangeEnd::from_etcd(&r.range_end);
                 groups.extend(groups_of_range(&r.key, &end, group_count));
-                ends.push(end);
             }
             Some(request_op::Request::RequestPut(p)) => {
                 put_op(p)?;
                 groups.insert(group_of(&p.key, group_count));
-                ends.push(RangeEnd::Single);
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 check_key(&d.key)?;
                 let end = RangeEnd::from_etcd(&d.range_end);
+                // A ranged delete skips the reserved keys (see `engine_ops`); a single one
+                // naming a reserved key is refused.
+                if matches!(end, RangeEnd::Single) && touches_reserved(&d.key, &end) {
+                    return Err(reserved());
+                }
                 groups.extend(groups_of_range(&d.key, &end, group_count));
-                ends.push(end);
             }
-            Some(request_op::Request::RequestTxn(_)) => {
-                return Err(Status::unimplemented(
-                    "keel: a txn nested in a txn (request_txn) is not served yet",
-                ));
+            Some(request_op::Request::RequestTxn(nested)) => {
+                txn_groups(nested, group_count, groups)?;
             }
             None => {
                 return Err(Status::invalid_argument(
@@ -345,28 +379,46 @@ fn branch(
             }
         }
     }
-    Ok(ends)
+    Ok(())
+}
+
+/// The engine's transaction for `t` in `group` (checked by [`txn_groups`]), and its shape.
+fn engine_txn(group: u32, t: &TxnRequest) -> Result<(kv::Txn, TxnShape), Status> {
+    let compares = t
+        .compare
+        .iter()
+        .map(compare)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (success, success_shapes) = engine_ops(group, &t.success)?;
+    let (failure, failure_shapes) = engine_ops(group, &t.failure)?;
+    let txn = kv::Txn {
+        compares,
+        success,
+        failure,
+    };
+    let shape = TxnShape {
+        success: success_shapes,
+        failure: failure_shapes,
+    };
+    Ok((txn, shape))
 }
 
 /// The engine operations for one branch in `group`, and their shapes.
-fn engine_ops(
-    group: u32,
-    ops: &[RequestOp],
-    ends: &[RangeEnd],
-) -> Result<(Vec<kv::Op>, Vec<Shape>), Status> {
+fn engine_ops(group: u32, ops: &[RequestOp]) -> Result<(Vec<kv::Op>, Vec<Shape>), Status> {
     let mut out = Vec::new();
     let mut shapes = Vec::new();
-    for (op, end) in ops.iter().zip(ends) {
+    for op in ops {
         match &op.request {
             Some(request_op::Request::RequestRange(r)) => {
-                let parts = group_parts(group, &r.key, end);
+                let end = RangeEnd::from_etcd(&r.range_end);
+                let parts = group_parts(group, &r.key, &end);
                 shapes.push(Shape::Range {
                     parts: parts.len(),
                     sort: sort(r),
                     limit: usize::try_from(r.limit).unwrap_or(0),
                 });
                 for (start, end) in parts {
-                    // Reads inside a transaction are at its own revision (checked above).
+                    // Reads inside a transaction are at its own revision (checked before).
                     out.push(kv::Op::Range(engine_range(r, start, end, 0)));
                 }
             }
@@ -375,10 +427,11 @@ fn engine_ops(
                 shapes.push(Shape::Put);
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
+                let end = RangeEnd::from_etcd(&d.range_end);
                 let parts = if group == 0 {
-                    outside_reserved(&d.key, end)
+                    outside_reserved(&d.key, &end)
                 } else {
-                    vec![(d.key.clone(), end.clone())]
+                    vec![(d.key.clone(), end)]
                 };
                 shapes.push(Shape::Delete { parts: parts.len() });
                 for (start, end) in parts {
@@ -389,13 +442,32 @@ fn engine_ops(
                     });
                 }
             }
+            Some(request_op::Request::RequestTxn(nested)) => {
+                let (txn, shape) = engine_txn(group, nested)?;
+                out.push(kv::Op::Txn(txn));
+                shapes.push(Shape::Txn(shape));
+            }
             // Refused when the groups were gathered.
-            Some(request_op::Request::RequestTxn(_)) | None => {
+            None => {
                 return Err(Status::internal("keel: unchecked txn operation"));
             }
         }
     }
     Ok((out, shapes))
+}
+
+/// The etcd answer of a transaction (outer or nested) from the engine's, by its shape.
+fn txn_answer(etcd: &Etcd, group: u32, shape: &TxnShape, resp: kv::TxnResponse) -> TxnResponse {
+    let shapes = if resp.succeeded {
+        &shape.success
+    } else {
+        &shape.failure
+    };
+    TxnResponse {
+        header: Some(etcd.header(group, resp.revision)),
+        succeeded: resp.succeeded,
+        responses: op_answers(etcd, group, resp.revision, shapes, resp.responses),
+    }
 }
 
 /// The etcd answers of one branch from the engine's, by the shapes the branch was built with.
@@ -437,6 +509,13 @@ fn op_answers(
                     prev_kv,
                 })
             }
+            Shape::Txn(shape) => match responses.next() {
+                Some(kv::OpResponse::Txn(nested)) => {
+                    response_op::Response::ResponseTxn(txn_answer(etcd, group, shape, nested))
+                }
+                // The engine answers every operation in order, a nested txn with its result.
+                _ => response_op::Response::ResponseTxn(TxnResponse::default()),
+            },
             Shape::Delete { parts } => {
                 let mut deleted = 0;
                 let mut prev_kvs = Vec::new();
@@ -611,67 +690,22 @@ impl Kv for Etcd {
         let forwarded = is_forwarded(&request);
         let t = request.into_inner();
         check_size(&self.ctx, &t)?;
-        let ops_max = self.ctx.etcd_limits.txn_ops_max;
-        if t.compare.len() > ops_max || t.success.len() > ops_max || t.failure.len() > ops_max {
-            // etcd's exact message: clients map it to their typed error by string. The limit
-            // is txn_ops_max (default 128).
-            return Err(Status::invalid_argument(errors::TOO_MANY_OPS));
-        }
+        check_txn_ops(&t, self.ctx.etcd_limits.txn_ops_max, 1)?;
         let group_count = self.groups();
         let mut groups = BTreeSet::new();
-        let compares = t
-            .compare
-            .iter()
-            .map(compare)
-            .collect::<Result<Vec<_>, _>>()?;
-        for c in &compares {
-            groups.insert(group_of(&c.key, group_count));
-        }
-        let success_ends = branch(&t.success, group_count, &mut groups)?;
-        let failure_ends = branch(&t.failure, group_count, &mut groups)?;
+        txn_groups(&t, group_count, &mut groups)?;
         if groups.len() > 1 {
             return Err(spans_groups(&groups, "Txn"));
         }
         let group = groups.first().copied().unwrap_or(0);
-        let writes_reserved = t
-            .success
-            .iter()
-            .zip(&success_ends)
-            .chain(t.failure.iter().zip(&failure_ends))
-            .any(|(op, end)| match &op.request {
-                Some(request_op::Request::RequestDeleteRange(d)) => {
-                    matches!(end, RangeEnd::Single) && touches_reserved(&d.key, end)
-                }
-                _ => false,
-            });
-        // A compare reads its key: on a reserved key it would tell the cluster's metadata.
-        let compares_reserved = compares
-            .iter()
-            .any(|c| touches_reserved(&c.key, &RangeEnd::Single));
-        if writes_reserved || compares_reserved {
-            return Err(reserved());
+        let (txn, shape) = engine_txn(group, &t)?;
+        // etcd refuses a branch that writes a key twice, nested txns included; the engine
+        // states the rule (see `Txn::check_duplicate_keys`).
+        if txn.check_duplicate_keys().is_err() {
+            return Err(Status::invalid_argument(errors::DUPLICATE_KEY));
         }
-        let (success, success_shapes) = engine_ops(group, &t.success, &success_ends)?;
-        let (failure, failure_shapes) = engine_ops(group, &t.failure, &failure_ends)?;
-        let txn = kv::Txn {
-            compares,
-            success,
-            failure,
-        };
         match self.write(group, txn, forwarded).await? {
-            Write::Applied(resp) => {
-                let shapes = if resp.succeeded {
-                    &success_shapes
-                } else {
-                    &failure_shapes
-                };
-                let responses = op_answers(self, group, resp.revision, shapes, resp.responses);
-                Ok(Response::new(TxnResponse {
-                    header: Some(self.header(group, resp.revision)),
-                    succeeded: resp.succeeded,
-                    responses,
-                }))
-            }
+            Write::Applied(resp) => Ok(Response::new(txn_answer(self, group, &shape, resp))),
             Write::Forward(to) => {
                 let mut client = self.ctx.forwards.kv(&self.ctx.view, to).await?;
                 self.as_answering_member(within(client.txn(marked(t, None))).await)

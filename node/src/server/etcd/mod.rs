@@ -66,8 +66,9 @@ pub struct EtcdLimits {
     /// (`RESOURCE_EXHAUSTED`). Default 1.5 MiB, etcd's.
     pub request_bytes_max: usize,
     /// Most operations in each of a `Txn`'s compare, success and failure lists (etcd's
-    /// `--max-txn-ops`): past it "etcdserver: too many operations in txn request". Default
-    /// 128, etcd's.
+    /// `--max-txn-ops`): past it "etcdserver: too many operations in txn request". As in
+    /// etcd, nested txns share it: each level spends the longest of its three lists, and a
+    /// nested txn gets what its enclosing levels left. Default 128, etcd's.
     pub txn_ops_max: usize,
     /// Most requests (HTTP/2 streams) open at once on one connection; the client waits for
     /// one to finish before opening another. Default 256.
@@ -232,6 +233,7 @@ const GROUP_KEY: &str = "keel-group";
 mod errors {
     pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
     pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+    pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
     pub const TOO_LARGE: &str = "etcdserver: request is too large";
     pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
     pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
