@@ -11,7 +11,11 @@
 //! the same; eviction depends only on applied indexes, never on clocks. The table is
 //! bounded: past `sessions_max` clients, the one that wrote least recently is forgotten, and
 //! a retry from a forgotten client could apply twice — size the bound for the clients you
-//! run (client ids are random, so a forgotten id is not reused).
+//! run (client ids are random, so a forgotten id is not reused). It is bounded in bytes too
+//! (a result's bytes are its encoded size, below): a result over [`RESULT_BYTES_MAX`] is kept
+//! as a note that the write was applied (a retry is answered with an error saying so, and is
+//! never applied again), and past [`TABLE_BYTES_MAX`] the clients that wrote least recently
+//! are forgotten (the last one left loses its oldest results).
 //!
 //! # Encoding, version 1
 //!
@@ -54,6 +58,14 @@ const ENCODING_VERSION: u8 = 1;
 /// Results kept per client above its floor.
 pub const RESULTS_PER_CLIENT_MAX: usize = 4096;
 
+/// Most bytes of one write's result the table keeps for a retry (64 KiB): a larger result
+/// (a transaction reading or deleting many keys with their previous values) is kept as a
+/// refusal saying the write was applied.
+pub const RESULT_BYTES_MAX: usize = 64 << 10;
+
+/// Most bytes of results one group's table keeps, every client's together (64 MiB).
+pub const TABLE_BYTES_MAX: usize = 64 << 20;
+
 /// What the table knows about a write it is asked about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Duplicate {
@@ -74,6 +86,25 @@ struct Session {
     results: BTreeMap<u64, Result<TxnResponse, String>>,
     /// Index of the entry that last wrote it (for eviction).
     index: u64,
+    /// Encoded bytes of `results`.
+    bytes: usize,
+}
+
+impl Session {
+    /// Forgets the results below `floor` and, oldest first, those over the per-client count;
+    /// returns the bytes freed.
+    fn forget_below(&mut self, floor: u64) -> usize {
+        let keep = self.results.split_off(&floor);
+        let mut freed: usize = self.results.values().map(result_bytes).sum();
+        self.results = keep;
+        while self.results.len() > RESULTS_PER_CLIENT_MAX {
+            if let Some((_, r)) = self.results.pop_first() {
+                freed += result_bytes(&r);
+            }
+        }
+        self.bytes -= freed;
+        freed
+    }
 }
 
 /// The per-group table of client sessions.
@@ -82,6 +113,8 @@ pub struct Sessions {
     /// (index, client) of every session, oldest write first.
     by_index: BTreeSet<(u64, u64)>,
     sessions_max: usize,
+    /// Encoded bytes of every session's results.
+    bytes: usize,
 }
 
 impl Sessions {
@@ -91,7 +124,13 @@ impl Sessions {
             sessions: HashMap::new(),
             by_index: BTreeSet::new(),
             sessions_max: sessions_max.max(1),
+            bytes: 0,
         }
+    }
+
+    /// Encoded bytes of the results remembered.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Number of clients remembered.
@@ -132,29 +171,70 @@ impl Sessions {
         if client == 0 {
             return;
         }
+        let size = result_bytes(&result);
+        let result = if size > RESULT_BYTES_MAX {
+            Err(format!(
+                "write {sequence} of this client was applied; its answer ({size} bytes) is over \
+                 the {RESULT_BYTES_MAX} bytes kept for a retry (result_bytes_max), so it cannot \
+                 be repeated: read the keys to see the write's effect"
+            ))
+        } else {
+            result
+        };
+        let size = result_bytes(&result);
         let session = self.sessions.entry(client).or_insert_with(|| Session {
             floor: 0,
             results: BTreeMap::new(),
             index,
+            bytes: 0,
         });
         self.by_index.remove(&(session.index, client));
         session.index = index;
         // The floor never exceeds the write's own sequence (it is still unanswered).
         session.floor = session.floor.max(floor.min(sequence));
-        let keep = session.results.split_off(&session.floor);
-        session.results = keep;
-        session.results.insert(sequence, result);
-        while session.results.len() > RESULTS_PER_CLIENT_MAX {
-            session.results.pop_first();
+        if let Some(old) = session.results.insert(sequence, result) {
+            session.bytes -= result_bytes(&old);
+            self.bytes -= result_bytes(&old);
         }
+        session.bytes += size;
+        self.bytes += size;
+        self.bytes -= session.forget_below(session.floor);
         self.by_index.insert((index, client));
-        while self.sessions.len() > self.sessions_max {
+        self.enforce_bounds();
+    }
+
+    /// Forgets the clients that wrote least recently while the table is over its count or
+    /// its bytes; when one client alone is over the bytes, its oldest results.
+    fn enforce_bounds(&mut self) {
+        while self.sessions.len() > self.sessions_max
+            || (self.bytes > TABLE_BYTES_MAX && self.sessions.len() > 1)
+        {
             let Some((_, oldest)) = self.by_index.pop_first() else {
                 break;
             };
-            self.sessions.remove(&oldest);
+            if let Some(gone) = self.sessions.remove(&oldest) {
+                self.bytes -= gone.bytes;
+            }
+        }
+        if self.bytes <= TABLE_BYTES_MAX {
+            return;
+        }
+        if let Some(last) = self.sessions.values_mut().next() {
+            while self.bytes > TABLE_BYTES_MAX && last.results.len() > 1 {
+                if let Some((_, r)) = last.results.pop_first() {
+                    last.bytes -= result_bytes(&r);
+                    self.bytes -= result_bytes(&r);
+                }
+            }
         }
     }
+}
+
+/// A result's bytes in the table's encoding (sequence and outcome included).
+fn result_bytes(result: &Result<TxnResponse, String>) -> usize {
+    let mut size = Counter(8);
+    put_result(&mut size, result);
+    size.0
 }
 
 impl Sessions {
@@ -171,16 +251,7 @@ impl Sessions {
             put_len(&mut out, s.results.len());
             for (&sequence, result) in &s.results {
                 put_u64(&mut out, sequence);
-                match result {
-                    Ok(resp) => {
-                        out.push(0);
-                        encode_txn_response(&mut out, resp);
-                    }
-                    Err(e) => {
-                        out.push(1);
-                        put_bytes(&mut out, e.as_bytes());
-                    }
-                }
+                put_result(&mut out, result);
             }
         }
         out
@@ -214,16 +285,19 @@ impl Sessions {
                 };
                 results.insert(sequence, result);
             }
+            let bytes = results.values().map(result_bytes).sum();
             if client == 0 || table.sessions.contains_key(&client) {
                 return Err(format!("session table holds client {client} twice or as 0"));
             }
             table.by_index.insert((index, client));
+            table.bytes += bytes;
             table.sessions.insert(
                 client,
                 Session {
                     floor,
                     results,
                     index,
+                    bytes,
                 },
             );
         }
@@ -233,12 +307,7 @@ impl Sessions {
                 r.rest.len()
             ));
         }
-        while table.sessions.len() > table.sessions_max {
-            let Some((_, oldest)) = table.by_index.pop_first() else {
-                break;
-            };
-            table.sessions.remove(&oldest);
-        }
+        table.enforce_bounds();
         Ok(table)
     }
 }
@@ -251,33 +320,70 @@ const RESULT_BYTES_MIN: usize = 13;
 const OP_RESPONSE_BYTES_MIN: usize = 13;
 const KEY_VALUE_BYTES_MIN: usize = 32;
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+/// Where the encoding goes: the bytes themselves, or a count of them (a result's size).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn push(&mut self, byte: u8) {
+        self.put(&[byte]);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts the bytes an encoding would take.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+fn put_u64(out: &mut impl Sink, v: u64) {
+    out.put(&v.to_le_bytes());
 }
 
 /// Counts and lengths are u32 on the wire; the table's own bounds keep them far below.
-fn put_len(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+fn put_len(out: &mut impl Sink, n: usize) {
+    out.put(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+fn put_bytes(out: &mut impl Sink, b: &[u8]) {
     put_len(out, b.len());
-    out.extend_from_slice(b);
+    out.put(b);
 }
 
-fn put_kv(out: &mut Vec<u8>, kv: &KeyValue) {
+fn put_kv(out: &mut impl Sink, kv: &KeyValue) {
     put_bytes(out, &kv.key);
     put_bytes(out, &kv.value);
     put_meta(out, kv.meta);
 }
 
-fn put_meta(out: &mut Vec<u8>, m: KeyMeta) {
+fn put_meta(out: &mut impl Sink, m: KeyMeta) {
     put_u64(out, m.create_revision);
     put_u64(out, m.mod_revision);
     put_u64(out, m.version);
 }
 
-fn encode_txn_response(out: &mut Vec<u8>, resp: &TxnResponse) {
+/// A result after its sequence: the outcome byte, then the response or the refusal.
+fn put_result(out: &mut impl Sink, result: &Result<TxnResponse, String>) {
+    match result {
+        Ok(resp) => {
+            out.push(0);
+            encode_txn_response(out, resp);
+        }
+        Err(e) => {
+            out.push(1);
+            put_bytes(out, e.as_bytes());
+        }
+    }
+}
+
+fn encode_txn_response(out: &mut impl Sink, resp: &TxnResponse) {
     out.push(u8::from(resp.succeeded));
     put_u64(out, resp.revision);
     put_len(out, resp.responses.len());
@@ -527,6 +633,100 @@ mod tests {
         let small = Sessions::decode(&t.encode(), 1).unwrap();
         assert_eq!(small.len(), 1);
         assert!(matches!(small.check(9, 5), Duplicate::Answered(_)));
+    }
+
+    /// A put answered with a previous value of `value_bytes` bytes.
+    fn put_with_prev(value_bytes: usize) -> Result<TxnResponse, String> {
+        let mut prev = kv("k");
+        prev.value = vec![7; value_bytes];
+        Ok(TxnResponse {
+            succeeded: true,
+            responses: vec![OpResponse::Put {
+                prev: prev.meta,
+                prev_kv: Some(prev),
+            }],
+            revision: 4,
+        })
+    }
+
+    #[test]
+    fn the_table_counts_its_bytes_as_encoded() {
+        let t = table();
+        let results: usize = t
+            .sessions
+            .values()
+            .flat_map(|s| s.results.values())
+            .map(result_bytes)
+            .sum();
+        // Per session: client, floor, index, result count; then the results.
+        let encoded = 1 + 4 + t.len() * 28 + results;
+        assert_eq!(t.encode().len(), encoded);
+        assert_eq!(t.bytes(), results);
+        assert_eq!(
+            Sessions::decode(&t.encode(), 10).unwrap().bytes(),
+            t.bytes()
+        );
+    }
+
+    #[test]
+    fn a_result_over_its_bound_is_kept_as_a_note_that_the_write_was_applied() {
+        let mut t = Sessions::new(10);
+        t.record(5, 1, 1, put_with_prev(RESULT_BYTES_MAX), 1);
+        match t.check(5, 1) {
+            Duplicate::Answered(Err(note)) => {
+                assert!(note.contains("was applied"), "{note}");
+                assert!(note.contains("result_bytes_max"), "{note}");
+            }
+            other => panic!("expected the applied note, got {other:?}"),
+        }
+        assert!(t.bytes() < 1024, "{} bytes kept", t.bytes());
+        // One within the bound is kept whole.
+        t.record(5, 2, 1, put_with_prev(1000), 2);
+        assert_eq!(t.check(5, 2), Duplicate::Answered(put_with_prev(1000)));
+    }
+
+    #[test]
+    fn past_its_bytes_the_table_forgets_the_clients_that_wrote_least_recently() {
+        let mut t = Sessions::new(100_000);
+        let each = RESULT_BYTES_MAX - 200;
+        let clients = TABLE_BYTES_MAX / each + 10;
+        for c in 1..=clients as u64 {
+            t.record(c, 1, 1, put_with_prev(each), c);
+            assert!(t.bytes() <= TABLE_BYTES_MAX, "{} bytes", t.bytes());
+        }
+        assert!(t.len() < clients, "{} clients kept", t.len());
+        assert_eq!(
+            t.check(1, 1),
+            Duplicate::New,
+            "the first client is forgotten"
+        );
+        assert!(matches!(
+            t.check(clients as u64, 1),
+            Duplicate::Answered(Ok(_))
+        ));
+        assert_eq!(
+            Sessions::decode(&t.encode(), 100_000).unwrap().bytes(),
+            t.bytes()
+        );
+    }
+
+    #[test]
+    fn one_client_over_the_table_bytes_loses_its_oldest_results() {
+        let mut t = Sessions::new(10);
+        let each = RESULT_BYTES_MAX - 200;
+        let writes = (TABLE_BYTES_MAX / each + 10) as u64;
+        // A pipelining client that never raises its floor.
+        for seq in 1..=writes {
+            t.record(3, seq, 1, put_with_prev(each), seq);
+            assert!(t.bytes() <= TABLE_BYTES_MAX, "{} bytes", t.bytes());
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.check(3, 1),
+            Duplicate::New,
+            "the oldest result is forgotten"
+        );
+        assert!(matches!(t.check(3, writes), Duplicate::Answered(Ok(_))));
     }
 
     #[test]
