@@ -14,11 +14,12 @@ use keel_wal::{Wal, WalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{ClusterView, ServerConfig, ShardRequest, ShardRuntime, ShardWork};
+use crate::host::{self, HOUSEKEEPING_TICKS, SystemClock, Ticked, Ticker};
 use crate::members::{MEMBERS_KEY, MemberList};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
-use crate::shard::{Outcome, RequestId, Shard, ShardOptions, SnapshotOptions};
-use crate::transport::{ChunkRefused, Transport, TransportOptions};
+use crate::shard::{Outcome, RequestId, Shard, ShardError, ShardOptions, SnapshotOptions};
+use crate::transport::{Transport, TransportOptions};
 
 /// Everything a shard thread starts from.
 pub(super) struct ShardContext {
@@ -34,8 +35,6 @@ pub(super) struct ShardContext {
     pub(super) ready: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
-/// Ticks between the shard's housekeeping (leadership balance, cluster view).
-const HOUSEKEEPING_TICKS: u64 = 10;
 /// How long a stopping shard waits for its appends in flight.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 
@@ -321,12 +320,15 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
 
     let mut pending: HashMap<RequestId, oneshot::Sender<Outcome>> = HashMap::new();
     let mut next_request: RequestId = 1;
-    let mut ticker = tokio::time::interval(config.tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
-    let store = shard.store().clone();
+    // The interval wakes the loop; the clock says whether a tick is due (one per wake-up:
+    // both start at the same instant, see `Ticker`).
+    let clock = SystemClock::new();
+    let mut interval =
+        tokio::time::interval_at(tokio::time::Instant::from_std(clock.start()), config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(config.tick, HOUSEKEEPING_TICKS, Duration::ZERO);
     let result = loop {
-        let durable = std::future::poll_fn(|cx| store.borrow_mut().poll_durable(cx));
+        let durable = std::future::poll_fn(|cx| host::poll_durable(&mut shard, cx));
         tokio::select! {
             biased;
             changed = ctx.shutdown.changed() => {
@@ -334,13 +336,10 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                     break Ok(());
                 }
             }
-            ticket = durable => match ticket {
-                Ok(ticket) => {
-                    if let Err(e) = shard.on_durable(ticket) {
-                        break Err(e.to_string());
-                    }
-                }
-                Err(e) => break Err(format!("shard {index}: its log failed: {e}")),
+            done = durable => match done {
+                Ok(()) => {}
+                Err(ShardError::Log(e)) => break Err(format!("shard {index}: its log failed: {e}")),
+                Err(e) => break Err(e.to_string()),
             },
             Some(chunk) = chunks.recv() => {
                 if let Err(error) = shard.receive_snapshot_chunk(chunk) {
@@ -378,10 +377,8 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                     }
                 }
             }
-            _ = ticker.tick() => {
-                shard.tick();
-                ticks += 1;
-                if ticks % HOUSEKEEPING_TICKS == 0 {
+            _ = interval.tick() => {
+                if ticker.run(&mut shard, &clock) == Ticked::Housekeeping {
                     if let Err(e) = housekeeping(&mut shard, &ctx, &config, &transport) {
                         break Err(e);
                     }
@@ -389,7 +386,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                 }
             }
         }
-        if let Err(e) = run_rounds(&mut shard, &transport, &mut pending) {
+        if let Err(e) = host::run_rounds(&mut shard, &transport, &mut answer(&mut pending)) {
             break Err(format!("shard {index}: {e}"));
         }
     };
@@ -397,13 +394,10 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     // Drain: the appends in flight become durable before the shard stops.
     let deadline = Instant::now() + DRAIN_MAX;
     while shard.in_flight() > 0 && Instant::now() < deadline {
-        let durable = std::future::poll_fn(|cx| store.borrow_mut().poll_durable(cx));
+        let durable = std::future::poll_fn(|cx| host::poll_durable(&mut shard, cx));
         match tokio::time::timeout(Duration::from_millis(100), durable).await {
-            Ok(Ok(ticket)) => {
-                if shard.on_durable(ticket).is_err() {
-                    break;
-                }
-                let _ = run_rounds(&mut shard, &transport, &mut pending);
+            Ok(Ok(())) => {
+                let _ = host::run_rounds(&mut shard, &transport, &mut answer(&mut pending));
             }
             Ok(Err(_)) => break,
             Err(_) => {}
@@ -443,57 +437,28 @@ fn purge_log<B: AsyncLogBackend>(
     purging: &mut Option<tokio::task::JoinHandle<()>>,
     index: u32,
 ) {
-    shard.check_log_space();
-    if purging.as_ref().is_some_and(|p| !p.is_finished()) {
-        return;
-    }
-    let Some(lsn) = shard.purge_lsn() else {
-        return;
-    };
-    let wal = wal.clone();
-    *purging = Some(tokio::task::spawn_blocking(move || {
-        match wal.purge_before(lsn) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(shard = index, segments = n, lsn, "log purged"),
-            Err(error) => tracing::warn!(shard = index, %error, "purging the log failed"),
-        }
-    }));
+    let busy = purging.as_ref().is_some_and(|p| !p.is_finished());
+    host::purge_log(shard, busy, |lsn| {
+        let wal = wal.clone();
+        *purging = Some(tokio::task::spawn_blocking(move || {
+            match wal.purge_before(lsn) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(shard = index, segments = n, lsn, "log purged"),
+                Err(error) => tracing::warn!(shard = index, %error, "purging the log failed"),
+            }
+        }));
+    });
 }
 
-/// Runs rounds until the shard has nothing more to do now, sending messages and answers.
-fn run_rounds<B: AsyncLogBackend>(
-    shard: &mut Shard<B>,
-    transport: &Transport,
+/// Hands an answer to the request that waits for it.
+fn answer(
     pending: &mut HashMap<RequestId, oneshot::Sender<Outcome>>,
-) -> Result<(), String> {
-    for _ in 0..16 {
-        let round = shard.round().map_err(|e| e.to_string())?;
-        if !round.messages.is_empty() {
-            transport.send(round.messages);
-        }
-        for (id, outcome) in shard.take_answers() {
-            if let Some(reply) = pending.remove(&id) {
-                let _ = reply.send(outcome);
-            }
-        }
-        if round.staged.is_none() && !shard.has_work() {
-            break;
+) -> impl FnMut(RequestId, Outcome) + '_ {
+    |id, outcome| {
+        if let Some(reply) = pending.remove(&id) {
+            let _ = reply.send(outcome);
         }
     }
-    for (peer, group) in transport.take_lost_snapshot_chunks() {
-        shard.snapshot_transfer_lost(group, peer);
-    }
-    for chunk in shard.take_snapshot_chunks_where(|to| transport.snapshot_chunk_room(to)) {
-        match transport.send_snapshot_chunk(chunk) {
-            Ok(()) => {}
-            Err(ChunkRefused::Busy(chunk)) => shard.snapshot_chunk_refused(&chunk, true),
-            Err(ChunkRefused::Unreachable(chunk)) => shard.snapshot_chunk_refused(&chunk, false),
-        }
-    }
-    for (peer, group) in transport.take_unreachable() {
-        shard.report_unreachable(group, peer);
-    }
-    Ok(())
 }
 
 /// Every few ticks: move leadership to preferred members, publish this shard's leaders,
@@ -526,8 +491,7 @@ fn housekeeping<B: AsyncLogBackend>(
     if let Some(list) = ctx.view.member_list() {
         follow_member_list(shard, ctx, transport, &list);
     }
-    shard.balance_leaders();
-    shard.reconcile_membership();
+    host::housekeeping(shard);
     let groups: Vec<u64> = shard.groups().collect();
     for g in groups {
         ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));

@@ -24,7 +24,8 @@
 //! checkpoint. Chunks of snapshot transfers go out through [`Shard::take_snapshot_chunks`]
 //! and come in through [`Shard::receive_snapshot_chunk`]; the host purges the log where
 //! [`Shard::purge_lsn`] says. Helper threads make a simulation's timing depend on the
-//! machine; without a directory everything stays deterministic.
+//! machine; with [`Helpers::Inline`] ([`SnapshotOptions::helpers`]) they run on the calling
+//! thread at fixed points instead, and a shard driven from a seed replays exactly.
 
 mod command;
 mod group;
@@ -49,7 +50,7 @@ pub use snapshot::{
     CHECKPOINT_CHUNKS_QUEUED_MAX, DEFAULT_CATCHUP_ENTRIES, DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
     DEFAULT_CHECKPOINTS_KEPT, DEFAULT_CHUNK_BYTES_MAX, DEFAULT_RECEIVE_BYTES_MAX,
     DEFAULT_RECEIVES_MAX, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_ENTRIES, DEFAULT_TRANSFERS_MAX,
-    INSTALLS_MAX, SnapshotChunk, SnapshotError, SnapshotOptions,
+    Helpers, INSTALLS_MAX, SnapshotChunk, SnapshotError, SnapshotOptions,
 };
 pub use storage::{
     GroupStorage, SharedStore, decode_conf_state, decode_entry, encode_conf_state, encode_entry,
@@ -1207,7 +1208,7 @@ impl<B: AsyncLogBackend> Shard<B> {
         };
         match self
             .snapshots
-            .spawn_writer(group, dir, header, urgent, g.snapshot_index)
+            .start_writer(group, dir, header, urgent, g.snapshot_index)
         {
             Ok(pieces) => {
                 g.last_checkpoint = index;
@@ -1428,7 +1429,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                     bytes = transfer.total,
                     "snapshot received; installing"
                 );
-                self.snapshots.spawn_install(
+                self.snapshots.start_install(
                     group,
                     from,
                     transfer,

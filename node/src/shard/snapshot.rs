@@ -15,7 +15,9 @@
 //! in chunks of at most `checkpoint_round_entries_max` entries per round, and hands each
 //! chunk through a bounded channel (`CHECKPOINT_CHUNKS_QUEUED_MAX` chunks) to a helper
 //! thread that writes, fsyncs and publishes the file. At most one checkpoint is being
-//! written per shard. When the helper reports the file durable, the shard records it in its
+//! written per shard. (With [`Helpers::Inline`], for simulations, the chunks are collected
+//! instead and the file is written on the shard's thread when the last one is handed over;
+//! see [`Helpers`].) When the helper reports the file durable, the shard records it in its
 //! next staged log write (see `Shard::round`): the snapshot metadata, the group's hard state
 //! again (so that no old hard-state record pins the log), and a compaction up to the
 //! checkpoint index minus `catchup_entries`.
@@ -27,9 +29,10 @@
 //! one chunk per transfer each time the host asks ([`super::Shard::take_snapshot_chunks`]),
 //! at most `transfers_max` transfers at once. The receiver assembles a transfer in memory
 //! (at most `receive_bytes_max` bytes each, `receives_max` at once), verifies and publishes
-//! it on a helper thread (`CheckpointDir::install` checks every CRC and the structure),
-//! loads the memtable and the sessions there too, and only then steps the raft snapshot
-//! message into the group. At most one install per group runs at once, and at most
+//! it on a helper thread (`CheckpointDir::install` checks every CRC and the structure;
+//! inline with [`Helpers::Inline`]), loads the memtable and the sessions there too, and
+//! only then steps the raft snapshot message into the group (in a later round, when the
+//! helper's report is picked up). At most one install per group runs at once, and at most
 //! [`INSTALLS_MAX`] per shard; a transfer completed beyond that is dropped. A damaged or incomplete transfer is dropped with an error the
 //! host logs; raft sends the snapshot again later.
 //!
@@ -89,6 +92,26 @@ pub const INSTALLS_MAX: usize = 2;
 /// `checkpoint_round_entries_max` entries each, the memory a checkpoint write holds.
 pub const CHECKPOINT_CHUNKS_QUEUED_MAX: usize = 4;
 
+/// Where a shard writes its checkpoints and installs received snapshots.
+///
+/// Either way the result comes back the same way: as a report the shard picks up at the
+/// start of a later round (`Shard::round`), never in the middle of one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Helpers {
+    /// On helper threads, which wake the host through `Shard::set_waker`: the shard's
+    /// thread never writes, fsyncs or verifies a file. When a report arrives depends on the
+    /// machine. The default, and what `keel server` runs.
+    #[default]
+    Threads,
+    /// On the calling thread, at fixed points, for simulations that must replay from a
+    /// seed: a checkpoint's chunks are collected as the rounds hand them over (none is
+    /// ever refused, so a checkpoint holds its whole state machine in memory once) and the
+    /// file is written, fsynced and published when the last one is; a completed transfer
+    /// is verified, published and loaded inside `Shard::receive_snapshot_chunk`. Each
+    /// queues its report for the next round, as a helper thread would.
+    Inline,
+}
+
 /// How a shard snapshots its groups. Every limit has its unit last and its default in its
 /// doc; [`SnapshotOptions::validate`] checks them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +147,9 @@ pub struct SnapshotOptions {
     pub checkpoint_round_entries_max: usize,
     /// Checkpoints kept per group (the newest). Default 2.
     pub checkpoints_kept: usize,
+    /// Where checkpoints are written and received snapshots installed: helper threads, or
+    /// inline for a deterministic simulation. Default [`Helpers::Threads`].
+    pub helpers: Helpers,
 }
 
 impl Default for SnapshotOptions {
@@ -139,6 +165,7 @@ impl Default for SnapshotOptions {
             receive_bytes_max: DEFAULT_RECEIVE_BYTES_MAX,
             checkpoint_round_entries_max: DEFAULT_CHECKPOINT_ROUND_ENTRIES_MAX,
             checkpoints_kept: DEFAULT_CHECKPOINTS_KEPT,
+            helpers: Helpers::Threads,
         }
     }
 }
@@ -289,8 +316,86 @@ pub(super) struct Writing {
     pub(super) held: Option<Piece>,
     /// Whether every entry was read (then `End` is sent and the snapshot closed).
     pub(super) read_all: bool,
-    pub(super) pieces: mpsc::SyncSender<Piece>,
+    pub(super) pieces: PieceSink,
 }
+
+/// Where the shard hands the pieces of a checkpoint being written.
+pub(super) enum PieceSink {
+    /// The helper thread's bounded channel ([`Helpers::Threads`]).
+    Thread(mpsc::SyncSender<Piece>),
+    /// Collected here, and written at `End` ([`Helpers::Inline`]).
+    Inline(InlineWriter),
+}
+
+impl PieceSink {
+    /// Hands `piece` over; `Full` hands it back (send it again next round), `Disconnected`
+    /// means the writer stopped (its report says why).
+    pub(super) fn try_send(&mut self, piece: Piece) -> Result<(), mpsc::TrySendError<Piece>> {
+        match self {
+            PieceSink::Thread(tx) => tx.try_send(piece),
+            PieceSink::Inline(writer) => {
+                writer.take(piece);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A checkpoint written on the shard's thread: its pieces so far, written out when `End`
+/// arrives. Dropped before that, it reports the checkpoint abandoned, as a helper thread
+/// whose channel closed does.
+pub(super) struct InlineWriter {
+    group: u64,
+    dir: CheckpointDir,
+    header: Option<CheckpointMeta>,
+    urgent: bool,
+    kept: usize,
+    recorded: u64,
+    pieces: Vec<Piece>,
+    done: mpsc::Sender<Done>,
+}
+
+impl InlineWriter {
+    fn take(&mut self, piece: Piece) {
+        let end = matches!(piece, Piece::End);
+        self.pieces.push(piece);
+        if !end {
+            return;
+        }
+        let Some(header) = self.header.take() else {
+            return;
+        };
+        let mut pieces = std::mem::take(&mut self.pieces).into_iter();
+        let result = write_checkpoint(
+            &self.dir,
+            header,
+            &mut || pieces.next(),
+            self.kept,
+            self.recorded,
+        );
+        let _ = self.done.send(Done::Checkpoint {
+            group: self.group,
+            result,
+            urgent: self.urgent,
+        });
+    }
+}
+
+impl Drop for InlineWriter {
+    fn drop(&mut self) {
+        if self.header.is_some() {
+            let _ = self.done.send(Done::Checkpoint {
+                group: self.group,
+                result: Err(ABANDONED.to_string()),
+                urgent: self.urgent,
+            });
+        }
+    }
+}
+
+/// Why a checkpoint whose pieces stopped before `End` was not written.
+const ABANDONED: &str =
+    "the checkpoint was abandoned (its group's state was replaced, or the shard stopped)";
 
 /// A transfer this shard sends.
 pub(super) struct Outbound {
@@ -366,24 +471,45 @@ impl Snapshots {
         self.options.dir.is_some()
     }
 
-    /// Starts the helper thread that writes a checkpoint of `group` with `header` from the
-    /// pieces the shard sends; returns the shard's end of the channel.
-    pub(super) fn spawn_writer(
+    /// Starts writing a checkpoint of `group` with `header` from the pieces the shard hands
+    /// over: on a helper thread, or inline ([`SnapshotOptions::helpers`]). Returns where the
+    /// shard hands the pieces.
+    pub(super) fn start_writer(
         &self,
         group: u64,
         dir: CheckpointDir,
         header: CheckpointMeta,
         urgent: bool,
         recorded: u64,
-    ) -> Result<mpsc::SyncSender<Piece>, String> {
+    ) -> Result<PieceSink, String> {
+        let kept = self.options.checkpoints_kept;
+        if self.options.helpers == Helpers::Inline {
+            return Ok(PieceSink::Inline(InlineWriter {
+                group,
+                dir,
+                header: Some(header),
+                urgent,
+                kept,
+                recorded,
+                pieces: Vec::new(),
+                done: self.done_tx.clone(),
+            }));
+        }
         let (tx, rx) = mpsc::sync_channel::<Piece>(CHECKPOINT_CHUNKS_QUEUED_MAX);
         let done = self.done_tx.clone();
         let waker = self.waker.clone();
-        let kept = self.options.checkpoints_kept;
         std::thread::Builder::new()
             .name(format!("keel-ckpt-g{group}"))
             .spawn(move || {
-                let result = write_checkpoint(&dir, header, &rx, waker.as_ref(), kept, recorded);
+                // Wakes the shard after each piece so that it sends the next.
+                let mut next = || {
+                    let piece = rx.recv().ok();
+                    if let Some(w) = &waker {
+                        w.wake_by_ref();
+                    }
+                    piece
+                };
+                let result = write_checkpoint(&dir, header, &mut next, kept, recorded);
                 let _ = done.send(Done::Checkpoint {
                     group,
                     result,
@@ -394,11 +520,12 @@ impl Snapshots {
                 }
             })
             .map_err(|e| format!("starting a checkpoint writer: {e}"))?;
-        Ok(tx)
+        Ok(PieceSink::Thread(tx))
     }
 
-    /// Starts the helper thread that verifies, publishes and loads a received snapshot.
-    pub(super) fn spawn_install(
+    /// Verifies, publishes and loads a received snapshot: on a helper thread, or inline
+    /// ([`SnapshotOptions::helpers`]). Either way its report is picked up by a later round.
+    pub(super) fn start_install(
         &mut self,
         group: u64,
         from: NodeId,
@@ -410,37 +537,18 @@ impl Snapshots {
             return;
         };
         let index = transfer.index;
+        if self.options.helpers == Helpers::Inline {
+            let report = install_report(&dir, group, from, transfer, limits, sessions_max);
+            let _ = self.done_tx.send(report);
+            self.installing.insert(group, index);
+            return;
+        }
         let done = self.done_tx.clone();
         let waker = self.waker.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("keel-install-g{group}"))
             .spawn(move || {
-                let outcome = install(&dir, transfer.bytes, limits, sessions_max);
-                let report = match outcome {
-                    Ok((meta, kv, sessions)) => {
-                        if meta.index != transfer.index || meta.term != transfer.snapshot_term {
-                            Done::InstallFailed {
-                                group,
-                                from,
-                                error: format!(
-                                    "the checkpoint covers index {} term {}, the transfer \
-                                     announced index {} term {}",
-                                    meta.index, meta.term, transfer.index, transfer.snapshot_term
-                                ),
-                            }
-                        } else {
-                            Done::Installed(Box::new(Installed {
-                                group,
-                                from,
-                                term: transfer.term,
-                                meta,
-                                kv,
-                                sessions,
-                            }))
-                        }
-                    }
-                    Err(error) => Done::InstallFailed { group, from, error },
-                };
+                let report = install_report(&dir, group, from, transfer, limits, sessions_max);
                 let _ = done.send(report);
                 if let Some(w) = waker {
                     w.wake();
@@ -580,35 +688,28 @@ impl Snapshots {
     }
 }
 
-/// The helper thread's checkpoint write: pieces from the channel into the file, then
-/// retention. Wakes the shard after each piece so that it sends the next.
+/// A checkpoint write: pieces from `next` into the file, then retention. `next` returning
+/// `None` before `End` abandons the write (nothing is published).
 fn write_checkpoint(
     ckpts: &CheckpointDir,
     header: CheckpointMeta,
-    pieces: &mpsc::Receiver<Piece>,
-    waker: Option<&Waker>,
+    next: &mut dyn FnMut() -> Option<Piece>,
     kept: usize,
     recorded: u64,
 ) -> Result<CheckpointMeta, String> {
     let (_, meta) = ckpts
         .write_with(header, &mut |sink| {
             loop {
-                let piece = pieces.recv();
-                if let Some(w) = waker {
-                    w.wake_by_ref();
-                }
-                match piece {
-                    Ok(Piece::Entries(entries)) => {
+                match next() {
+                    Some(Piece::Entries(entries)) => {
                         for kv in &entries {
                             sink.push(&kv.key, &kv.value, kv.meta)?;
                         }
                     }
-                    Ok(Piece::End) => return Ok(()),
-                    Err(_) => {
+                    Some(Piece::End) => return Ok(()),
+                    None => {
                         return Err(keel_engine::CheckpointError::BadSource {
-                            reason: "the checkpoint was abandoned (its group's state was \
-                                     replaced, or the shard stopped)"
-                                .into(),
+                            reason: ABANDONED.into(),
                         });
                     }
                 }
@@ -628,7 +729,43 @@ fn write_checkpoint(
     Ok(meta)
 }
 
-/// The helper thread's install: verify and publish the bytes, then load the state.
+/// An install's report: the transfer verified, published and loaded, or why not.
+fn install_report(
+    dir: &CheckpointDir,
+    group: u64,
+    from: NodeId,
+    transfer: Inbound,
+    limits: KvLimits,
+    sessions_max: usize,
+) -> Done {
+    match install(dir, transfer.bytes, limits, sessions_max) {
+        Ok((meta, kv, sessions)) => {
+            if meta.index != transfer.index || meta.term != transfer.snapshot_term {
+                Done::InstallFailed {
+                    group,
+                    from,
+                    error: format!(
+                        "the checkpoint covers index {} term {}, the transfer announced index \
+                         {} term {}",
+                        meta.index, meta.term, transfer.index, transfer.snapshot_term
+                    ),
+                }
+            } else {
+                Done::Installed(Box::new(Installed {
+                    group,
+                    from,
+                    term: transfer.term,
+                    meta,
+                    kv,
+                    sessions,
+                }))
+            }
+        }
+        Err(error) => Done::InstallFailed { group, from, error },
+    }
+}
+
+/// An install: verify and publish the bytes, then load the state.
 fn install(
     ckpts: &CheckpointDir,
     bytes: Vec<u8>,

@@ -5,7 +5,8 @@
 //!   streaming decoder that do no I/O.
 //! - [`tcp`]: the [`Transport`] handle and the [`Inbound`] queue, with the transport's
 //!   contract: TCP on tokio, one connection per peer, every group's messages batched per
-//!   flush, bounded send queues that drop and report the peer unreachable when full.
+//!   flush, bounded send queues that drop and report the peer unreachable when full. It is
+//!   the production [`PeerTransport`](crate::host::PeerTransport) of a shard's host.
 //! - `peer` (private): the outbound task of one peer: lazy dial, handshake, flushes,
 //!   reconnects with exponential backoff and jitter.
 //! - `listener` (private): the inbound side: the connection limit, the acceptor's half of
