@@ -18,15 +18,13 @@ use crate::members::{MEMBERS_KEY, MemberList};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
 use crate::shard::{Outcome, RequestId, Shard, ShardOptions, SnapshotOptions};
-use crate::transport::{ChunkRefused, Transport, TransportOptions};
+use crate::transport::{ChunkRefused, JoinAnswers, Transport, TransportOptions};
 
 /// Everything a shard thread starts from.
 pub(super) struct ShardContext {
     pub(super) index: u32,
     pub(super) config: ServerConfig,
-    pub(super) member_id: u64,
-    pub(super) cluster_id: u64,
-    pub(super) member_ids: BTreeMap<String, u64>,
+    pub(super) identity: super::Identity,
     pub(super) view: Arc<ClusterView>,
     pub(super) senders: Vec<mpsc::Sender<ShardRequest>>,
     pub(super) requests: mpsc::Receiver<ShardRequest>,
@@ -234,8 +232,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let groups: Vec<u64> = (0..u64::from(config.groups))
         .filter(|g| g % u64::from(config.shards) == u64::from(index))
         .collect();
-    let members: Vec<u64> = ctx.member_ids.values().copied().collect();
-    let mut options = ShardOptions::new(ctx.member_id, members);
+    let member_id = ctx.identity.member_id;
+    let cluster_id = ctx.identity.cluster_id;
+    let mut options = ShardOptions::new(member_id, ctx.identity.bootstrap.clone());
     options.raft.election_ticks = 10;
     options.raft.heartbeat_ticks = 1;
     options.snapshots = SnapshotOptions {
@@ -258,18 +257,27 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     ))));
     let mut purging: Option<tokio::task::JoinHandle<()>> = None;
 
-    let mut transport_options = TransportOptions::new(
-        ctx.cluster_id,
-        ctx.member_id,
-        offset_port(config.listen_peer, index)?,
-    );
-    for (name, addr) in &config.initial_cluster {
-        let id = ctx.member_ids[name];
-        if id != ctx.member_id {
+    let mut transport_options =
+        TransportOptions::new(cluster_id, member_id, offset_port(config.listen_peer, index)?);
+    for &(id, addr, _) in &ctx.identity.peers {
+        if id != member_id {
             transport_options
                 .peers
-                .insert(id, offset_port(*addr, index)?);
+                .insert(id, offset_port(addr, index)?);
         }
+    }
+    if index == 0 {
+        // Joiners dial the peer address of shard 0, the one the member list holds.
+        let identity = super::join::Identity {
+            cluster_id,
+            groups: config.groups,
+            shards: config.shards,
+            bootstrap: ctx.identity.bootstrap.clone(),
+        };
+        let view = ctx.view.clone();
+        transport_options.join_answers = Some(JoinAnswers(Arc::new(move |request| {
+            super::join::answer(&identity, &view, request)
+        })));
     }
     let (transport, mut inbound) = Transport::start(transport_options)
         .await
@@ -282,19 +290,20 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("shard {index}: client listener: {e}"))?;
     let server_ctx = Arc::new(ServerContext {
-        member_id: ctx.member_id,
+        member_id,
         groups: config.groups,
         shards: ctx.senders.clone(),
         view: ctx.view.clone(),
         limits: config.client_limits.clone(),
         connections_max: config.client_connections_max,
         connections: std::sync::atomic::AtomicUsize::new(0),
-        cluster_id: ctx.cluster_id,
-        members: config
-            .initial_cluster
+        cluster_id,
+        members: ctx
+            .identity
+            .peers
             .iter()
-            .map(|(name, peer)| MemberRecord {
-                id: ctx.member_ids[name],
+            .map(|(id, peer, name)| MemberRecord {
+                id: *id,
                 name: name.clone(),
                 peer_urls: vec![format!("http://{peer}")],
             })
@@ -509,17 +518,18 @@ fn housekeeping<B: AsyncLogBackend>(
     let removed = shard.removed_groups();
     if !removed.is_empty() {
         tracing::error!(
-            member = ctx.member_id,
+            member = ctx.identity.member_id,
             groups = ?removed,
             "this member was removed from the cluster; it stops serving"
         );
         return Err(format!(
-            "member {} was removed from the cluster (groups {removed:?} applied its removal);              it stops serving",
-            ctx.member_id
+            "member {} was removed from the cluster (groups {removed:?} applied its removal); \
+             it stops serving",
+            ctx.identity.member_id
         ));
     }
     if ctx.index == 0 {
-        read_member_list(shard, ctx, config);
+        read_member_list(shard, ctx);
         ctx.view.set_learners_in_sync(shard.learners_in_sync(0));
         ctx.view.set_active_voters(shard.active_voters(0));
     }
@@ -549,7 +559,7 @@ fn housekeeping<B: AsyncLogBackend>(
                 .and_then(|s| s.parse::<u64>().ok());
             let address = String::from_utf8_lossy(&kv.value).into_owned();
             if let Some(id) = id {
-                if id == ctx.member_id && address == config.advertise_client {
+                if id == ctx.identity.member_id && address == config.advertise_client {
                     published = true;
                 }
                 ctx.view.set_member(id, address);
@@ -557,7 +567,7 @@ fn housekeeping<B: AsyncLogBackend>(
         }
         if !published && shard.leader(0).is_some() {
             let txn = Txn::batch(vec![Op::put(
-                member_key(ctx.member_id),
+                member_key(ctx.identity.member_id),
                 config.advertise_client.clone(),
             )]);
             shard.propose_anywhere(0, txn);
@@ -568,24 +578,47 @@ fn housekeeping<B: AsyncLogBackend>(
 
 /// Shard 0: reads the member list from this member's replica of group 0 into the cluster
 /// view. A cluster without one (new, or created before the list existed) gets the
-/// bootstrap list from `--initial-cluster` written by group 0's leader, only if the key is
-/// still absent (every member would write the same list).
-fn read_member_list<B: AsyncLogBackend>(
-    shard: &mut Shard<B>,
-    ctx: &ShardContext,
-    config: &ServerConfig,
-) {
+/// bootstrap list of the members it was created with written by group 0's leader, only if
+/// the key is still absent (every member would write the same list). A member the list
+/// holds without a name (added, and started since: this one) writes its name into it, as
+/// an etcd member publishes its name once it starts.
+fn read_member_list<B: AsyncLogBackend>(shard: &mut Shard<B>, ctx: &ShardContext) {
     let Some(found) = shard.local_range(0, &RangeRequest::key(MEMBERS_KEY)) else {
         return;
     };
+    let me = ctx.identity.member_id;
     match found.kvs.first() {
         Some(kv) => match MemberList::decode(&kv.value) {
-            Ok(list) => ctx.view.set_member_list(list),
+            Ok(mut list) => {
+                ctx.view.set_member_list(list.clone());
+                let unnamed = list.members.iter_mut().find(|m| m.id == me && m.name.is_empty());
+                if let Some(entry) = unnamed {
+                    entry.name = ctx.config.name.clone();
+                    let txn = Txn {
+                        compares: vec![Compare {
+                            key: MEMBERS_KEY.to_vec(),
+                            op: CompareOp::Equal,
+                            target: CompareTarget::ModRevision(kv.meta.mod_revision),
+                        }],
+                        success: vec![Op::put(MEMBERS_KEY, list.encode())],
+                        failure: Vec::new(),
+                    };
+                    tracing::info!(member = me, name = %ctx.config.name, "publishing this member's name in the member list");
+                    shard.propose_anywhere(0, txn);
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "the member list in group 0 does not decode; ignored");
             }
         },
-        None if shard.is_leader(0) => match MemberList::bootstrap(&config.initial_cluster) {
+        None if ctx.identity.origin == super::Origin::Joined => {}
+        None if shard.is_leader(0) => match MemberList::bootstrap(
+            &ctx.identity
+                .peers
+                .iter()
+                .map(|(_, peer, name)| (name.clone(), *peer))
+                .collect::<Vec<_>>(),
+        ) {
             Ok(list) => {
                 let txn = Txn {
                     compares: vec![Compare {
@@ -616,7 +649,7 @@ fn follow_member_list<B: AsyncLogBackend>(
         tracing::warn!(%error, "the member list's membership is refused");
     }
     let mut wanted = BTreeMap::new();
-    for m in list.members.iter().filter(|m| m.id != ctx.member_id) {
+    for m in list.members.iter().filter(|m| m.id != ctx.identity.member_id) {
         match offset_port(m.peer, ctx.index) {
             Ok(addr) => {
                 wanted.insert(m.id, addr);
