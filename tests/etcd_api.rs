@@ -1609,7 +1609,12 @@ fn value_at(cluster: &Cluster, endpoint: usize, key: &str, serializable: bool) -
     } else {
         "--consistency=l"
     };
-    let out = ctl(cluster, endpoint, &["get", key, "--print-value-only", consistency], "");
+    let out = ctl(
+        cluster,
+        endpoint,
+        &["get", key, "--print-value-only", consistency],
+        "",
+    );
     let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)
 }
@@ -1626,7 +1631,12 @@ fn a_member_joins_with_existing_and_an_original_member_is_removed() {
     etcdctl_path();
     let groups = 4;
     // Small checkpoints: the joiner's groups catch up by snapshot, their logs compacted.
-    let small_snapshots = ["--snapshot-entries", "20", "--snapshot-catchup-entries", "5"];
+    let small_snapshots = [
+        "--snapshot-entries",
+        "20",
+        "--snapshot-catchup-entries",
+        "5",
+    ];
     let mut cluster = Cluster::start_with(groups, None, &small_snapshots);
     runtime().block_on(cluster.wait_ready());
     let mut acked: Vec<(String, String)> = Vec::new();
@@ -1693,17 +1703,27 @@ fn a_member_joins_with_existing_and_an_original_member_is_removed() {
     ));
     let m4 = MEMBERS;
     // It serves the keys written before it joined, from its own replicas.
-    eventually(&cluster, Duration::from_secs(60), "m4 serves the old keys", || {
-        acked
-            .iter()
-            .all(|(k, v)| value_at(&cluster, m4, k, true).as_deref() == Some(v.as_str()))
-    });
+    eventually(
+        &cluster,
+        Duration::from_secs(60),
+        "m4 serves the old keys",
+        || {
+            acked
+                .iter()
+                .all(|(k, v)| value_at(&cluster, m4, k, true).as_deref() == Some(v.as_str()))
+        },
+    );
     // Listed started, with its name, as a voter (promoted once in sync in every group).
-    eventually(&cluster, Duration::from_secs(30), "m4 listed as a started voter", || {
-        let list = ctl_ok(&cluster, 0, &["member", "list"], "");
-        list.lines()
-            .any(|l| l.starts_with("4, started, m4, ") && l.ends_with(", false"))
-    });
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "m4 listed as a started voter",
+        || {
+            let list = ctl_ok(&cluster, 0, &["member", "list"], "");
+            list.lines()
+                .any(|l| l.starts_with("4, started, m4, ") && l.ends_with(", false"))
+        },
+    );
     let log = std::fs::read_to_string(&cluster.members[m4].err_path).unwrap();
     assert!(log.contains("joined"), "{log}");
     // Writes through it commit.
@@ -1723,13 +1743,33 @@ fn a_member_joins_with_existing_and_an_original_member_is_removed() {
         &format!("m4={peer_url}"),
         &["--initial-cluster-state", "new"],
     );
-    eventually(&cluster, Duration::from_secs(30), "m4 serves after a restart", || {
-        value_at(&cluster, m4, "after/19", false).as_deref() == Some("w19")
-    });
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "m4 serves after a restart",
+        || value_at(&cluster, m4, "after/19", false).as_deref() == Some("w19"),
+    );
 
     // An original member leaves: m1, which leads group 0 (where the change is made).
-    let removed = ctl_ok(&cluster, m4, &["member", "remove", "1"], "");
-    assert!(removed.contains("removed from cluster"), "{removed}");
+    // Refused while group 0's leader has not heard from the restarted m4 for long enough
+    // ("not enough started members"), or while m4 does not know that leader yet: asked
+    // again until it goes through.
+    eventually(&cluster, Duration::from_secs(20), "m1 removed", || {
+        let out = ctl(&cluster, m4, &["member", "remove", "1"], "");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || err.contains("not enough started members")
+                || err.contains("no leader"),
+            "{said}{err}"
+        );
+        eprintln!(
+            "member remove 1: {said}{}",
+            err.lines().last().unwrap_or("")
+        );
+        said.contains("removed from cluster")
+    });
     let mut m1 = cluster.members[0].child.take().unwrap();
     let mut exit = None;
     eventually(&cluster, Duration::from_secs(60), "m1 stops", || {
@@ -1739,14 +1779,20 @@ fn a_member_joins_with_existing_and_an_original_member_is_removed() {
     let log = std::fs::read_to_string(&cluster.members[0].err_path).unwrap();
     assert!(log.contains("was removed from the cluster"), "{log}");
     assert!(exit.is_some_and(|s| !s.success()), "{log}");
-    eventually(&cluster, Duration::from_secs(30), "three members listed", || {
-        ctl_ok(&cluster, 1, &["member", "list"], "").lines().count() == 3
-    });
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "three members listed",
+        || ctl_ok(&cluster, 1, &["member", "list"], "").lines().count() == 3,
+    );
     for i in [1, 2, m4] {
         for (k, v) in &acked {
-            eventually(&cluster, Duration::from_secs(20), "a linearizable read", || {
-                value_at(&cluster, i, k, false).as_deref() == Some(v.as_str())
-            });
+            eventually(
+                &cluster,
+                Duration::from_secs(20),
+                "a linearizable read",
+                || value_at(&cluster, i, k, false).as_deref() == Some(v.as_str()),
+            );
         }
     }
     assert_eq!(ctl_ok(&cluster, 2, &["put", "last", "x"], ""), "OK\n");
@@ -1792,10 +1838,7 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let stray_cluster = format!(
-        "{},m9=http://127.0.0.1:{peer}",
-        running.join(",")
-    );
+    let stray_cluster = format!("{},m9=http://127.0.0.1:{peer}", running.join(","));
     let mut stray = spawn_member(
         &dir,
         "m9",
@@ -1807,7 +1850,10 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
     let (status, _) = wait_exit(&mut stray, Duration::from_secs(20));
     let err = std::fs::read_to_string(&stray.err_path).unwrap();
     assert!(!status.success(), "{err}");
-    assert!(err.contains("member not found") && err.contains("m9"), "{err}");
+    assert!(
+        err.contains("member not found") && err.contains("m9"),
+        "{err}"
+    );
     assert!(!dir.join("m9/keel.meta").exists());
 
     let lonely = format!("m1=http://127.0.0.1:{nobody},m8=http://127.0.0.1:{peer}");
@@ -1817,7 +1863,12 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
         peer,
         client,
         &lonely,
-        &["--initial-cluster-state", "existing", "--join-timeout-ms", "2000"],
+        &[
+            "--initial-cluster-state",
+            "existing",
+            "--join-timeout-ms",
+            "2000",
+        ],
     );
     let (status, took) = wait_exit(&mut alone, Duration::from_secs(20));
     let err = std::fs::read_to_string(&alone.err_path).unwrap();

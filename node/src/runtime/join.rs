@@ -10,8 +10,9 @@
 //! doubling backoff (from [`JOIN_BACKOFF_MIN`] to [`JOIN_BACKOFF_MAX`]) and giving up after
 //! `ServerConfig::join_wait_max`. A refusal for good — no member of the list has the
 //! joiner's peer address, or has it under another name — ends the wait at once with the
-//! reason; an unreachable member, one that does not know the list yet, or an older build
-//! are retried.
+//! reason, once it stood for [`JOIN_REFUSAL_CONFIRM`] (the member asked may not have read
+//! the latest list yet); an unreachable member, one that does not know the list yet, or an
+//! older build are retried.
 //!
 //! The member found is the list's entry with the joiner's peer address (etcd finds a
 //! joining member by its peer URLs too); its name must be empty (added, not started yet)
@@ -34,6 +35,11 @@ pub const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long one member may take to connect and answer.
 pub const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a refusal must stand before the joiner gives up on it. A running member reads
+/// the member list into the view it answers from every few ticks (10 ticks, 500 ms by
+/// default), so a joiner started right after `member add` may be refused by a member that
+/// has not read the change yet: it asks again until a refusal outlasts this.
+pub const JOIN_REFUSAL_CONFIRM: Duration = Duration::from_secs(3);
 
 const _: () = assert!(JOIN_BACKOFF_MIN.as_nanos() <= JOIN_BACKOFF_MAX.as_nanos());
 
@@ -72,6 +78,7 @@ pub fn learn(
     let deadline = started + wait_max;
     let mut backoff = JOIN_BACKOFF_MIN;
     let mut rounds = 0u32;
+    let mut first_refusal: Option<Instant> = None;
     loop {
         rounds += 1;
         let mut answers = Vec::new();
@@ -87,9 +94,17 @@ pub fn learn(
                     });
                 }
                 Ok(JoinReply::Refused(reason)) => {
-                    return Err(format!(
-                        "member {peer_name} at {addr} refused {name} ({own_peer}) joining: \
-                         {reason}"
+                    let since = *first_refusal.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= JOIN_REFUSAL_CONFIRM {
+                        return Err(format!(
+                            "member {peer_name} at {addr} refused {name} ({own_peer}) \
+                             joining: {reason}"
+                        ));
+                    }
+                    answers.push(format!(
+                        "{peer_name} at {addr} refused (asked again for \
+                         {JOIN_REFUSAL_CONFIRM:?}, in case it has not read the latest member \
+                         list yet): {reason}"
                     ));
                 }
                 Ok(JoinReply::NotNow(reason)) => {
@@ -99,7 +114,13 @@ pub fn learn(
             }
         }
         let waited = started.elapsed();
-        if Instant::now() + backoff > deadline {
+        // A standing refusal is confirmed at its deadline even when the overall wait is
+        // longer; the overall wait bounds everything else.
+        let confirm_at = first_refusal.map(|t| t + JOIN_REFUSAL_CONFIRM);
+        let sleep = confirm_at.map_or(backoff, |at| {
+            backoff.min(at.saturating_duration_since(Instant::now()))
+        });
+        if Instant::now() + sleep > deadline {
             return Err(format!(
                 "no running member answered {name}'s join request within {:?} ({rounds} \
                  rounds); last answers: {}",
@@ -110,12 +131,12 @@ pub fn learn(
         tracing::warn!(
             name,
             waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-            retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            retry_in_ms = u64::try_from(sleep.as_millis()).unwrap_or(u64::MAX),
             answers = %answers.join("; "),
             "joining: no running member accepted yet (are they up, and was this member \
              added with `member add`?); asking again"
         );
-        std::thread::sleep(backoff);
+        std::thread::sleep(sleep);
         backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
     }
 }

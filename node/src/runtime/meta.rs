@@ -78,7 +78,11 @@ impl Meta {
     fn body(&self) -> String {
         let mut body = format!(
             "{}\ncluster_id {}\nmember_id {}\nname {}\ngroups {}\nshards {}\n",
-            if self.origin.is_some() { HEADER } else { HEADER_V1 },
+            if self.origin.is_some() {
+                HEADER
+            } else {
+                HEADER_V1
+            },
             self.cluster_id,
             self.member_id,
             self.name,
@@ -232,7 +236,11 @@ mod tests {
             ..meta()
         };
         v1.store(dir.path()).unwrap();
-        assert!(fs::read_to_string(dir.path().join(FILE)).unwrap().starts_with(HEADER_V1));
+        assert!(
+            fs::read_to_string(dir.path().join(FILE))
+                .unwrap()
+                .starts_with(HEADER_V1)
+        );
         assert_eq!(Meta::load(dir.path()).unwrap(), Some(v1));
     }
 

@@ -319,12 +319,14 @@ pub struct ClusterView {
     /// The member list as this member's replica of group 0 holds it (`None` until shard 0
     /// read it; a cluster created before the list existed gets it written at start).
     member_list: RwLock<Option<MemberList>>,
-    /// The learners this member, as group 0's leader, saw in sync at the last housekeeping
-    /// (empty when it does not lead group 0).
-    learners_in_sync: RwLock<std::collections::BTreeSet<u64>>,
+    /// Per group this member leads: the learners it saw in sync at the last housekeeping
+    /// (a group it does not lead has no entry).
+    learners_in_sync: RwLock<BTreeMap<u64, std::collections::BTreeSet<u64>>>,
     /// The voters group 0's leader (this member) heard from within an election timeout,
-    /// at the last two housekeepings (the leader forgets who was active at every election
-    /// timeout: two looks never both fall right after that).
+    /// at the last two looks, one at each housekeeping and one half-way between (the
+    /// leader forgets who was active at every election timeout, which may fall on the
+    /// housekeeping's tick every time: two looks half a period apart never both fall
+    /// right after it).
     started: RwLock<[std::collections::BTreeSet<u64>; 2]>,
     /// Leader of each group (0: unknown).
     leaders: Vec<AtomicU64>,
@@ -340,7 +342,7 @@ impl ClusterView {
         ClusterView {
             members: RwLock::new(members),
             member_list: RwLock::new(None),
-            learners_in_sync: RwLock::new(std::collections::BTreeSet::new()),
+            learners_in_sync: RwLock::new(BTreeMap::new()),
             started: RwLock::new(Default::default()),
             leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             facts: RwLock::new(vec![
@@ -412,20 +414,31 @@ impl ClusterView {
             .unwrap_or_default()
     }
 
-    fn set_learners_in_sync(&self, ids: std::collections::BTreeSet<u64>) {
+    /// Records the learners in sync in `group` (`None`: this member does not lead it).
+    fn set_learners_in_sync(&self, group: u64, ids: Option<std::collections::BTreeSet<u64>>) {
         if let Ok(mut l) = self.learners_in_sync.write() {
-            *l = ids;
+            match ids {
+                Some(ids) => l.insert(group, ids),
+                None => l.remove(&group),
+            };
         }
     }
 
-    /// The learners group 0's leader (this member) saw within
-    /// [`PROMOTE_LAG_ENTRIES_MAX`](crate::shard::PROMOTE_LAG_ENTRIES_MAX) entries of its
-    /// commit index at the last housekeeping; empty on other members.
+    /// The learners in sync in every group this member leads — within
+    /// [`PROMOTE_LAG_ENTRIES_MAX`](crate::shard::PROMOTE_LAG_ENTRIES_MAX) entries of the
+    /// group's commit index at the last housekeeping — provided it leads group 0 (where a
+    /// promotion is decided); empty otherwise. The groups other members lead promote a
+    /// learner only once it is in sync there too (`shard::membership`).
     pub fn learners_in_sync(&self) -> std::collections::BTreeSet<u64> {
-        self.learners_in_sync
-            .read()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        let Ok(l) = self.learners_in_sync.read() else {
+            return Default::default();
+        };
+        let Some(first) = l.get(&0) else {
+            return Default::default();
+        };
+        l.values().fold(first.clone(), |all, g| {
+            all.intersection(g).copied().collect()
+        })
     }
 
     fn set_member(&self, id: u64, address: String) {
@@ -510,8 +523,8 @@ fn identity(config: &ServerConfig) -> Result<Identity, String> {
         .origin
         .as_ref()
         .is_some_and(|o| o.origin == Origin::Joined);
-    let check_flags = found.origin.is_none()
-        || (!joined && config.initial_cluster_state == ClusterState::New);
+    let check_flags =
+        found.origin.is_none() || (!joined && config.initial_cluster_state == ClusterState::New);
     if found.name != config.name || (check_flags && !same_cluster) {
         return Err(format!(
             "{} belongs to member {} ({}) of cluster {:#x} with {} groups and {} shards; \
@@ -682,6 +695,7 @@ impl Server {
                 requests,
                 shutdown: shutdown_rx.clone(),
                 ready: ready_tx.clone(),
+                unlisted_housekeepings: std::cell::Cell::new(0),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("keel-shard-{index}"))

@@ -30,10 +30,17 @@ pub(super) struct ShardContext {
     pub(super) requests: mpsc::Receiver<ShardRequest>,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Shard 0: housekeepings in a row that found this member removed from the member list
+    /// (see [`removed_from_list`]).
+    pub(super) unlisted_housekeepings: std::cell::Cell<u32>,
 }
 
 /// Ticks between the shard's housekeeping (leadership balance, cluster view).
 const HOUSEKEEPING_TICKS: u64 = 10;
+/// Housekeepings a member removed from the member list goes on serving while it still
+/// leads groups (they hand leadership over before they remove it): 20, 10 s at the default
+/// tick.
+const REMOVED_LEADING_HOUSEKEEPINGS_MAX: u32 = 20;
 /// How long a stopping shard waits for its appends in flight.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 
@@ -257,8 +264,11 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     ))));
     let mut purging: Option<tokio::task::JoinHandle<()>> = None;
 
-    let mut transport_options =
-        TransportOptions::new(cluster_id, member_id, offset_port(config.listen_peer, index)?);
+    let mut transport_options = TransportOptions::new(
+        cluster_id,
+        member_id,
+        offset_port(config.listen_peer, index)?,
+    );
     for &(id, addr, _) in &ctx.identity.peers {
         if id != member_id {
             transport_options
@@ -390,6 +400,12 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
             _ = ticker.tick() => {
                 shard.tick();
                 ticks += 1;
+                if ctx.index == 0 && ticks % HOUSEKEEPING_TICKS == HOUSEKEEPING_TICKS / 2 {
+                    // A second look at group 0's active voters half-way between two
+                    // housekeepings: the leader forgets who was active every election
+                    // timeout, which may fall on the housekeeping's tick every time.
+                    ctx.view.set_active_voters(shard.active_voters(0));
+                }
                 if ticks % HOUSEKEEPING_TICKS == 0 {
                     if let Err(e) = housekeeping(&mut shard, &ctx, &config, &transport) {
                         break Err(e);
@@ -530,8 +546,8 @@ fn housekeeping<B: AsyncLogBackend>(
     }
     if ctx.index == 0 {
         read_member_list(shard, ctx);
-        ctx.view.set_learners_in_sync(shard.learners_in_sync(0));
         ctx.view.set_active_voters(shard.active_voters(0));
+        removed_from_list(ctx)?;
     }
     if let Some(list) = ctx.view.member_list() {
         follow_member_list(shard, ctx, transport, &list);
@@ -540,7 +556,10 @@ fn housekeeping<B: AsyncLogBackend>(
     shard.reconcile_membership();
     let groups: Vec<u64> = shard.groups().collect();
     for g in groups {
-        ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));
+        let leader = shard.leader(g);
+        let in_sync = (leader == Some(ctx.identity.member_id)).then(|| shard.learners_in_sync(g));
+        ctx.view.set_learners_in_sync(g, in_sync);
+        ctx.view.set_leader(g, leader.unwrap_or(0));
         if let Some(facts) = shard.group_facts(g) {
             ctx.view.set_facts(g, facts);
         }
@@ -576,6 +595,48 @@ fn housekeeping<B: AsyncLogBackend>(
     Ok(())
 }
 
+/// Shard 0: stops the member once the member list no longer holds it. A removed member
+/// does not always apply its own removal in a group (the entry that leaves the joint
+/// configuration commits without it, and a leader stops sending to a member it removed),
+/// but it applies the member list's change, which comes first: once the list it applied
+/// leaves it out — a list written after it was added (`next_id` above its id: a joiner
+/// replaying its group 0 reads older lists without itself) — it stops as soon as it leads
+/// no group, or after [`REMOVED_LEADING_HOUSEKEEPINGS_MAX`] housekeepings. The voters left
+/// have a quorum of both configurations without it (`member remove` checked it), so the
+/// groups finish removing it on their own.
+fn removed_from_list(ctx: &ShardContext) -> Result<(), String> {
+    let me = ctx.identity.member_id;
+    let Some(list) = ctx.view.member_list() else {
+        return Ok(());
+    };
+    if list.get(me).is_some() || list.next_id <= me {
+        ctx.unlisted_housekeepings.set(0);
+        return Ok(());
+    }
+    let unlisted = ctx.unlisted_housekeepings.get().saturating_add(1);
+    ctx.unlisted_housekeepings.set(unlisted);
+    let leading: Vec<u32> = (0..ctx.config.groups)
+        .filter(|&g| ctx.view.leader(g) == Some(me))
+        .collect();
+    if !leading.is_empty() && unlisted < REMOVED_LEADING_HOUSEKEEPINGS_MAX {
+        tracing::info!(
+            member = me,
+            leading = ?leading,
+            "this member was removed from the member list; it stops once it leads no group"
+        );
+        return Ok(());
+    }
+    tracing::error!(
+        member = me,
+        "this member was removed from the cluster (the member list no longer holds it); it \
+         stops serving"
+    );
+    Err(format!(
+        "member {me} was removed from the cluster (the member list no longer holds it); it \
+         stops serving"
+    ))
+}
+
 /// Shard 0: reads the member list from this member's replica of group 0 into the cluster
 /// view. A cluster without one (new, or created before the list existed) gets the
 /// bootstrap list of the members it was created with written by group 0's leader, only if
@@ -591,7 +652,10 @@ fn read_member_list<B: AsyncLogBackend>(shard: &mut Shard<B>, ctx: &ShardContext
         Some(kv) => match MemberList::decode(&kv.value) {
             Ok(mut list) => {
                 ctx.view.set_member_list(list.clone());
-                let unnamed = list.members.iter_mut().find(|m| m.id == me && m.name.is_empty());
+                let unnamed = list
+                    .members
+                    .iter_mut()
+                    .find(|m| m.id == me && m.name.is_empty());
                 if let Some(entry) = unnamed {
                     entry.name = ctx.config.name.clone();
                     let txn = Txn {
@@ -649,7 +713,11 @@ fn follow_member_list<B: AsyncLogBackend>(
         tracing::warn!(%error, "the member list's membership is refused");
     }
     let mut wanted = BTreeMap::new();
-    for m in list.members.iter().filter(|m| m.id != ctx.identity.member_id) {
+    for m in list
+        .members
+        .iter()
+        .filter(|m| m.id != ctx.identity.member_id)
+    {
         match offset_port(m.peer, ctx.index) {
             Ok(addr) => {
                 wanted.insert(m.id, addr);

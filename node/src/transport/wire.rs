@@ -1290,7 +1290,10 @@ fn read_join_reply(r: &mut Reader<'_>, limits: &WireLimits) -> Result<JoinReply,
                 MEMBER_ID_BYTES,
             )?;
             let bootstrap = (0..count)
-                .map(|_| r.fixed::<8>("bootstrap voter").map(|b| u64::from_le_bytes(*b)))
+                .map(|_| {
+                    r.fixed::<8>("bootstrap voter")
+                        .map(|b| u64::from_le_bytes(*b))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let len = r.count(
                 "member list bytes",

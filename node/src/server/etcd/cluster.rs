@@ -51,6 +51,13 @@ impl Etcd {
         forwarded: bool,
         change: impl Fn(&mut MemberList) -> Result<T, MemberError>,
     ) -> Result<Changed<T>, Status> {
+        // The change is decided where group 0 is led: its checks read that member's view of
+        // the cluster (who is started, which learners are in sync), which only the leader
+        // of group 0 has.
+        let leader = self.ctx.view.leader(0);
+        if leader != Some(self.ctx.member_id) {
+            return Ok(Changed::Forward(self.forward_target(leader, forwarded)?));
+        }
         for _ in 0..CHANGE_ATTEMPTS_MAX {
             let read = ShardWork::Read {
                 range: RangeRequest::key(MEMBERS_KEY),
@@ -216,7 +223,11 @@ impl Cluster for Etcd {
         let started = self.ctx.view.started_members();
         match self
             .change_members(forwarded, |list| {
-                list.remove_keeping_quorum(req.id, &started).map(|_| ())
+                let removed = list.remove_keeping_quorum(req.id, &started).map(|_| ());
+                if removed.is_err() {
+                    tracing::warn!(member = req.id, started = ?started, "member removal refused: the voters left would not have a quorum of started members");
+                }
+                removed
             })
             .await?
         {
