@@ -658,15 +658,7 @@ fn read_member_list<B: AsyncLogBackend>(shard: &mut Shard<B>, ctx: &ShardContext
                     .find(|m| m.id == me && m.name.is_empty());
                 if let Some(entry) = unnamed {
                     entry.name = ctx.config.name.clone();
-                    let txn = Txn {
-                        compares: vec![Compare {
-                            key: MEMBERS_KEY.to_vec(),
-                            op: CompareOp::Equal,
-                            target: CompareTarget::ModRevision(kv.meta.mod_revision),
-                        }],
-                        success: vec![Op::put(MEMBERS_KEY, list.encode())],
-                        failure: Vec::new(),
-                    };
+                    let txn = list.replace_txn(kv.meta.mod_revision);
                     tracing::info!(member = me, name = %ctx.config.name, "publishing this member's name in the member list");
                     shard.propose_anywhere(0, txn);
                 }

@@ -1155,18 +1155,8 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
         }
         FRAME_KIND_HELLO_REPLY => {
             let accepted = read_bool(&mut r, "hello reply accepted byte")?;
-            let len = r.count(
-                "reason bytes",
-                "reason_bytes_max",
-                limits.reason_bytes_max,
-                1,
-            )?;
-            let reason = std::str::from_utf8(r.bytes(len, "reason bytes")?)
-                .map_err(|_| WireError::InvalidUtf8 { what: "reason" })?;
-            Frame::HelloReply(HelloReply {
-                accepted,
-                reason: reason.to_owned(),
-            })
+            let reason = read_reason(&mut r, limits)?;
+            Frame::HelloReply(HelloReply { accepted, reason })
         }
         FRAME_KIND_MESSAGES => {
             let count = r.count(
@@ -1215,6 +1205,19 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
         });
     }
     Ok(frame)
+}
+
+/// A refusal reason: a `u32` length (at most `reason_bytes_max`), then UTF-8.
+fn read_reason(r: &mut Reader<'_>, limits: &WireLimits) -> Result<String, WireError> {
+    let len = r.count(
+        "reason bytes",
+        "reason_bytes_max",
+        limits.reason_bytes_max,
+        1,
+    )?;
+    std::str::from_utf8(r.bytes(len, "reason bytes")?)
+        .map(str::to_owned)
+        .map_err(|_| WireError::InvalidUtf8 { what: "reason" })
 }
 
 /// A one-byte length, then that many bytes of UTF-8 (at most `max`).
@@ -1267,15 +1270,7 @@ fn read_join_reply(r: &mut Reader<'_>, limits: &WireLimits) -> Result<JoinReply,
     // is still read as far as its reason.
     let _version = u16::from_le_bytes(*r.fixed::<2>("join version")?);
     let status = r.fixed::<1>("join status")?[0];
-    let len = r.count(
-        "reason bytes",
-        "reason_bytes_max",
-        limits.reason_bytes_max,
-        1,
-    )?;
-    let reason = std::str::from_utf8(r.bytes(len, "reason bytes")?)
-        .map_err(|_| WireError::InvalidUtf8 { what: "reason" })?
-        .to_owned();
+    let reason = read_reason(r, limits)?;
     match status {
         0 => Ok(JoinReply::Refused(reason)),
         2 => Ok(JoinReply::NotNow(reason)),

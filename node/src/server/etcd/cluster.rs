@@ -8,7 +8,7 @@
 //! learner; `MemberAdd` without `isLearner` makes it a voter as soon as it is in sync
 //! (etcd 3.4's `member add` adds a voter at once; Keel always lets it catch up first).
 
-use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, RangeRequest, Txn};
+use keel_engine::txn::RangeRequest;
 use keel_etcd_proto::etcdserverpb::cluster_server::Cluster;
 use keel_etcd_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -81,15 +81,7 @@ impl Etcd {
                 ))
             })?;
             let result = change(&mut list).map_err(|e| member_status(&e))?;
-            let txn = Txn {
-                compares: vec![Compare {
-                    key: MEMBERS_KEY.to_vec(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(kv.meta.mod_revision),
-                }],
-                success: vec![Op::put(MEMBERS_KEY, list.encode())],
-                failure: Vec::new(),
-            };
+            let txn = list.replace_txn(kv.meta.mod_revision);
             let write = ShardWork::Write {
                 client_id: 0,
                 sequence: 0,
