@@ -12,8 +12,9 @@ use keel_node::runtime::{ClusterState, Server, ServerConfig, ShardRuntime};
 ///
 /// Every member of a new cluster is started with the same --initial-cluster, --groups and
 /// --shards. A member restarts from its --data-dir (which remembers its cluster and member
-/// and refuses another's). SIGTERM or SIGINT drains in-flight requests, makes everything
-/// durable and exits 0.
+/// and refuses another's). A member added with `etcdctl member add` starts with
+/// --initial-cluster-state existing. SIGTERM or SIGINT drains in-flight requests, makes
+/// everything durable and exits 0.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// This member's name (one of --initial-cluster's).
@@ -29,9 +30,28 @@ pub struct ServerArgs {
     /// (the same as `keel snapshot restore` was given). Default none.
     #[arg(long, default_value = "")]
     initial_cluster_token: String,
-    /// new: start a new cluster; existing: join a running one (not served yet).
+    /// new: every member of --initial-cluster starts a new cluster together (member ids and
+    /// the cluster id follow from the flags).
+    ///
+    /// existing: join a running cluster that added this member (`etcdctl member add NAME
+    /// --peer-urls=URL`, the URL being this member's in --initial-cluster). With an empty
+    /// --data-dir the member asks the other members of --initial-cluster (their peer URLs,
+    /// retrying with backoff for up to --join-timeout-ms) for the cluster id, its member id
+    /// and the cluster's group and shard counts (used instead of --groups/--shards when
+    /// they differ), writes them to its data directory, and catches up as a learner of
+    /// every group before it becomes a voter. A name the cluster did not add is refused
+    /// ("member not found").
+    ///
+    /// A data directory that has its identity already ignores this flag, as etcd does,
+    /// except that a member of a new cluster restarted with `new` must be given the
+    /// --initial-cluster it was created with (another cluster's data is refused);
+    /// restart it with `existing` once the cluster's members changed.
     #[arg(long, value_enum, default_value_t = StateArg::New)]
     initial_cluster_state: StateArg,
+    /// How long a joining member (--initial-cluster-state existing, empty --data-dir) keeps
+    /// asking the running members before it exits with an error, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    join_timeout_ms: u64,
     /// Peer URL to listen on (shard s uses the port + s).
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     listen_peer_urls: String,
@@ -161,6 +181,7 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, String> {
         StateArg::Existing => ClusterState::Existing,
     };
     config.initial_cluster_token = args.initial_cluster_token.clone();
+    config.join_wait_max = Duration::from_millis(args.join_timeout_ms);
     config.groups = args.groups;
     if let Some(s) = args.shards {
         config.shards = s;
@@ -252,8 +273,8 @@ pub fn run(args: ServerArgs) -> Result<ExitCode, String> {
         cluster_id = format!("{:#x}", server.cluster_id),
         client = %config.listen_client,
         peer = %config.listen_peer,
-        groups = config.groups,
-        shards = config.shards,
+        groups = server.groups,
+        shards = server.shards,
         "member serving"
     );
     loop {

@@ -70,10 +70,12 @@ const SHARDS: u16 = 2;
 
 impl Cluster {
     fn start(groups: u32) -> Cluster {
-        Cluster::start_with(groups, None)
+        Cluster::start_with(groups, None, &[])
     }
 
-    fn start_with(groups: u32, restore: Option<Restore<'_>>) -> Cluster {
+    /// `groups` groups (restored from a backup first, or new), each member started with
+    /// the `extra` flags too.
+    fn start_with(groups: u32, restore: Option<Restore<'_>>, extra: &[&str]) -> Cluster {
         let count = restore.as_ref().map_or(MEMBERS, |r| r.members);
         let dir = tempfile::Builder::new()
             .prefix("keel-etcd-test-")
@@ -122,38 +124,25 @@ impl Cluster {
                 let said = String::from_utf8_lossy(&out.stdout);
                 assert!(said.contains(&format!("restored member {name}")), "{said}");
             }
-            let err_path = dir.path().join(format!("{name}.err"));
-            let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-                .args([
-                    "server",
-                    "--name",
-                    &name,
-                    "--data-dir",
-                    &data_dir,
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", peers[i]),
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{}", clients[i]),
-                    "--initial-cluster",
-                    &initial_cluster,
-                    "--initial-cluster-token",
-                    token,
-                    "--groups",
-                    &groups.to_string(),
-                    "--shards",
-                    &SHARDS.to_string(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&err_path).unwrap())
-                .spawn()
-                .unwrap();
-            members.push(Member {
-                name,
-                client_address: format!("127.0.0.1:{}", clients[i]),
-                err_path,
-                child: Some(child),
-            });
+            members.push(spawn_member(
+                dir.path(),
+                &name,
+                peers[i],
+                clients[i],
+                &initial_cluster,
+                &[
+                    &[
+                        "--initial-cluster-token",
+                        token,
+                        "--groups",
+                        &groups.to_string(),
+                        "--shards",
+                        &SHARDS.to_string(),
+                    ],
+                    extra,
+                ]
+                .concat(),
+            ));
         }
         Cluster {
             _dir: dir,
@@ -273,6 +262,46 @@ impl Cluster {
             };
             assert!(status.success(), "{} exited with {status}", m.name);
         }
+    }
+}
+
+/// Starts `keel server` as member `name` with its data directory and stderr file in `dir`,
+/// listening on `peer` and `client`, with `extra` flags.
+fn spawn_member(
+    dir: &std::path::Path,
+    name: &str,
+    peer: u16,
+    client: u16,
+    initial_cluster: &str,
+    extra: &[&str],
+) -> Member {
+    let data_dir = dir.join(name).display().to_string();
+    let err_path = dir.join(format!("{name}.err"));
+    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "server",
+            "--name",
+            name,
+            "--data-dir",
+            &data_dir,
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--initial-cluster",
+            initial_cluster,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    Member {
+        name: name.to_string(),
+        client_address: format!("127.0.0.1:{client}"),
+        err_path,
+        child: Some(child),
     }
 }
 
@@ -682,6 +711,7 @@ fn etcdctl_scenario(groups: u32) {
                 members,
                 token: "restored",
             }),
+            &[],
         );
         runtime().block_on(restored.wait_ready());
         for i in 0..members {
@@ -1827,4 +1857,301 @@ fn snapshot_restore_refuses_bad_input_and_leaves_nothing_behind() {
     assert_eq!(listing(), ["backup.db", "data"]);
     assert!(target.join("keel.meta").is_file());
     assert!(target.join("shard-0/checkpoints/group-0").is_dir());
+}
+
+// ---- a member joins a running cluster -----------------------------------------------------
+
+/// Waits until `what` holds (checked every 100 ms), for at most `wait`; the failure names
+/// what never held and the members' logs.
+fn eventually(cluster: &Cluster, wait: Duration, what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = Instant::now() + wait;
+    while !holds() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {wait:?}{}",
+            cluster.stderr_tails()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of `key` as etcdctl prints it at `endpoint` (`None`: absent or an error).
+fn value_at(cluster: &Cluster, endpoint: usize, key: &str, serializable: bool) -> Option<String> {
+    let consistency = if serializable {
+        "--consistency=s"
+    } else {
+        "--consistency=l"
+    };
+    let out = ctl(
+        cluster,
+        endpoint,
+        &["get", key, "--print-value-only", consistency],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// `etcdctl member add m4` of a real 3-member cluster (4 groups, 2 shards each), `keel
+/// server --initial-cluster-state existing` for it: it learns its id from the running
+/// members, catches up as a learner of every group (by snapshot: the groups checkpoint
+/// every 20 entries), is promoted and serves; it restarts from its data directory alone;
+/// then an original member is removed, stops with a log line saying so, and the three left
+/// serve every acknowledged key linearizably.
+#[test]
+fn a_member_joins_with_existing_and_an_original_member_is_removed() {
+    let _turn = serial();
+    etcdctl_path();
+    let groups = 4;
+    // Small checkpoints: the joiner's groups catch up by snapshot, their logs compacted.
+    let small_snapshots = [
+        "--snapshot-entries",
+        "20",
+        "--snapshot-catchup-entries",
+        "5",
+    ];
+    let mut cluster = Cluster::start_with(groups, None, &small_snapshots);
+    runtime().block_on(cluster.wait_ready());
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for i in 0..60 {
+        let (k, v) = (format!("before/{i:02}"), format!("v{i}"));
+        assert_eq!(ctl_ok(&cluster, i % MEMBERS, &["put", &k, &v], ""), "OK\n");
+        acked.push((k, v));
+    }
+    let covered: std::collections::BTreeSet<u32> = acked
+        .iter()
+        .map(|(k, _)| group_of(k.as_bytes(), groups))
+        .collect();
+    assert_eq!(covered.len(), 4, "the keys cover every group");
+
+    let mut held = Vec::new();
+    let peer = free_ports(SHARDS, &mut held);
+    let client = free_ports(1, &mut held);
+    drop(held);
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let added = ctl_ok(
+        &cluster,
+        1,
+        &["member", "add", "m4", &format!("--peer-urls={peer_url}")],
+        "",
+    );
+    assert!(added.contains("added to cluster"), "{added}");
+    assert!(added.contains("ETCD_NAME=\"m4\""), "{added}");
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    let initial_cluster = added
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER line: {added}"))
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(initial_cluster.split(',').count(), 4, "{initial_cluster}");
+    assert!(
+        initial_cluster.contains(&format!("m4={peer_url}")),
+        "{initial_cluster}"
+    );
+    let dir = cluster._dir.path().to_path_buf();
+    // Its --groups and --shards differ from the cluster's: the cluster's are used.
+    let joiner_flags = [
+        &[
+            "--initial-cluster-state",
+            "existing",
+            "--groups",
+            "8",
+            "--shards",
+            "3",
+        ][..],
+        &small_snapshots[..],
+    ]
+    .concat();
+    cluster.members.push(spawn_member(
+        &dir,
+        "m4",
+        peer,
+        client,
+        &initial_cluster,
+        &joiner_flags,
+    ));
+    let m4 = MEMBERS;
+    // It serves the keys written before it joined, from its own replicas.
+    eventually(
+        &cluster,
+        Duration::from_secs(60),
+        "m4 serves the old keys",
+        || {
+            acked
+                .iter()
+                .all(|(k, v)| value_at(&cluster, m4, k, true).as_deref() == Some(v.as_str()))
+        },
+    );
+    // Listed started, with its name, as a voter (promoted once in sync in every group).
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "m4 listed as a started voter",
+        || {
+            let list = ctl_ok(&cluster, 0, &["member", "list"], "");
+            list.lines()
+                .any(|l| l.starts_with("4, started, m4, ") && l.ends_with(", false"))
+        },
+    );
+    let log = std::fs::read_to_string(&cluster.members[m4].err_path).unwrap();
+    assert!(log.contains("joined"), "{log}");
+    // Writes through it commit.
+    for i in 0..20 {
+        let (k, v) = (format!("after/{i:02}"), format!("w{i}"));
+        assert_eq!(ctl_ok(&cluster, m4, &["put", &k, &v], ""), "OK\n");
+        acked.push((k, v));
+    }
+    // It restarts from its data directory alone: no other member in its flags, and `new`
+    // (the flags of a joined member's data directory are ignored).
+    cluster.terminate(m4);
+    cluster.members[m4] = spawn_member(
+        &dir,
+        "m4",
+        peer,
+        client,
+        &format!("m4={peer_url}"),
+        &["--initial-cluster-state", "new"],
+    );
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "m4 serves after a restart",
+        || value_at(&cluster, m4, "after/19", false).as_deref() == Some("w19"),
+    );
+
+    // An original member leaves: m1, which leads group 0 (where the change is made).
+    // Refused while group 0's leader has not heard from the restarted m4 for long enough
+    // ("not enough started members"), or while m4 does not know that leader yet: asked
+    // again until it goes through.
+    eventually(&cluster, Duration::from_secs(20), "m1 removed", || {
+        let out = ctl(&cluster, m4, &["member", "remove", "1"], "");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || err.contains("not enough started members")
+                || err.contains("no leader"),
+            "{said}{err}"
+        );
+        eprintln!(
+            "member remove 1: {said}{}",
+            err.lines().last().unwrap_or("")
+        );
+        said.contains("removed from cluster")
+    });
+    let mut m1 = cluster.members[0].child.take().unwrap();
+    let mut exit = None;
+    eventually(&cluster, Duration::from_secs(60), "m1 stops", || {
+        exit = m1.try_wait().unwrap();
+        exit.is_some()
+    });
+    let log = std::fs::read_to_string(&cluster.members[0].err_path).unwrap();
+    assert!(log.contains("was removed from the cluster"), "{log}");
+    assert!(exit.is_some_and(|s| !s.success()), "{log}");
+    eventually(
+        &cluster,
+        Duration::from_secs(30),
+        "three members listed",
+        || ctl_ok(&cluster, 1, &["member", "list"], "").lines().count() == 3,
+    );
+    for i in [1, 2, m4] {
+        for (k, v) in &acked {
+            eventually(
+                &cluster,
+                Duration::from_secs(20),
+                "a linearizable read",
+                || value_at(&cluster, i, k, false).as_deref() == Some(v.as_str()),
+            );
+        }
+    }
+    assert_eq!(ctl_ok(&cluster, 2, &["put", "last", "x"], ""), "OK\n");
+    for i in [1, 2, m4] {
+        cluster.terminate(i);
+    }
+}
+
+/// `existing` for a member the cluster never added, and `existing` with no member up: the
+/// process exits non-zero with an error naming the member (after the bounded wait, for the
+/// second), and writes no identity to its data directory.
+#[test]
+fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
+    let _turn = serial();
+    let mut cluster = Cluster::start(1);
+    runtime().block_on(cluster.wait_ready());
+    let dir = cluster._dir.path().to_path_buf();
+    let mut held = Vec::new();
+    let peer = free_ports(SHARDS, &mut held);
+    let client = free_ports(1, &mut held);
+    let nobody = free_ports(1, &mut held);
+    drop(held);
+    let running: Vec<String> = (0..MEMBERS)
+        .map(|i| {
+            let list = ctl_ok(&cluster, 0, &["member", "list"], "");
+            let line = list
+                .lines()
+                .find(|l| l.contains(&format!(", m{}, ", i + 1)))
+                .unwrap()
+                .to_string();
+            let url = line.split(", ").nth(3).unwrap().to_string();
+            format!("m{}={url}", i + 1)
+        })
+        .collect();
+    let wait_exit = |m: &mut Member, within: Duration| {
+        let started = Instant::now();
+        let child = m.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < within, "{} still running", m.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let stray_cluster = format!("{},m9=http://127.0.0.1:{peer}", running.join(","));
+    let mut stray = spawn_member(
+        &dir,
+        "m9",
+        peer,
+        client,
+        &stray_cluster,
+        &["--initial-cluster-state", "existing"],
+    );
+    let (status, _) = wait_exit(&mut stray, Duration::from_secs(20));
+    let err = std::fs::read_to_string(&stray.err_path).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("member not found") && err.contains("m9"),
+        "{err}"
+    );
+    assert!(!dir.join("m9/keel.meta").exists());
+
+    let lonely = format!("m1=http://127.0.0.1:{nobody},m8=http://127.0.0.1:{peer}");
+    let mut alone = spawn_member(
+        &dir,
+        "m8",
+        peer,
+        client,
+        &lonely,
+        &[
+            "--initial-cluster-state",
+            "existing",
+            "--join-timeout-ms",
+            "2000",
+        ],
+    );
+    let (status, took) = wait_exit(&mut alone, Duration::from_secs(20));
+    let err = std::fs::read_to_string(&alone.err_path).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("no running member answered m8's join request"),
+        "{err}"
+    );
+    assert!(err.contains("asking again"), "progress is logged: {err}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!dir.join("m8/keel.meta").exists());
+    cluster.terminate_all();
 }

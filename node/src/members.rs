@@ -275,6 +275,22 @@ impl MemberList {
         }
     }
 
+    /// The write that replaces the list in group 0 with this one only if the list there is
+    /// still the one read at `mod_revision` (a compare-and-swap).
+    pub fn replace_txn(&self, mod_revision: u64) -> keel_engine::txn::Txn {
+        use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, Txn};
+        Txn {
+            compares: vec![Compare {
+                key: MEMBERS_KEY.to_vec(),
+                end: keel_engine::txn::RangeEnd::Single,
+                op: CompareOp::Equal,
+                target: CompareTarget::ModRevision(mod_revision),
+            }],
+            success: vec![Op::put(MEMBERS_KEY, self.encode())],
+            failure: Vec::new(),
+        }
+    }
+
     /// The list's bytes (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(11 + self.members.len() * 48);

@@ -231,6 +231,7 @@ pub fn restore_backup(
         name: options.name.clone(),
         groups,
         shards: options.shards,
+        origin: config.new_meta().origin,
     };
     let voters: Vec<u64> = config.member_ids().values().copied().collect();
     let built = build(&tmp, options, &meta, &voters, &per_group, &revisions)

@@ -10,11 +10,12 @@ use keel_node::consensus::{
 };
 use keel_node::shard::SnapshotChunk;
 use keel_node::transport::wire::{
-    FRAME_KIND_HELLO, FRAME_KIND_HELLO_REPLY, FRAME_KIND_MESSAGES, FRAME_KIND_SNAPSHOT_CHUNK,
-    HEADER_BYTES, MAGIC,
+    FRAME_KIND_HELLO, FRAME_KIND_HELLO_REPLY, FRAME_KIND_JOIN_REPLY, FRAME_KIND_JOIN_REQUEST,
+    FRAME_KIND_MESSAGES, FRAME_KIND_SNAPSHOT_CHUNK, HEADER_BYTES, JOIN_VERSION, MAGIC,
 };
 use keel_node::transport::{
-    Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, WIRE_VERSION, WireError, WireLimits,
+    Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, JoinFacts, JoinReply, JoinRequest,
+    WIRE_VERSION, WireError, WireLimits,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -288,6 +289,12 @@ fn reencode(frame: &Frame) -> Vec<u8> {
     match frame {
         Frame::Hello(h) => enc.encode_hello(h, &mut out),
         Frame::HelloReply(r) => enc.encode_hello_reply(r, &mut out),
+        Frame::JoinRequest(r) => enc
+            .encode_join_request(r, &mut out)
+            .expect("a decoded join request re-encodes"),
+        Frame::JoinReply(r) => enc
+            .encode_join_reply(r, &mut out)
+            .expect("a decoded join reply re-encodes"),
         Frame::SnapshotChunk(c) => enc
             .encode_snapshot_chunk(c, &mut out)
             .expect("a decoded chunk re-encodes"),
@@ -502,6 +509,79 @@ fn hello_bytes_are_the_documented_layout() {
     assert_eq!(out, raw_frame(FRAME_KIND_HELLO, &body));
     assert_eq!(&out[..8], b"KPWR\x01\x00\x01\x00");
     assert_eq!(&out[8..12], &26u32.to_le_bytes());
+}
+
+#[test]
+fn join_frames_are_the_documented_layout_and_every_cut_is_refused() {
+    let enc = encoder(WireLimits::default());
+    let request = JoinRequest {
+        join_version: JOIN_VERSION,
+        name: "m4".into(),
+        peer: "127.0.0.1:2380".parse().unwrap(),
+    };
+    let mut out = Vec::new();
+    enc.encode_join_request(&request, &mut out).unwrap();
+    let body = BodyWriter::new()
+        .bytes(&1u16.to_le_bytes())
+        .u8(2)
+        .bytes(b"m4")
+        .u8(14)
+        .bytes(b"127.0.0.1:2380")
+        .0;
+    assert_eq!(out, raw_frame(FRAME_KIND_JOIN_REQUEST, &body));
+    let facts = JoinFacts {
+        cluster_id: 0xC1,
+        member_id: 4,
+        groups: 8,
+        shards: 2,
+        bootstrap: vec![1, 2, 3],
+        member_list: b"list".to_vec(),
+    };
+    let mut reply = Vec::new();
+    enc.encode_join_reply(&JoinReply::Accepted(facts.clone()), &mut reply)
+        .unwrap();
+    let body = BodyWriter::new()
+        .bytes(&1u16.to_le_bytes())
+        .u8(1)
+        .u32(0)
+        .u64(0xC1)
+        .u64(4)
+        .u32(8)
+        .u32(2)
+        .u32(3)
+        .u64(1)
+        .u64(2)
+        .u64(3)
+        .u32(4)
+        .bytes(b"list")
+        .0;
+    assert_eq!(reply, raw_frame(FRAME_KIND_JOIN_REPLY, &body));
+    for (frame, bytes) in [
+        (Frame::JoinRequest(request), out),
+        (Frame::JoinReply(JoinReply::Accepted(facts)), reply),
+    ] {
+        assert_eq!(decode_one(&bytes), Ok(Some(frame.clone())));
+        assert_eq!(reencode(&frame), bytes);
+        // Every shorter body (with a valid checksum) is refused, never misread.
+        let body = &bytes[HEADER_BYTES..];
+        for cut in 0..body.len() {
+            let e = decode_err(&raw_frame(bytes[6], &body[..cut]));
+            assert!(matches!(e, WireError::Truncated { .. }), "{cut}: {e}");
+        }
+    }
+    // A refusal and a status no version defines.
+    let mut out = Vec::new();
+    enc.encode_join_reply(&JoinReply::NotNow("later".into()), &mut out)
+        .unwrap();
+    assert_eq!(
+        decode_one(&out),
+        Ok(Some(Frame::JoinReply(JoinReply::NotNow("later".into()))))
+    );
+    let bad = BodyWriter::new().bytes(&1u16.to_le_bytes()).u8(9).u32(0).0;
+    assert!(matches!(
+        decode_err(&raw_frame(FRAME_KIND_JOIN_REPLY, &bad)),
+        WireError::InvalidByte { .. }
+    ));
 }
 
 #[test]
@@ -766,8 +846,8 @@ fn header_errors_name_what_is_wrong() {
     );
     let e = decode_err(&raw_frame(9, &body));
     assert_eq!(e.to_string(), "unknown frame kind 9");
-    let e = decode_err(&raw_frame(5, &body));
-    assert_eq!(e, WireError::UnknownFrameKind { kind: 5 });
+    let e = decode_err(&raw_frame(7, &body));
+    assert_eq!(e, WireError::UnknownFrameKind { kind: 7 });
 }
 
 fn chunk(offset: u64, data: &[u8], total: u64) -> SnapshotChunk {

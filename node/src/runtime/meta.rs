@@ -2,21 +2,56 @@
 //!
 //! `DATA_DIR/keel.meta` is a small text file written once when the member first starts
 //! (tmp + fsync + rename + directory fsync) and checked on every start, so that a data
-//! directory of another cluster or member is refused instead of joined:
+//! directory of another cluster or member is refused instead of joined. Version 2:
 //!
 //! ```text
-//! keel-meta 1
+//! keel-meta 2
 //! cluster_id <u64>
 //! member_id <u64>
 //! name <name>
 //! groups <u32>
 //! shards <u32>
+//! origin new|joined            started with the cluster, or joined it later
+//! bootstrap <id>,<id>,...      every group's voters at creation (ascending)
+//! members <count>              the members known at creation or at the join, at most
+//!                              MEMBERS_MAX: the peers the member dials before it reads the
+//!                              member list from its own replica of group 0
+//! member <id> <ip:port> <name> one line each (the name may be empty: not started yet)
 //! checksum <crc32 of the lines above, hex>
 //! ```
+//!
+//! Version 1 (written before members could join) has only the first six lines: such a
+//! member started with its cluster, and its bootstrap and peers are its
+//! `--initial-cluster`'s.
 
 use std::fs;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
+
+use crate::members::MEMBERS_MAX;
+
+/// How a member came to its cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Started with the cluster (`--initial-cluster-state new`, or `keel snapshot restore`).
+    New,
+    /// Joined a running cluster (`--initial-cluster-state existing`): its identity came from
+    /// a running member, not from its flags.
+    Joined,
+}
+
+/// What a version 2 file adds: where the member came from, its groups' bootstrap voters,
+/// and the members it first knew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaOrigin {
+    /// New or joined.
+    pub origin: Origin,
+    /// Every group's voters at creation.
+    pub bootstrap: Vec<u64>,
+    /// Members (id, peer address, name) at creation or at the join.
+    pub members: Vec<(u64, SocketAddr, String)>,
+}
 
 /// What a data directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,17 +66,45 @@ pub struct Meta {
     pub groups: u32,
     /// Shards of this member (fixed at creation: the shard of a group is `g mod shards`).
     pub shards: u32,
+    /// Version 2's origin, bootstrap and members (`None`: a version 1 file).
+    pub origin: Option<MetaOrigin>,
 }
 
 const FILE: &str = "keel.meta";
-const HEADER: &str = "keel-meta 1";
+const HEADER_V1: &str = "keel-meta 1";
+const HEADER: &str = "keel-meta 2";
 
 impl Meta {
     fn body(&self) -> String {
-        format!(
-            "{HEADER}\ncluster_id {}\nmember_id {}\nname {}\ngroups {}\nshards {}\n",
-            self.cluster_id, self.member_id, self.name, self.groups, self.shards
-        )
+        let mut body = format!(
+            "{}\ncluster_id {}\nmember_id {}\nname {}\ngroups {}\nshards {}\n",
+            if self.origin.is_some() {
+                HEADER
+            } else {
+                HEADER_V1
+            },
+            self.cluster_id,
+            self.member_id,
+            self.name,
+            self.groups,
+            self.shards
+        );
+        if let Some(o) = &self.origin {
+            let origin = match o.origin {
+                Origin::New => "new",
+                Origin::Joined => "joined",
+            };
+            let ids: Vec<String> = o.bootstrap.iter().map(u64::to_string).collect();
+            body.push_str(&format!(
+                "origin {origin}\nbootstrap {}\nmembers {}\n",
+                ids.join(","),
+                o.members.len()
+            ));
+            for (id, peer, name) in &o.members {
+                body.push_str(&format!("member {id} {peer} {name}\n"));
+            }
+        }
+        body
     }
 
     /// Reads the directory's meta file; `Ok(None)` when there is none (a new member).
@@ -61,9 +124,11 @@ impl Meta {
             return Err(bad("checksum mismatch"));
         }
         let mut lines = body.lines();
-        if lines.next() != Some(HEADER) {
-            return Err(bad("unknown header"));
-        }
+        let version2 = match lines.next() {
+            Some(HEADER) => true,
+            Some(HEADER_V1) => false,
+            _ => return Err(bad("unknown header")),
+        };
         let mut field = |name: &str| -> Result<String, String> {
             let line = lines.next().ok_or_else(|| bad("truncated"))?;
             line.strip_prefix(name)
@@ -71,14 +136,54 @@ impl Meta {
                 .map(str::to_string)
                 .ok_or_else(|| bad(&format!("expected {name}")))
         };
-        let num = |v: String| v.parse::<u64>().map_err(|_| bad("bad number"));
-        Ok(Some(Meta {
-            cluster_id: num(field("cluster_id")?)?,
-            member_id: num(field("member_id")?)?,
+        let num = |v: &str| v.parse::<u64>().map_err(|_| bad("bad number"));
+        let mut meta = Meta {
+            cluster_id: num(&field("cluster_id")?)?,
+            member_id: num(&field("member_id")?)?,
             name: field("name")?,
-            groups: u32::try_from(num(field("groups")?)?).map_err(|_| bad("groups"))?,
-            shards: u32::try_from(num(field("shards")?)?).map_err(|_| bad("shards"))?,
-        }))
+            groups: u32::try_from(num(&field("groups")?)?).map_err(|_| bad("groups"))?,
+            shards: u32::try_from(num(&field("shards")?)?).map_err(|_| bad("shards"))?,
+            origin: None,
+        };
+        if version2 {
+            let origin = match field("origin")?.as_str() {
+                "new" => Origin::New,
+                "joined" => Origin::Joined,
+                _ => return Err(bad("origin is neither new nor joined")),
+            };
+            let bootstrap = field("bootstrap")?
+                .split(',')
+                .map(num)
+                .collect::<Result<Vec<u64>, String>>()?;
+            if bootstrap.is_empty() || bootstrap.len() > MEMBERS_MAX {
+                return Err(bad("bootstrap voters"));
+            }
+            let count = usize::try_from(num(&field("members")?)?).map_err(|_| bad("members"))?;
+            if count > MEMBERS_MAX {
+                return Err(bad(&format!("more than {MEMBERS_MAX} members")));
+            }
+            let mut members = Vec::with_capacity(count);
+            for _ in 0..count {
+                let line = field("member")?;
+                let mut parts = line.splitn(3, ' ');
+                let id = num(parts.next().unwrap_or(""))?;
+                let peer = parts
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("member peer address"))?;
+                let name = parts.next().ok_or_else(|| bad("member name"))?.to_string();
+                members.push((id, peer, name));
+            }
+            meta.origin = Some(MetaOrigin {
+                origin,
+                bootstrap,
+                members,
+            });
+        }
+        if lines.next().is_some() {
+            return Err(bad("lines after the last field"));
+        }
+        Ok(Some(meta))
     }
 
     /// Writes the meta file durably.
@@ -108,6 +213,14 @@ mod tests {
             name: "m2".into(),
             groups: 8,
             shards: 2,
+            origin: Some(MetaOrigin {
+                origin: Origin::Joined,
+                bootstrap: vec![1, 2, 3],
+                members: vec![
+                    (1, "127.0.0.1:1".parse().unwrap(), "m1".into()),
+                    (4, "[::1]:4".parse().unwrap(), String::new()),
+                ],
+            }),
         }
     }
 
@@ -117,6 +230,18 @@ mod tests {
         assert_eq!(Meta::load(dir.path()).unwrap(), None);
         meta().store(dir.path()).unwrap();
         assert_eq!(Meta::load(dir.path()).unwrap(), Some(meta()));
+        // Version 1 files (no origin) are still read.
+        let v1 = Meta {
+            origin: None,
+            ..meta()
+        };
+        v1.store(dir.path()).unwrap();
+        assert!(
+            fs::read_to_string(dir.path().join(FILE))
+                .unwrap()
+                .starts_with(HEADER_V1)
+        );
+        assert_eq!(Meta::load(dir.path()).unwrap(), Some(v1));
     }
 
     #[test]

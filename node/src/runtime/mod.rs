@@ -12,6 +12,7 @@
 //! append (the WAL's own writer thread and io_uring ring make it durable; the shard thread
 //! never blocks on it). Shards talk only through bounded channels.
 
+pub mod join;
 mod meta;
 mod shard_thread;
 
@@ -27,7 +28,7 @@ use keel_client::wire::{ClientLimits, ClusterStatus, LeaderHint, MemberInfo};
 use keel_engine::txn::{RangeRequest, Txn};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use meta::Meta;
+pub use meta::{Meta, MetaOrigin, Origin};
 
 use crate::members::MemberList;
 
@@ -36,11 +37,15 @@ use crate::shard::{GroupFacts, Outcome, ReadConsistency};
 /// Whether the member starts a new cluster or joins one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterState {
-    /// Every member of `initial_cluster` starts together (etcd's `new`).
+    /// Every member of `initial_cluster` starts together (etcd's `new`): the member ids and
+    /// the cluster id follow from the flags.
     New,
-    /// Join a running cluster (etcd's `existing`) that added this member: not served yet
-    /// (members are added through the etcd API, but a starting member cannot yet learn
-    /// the cluster's id, its own id and the bootstrap membership from its peers).
+    /// Join a running cluster (etcd's `existing`) that added this member (`member add`):
+    /// with an empty data directory, the member asks the other members of
+    /// `initial_cluster` (their peer ports) for the cluster's id, its own member id, the
+    /// group and shard counts and the groups' bootstrap voters ([`join`]), writes them to
+    /// its data directory and starts as a learner of every group. With a data directory
+    /// that has its identity already, it just starts from it (as a restart with `new`).
     Existing,
 }
 
@@ -114,6 +119,31 @@ pub struct ServerConfig {
     /// Entries a group keeps in its log behind its checkpoint for followers that lag a
     /// little (`--snapshot-catchup-entries`, as etcd's). Default 5,000.
     pub snapshot_catchup_entries: u64,
+    /// How long a joining member (`existing`, empty data directory) keeps asking the
+    /// running members before it gives up with an error (`--join-timeout-ms`). Default
+    /// 60 s.
+    pub join_wait_max: Duration,
+}
+
+/// Default [`ServerConfig::join_wait_max`].
+pub const DEFAULT_JOIN_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Who a member is, from its data directory (or the cluster it joined): what the shards
+/// start from.
+#[derive(Clone, Debug)]
+struct Identity {
+    cluster_id: u64,
+    member_id: u64,
+    groups: u32,
+    shards: u32,
+    /// Every group's voters at creation.
+    bootstrap: Vec<u64>,
+    /// The members the transports dial at first: id, peer address, name.
+    peers: Vec<(u64, SocketAddr, String)>,
+    origin: Origin,
+    /// The member list learned when joining (seeds the cluster view until the member's
+    /// own replica of group 0 has it).
+    joined_list: Option<MemberList>,
 }
 
 impl ServerConfig {
@@ -149,6 +179,30 @@ impl ServerConfig {
             shard_runtime: ShardRuntime::Tokio,
             snapshot_entries: crate::shard::DEFAULT_SNAPSHOT_ENTRIES,
             snapshot_catchup_entries: crate::shard::DEFAULT_CATCHUP_ENTRIES,
+            join_wait_max: DEFAULT_JOIN_WAIT_MAX,
+        }
+    }
+
+    /// The identity file of a member of a new cluster of `initial_cluster`.
+    pub fn new_meta(&self) -> Meta {
+        let ids = self.member_ids();
+        let mut members: Vec<(u64, SocketAddr, String)> = self
+            .initial_cluster
+            .iter()
+            .map(|(name, peer)| (ids[name], *peer, name.clone()))
+            .collect();
+        members.sort_unstable_by_key(|m| m.0);
+        Meta {
+            cluster_id: self.cluster_id(),
+            member_id: ids.get(&self.name).copied().unwrap_or(0),
+            name: self.name.clone(),
+            groups: self.groups,
+            shards: self.shards,
+            origin: Some(MetaOrigin {
+                origin: Origin::New,
+                bootstrap: ids.values().copied().collect(),
+                members,
+            }),
         }
     }
 
@@ -210,13 +264,8 @@ impl ServerConfig {
         if self.snapshot_entries == 0 {
             return Err("--snapshot-entries must be positive".into());
         }
-        if self.initial_cluster_state == ClusterState::Existing {
-            return Err(
-                "--initial-cluster-state existing (joining a running cluster) is not served \
-                 yet: a starting member cannot learn the cluster's id and its own member id \
-                 from its peers"
-                    .into(),
-            );
+        if self.join_wait_max.is_zero() {
+            return Err("--join-timeout-ms must be positive".into());
         }
         self.etcd_limits.validate()?;
         self.client_limits.validate()
@@ -270,12 +319,14 @@ pub struct ClusterView {
     /// The member list as this member's replica of group 0 holds it (`None` until shard 0
     /// read it; a cluster created before the list existed gets it written at start).
     member_list: RwLock<Option<MemberList>>,
-    /// The learners this member, as group 0's leader, saw in sync at the last housekeeping
-    /// (empty when it does not lead group 0).
-    learners_in_sync: RwLock<std::collections::BTreeSet<u64>>,
+    /// Per group this member leads: the learners it saw in sync at the last housekeeping
+    /// (a group it does not lead has no entry).
+    learners_in_sync: RwLock<BTreeMap<u64, std::collections::BTreeSet<u64>>>,
     /// The voters group 0's leader (this member) heard from within an election timeout,
-    /// at the last two housekeepings (the leader forgets who was active at every election
-    /// timeout: two looks never both fall right after that).
+    /// at the last two looks, one at each housekeeping and one half-way between (the
+    /// leader forgets who was active at every election timeout, which may fall on the
+    /// housekeeping's tick every time: two looks half a period apart never both fall
+    /// right after it).
     started: RwLock<[std::collections::BTreeSet<u64>; 2]>,
     /// Leader of each group (0: unknown).
     leaders: Vec<AtomicU64>,
@@ -291,7 +342,7 @@ impl ClusterView {
         ClusterView {
             members: RwLock::new(members),
             member_list: RwLock::new(None),
-            learners_in_sync: RwLock::new(std::collections::BTreeSet::new()),
+            learners_in_sync: RwLock::new(BTreeMap::new()),
             started: RwLock::new(Default::default()),
             leaders: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             facts: RwLock::new(vec![
@@ -363,20 +414,31 @@ impl ClusterView {
             .unwrap_or_default()
     }
 
-    fn set_learners_in_sync(&self, ids: std::collections::BTreeSet<u64>) {
+    /// Records the learners in sync in `group` (`None`: this member does not lead it).
+    fn set_learners_in_sync(&self, group: u64, ids: Option<std::collections::BTreeSet<u64>>) {
         if let Ok(mut l) = self.learners_in_sync.write() {
-            *l = ids;
+            match ids {
+                Some(ids) => l.insert(group, ids),
+                None => l.remove(&group),
+            };
         }
     }
 
-    /// The learners group 0's leader (this member) saw within
-    /// [`PROMOTE_LAG_ENTRIES_MAX`](crate::shard::PROMOTE_LAG_ENTRIES_MAX) entries of its
-    /// commit index at the last housekeeping; empty on other members.
+    /// The learners in sync in every group this member leads — within
+    /// [`PROMOTE_LAG_ENTRIES_MAX`](crate::shard::PROMOTE_LAG_ENTRIES_MAX) entries of the
+    /// group's commit index at the last housekeeping — provided it leads group 0 (where a
+    /// promotion is decided); empty otherwise. The groups other members lead promote a
+    /// learner only once it is in sync there too (`shard::membership`).
     pub fn learners_in_sync(&self) -> std::collections::BTreeSet<u64> {
-        self.learners_in_sync
-            .read()
-            .map(|l| l.clone())
-            .unwrap_or_default()
+        let Ok(l) = self.learners_in_sync.read() else {
+            return Default::default();
+        };
+        let Some(first) = l.get(&0) else {
+            return Default::default();
+        };
+        l.values().fold(first.clone(), |all, g| {
+            all.intersection(g).copied().collect()
+        })
     }
 
     fn set_member(&self, id: u64, address: String) {
@@ -429,52 +491,189 @@ pub struct Server {
     pub member_id: u64,
     /// The cluster's id.
     pub cluster_id: u64,
+    /// Raft groups of the cluster (a joined member's are the cluster's, whatever its flags).
+    pub groups: u32,
+    /// Shards of this member (likewise).
+    pub shards: u32,
+}
+
+/// Who this member is: from its data directory's identity file when it has one (checked
+/// against the flags only for a member of a new cluster restarted with `new`: etcd ignores
+/// the flags of an initialized data directory, Keel keeps refusing another cluster's data
+/// when the flags say which cluster is meant); else from the flags (`new`) or from a
+/// running member (`existing`), written to the data directory before anything else.
+fn identity(config: &ServerConfig) -> Result<Identity, String> {
+    let dir = &config.data_dir;
+    let found = Meta::load(dir)?;
+    let Some(found) = found else {
+        let meta = match config.initial_cluster_state {
+            ClusterState::New => config.new_meta(),
+            ClusterState::Existing => return join_cluster(config),
+        };
+        meta.store(dir)?;
+        return Ok(identity_of(&meta, None));
+    };
+    let wanted = config.new_meta();
+    let same_cluster = found.cluster_id == wanted.cluster_id
+        && found.member_id == wanted.member_id
+        && found.name == wanted.name
+        && found.groups == wanted.groups
+        && found.shards == wanted.shards;
+    let joined = found
+        .origin
+        .as_ref()
+        .is_some_and(|o| o.origin == Origin::Joined);
+    let check_flags =
+        found.origin.is_none() || (!joined && config.initial_cluster_state == ClusterState::New);
+    if found.name != config.name || (check_flags && !same_cluster) {
+        return Err(format!(
+            "{} belongs to member {} ({}) of cluster {:#x} with {} groups and {} shards; \
+             this member is {} ({}) of cluster {:#x} with {} groups and {} shards — \
+             refusing to start on another cluster's or member's data (a member whose \
+             cluster changed members since it was created restarts with \
+             --initial-cluster-state existing, which trusts its data directory)",
+            dir.display(),
+            found.member_id,
+            found.name,
+            found.cluster_id,
+            found.groups,
+            found.shards,
+            wanted.member_id,
+            wanted.name,
+            wanted.cluster_id,
+            wanted.groups,
+            wanted.shards,
+        ));
+    }
+    if found.groups != config.groups || found.shards != config.shards {
+        tracing::warn!(
+            groups = found.groups,
+            shards = found.shards,
+            flag_groups = config.groups,
+            flag_shards = config.shards,
+            "the data directory's group and shard counts differ from the flags; the data \
+             directory's are used"
+        );
+    }
+    if joined {
+        tracing::info!(
+            member_id = found.member_id,
+            cluster_id = format!("{:#x}", found.cluster_id),
+            "this member joined its cluster: --initial-cluster and --initial-cluster-state \
+             are ignored, its data directory says who it is"
+        );
+    }
+    // A version 1 file: the identity the flags give (checked equal above).
+    let meta = if found.origin.is_some() {
+        found
+    } else {
+        wanted
+    };
+    Ok(identity_of(&meta, None))
+}
+
+fn identity_of(meta: &Meta, joined_list: Option<MemberList>) -> Identity {
+    let origin = meta.origin.clone().unwrap_or(MetaOrigin {
+        origin: Origin::New,
+        bootstrap: Vec::new(),
+        members: Vec::new(),
+    });
+    Identity {
+        cluster_id: meta.cluster_id,
+        member_id: meta.member_id,
+        groups: meta.groups,
+        shards: meta.shards,
+        bootstrap: origin.bootstrap,
+        peers: origin.members,
+        origin: origin.origin,
+        joined_list,
+    }
+}
+
+/// `existing` with an empty data directory: learn the identity from a running member, and
+/// write it down before the member starts.
+fn join_cluster(config: &ServerConfig) -> Result<Identity, String> {
+    let own_peer = config
+        .initial_cluster
+        .iter()
+        .find(|(n, _)| *n == config.name)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| format!("--name {} is not in --initial-cluster", config.name))?;
+    let others: Vec<(String, SocketAddr)> = config
+        .initial_cluster
+        .iter()
+        .filter(|(n, _)| *n != config.name)
+        .cloned()
+        .collect();
+    tracing::info!(
+        name = %config.name,
+        peer = %own_peer,
+        asking = ?others,
+        wait_max_ms = u64::try_from(config.join_wait_max.as_millis()).unwrap_or(u64::MAX),
+        "joining a running cluster: asking its members who this member is"
+    );
+    let learned = join::learn(&config.name, own_peer, &others, config.join_wait_max)?;
+    let facts = &learned.facts;
+    if facts.groups != config.groups || facts.shards != config.shards {
+        tracing::warn!(
+            groups = facts.groups,
+            shards = facts.shards,
+            flag_groups = config.groups,
+            flag_shards = config.shards,
+            "the cluster's group and shard counts differ from --groups/--shards; the \
+             cluster's are used"
+        );
+    }
+    let meta = Meta {
+        cluster_id: facts.cluster_id,
+        member_id: facts.member_id,
+        name: config.name.clone(),
+        groups: facts.groups,
+        shards: facts.shards,
+        origin: Some(MetaOrigin {
+            origin: Origin::Joined,
+            bootstrap: facts.bootstrap.clone(),
+            members: learned
+                .list
+                .members
+                .iter()
+                .map(|m| (m.id, m.peer, m.name.clone()))
+                .collect(),
+        }),
+    };
+    meta.store(&config.data_dir)?;
+    tracing::info!(
+        member_id = meta.member_id,
+        cluster_id = format!("{:#x}", meta.cluster_id),
+        from = %learned.from,
+        groups = meta.groups,
+        shards = meta.shards,
+        bootstrap = ?facts.bootstrap,
+        "joined: the cluster's identity is written to the data directory; starting as a \
+         learner of every group"
+    );
+    Ok(identity_of(&meta, Some(learned.list)))
 }
 
 impl Server {
     /// Starts the member: checks (or writes) its data directory's identity, then starts one
     /// thread per shard. Returns once every shard listens.
-    pub fn start(config: ServerConfig) -> Result<Server, String> {
+    pub fn start(mut config: ServerConfig) -> Result<Server, String> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("creating {}: {e}", config.data_dir.display()))?;
-        let ids = config.member_ids();
-        let member_id = ids[&config.name];
-        let cluster_id = config.cluster_id();
-        let wanted = Meta {
-            cluster_id,
-            member_id,
-            name: config.name.clone(),
-            groups: config.groups,
-            shards: config.shards,
-        };
-        match Meta::load(&config.data_dir)? {
-            None => wanted.store(&config.data_dir)?,
-            Some(found) if found == wanted => {}
-            Some(found) => {
-                return Err(format!(
-                    "{} belongs to member {} ({}) of cluster {:#x} with {} groups and {} shards; \
-                     this member is {} ({}) of cluster {:#x} with {} groups and {} shards — \
-                     refusing to start on another cluster's or member's data",
-                    config.data_dir.display(),
-                    found.member_id,
-                    found.name,
-                    found.cluster_id,
-                    found.groups,
-                    found.shards,
-                    wanted.member_id,
-                    wanted.name,
-                    wanted.cluster_id,
-                    wanted.groups,
-                    wanted.shards,
-                ));
-            }
-        }
+        let identity = identity(&config)?;
+        config.groups = identity.groups;
+        config.shards = identity.shards;
+        let (member_id, cluster_id) = (identity.member_id, identity.cluster_id);
         let view = Arc::new(ClusterView::new(
             config.groups,
             member_id,
             config.advertise_client.clone(),
         ));
+        if let Some(list) = identity.joined_list.clone() {
+            view.set_member_list(list);
+        }
         let shards = usize::try_from(config.shards).unwrap_or(1);
         let mut senders = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
@@ -490,14 +689,13 @@ impl Server {
             let ctx = shard_thread::ShardContext {
                 index: u32::try_from(index).unwrap_or(0),
                 config: config.clone(),
-                member_id,
-                cluster_id,
-                member_ids: ids.clone(),
+                identity: identity.clone(),
                 view: view.clone(),
                 senders: senders.clone(),
                 requests,
                 shutdown: shutdown_rx.clone(),
                 ready: ready_tx.clone(),
+                unlisted_housekeepings: std::cell::Cell::new(0),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("keel-shard-{index}"))
@@ -521,6 +719,8 @@ impl Server {
             shutdown,
             member_id,
             cluster_id,
+            groups: identity.groups,
+            shards: identity.shards,
         })
     }
 

@@ -19,22 +19,27 @@ use crate::members::{MEMBERS_KEY, MemberList};
 use crate::server::etcd::{Forwards, MemberRecord};
 use crate::server::{self, RESERVED_PREFIX, ServerContext};
 use crate::shard::{Outcome, RequestId, Shard, ShardError, ShardOptions, SnapshotOptions};
-use crate::transport::{Transport, TransportOptions};
+use crate::transport::{JoinAnswers, Transport, TransportOptions};
 
 /// Everything a shard thread starts from.
 pub(super) struct ShardContext {
     pub(super) index: u32,
     pub(super) config: ServerConfig,
-    pub(super) member_id: u64,
-    pub(super) cluster_id: u64,
-    pub(super) member_ids: BTreeMap<String, u64>,
+    pub(super) identity: super::Identity,
     pub(super) view: Arc<ClusterView>,
     pub(super) senders: Vec<mpsc::Sender<ShardRequest>>,
     pub(super) requests: mpsc::Receiver<ShardRequest>,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// Shard 0: housekeepings in a row that found this member removed from the member list
+    /// (see [`removed_from_list`]).
+    pub(super) unlisted_housekeepings: std::cell::Cell<u32>,
 }
 
+/// Housekeepings a member removed from the member list goes on serving while it still
+/// leads groups (they hand leadership over before they remove it): 20, 10 s at the default
+/// tick.
+const REMOVED_LEADING_HOUSEKEEPINGS_MAX: u32 = 20;
 /// How long a stopping shard waits for its appends in flight.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 
@@ -233,8 +238,9 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let groups: Vec<u64> = (0..u64::from(config.groups))
         .filter(|g| g % u64::from(config.shards) == u64::from(index))
         .collect();
-    let members: Vec<u64> = ctx.member_ids.values().copied().collect();
-    let mut options = ShardOptions::new(ctx.member_id, members);
+    let member_id = ctx.identity.member_id;
+    let cluster_id = ctx.identity.cluster_id;
+    let mut options = ShardOptions::new(member_id, ctx.identity.bootstrap.clone());
     options.raft.election_ticks = 10;
     options.raft.heartbeat_ticks = 1;
     options.snapshots = SnapshotOptions {
@@ -258,17 +264,29 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let mut purging: Option<tokio::task::JoinHandle<()>> = None;
 
     let mut transport_options = TransportOptions::new(
-        ctx.cluster_id,
-        ctx.member_id,
+        cluster_id,
+        member_id,
         offset_port(config.listen_peer, index)?,
     );
-    for (name, addr) in &config.initial_cluster {
-        let id = ctx.member_ids[name];
-        if id != ctx.member_id {
+    for &(id, addr, _) in &ctx.identity.peers {
+        if id != member_id {
             transport_options
                 .peers
-                .insert(id, offset_port(*addr, index)?);
+                .insert(id, offset_port(addr, index)?);
         }
+    }
+    if index == 0 {
+        // Joiners dial the peer address of shard 0, the one the member list holds.
+        let identity = super::join::Identity {
+            cluster_id,
+            groups: config.groups,
+            shards: config.shards,
+            bootstrap: ctx.identity.bootstrap.clone(),
+        };
+        let view = ctx.view.clone();
+        transport_options.join_answers = Some(JoinAnswers(Arc::new(move |request| {
+            super::join::answer(&identity, &view, request)
+        })));
     }
     let (transport, mut inbound) = Transport::start(transport_options)
         .await
@@ -281,19 +299,20 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("shard {index}: client listener: {e}"))?;
     let server_ctx = Arc::new(ServerContext {
-        member_id: ctx.member_id,
+        member_id,
         groups: config.groups,
         shards: ctx.senders.clone(),
         view: ctx.view.clone(),
         limits: config.client_limits.clone(),
         connections_max: config.client_connections_max,
         connections: std::sync::atomic::AtomicUsize::new(0),
-        cluster_id: ctx.cluster_id,
-        members: config
-            .initial_cluster
+        cluster_id,
+        members: ctx
+            .identity
+            .peers
             .iter()
-            .map(|(name, peer)| MemberRecord {
-                id: ctx.member_ids[name],
+            .map(|(id, peer, name)| MemberRecord {
+                id: *id,
                 name: name.clone(),
                 peer_urls: vec![format!("http://{peer}")],
             })
@@ -378,7 +397,17 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
                 }
             }
             _ = interval.tick() => {
-                if ticker.run(&mut shard, &clock) == Ticked::Housekeeping {
+                let ticked = ticker.run(&mut shard, &clock);
+                if ctx.index == 0
+                    && ticked != Ticked::Nothing
+                    && ticker.ticks() % HOUSEKEEPING_TICKS == HOUSEKEEPING_TICKS / 2
+                {
+                    // A second look at group 0's active voters half-way between two
+                    // housekeepings: the leader forgets who was active every election
+                    // timeout, which may fall on the housekeeping's tick every time.
+                    ctx.view.set_active_voters(shard.active_voters(0));
+                }
+                if ticked == Ticked::Housekeeping {
                     if let Err(e) = housekeeping(&mut shard, &ctx, &config, &transport) {
                         break Err(e);
                     }
@@ -474,19 +503,20 @@ fn housekeeping<B: AsyncLogBackend>(
     let removed = shard.removed_groups();
     if !removed.is_empty() {
         tracing::error!(
-            member = ctx.member_id,
+            member = ctx.identity.member_id,
             groups = ?removed,
             "this member was removed from the cluster; it stops serving"
         );
         return Err(format!(
-            "member {} was removed from the cluster (groups {removed:?} applied its removal);              it stops serving",
-            ctx.member_id
+            "member {} was removed from the cluster (groups {removed:?} applied its removal); \
+             it stops serving",
+            ctx.identity.member_id
         ));
     }
     if ctx.index == 0 {
-        read_member_list(shard, ctx, config);
-        ctx.view.set_learners_in_sync(shard.learners_in_sync(0));
+        read_member_list(shard, ctx);
         ctx.view.set_active_voters(shard.active_voters(0));
+        removed_from_list(ctx)?;
     }
     if let Some(list) = ctx.view.member_list() {
         follow_member_list(shard, ctx, transport, &list);
@@ -494,7 +524,10 @@ fn housekeeping<B: AsyncLogBackend>(
     host::housekeeping(shard);
     let groups: Vec<u64> = shard.groups().collect();
     for g in groups {
-        ctx.view.set_leader(g, shard.leader(g).unwrap_or(0));
+        let leader = shard.leader(g);
+        let in_sync = (leader == Some(ctx.identity.member_id)).then(|| shard.learners_in_sync(g));
+        ctx.view.set_learners_in_sync(g, in_sync);
+        ctx.view.set_leader(g, leader.unwrap_or(0));
         if let Some(facts) = shard.group_facts(g) {
             ctx.view.set_facts(g, facts);
         }
@@ -513,7 +546,7 @@ fn housekeeping<B: AsyncLogBackend>(
                 .and_then(|s| s.parse::<u64>().ok());
             let address = String::from_utf8_lossy(&kv.value).into_owned();
             if let Some(id) = id {
-                if id == ctx.member_id && address == config.advertise_client {
+                if id == ctx.identity.member_id && address == config.advertise_client {
                     published = true;
                 }
                 ctx.view.set_member(id, address);
@@ -521,7 +554,7 @@ fn housekeeping<B: AsyncLogBackend>(
         }
         if !published && shard.leader(0).is_some() {
             let txn = Txn::batch(vec![Op::put(
-                member_key(ctx.member_id),
+                member_key(ctx.identity.member_id),
                 config.advertise_client.clone(),
             )]);
             shard.propose_anywhere(0, txn);
@@ -530,26 +563,86 @@ fn housekeeping<B: AsyncLogBackend>(
     Ok(())
 }
 
+/// Shard 0: stops the member once the member list no longer holds it. A removed member
+/// does not always apply its own removal in a group (the entry that leaves the joint
+/// configuration commits without it, and a leader stops sending to a member it removed),
+/// but it applies the member list's change, which comes first: once the list it applied
+/// leaves it out — a list written after it was added (`next_id` above its id: a joiner
+/// replaying its group 0 reads older lists without itself) — it stops as soon as it leads
+/// no group, or after [`REMOVED_LEADING_HOUSEKEEPINGS_MAX`] housekeepings. The voters left
+/// have a quorum of both configurations without it (`member remove` checked it), so the
+/// groups finish removing it on their own.
+fn removed_from_list(ctx: &ShardContext) -> Result<(), String> {
+    let me = ctx.identity.member_id;
+    let Some(list) = ctx.view.member_list() else {
+        return Ok(());
+    };
+    if list.get(me).is_some() || list.next_id <= me {
+        ctx.unlisted_housekeepings.set(0);
+        return Ok(());
+    }
+    let unlisted = ctx.unlisted_housekeepings.get().saturating_add(1);
+    ctx.unlisted_housekeepings.set(unlisted);
+    let leading: Vec<u32> = (0..ctx.config.groups)
+        .filter(|&g| ctx.view.leader(g) == Some(me))
+        .collect();
+    if !leading.is_empty() && unlisted < REMOVED_LEADING_HOUSEKEEPINGS_MAX {
+        tracing::info!(
+            member = me,
+            leading = ?leading,
+            "this member was removed from the member list; it stops once it leads no group"
+        );
+        return Ok(());
+    }
+    tracing::error!(
+        member = me,
+        "this member was removed from the cluster (the member list no longer holds it); it \
+         stops serving"
+    );
+    Err(format!(
+        "member {me} was removed from the cluster (the member list no longer holds it); it \
+         stops serving"
+    ))
+}
+
 /// Shard 0: reads the member list from this member's replica of group 0 into the cluster
 /// view. A cluster without one (new, or created before the list existed) gets the
-/// bootstrap list from `--initial-cluster` written by group 0's leader, only if the key is
-/// still absent (every member would write the same list).
-fn read_member_list<B: AsyncLogBackend>(
-    shard: &mut Shard<B>,
-    ctx: &ShardContext,
-    config: &ServerConfig,
-) {
+/// bootstrap list of the members it was created with written by group 0's leader, only if
+/// the key is still absent (every member would write the same list). A member the list
+/// holds without a name (added, and started since: this one) writes its name into it, as
+/// an etcd member publishes its name once it starts.
+fn read_member_list<B: AsyncLogBackend>(shard: &mut Shard<B>, ctx: &ShardContext) {
     let Some(found) = shard.local_range(0, &RangeRequest::key(MEMBERS_KEY)) else {
         return;
     };
+    let me = ctx.identity.member_id;
     match found.kvs.first() {
         Some(kv) => match MemberList::decode(&kv.value) {
-            Ok(list) => ctx.view.set_member_list(list),
+            Ok(mut list) => {
+                ctx.view.set_member_list(list.clone());
+                let unnamed = list
+                    .members
+                    .iter_mut()
+                    .find(|m| m.id == me && m.name.is_empty());
+                if let Some(entry) = unnamed {
+                    entry.name = ctx.config.name.clone();
+                    let txn = list.replace_txn(kv.meta.mod_revision);
+                    tracing::info!(member = me, name = %ctx.config.name, "publishing this member's name in the member list");
+                    shard.propose_anywhere(0, txn);
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "the member list in group 0 does not decode; ignored");
             }
         },
-        None if shard.is_leader(0) => match MemberList::bootstrap(&config.initial_cluster) {
+        None if ctx.identity.origin == super::Origin::Joined => {}
+        None if shard.is_leader(0) => match MemberList::bootstrap(
+            &ctx.identity
+                .peers
+                .iter()
+                .map(|(_, peer, name)| (name.clone(), *peer))
+                .collect::<Vec<_>>(),
+        ) {
             Ok(list) => {
                 let txn = Txn {
                     compares: vec![Compare {
@@ -581,7 +674,11 @@ fn follow_member_list<B: AsyncLogBackend>(
         tracing::warn!(%error, "the member list's membership is refused");
     }
     let mut wanted = BTreeMap::new();
-    for m in list.members.iter().filter(|m| m.id != ctx.member_id) {
+    for m in list
+        .members
+        .iter()
+        .filter(|m| m.id != ctx.identity.member_id)
+    {
         match offset_port(m.peer, ctx.index) {
             Ok(addr) => {
                 wanted.insert(m.id, addr);

@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use crate::consensus::NodeId;
 
 use super::tcp::{InboundTx, Shared, bump, lock};
-use super::wire::{Frame, FrameDecoder, Hello, HelloReply, WireError};
+use super::wire::{Frame, FrameDecoder, Hello, HelloReply, JoinReply, JoinRequest, WireError};
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -148,6 +148,9 @@ async fn converse(
             return Closed::Error(format!("no hello within {:?}", options.handshake_timeout));
         }
         Ok(Err(HelloError::Closed(closed))) => return closed,
+        Ok(Err(HelloError::Join(request))) => {
+            return answer_join(stream, shared, &request).await;
+        }
         Ok(Err(HelloError::Version(error))) => {
             // The wire doc's promise to later versions: a dialer we cannot read still learns
             // why it is refused.
@@ -223,7 +226,10 @@ async fn converse(
                     }
                     continue;
                 }
-                Frame::Hello(_) | Frame::HelloReply(_) => {
+                Frame::Hello(_)
+                | Frame::HelloReply(_)
+                | Frame::JoinRequest(_)
+                | Frame::JoinReply(_) => {
                     return Closed::Error("a handshake frame after the handshake".into());
                 }
             };
@@ -277,8 +283,50 @@ enum HelloError {
     /// The first frame is of a wire version this build does not speak: answered with a
     /// refusal.
     Version(WireError),
+    /// The first frame is a join request (a starting member's, see the wire doc): answered,
+    /// then closed.
+    Join(JoinRequest),
     /// Anything else: the connection is closed without a word.
     Closed(Closed),
+}
+
+/// Answers a join request with one reply and closes the connection.
+async fn answer_join(stream: &mut TcpStream, shared: &Shared, request: &JoinRequest) -> Closed {
+    let options = &shared.options;
+    let reply = match &options.join_answers {
+        Some(answers) => (answers.0)(request),
+        None => JoinReply::Refused(format!(
+            "member {} does not answer join requests (ask the member whose peer port is \
+             the one in --initial-cluster, its shard 0)",
+            options.member_id
+        )),
+    };
+    let mut out = Vec::new();
+    if let Err(e) = shared.encoder.encode_join_reply(&reply, &mut out) {
+        out.clear();
+        let refusal = JoinReply::NotNow(format!("the join reply does not encode: {e}"));
+        let _ = shared.encoder.encode_join_reply(&refusal, &mut out);
+    }
+    let _ = timeout(options.handshake_timeout, async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    match reply {
+        JoinReply::Accepted(facts) => {
+            tracing::info!(
+                name = %request.name,
+                peer = %request.peer,
+                member_id = facts.member_id,
+                "join request answered: welcome"
+            );
+            Closed::Normally("join request answered")
+        }
+        JoinReply::Refused(reason) | JoinReply::NotNow(reason) => Closed::Refused(format!(
+            "join request of {:?} ({}): {reason}",
+            request.name, request.peer
+        )),
+    }
 }
 
 async fn read_hello(
@@ -290,6 +338,7 @@ async fn read_hello(
     loop {
         match decoder.next_frame() {
             Ok(Some(Frame::Hello(hello))) => return Ok(hello),
+            Ok(Some(Frame::JoinRequest(request))) => return Err(HelloError::Join(request)),
             Ok(Some(_)) => return closed(Closed::Error("the first frame is not a hello".into())),
             Ok(None) => {}
             Err(e @ WireError::UnsupportedVersion { .. }) => return Err(HelloError::Version(e)),

@@ -20,11 +20,12 @@ mod peer;
 pub mod tcp;
 pub mod wire;
 
-pub use options::{TransportError, TransportOptions};
+pub use options::{JoinAnswers, TransportError, TransportOptions};
 pub use tcp::{
     ChunkRefused, INBOUND_QUEUE_CHUNKS_MAX, Inbound, InboundChunks, SNAPSHOT_CHUNKS_QUEUED_MAX,
     Transport, TransportStats,
 };
 pub use wire::{
-    Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, WIRE_VERSION, WireError, WireLimits,
+    Frame, FrameDecoder, FrameEncoder, Hello, HelloReply, JoinFacts, JoinReply, JoinRequest,
+    WIRE_VERSION, WireError, WireLimits,
 };

@@ -7,7 +7,19 @@ use std::time::Duration;
 
 use crate::consensus::NodeId;
 
-use super::wire::{WireError, WireLimits};
+use super::wire::{JoinReply, JoinRequest, WireError, WireLimits};
+
+/// How a member answers a starting member's [`JoinRequest`] (see the wire doc): called on
+/// the connection's task with the request, it returns the reply at once (it must not
+/// block).
+#[derive(Clone)]
+pub struct JoinAnswers(pub std::sync::Arc<dyn Fn(&JoinRequest) -> JoinReply + Send + Sync>);
+
+impl std::fmt::Debug for JoinAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinAnswers(..)")
+    }
+}
 
 /// Default [`TransportOptions::send_queue_messages_max`].
 pub const DEFAULT_SEND_QUEUE_MESSAGES_MAX: usize = 4096;
@@ -102,6 +114,9 @@ pub struct TransportOptions {
     /// [`Transport::set_peer`](super::Transport::set_peer), which refuses one more.
     /// Default 64.
     pub peers_max: usize,
+    /// How this member answers join requests; `None` refuses them ("this member does not
+    /// answer join requests", the joiner asks another). Default `None`.
+    pub join_answers: Option<JoinAnswers>,
 }
 
 impl TransportOptions {
@@ -125,6 +140,7 @@ impl TransportOptions {
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
             peers_max: DEFAULT_PEERS_MAX,
+            join_answers: None,
         }
     }
 

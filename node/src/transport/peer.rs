@@ -218,6 +218,8 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::HelloReply(_) => "a hello reply",
         Frame::Messages(_) => "messages",
         Frame::SnapshotChunk(_) => "a snapshot chunk",
+        Frame::JoinRequest(_) => "a join request",
+        Frame::JoinReply(_) => "a join reply",
     }
 }
 

@@ -15,7 +15,8 @@
 //! offset size field
 //!      0    4 magic            b"KPWR" (0x4b505752 read in byte order)
 //!      4    2 wire version     WIRE_VERSION (1)
-//!      6    1 frame kind       1 hello, 2 hello reply, 3 messages, 4 snapshot chunk
+//!      6    1 frame kind       1 hello, 2 hello reply, 3 messages, 4 snapshot chunk,
+//!                              5 join request, 6 join reply
 //!      7    1 reserved         zero
 //!      8    4 body length      bytes of the body, at most frame_bytes_max
 //!     12    4 crc32            over bytes [0, 12) of this header, then over the body
@@ -134,6 +135,47 @@
 //! the kind with [`WireError::UnknownFrameKind`] and closes the connection, so it cannot
 //! receive a snapshot from a newer member; everything else between them works.
 //!
+//! # JoinRequest (kind 5) and JoinReply (kind 6)
+//!
+//! A member started with `--initial-cluster-state existing` and an empty data directory
+//! knows neither the cluster's id nor its own member id, so it cannot say a Hello. Instead
+//! its first (and only) frame on a connection to a running member's peer port is a
+//! [`JoinRequest`]: who it is. The acceptor answers with one [`JoinReply`] and closes the
+//! connection; no Hello, no messages. A connection whose first frame is neither a Hello nor
+//! a JoinRequest is closed.
+//!
+//! ```text
+//! JoinRequest
+//!      0    2 join version     JOIN_VERSION (1)
+//!      2    1 name length N    at most NAME_BYTES_MAX (255)
+//!      3    N name             UTF-8, the joiner's --name
+//!      .    1 peer length P    then P bytes: the joiner's peer address, `ip:port` in ASCII
+//!
+//! JoinReply
+//!      0    2 join version     JOIN_VERSION (1)
+//!      2    1 status           0 refused (for good: another cluster, a member never added),
+//!                              1 accepted, 2 not now (the member cannot answer yet: retry)
+//!      3    4 reason length R  at most reason_bytes_max
+//!      7    R reason           UTF-8; empty when accepted
+//!   only when accepted:
+//!      .    8 cluster id
+//!      .    8 member id        the joiner's, as the cluster's member list has it
+//!      .    4 groups           raft groups of the cluster
+//!      .    4 shards           shards of every member
+//!      .    4 bootstrap count B  at most voters_max, then B member ids (u64 each): every
+//!                              group's voters at creation, which a new replica starts from
+//!      .    4 member list bytes L  at most JOIN_MEMBER_LIST_BYTES_MAX, then L bytes: the
+//!                              cluster's member list as group 0 holds it (`crate::members`)
+//! ```
+//!
+//! Both kinds were added within wire version 1, as kind 4 was: the frame layout and every
+//! other kind are unchanged, so members of either build keep talking. A build from before
+//! them closes a connection whose first frame is a JoinRequest without a reply; the joiner
+//! reports that member as not answering joins and asks another. The bodies carry a version
+//! of their own (`JOIN_VERSION`): an acceptor refuses a join version it does not speak
+//! with a refusing reply of its own version, which every later build is to keep able to
+//! read (version, status and reason stay at the front).
+//!
 //! # Limits
 //!
 //! [`WireLimits`] bounds every length and count. The decoder checks each length it reads
@@ -162,6 +204,7 @@
 //! Every error from the decoder means the stream can no longer be trusted (a frame boundary
 //! may be lost), so the connection is to be closed; the decoder keeps returning the error.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::consensus::{
@@ -185,6 +228,22 @@ pub const FRAME_KIND_MESSAGES: u8 = 3;
 pub const FRAME_KIND_SNAPSHOT_CHUNK: u8 = 4;
 /// Bytes of a SnapshotChunk body before its data.
 pub const SNAPSHOT_CHUNK_FIXED_BYTES: usize = 68;
+/// Frame kind: [`JoinRequest`].
+pub const FRAME_KIND_JOIN_REQUEST: u8 = 5;
+/// Frame kind: [`JoinReply`].
+pub const FRAME_KIND_JOIN_REPLY: u8 = 6;
+/// The version of the JoinRequest and JoinReply bodies this build writes and reads.
+pub const JOIN_VERSION: u16 = 1;
+/// The longest member list a JoinReply carries, in bytes: [`crate::members::MEMBERS_MAX`]
+/// members of at most 8 + 1 + 1 + 255 + 1 + 47 bytes (id, flags, the longest name, the
+/// longest IPv6 `ip:port`) fit with room to spare.
+pub const JOIN_MEMBER_LIST_BYTES_MAX: u32 = 32 << 10;
+/// The longest peer address in a JoinRequest (`[v6%scope]:port` fits), in bytes.
+const JOIN_PEER_BYTES_MAX: usize = 64;
+/// Bytes of a JoinReply body without its reason.
+const JOIN_REPLY_FIXED_BYTES: u64 = 7;
+/// Bytes of an accepted JoinReply's facts before the bootstrap ids and the member list.
+const JOIN_FACTS_FIXED_BYTES: u64 = 32;
 
 /// Header bytes the checksum covers before the body: everything in front of the checksum.
 const HEADER_CHECKED_BYTES: usize = 12;
@@ -220,6 +279,20 @@ const IDLE_BUFFER_BYTES_MAX: usize = 1 << 20;
 // 32-bit pointers. Encoded sizes are summed in u64, which holds any usize.
 const _: () = assert!(usize::BITS >= 32 && usize::BITS <= 64);
 const _: () = assert!(MESSAGE_FIXED_BYTES == MESSAGE_HEAD_BYTES as u64 + 8);
+// Every member list fits a JoinReply (see JOIN_MEMBER_LIST_BYTES_MAX's doc), and the
+// largest reply fits the default frame.
+const _: () = assert!(
+    crate::members::MEMBERS_MAX * (8 + 1 + 1 + crate::members::NAME_BYTES_MAX + 1 + 47) + 11
+        <= JOIN_MEMBER_LIST_BYTES_MAX as usize
+);
+const _: () = assert!(
+    JOIN_REPLY_FIXED_BYTES
+        + DEFAULT_REASON_BYTES_MAX as u64
+        + JOIN_FACTS_FIXED_BYTES
+        + (1 << 10) * MEMBER_ID_BYTES
+        + JOIN_MEMBER_LIST_BYTES_MAX as u64
+        <= DEFAULT_FRAME_BYTES_MAX as u64
+);
 
 /// Bounds on every length and count in a frame. Both sides of a connection should use the
 /// same limits: the encoder refuses what the decoder would refuse.
@@ -515,6 +588,47 @@ pub struct HelloReply {
     pub reason: String,
 }
 
+/// A starting member's request to join the cluster (see the module doc): its first frame
+/// in place of a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The body version the joiner speaks ([`JOIN_VERSION`]).
+    pub join_version: u16,
+    /// The joiner's name (`--name`), at most [`crate::members::NAME_BYTES_MAX`] bytes.
+    pub name: String,
+    /// Where the joiner listens for peers (its `--initial-cluster` entry), which the member
+    /// list must hold: a member is found by its peer address, as etcd finds it.
+    pub peer: SocketAddr,
+}
+
+/// What a running member answers a [`JoinRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinReply {
+    /// Refused for good; the reason names what is wrong (for the joiner's error).
+    Refused(String),
+    /// The member cannot answer yet (it has not read the member list, say): ask again.
+    NotNow(String),
+    /// Welcome: what the joiner needs to start.
+    Accepted(JoinFacts),
+}
+
+/// What a joiner learns from an accepting [`JoinReply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinFacts {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The joiner's member id.
+    pub member_id: NodeId,
+    /// Raft groups of the cluster.
+    pub groups: u32,
+    /// Shards of every member.
+    pub shards: u32,
+    /// Every group's voters at creation, which a new replica of a group starts from.
+    pub bootstrap: Vec<NodeId>,
+    /// The member list, encoded as group 0 holds it (`crate::members::MemberList`).
+    pub member_list: Vec<u8>,
+}
+
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -526,6 +640,10 @@ pub enum Frame {
     Messages(Vec<Message>),
     /// A piece of a snapshot transfer.
     SnapshotChunk(SnapshotChunk),
+    /// See [`JoinRequest`].
+    JoinRequest(JoinRequest),
+    /// See [`JoinReply`].
+    JoinReply(JoinReply),
 }
 
 impl Hello {
@@ -639,6 +757,98 @@ impl FrameEncoder {
         put_len(out, reason.len());
         out.extend_from_slice(reason);
         finish_frame(out, start);
+    }
+
+    /// Appends a [`JoinRequest`] frame; refuses (appending nothing) a name longer than
+    /// [`crate::members::NAME_BYTES_MAX`].
+    pub fn encode_join_request(
+        &self,
+        request: &JoinRequest,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        let name = request.name.as_bytes();
+        check_limit(
+            widen64(name.len()),
+            "name bytes",
+            "NAME_BYTES_MAX",
+            u32::try_from(crate::members::NAME_BYTES_MAX).unwrap_or(u32::MAX),
+        )?;
+        let peer = request.peer.to_string();
+        check_limit(
+            widen64(peer.len()),
+            "peer address bytes",
+            "JOIN_PEER_BYTES_MAX",
+            u32::try_from(JOIN_PEER_BYTES_MAX).unwrap_or(u32::MAX),
+        )?;
+        let body = 2 + 1 + widen64(name.len()) + 1 + widen64(peer.len());
+        let start = begin_frame(out, FRAME_KIND_JOIN_REQUEST, body);
+        out.extend_from_slice(&request.join_version.to_le_bytes());
+        for text in [name, peer.as_bytes()] {
+            out.push(u8::try_from(text.len()).expect("checked against its limit above"));
+            out.extend_from_slice(text);
+        }
+        finish_frame(out, start);
+        Ok(())
+    }
+
+    /// Appends a [`JoinReply`] frame. A reason longer than `reason_bytes_max` is cut (a
+    /// refusal must still go out); facts with more bootstrap ids than `voters_max` or a
+    /// member list longer than [`JOIN_MEMBER_LIST_BYTES_MAX`] are refused (appending
+    /// nothing).
+    pub fn encode_join_reply(&self, reply: &JoinReply, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let (status, reason, facts) = match reply {
+            JoinReply::Refused(r) => (0u8, r.as_str(), None),
+            JoinReply::Accepted(f) => (1, "", Some(f)),
+            JoinReply::NotNow(r) => (2, r.as_str(), None),
+        };
+        let mut end = reason.len().min(widen(self.limits.reason_bytes_max));
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = &reason.as_bytes()[..end];
+        let mut body = JOIN_REPLY_FIXED_BYTES + widen64(reason.len());
+        if let Some(f) = facts {
+            check_limit(
+                widen64(f.bootstrap.len()),
+                "bootstrap voters",
+                "voters_max",
+                self.limits.voters_max,
+            )?;
+            check_limit(
+                widen64(f.member_list.len()),
+                "member list bytes",
+                "JOIN_MEMBER_LIST_BYTES_MAX",
+                JOIN_MEMBER_LIST_BYTES_MAX,
+            )?;
+            body += JOIN_FACTS_FIXED_BYTES
+                + widen64(f.bootstrap.len()) * MEMBER_ID_BYTES
+                + widen64(f.member_list.len());
+        }
+        if body > u64::from(self.limits.frame_bytes_max) {
+            return Err(WireError::FrameTooLarge {
+                bytes: body,
+                max: self.limits.frame_bytes_max,
+            });
+        }
+        let start = begin_frame(out, FRAME_KIND_JOIN_REPLY, body);
+        out.extend_from_slice(&JOIN_VERSION.to_le_bytes());
+        out.push(status);
+        put_len(out, reason.len());
+        out.extend_from_slice(reason);
+        if let Some(f) = facts {
+            out.extend_from_slice(&f.cluster_id.to_le_bytes());
+            out.extend_from_slice(&f.member_id.to_le_bytes());
+            out.extend_from_slice(&f.groups.to_le_bytes());
+            out.extend_from_slice(&f.shards.to_le_bytes());
+            put_len(out, f.bootstrap.len());
+            for id in &f.bootstrap {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            put_len(out, f.member_list.len());
+            out.extend_from_slice(&f.member_list);
+        }
+        finish_frame(out, start);
+        Ok(())
     }
 
     /// The bytes `msg` takes in a Messages frame body, after checking it against the limits.
@@ -945,18 +1155,8 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
         }
         FRAME_KIND_HELLO_REPLY => {
             let accepted = read_bool(&mut r, "hello reply accepted byte")?;
-            let len = r.count(
-                "reason bytes",
-                "reason_bytes_max",
-                limits.reason_bytes_max,
-                1,
-            )?;
-            let reason = std::str::from_utf8(r.bytes(len, "reason bytes")?)
-                .map_err(|_| WireError::InvalidUtf8 { what: "reason" })?;
-            Frame::HelloReply(HelloReply {
-                accepted,
-                reason: reason.to_owned(),
-            })
+            let reason = read_reason(&mut r, limits)?;
+            Frame::HelloReply(HelloReply { accepted, reason })
         }
         FRAME_KIND_MESSAGES => {
             let count = r.count(
@@ -994,6 +1194,8 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
                 data: data.to_vec(),
             })
         }
+        FRAME_KIND_JOIN_REQUEST => Frame::JoinRequest(read_join_request(&mut r)?),
+        FRAME_KIND_JOIN_REPLY => Frame::JoinReply(read_join_reply(&mut r, limits)?),
         _ => return Err(WireError::UnknownFrameKind { kind }),
     };
     if !r.rest.is_empty() {
@@ -1003,6 +1205,112 @@ fn decode_body(kind: u8, body: &[u8], limits: &WireLimits) -> Result<Frame, Wire
         });
     }
     Ok(frame)
+}
+
+/// A refusal reason: a `u32` length (at most `reason_bytes_max`), then UTF-8.
+fn read_reason(r: &mut Reader<'_>, limits: &WireLimits) -> Result<String, WireError> {
+    let len = r.count(
+        "reason bytes",
+        "reason_bytes_max",
+        limits.reason_bytes_max,
+        1,
+    )?;
+    std::str::from_utf8(r.bytes(len, "reason bytes")?)
+        .map(str::to_owned)
+        .map_err(|_| WireError::InvalidUtf8 { what: "reason" })
+}
+
+/// A one-byte length, then that many bytes of UTF-8 (at most `max`).
+fn read_short_text(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    limit: &'static str,
+    max: usize,
+) -> Result<String, WireError> {
+    let len = usize::from(r.fixed::<1>(what)?[0]);
+    check_limit(
+        widen64(len),
+        what,
+        limit,
+        u32::try_from(max).unwrap_or(u32::MAX),
+    )?;
+    let bytes = r.bytes(len, what)?;
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| WireError::InvalidUtf8 { what })
+}
+
+fn read_join_request(r: &mut Reader<'_>) -> Result<JoinRequest, WireError> {
+    let join_version = u16::from_le_bytes(*r.fixed::<2>("join version")?);
+    let name = read_short_text(
+        r,
+        "name bytes",
+        "NAME_BYTES_MAX",
+        crate::members::NAME_BYTES_MAX,
+    )?;
+    let peer = read_short_text(
+        r,
+        "peer address bytes",
+        "JOIN_PEER_BYTES_MAX",
+        JOIN_PEER_BYTES_MAX,
+    )?;
+    let peer = peer.parse().map_err(|_| WireError::InvalidByte {
+        what: "join request peer address (not ip:port)",
+        found: 0,
+    })?;
+    Ok(JoinRequest {
+        join_version,
+        name,
+        peer,
+    })
+}
+
+fn read_join_reply(r: &mut Reader<'_>, limits: &WireLimits) -> Result<JoinReply, WireError> {
+    // The version and status come first in every join version: a reply of another version
+    // is still read as far as its reason.
+    let _version = u16::from_le_bytes(*r.fixed::<2>("join version")?);
+    let status = r.fixed::<1>("join status")?[0];
+    let reason = read_reason(r, limits)?;
+    match status {
+        0 => Ok(JoinReply::Refused(reason)),
+        2 => Ok(JoinReply::NotNow(reason)),
+        1 => {
+            let h = r.fixed::<24>("join facts")?;
+            let (cluster_id, member_id) = (le_u64(h, 0), le_u64(h, 8));
+            let (groups, shards) = (le_u32(h, 16), le_u32(h, 20));
+            let count = r.count(
+                "bootstrap voters",
+                "voters_max",
+                limits.voters_max,
+                MEMBER_ID_BYTES,
+            )?;
+            let bootstrap = (0..count)
+                .map(|_| {
+                    r.fixed::<8>("bootstrap voter")
+                        .map(|b| u64::from_le_bytes(*b))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let len = r.count(
+                "member list bytes",
+                "JOIN_MEMBER_LIST_BYTES_MAX",
+                JOIN_MEMBER_LIST_BYTES_MAX,
+                1,
+            )?;
+            let member_list = r.bytes(len, "member list bytes")?.to_vec();
+            Ok(JoinReply::Accepted(JoinFacts {
+                cluster_id,
+                member_id,
+                groups,
+                shards,
+                bootstrap,
+                member_list,
+            }))
+        }
+        found => Err(WireError::InvalidByte {
+            what: "join reply status",
+            found,
+        }),
+    }
 }
 
 fn read_message(r: &mut Reader<'_>, limits: &WireLimits) -> Result<Message, WireError> {

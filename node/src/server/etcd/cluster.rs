@@ -8,7 +8,7 @@
 //! learner; `MemberAdd` without `isLearner` makes it a voter as soon as it is in sync
 //! (etcd 3.4's `member add` adds a voter at once; Keel always lets it catch up first).
 
-use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, RangeRequest, Txn};
+use keel_engine::txn::RangeRequest;
 use keel_etcd_proto::etcdserverpb::cluster_server::Cluster;
 use keel_etcd_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -51,6 +51,13 @@ impl Etcd {
         forwarded: bool,
         change: impl Fn(&mut MemberList) -> Result<T, MemberError>,
     ) -> Result<Changed<T>, Status> {
+        // The change is decided where group 0 is led: its checks read that member's view of
+        // the cluster (who is started, which learners are in sync), which only the leader
+        // of group 0 has.
+        let leader = self.ctx.view.leader(0);
+        if leader != Some(self.ctx.member_id) {
+            return Ok(Changed::Forward(self.forward_target(leader, forwarded)?));
+        }
         for _ in 0..CHANGE_ATTEMPTS_MAX {
             let read = ShardWork::Read {
                 range: RangeRequest::key(MEMBERS_KEY),
@@ -74,16 +81,7 @@ impl Etcd {
                 ))
             })?;
             let result = change(&mut list).map_err(|e| member_status(&e))?;
-            let txn = Txn {
-                compares: vec![Compare {
-                    key: MEMBERS_KEY.to_vec(),
-                    end: keel_engine::txn::RangeEnd::Single,
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(kv.meta.mod_revision),
-                }],
-                success: vec![Op::put(MEMBERS_KEY, list.encode())],
-                failure: Vec::new(),
-            };
+            let txn = list.replace_txn(kv.meta.mod_revision);
             let write = ShardWork::Write {
                 client_id: 0,
                 sequence: 0,
@@ -217,7 +215,11 @@ impl Cluster for Etcd {
         let started = self.ctx.view.started_members();
         match self
             .change_members(forwarded, |list| {
-                list.remove_keeping_quorum(req.id, &started).map(|_| ())
+                let removed = list.remove_keeping_quorum(req.id, &started).map(|_| ());
+                if removed.is_err() {
+                    tracing::warn!(member = req.id, started = ?started, "member removal refused: the voters left would not have a quorum of started members");
+                }
+                removed
             })
             .await?
         {
