@@ -2129,6 +2129,32 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
     );
     assert!(!dir.join("m9/keel.meta").exists());
 
+    // A member that started before and lost its data directory is refused: under its old
+    // id it would vote again without the term and vote it lost. m3 stops, its data is
+    // wiped, and it asks to join as itself (m1 and m2 keep a quorum and answer).
+    let m3_peer: u16 = running[2].rsplit(':').next().unwrap().parse().unwrap();
+    cluster.terminate(2);
+    std::fs::remove_dir_all(dir.join("m3")).unwrap();
+    let mut held = Vec::new();
+    let client3 = free_ports(1, &mut held);
+    drop(held);
+    let mut lost = spawn_member(
+        &dir,
+        "m3",
+        m3_peer,
+        client3,
+        &running.join(","),
+        &["--initial-cluster-state", "existing"],
+    );
+    let (status, _) = wait_exit(&mut lost, Duration::from_secs(40));
+    let err = std::fs::read_to_string(&lost.err_path).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("started before") && err.contains("member remove"),
+        "{err}"
+    );
+    assert!(!dir.join("m3/keel.meta").exists());
+
     let lonely = format!("m1=http://127.0.0.1:{nobody},m8=http://127.0.0.1:{peer}");
     let mut alone = spawn_member(
         &dir,

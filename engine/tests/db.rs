@@ -427,6 +427,12 @@ fn the_data_quota_refuses_puts_but_not_deletes() {
             max: 1000
         })
     ));
+    // Puts nested in a transaction count too.
+    let nested = Txn::batch(vec![Op::Txn(Txn::batch(vec![Op::put("y", vec![0; 200])]))]);
+    assert!(matches!(
+        db.txn(nested),
+        Err(DbError::StoreFull { needed: 201, .. })
+    ));
     assert!(db.delete(&[0]).unwrap());
     db.put(b"x", &[0; 150]).unwrap();
 }

@@ -339,15 +339,7 @@ impl<B: SharedLog> Db<B> {
         {
             let m = self.inner.memtable.read().map_err(lock_poisoned)?;
             m.validate_txn(&txn)?;
-            let needed: u64 = txn
-                .success
-                .iter()
-                .chain(&txn.failure)
-                .map(|op| match op {
-                    Op::Put { key, value, .. } => (key.len() + value.len()) as u64,
-                    _ => 0,
-                })
-                .sum();
+            let needed = put_bytes(&txn);
             let max = self.inner.options.data_bytes_max;
             if needed > 0 && m.data_bytes().saturating_add(needed) > max {
                 return Err(DbError::StoreFull {
@@ -418,4 +410,18 @@ impl<B: SharedLog> Inner<B> {
             d = self.durable_cv.wait(d).map_err(lock_poisoned)?;
         }
     }
+}
+
+/// Bytes of keys and values every put of `txn` could write, both branches and nested
+/// transactions included (validated: nesting is bounded by `TXN_DEPTH_MAX`).
+fn put_bytes(txn: &Txn) -> u64 {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .map(|op| match op {
+            Op::Put { key, value, .. } => (key.len() + value.len()) as u64,
+            Op::Txn(nested) => put_bytes(nested),
+            _ => 0,
+        })
+        .sum()
 }

@@ -9,15 +9,21 @@
 //! other member's peer port in turn until one accepts, waiting between rounds with a
 //! doubling backoff (from [`JOIN_BACKOFF_MIN`] to [`JOIN_BACKOFF_MAX`]) and giving up after
 //! `ServerConfig::join_wait_max`. A refusal for good — no member of the list has the
-//! joiner's peer address, or has it under another name — ends the wait at once with the
-//! reason, once it stood for [`JOIN_REFUSAL_CONFIRM`] (the member asked may not have read
-//! the latest list yet); an unreachable member, one that does not know the list yet, or an
+//! joiner's peer address, or it names a member that started before — ends the wait with the
+//! reason once refusals stood, round after round with no member accepting, for
+//! [`JOIN_REFUSAL_CONFIRM`] (the member asked may not have read the latest list yet); an
+//! unreachable member, one that does not lead group 0 or does not know the list yet, or an
 //! older build are retried.
 //!
-//! The member found is the list's entry with the joiner's peer address (etcd finds a
-//! joining member by its peer URLs too); its name must be empty (added, not started yet)
-//! or the joiner's. What the joiner learned is written to its data directory
-//! (`meta.rs`, origin `joined`) before anything else, so that its restarts need no peer.
+//! Only the member leading group 0 answers (the others answer "not now", naming it): its
+//! replica of the member list is the newest. The member found is the list's entry with the
+//! joiner's peer address (etcd finds a joining member by its peer URLs too), and its name
+//! must be empty: added, never started. A named entry is a member that started before, so a
+//! joiner asking for it lost its data directory — and with it its raft term and vote; let in
+//! under its old id it could vote twice in one term and elect a leader missing acknowledged
+//! writes. It is refused: remove the member and add it again. A name another member already
+//! has is refused too. What the joiner learned is written to its data directory (`meta.rs`,
+//! origin `joined`) before anything else, so that its restarts need no peer.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -82,11 +88,13 @@ pub fn learn(
     loop {
         rounds += 1;
         let mut answers = Vec::new();
+        let mut refused = None;
         for (peer_name, addr) in peers {
             match ask(*addr, &request) {
                 Ok(JoinReply::Accepted(facts)) => {
-                    let list = check(name, own_peer, &facts)
+                    let list = check(own_peer, &facts)
                         .map_err(|e| format!("member {peer_name} at {addr} answered: {e}"))?;
+                    warn_unlisted(peers, &list);
                     return Ok(Learned {
                         from: *addr,
                         facts,
@@ -94,24 +102,34 @@ pub fn learn(
                     });
                 }
                 Ok(JoinReply::Refused(reason)) => {
-                    let since = *first_refusal.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= JOIN_REFUSAL_CONFIRM {
-                        return Err(format!(
-                            "member {peer_name} at {addr} refused {name} ({own_peer}) \
-                             joining: {reason}"
-                        ));
-                    }
                     answers.push(format!(
                         "{peer_name} at {addr} refused (asked again for \
                          {JOIN_REFUSAL_CONFIRM:?}, in case it has not read the latest member \
                          list yet): {reason}"
                     ));
+                    refused.get_or_insert_with(|| {
+                        format!(
+                            "member {peer_name} at {addr} refused {name} ({own_peer}) \
+                             joining: {reason}"
+                        )
+                    });
                 }
                 Ok(JoinReply::NotNow(reason)) => {
                     answers.push(format!("{peer_name} at {addr}: {reason}"));
                 }
                 Err(e) => answers.push(format!("{peer_name} at {addr}: {e}")),
             }
+        }
+        // Refusals are final only once they stood, with no member accepting, for the
+        // whole window; a round without one starts the window again.
+        match refused {
+            Some(reason) => {
+                let since = *first_refusal.get_or_insert_with(Instant::now);
+                if since.elapsed() >= JOIN_REFUSAL_CONFIRM {
+                    return Err(reason);
+                }
+            }
+            None => first_refusal = None,
         }
         let waited = started.elapsed();
         // A standing refusal is confirmed at its deadline even when the overall wait is
@@ -186,23 +204,52 @@ fn ask(addr: SocketAddr, request: &JoinRequest) -> Result<JoinReply, String> {
     }
 }
 
-/// Checks an accepting reply: the facts hold together, and the list has the joiner at
-/// `own_peer` with its id, unnamed or named `name`. Returns the decoded list.
-fn check(name: &str, own_peer: SocketAddr, facts: &JoinFacts) -> Result<MemberList, String> {
+/// Checks an accepting reply: the facts hold together and within bounds, and the list has
+/// the joiner at `own_peer` with its id, unnamed (never started). Returns the decoded list.
+fn check(own_peer: SocketAddr, facts: &JoinFacts) -> Result<MemberList, String> {
     let list = MemberList::decode(&facts.member_list)
         .map_err(|e| format!("its member list does not decode: {e}"))?;
-    if facts.cluster_id == 0 || facts.groups == 0 || facts.shards == 0 {
-        return Err("a cluster id, group count or shard count of zero".into());
+    if facts.cluster_id == 0 {
+        return Err("a cluster id of zero".into());
+    }
+    if facts.groups == 0 || facts.groups > super::GROUPS_MAX {
+        return Err(format!(
+            "{} groups (a cluster has 1..={})",
+            facts.groups,
+            super::GROUPS_MAX
+        ));
+    }
+    if facts.shards == 0 || facts.shards > super::SHARDS_MAX {
+        return Err(format!(
+            "{} shards per member (a member runs 1..={})",
+            facts.shards,
+            super::SHARDS_MAX
+        ));
     }
     if facts.bootstrap.is_empty() || facts.bootstrap.contains(&0) {
         return Err("no bootstrap voters, or a voter id of zero".into());
     }
     match list.get(facts.member_id) {
-        Some(m) if m.peer == own_peer && (m.name.is_empty() || m.name == name) => Ok(list),
+        Some(m) if m.peer == own_peer && m.name.is_empty() => Ok(list),
         _ => Err(format!(
-            "member id {} is not {name} at {own_peer} in the member list it sent",
+            "member id {} is not an unstarted member at {own_peer} in the member list it sent",
             facts.member_id
         )),
+    }
+}
+
+/// Warns about members of `--initial-cluster` the cluster does not list at their peer
+/// address (a stale or mistyped flag: the joiner follows the cluster's list, not the flag).
+fn warn_unlisted(peers: &[(String, SocketAddr)], list: &MemberList) {
+    for (peer_name, addr) in peers {
+        if !list.members.iter().any(|m| m.peer == *addr) {
+            tracing::warn!(
+                member = %peer_name,
+                %addr,
+                "--initial-cluster names a member the cluster does not list at this peer \
+                 address; the cluster's member list is followed instead"
+            );
+        }
     }
 }
 
@@ -211,6 +258,8 @@ fn check(name: &str, own_peer: SocketAddr, facts: &JoinFacts) -> Result<MemberLi
 pub struct Identity {
     /// The cluster's id.
     pub cluster_id: u64,
+    /// This member's id.
+    pub member_id: u64,
     /// Raft groups.
     pub groups: u32,
     /// Shards of every member.
@@ -228,12 +277,38 @@ pub fn answer(identity: &Identity, view: &Arc<ClusterView>, request: &JoinReques
             request.join_version
         ));
     }
+    match view.leader(0) {
+        Some(leader) if leader == identity.member_id => {}
+        Some(leader) => {
+            return JoinReply::NotNow(format!(
+                "this member does not lead group 0 (member {leader} does): ask it"
+            ));
+        }
+        None => return JoinReply::NotNow("group 0 has no leader now".into()),
+    }
     let Some(list) = view.member_list() else {
         return JoinReply::NotNow("this member has not read the member list yet".into());
     };
     let by_peer = list.members.iter().find(|m| m.peer == request.peer);
     let member = match by_peer {
-        Some(m) if m.name.is_empty() || m.name == request.name => m,
+        Some(m) if m.name.is_empty() => match list.by_name(&request.name) {
+            Some(other) => {
+                return JoinReply::Refused(format!(
+                    "the name {} is taken by member {} at {}; start this member with the \
+                     name it was added under, or another one",
+                    request.name, other.id, other.peer
+                ));
+            }
+            None => m,
+        },
+        Some(m) if m.name == request.name => {
+            return JoinReply::Refused(format!(
+                "member {} ({:#x}) at http://{} started before: a member that lost its data \
+                 directory must not come back under its old id (it lost its raft term and \
+                 vote); remove it (etcdctl member remove {:x}) and add it again",
+                m.name, m.id, request.peer, m.id
+            ));
+        }
         Some(m) => {
             return JoinReply::Refused(format!(
                 "etcdserver: member not found: peer URL http://{} belongs to member {} ({}), \

@@ -62,6 +62,11 @@ pub enum ShardRuntime {
     TokioUring,
 }
 
+/// Most raft groups a cluster may have (`--groups`).
+pub const GROUPS_MAX: u32 = 65_536;
+/// Most shards a member may run (`--shards`).
+pub const SHARDS_MAX: u32 = 256;
+
 /// How a member is configured (`keel server`'s flags).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -255,11 +260,17 @@ impl ServerConfig {
         if ids.len() != self.initial_cluster.len() {
             return Err("--initial-cluster names a member twice".into());
         }
-        if self.groups == 0 || self.groups > 65_536 {
-            return Err(format!("--groups {} must be in 1..=65536", self.groups));
+        if self.groups == 0 || self.groups > GROUPS_MAX {
+            return Err(format!(
+                "--groups {} must be in 1..={GROUPS_MAX}",
+                self.groups
+            ));
         }
-        if self.shards == 0 || self.shards > 256 {
-            return Err(format!("--shards {} must be in 1..=256", self.shards));
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(format!(
+                "--shards {} must be in 1..={SHARDS_MAX}",
+                self.shards
+            ));
         }
         if self.snapshot_entries == 0 {
             return Err("--snapshot-entries must be positive".into());

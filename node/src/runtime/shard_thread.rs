@@ -279,6 +279,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
         // Joiners dial the peer address of shard 0, the one the member list holds.
         let identity = super::join::Identity {
             cluster_id,
+            member_id,
             groups: config.groups,
             shards: config.shards,
             bootstrap: ctx.identity.bootstrap.clone(),

@@ -15,7 +15,12 @@
 //! (a result's bytes are its encoded size, below): a result over [`RESULT_BYTES_MAX`] is kept
 //! as a note that the write was applied (a retry is answered with an error saying so, and is
 //! never applied again), and past [`TABLE_BYTES_MAX`] the clients that wrote least recently
-//! are forgotten (the last one left loses its oldest results).
+//! are forgotten (the last one left loses its oldest results). A client that loses results
+//! it has not acknowledged (past [`RESULTS_PER_CLIENT_MAX`] or the bytes) has its floor
+//! raised past them: a retry of one (or a write below it still in flight) is refused as
+//! stale, never applied twice. Decoding a
+//! table bounds it by count as before but never trims it by bytes: the bytes are enforced
+//! when results are recorded, at the same log index on every replica.
 //!
 //! # Encoding, version 1
 //!
@@ -97,11 +102,21 @@ impl Session {
         let keep = self.results.split_off(&floor);
         let mut freed: usize = self.results.values().map(result_bytes).sum();
         self.results = keep;
+        self.bytes -= freed;
         while self.results.len() > RESULTS_PER_CLIENT_MAX {
-            if let Some((_, r)) = self.results.pop_first() {
-                freed += result_bytes(&r);
-            }
+            freed += self.forget_oldest();
         }
+        freed
+    }
+
+    /// Forgets the oldest result, raising the floor past it so that a retry of it is
+    /// refused as stale rather than applied again; returns the bytes freed.
+    fn forget_oldest(&mut self) -> usize {
+        let Some((sequence, r)) = self.results.pop_first() else {
+            return 0;
+        };
+        self.floor = self.floor.max(sequence + 1);
+        let freed = result_bytes(&r);
         self.bytes -= freed;
         freed
     }
@@ -206,26 +221,37 @@ impl Sessions {
     /// Forgets the clients that wrote least recently while the table is over its count or
     /// its bytes; when one client alone is over the bytes, its oldest results.
     fn enforce_bounds(&mut self) {
-        while self.sessions.len() > self.sessions_max
-            || (self.bytes > TABLE_BYTES_MAX && self.sessions.len() > 1)
-        {
-            let Some((_, oldest)) = self.by_index.pop_first() else {
-                break;
-            };
-            if let Some(gone) = self.sessions.remove(&oldest) {
-                self.bytes -= gone.bytes;
-            }
+        self.enforce_count();
+        while self.bytes > TABLE_BYTES_MAX && self.sessions.len() > 1 {
+            self.forget_least_recent();
         }
         if self.bytes <= TABLE_BYTES_MAX {
             return;
         }
         if let Some(last) = self.sessions.values_mut().next() {
             while self.bytes > TABLE_BYTES_MAX && last.results.len() > 1 {
-                if let Some((_, r)) = last.results.pop_first() {
-                    last.bytes -= result_bytes(&r);
-                    self.bytes -= result_bytes(&r);
-                }
+                self.bytes -= last.forget_oldest();
             }
+        }
+    }
+}
+
+impl Sessions {
+    /// Forgets the clients that wrote least recently while there are more than
+    /// `sessions_max`.
+    fn enforce_count(&mut self) {
+        while self.sessions.len() > self.sessions_max {
+            self.forget_least_recent();
+        }
+    }
+
+    /// Forgets the client that wrote least recently.
+    fn forget_least_recent(&mut self) {
+        let Some((_, oldest)) = self.by_index.pop_first() else {
+            return;
+        };
+        if let Some(gone) = self.sessions.remove(&oldest) {
+            self.bytes -= gone.bytes;
         }
     }
 }
@@ -307,7 +333,7 @@ impl Sessions {
                 r.rest.len()
             ));
         }
-        table.enforce_bounds();
+        table.enforce_count();
         Ok(table)
     }
 }
@@ -721,12 +747,27 @@ mod tests {
             assert!(t.bytes() <= TABLE_BYTES_MAX, "{} bytes", t.bytes());
         }
         assert_eq!(t.len(), 1);
-        assert_eq!(
-            t.check(3, 1),
-            Duplicate::New,
-            "the oldest result is forgotten"
+        assert!(
+            matches!(t.check(3, 1), Duplicate::Stale { floor } if floor > 1),
+            "a retry of a forgotten result is refused, never applied again: {:?}",
+            t.check(3, 1)
         );
         assert!(matches!(t.check(3, writes), Duplicate::Answered(Ok(_))));
+    }
+
+    #[test]
+    fn past_its_count_a_client_forgets_its_oldest_results_and_refuses_their_retries() {
+        let mut t = Sessions::new(10);
+        let n = RESULTS_PER_CLIENT_MAX as u64 + 5;
+        for seq in 1..=n {
+            t.record(4, seq, 1, put_with_prev(1), seq);
+        }
+        assert_eq!(t.check(4, 5), Duplicate::Stale { floor: 6 });
+        assert!(matches!(t.check(4, 6), Duplicate::Answered(Ok(_))));
+        assert_eq!(
+            Sessions::decode(&t.encode(), 10).unwrap().bytes(),
+            t.bytes()
+        );
     }
 
     #[test]
