@@ -153,6 +153,12 @@ impl<B: LogBackend> Group<B> {
             }
             Duplicate::New => {}
         }
+        // A transaction the store refuses (a limit, nesting) is answered now, never logged:
+        // every replica would refuse it the same way when applying it.
+        if let Err(e) = self.kv.validate_txn(&command.txn) {
+            out.push((id, Outcome::Written(Err(e.to_string()))));
+            return;
+        }
         if command.client_id == 0 {
             self.propose_at(id, command.encode(), out);
             return;
