@@ -62,7 +62,12 @@ fn seed_for(n: u64, groups: u64) -> u64 {
 impl Cluster {
     /// A cluster whose groups do not snapshot.
     fn new(n: u64, groups: u64, name: &str) -> Cluster {
-        Cluster::with_options(name, SimOptions::new(seed_for(n, groups), n, groups), None)
+        Cluster::seeded(seed_for(n, groups), n, groups, name)
+    }
+
+    /// A cluster whose groups do not snapshot, from `seed`.
+    fn seeded(seed: u64, n: u64, groups: u64, name: &str) -> Cluster {
+        Cluster::with_options(name, SimOptions::new(seed, n, groups), None)
     }
 
     /// A cluster whose shards snapshot with `snapshots` (its `dir` is a temporary
@@ -506,14 +511,22 @@ fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once(
 
 #[test]
 fn a_retried_write_is_applied_once() {
-    let mut c = Cluster::new(3, 1, "retries");
+    retried_write(seed_for(3, 1));
+}
+
+fn retried_write(seed: u64) {
+    let mut c = Cluster::seeded(seed, 3, 1, "retries");
     c.wait_for_leaders(2_000);
+    // Leadership settles on the group's preferred member first: the pipelined writes below
+    // go to one leader (writes during a transfer: see
+    // `a_write_during_a_leadership_transfer_waits_for_its_outcome`).
+    c.run(600);
     let first = c.put(0, 42, 7, "kx", "v");
     let revision = written(&first);
     // The same (client, sequence) again, as a client that lost the answer would send it.
     let again = c.put(0, 42, 7, "kx", "v");
     assert_eq!(again, first, "the retry is answered with the first result");
-    let leader = c.agreed_leader(0).unwrap();
+    let leader = c.agreed_leader(0).expect("a settled leader");
     let kv = c
         .shard(leader)
         .local_range(0, &RangeRequest::key("kx"))
@@ -523,11 +536,11 @@ fn a_retried_write_is_applied_once() {
     assert_eq!(
         (kv.meta.mod_revision, kv.meta.version),
         (revision, 1),
-        "applied once"
+        "seed {}: applied once",
+        c.seed
     );
     // A pipelining client's writes may apply out of sequence order: both are applied, and
     // each retry is answered from its own result.
-    let leader = c.agreed_leader(0).unwrap();
     let pipelined = |c: &mut Cluster, seq: u64, key: &str| {
         let txn = Txn::batch(vec![Op::put(key, "p")]);
         c.request(leader, |s, id| s.write(id, 0, (42, seq, 8), txn))
@@ -539,15 +552,111 @@ fn a_retried_write_is_applied_once() {
     assert_eq!(
         pipelined(&mut c, 15, "kz"),
         early,
-        "a retry of an out-of-order write"
+        "seed {}: a retry of an out-of-order write",
+        c.seed
     );
     // Below the client's floor (its smallest unanswered write) a write is refused.
     let stale = c.put(0, 42, 7, "kx", "old");
     assert!(
         matches!(stale, Outcome::Failed(RequestError::StaleSequence { .. })),
-        "{stale:?}"
+        "seed {}: {stale:?}",
+        c.seed
     );
     c.assert_converged();
+}
+
+/// A write (or compaction) that reaches the leader while it hands leadership over is held,
+/// not refused `Busy` (raft takes no proposals during a transfer, and leadership moves to
+/// each group's preferred member routinely): once the transfer succeeds it is answered "not
+/// leader" (nothing was proposed, so sending it to the new leader is safe), and once the
+/// transfer is abandoned it is proposed and applied.
+#[test]
+fn a_write_during_a_leadership_transfer_waits_for_its_outcome() {
+    leadership_transfer(seed_for(3, 1));
+}
+
+fn leadership_transfer(seed: u64) {
+    for abandoned in [false, true] {
+        let mut c = Cluster::seeded(seed, 3, 1, "transfer");
+        c.wait_for_leaders(2_000);
+        c.run(600);
+        let old = c.agreed_leader(0).expect("a settled leader");
+        let to = c.ids().into_iter().find(|&m| m != old).expect("a follower");
+        if abandoned {
+            // The target never hears that it should campaign: the leader gives up after an
+            // election timeout and leads on.
+            c.sim.network().isolate(to);
+        }
+        c.shard(old).transfer_leader(0, to);
+        let submit = |c: &mut Cluster, write_id, key: &str| {
+            let txn = Txn::batch(vec![Op::put(key, "v")]);
+            c.sim
+                .submit(old, |s, id| s.write(id, 0, write_id, txn))
+                .expect("the leader is up")
+        };
+        let named = submit(&mut c, (5, 1, 1), "held-named");
+        let anonymous = submit(&mut c, (0, 0, 0), "held-anonymous");
+        let compaction = c
+            .sim
+            .submit(old, |s, id| s.compact(id, 0, 1))
+            .expect("the leader is up");
+        let mut outcomes = Vec::new();
+        for id in [named, anonymous, compaction] {
+            for _ in 0..400 {
+                if c.sim.answer(id).is_some() {
+                    break;
+                }
+                c.run_step();
+            }
+            outcomes.push(c.sim.take_answer(id));
+        }
+        c.sim.network().heal();
+        if abandoned {
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Some(Outcome::Written(Ok(_))),
+                        Some(Outcome::Written(Ok(_))),
+                        Some(
+                            Outcome::Compaction { .. }
+                                | Outcome::Failed(RequestError::Compacted { .. })
+                        )
+                    ]
+                ),
+                "seed {}: requests held through an abandoned transfer got {outcomes:?}",
+                c.seed
+            );
+        } else {
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Some(Outcome::Failed(RequestError::NotLeader { .. })))),
+                "seed {}: requests held through a transfer to {to} got {outcomes:?}",
+                c.seed
+            );
+            // Nothing was proposed; the client sends the named write again.
+            written(&c.put(0, 5, 1, "held-named", "v"));
+        }
+        c.assert_converged();
+        for m in c.ids() {
+            let version = |c: &mut Cluster, key: &str| {
+                c.shard(m)
+                    .local_range(0, &RangeRequest::key(key))
+                    .and_then(|r| r.kvs.into_iter().next())
+                    .map(|kv| kv.meta.version)
+            };
+            assert_eq!(
+                (
+                    version(&mut c, "held-named"),
+                    version(&mut c, "held-anonymous")
+                ),
+                (Some(1), abandoned.then_some(1)),
+                "seed {}: member {m} (transfer abandoned: {abandoned})",
+                c.seed
+            );
+        }
+    }
 }
 
 #[test]
