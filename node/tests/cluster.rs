@@ -456,56 +456,101 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
 
 /// A write the leader proposed and then lost leadership over may still commit: it is answered
 /// "leadership lost", never "not leader" (which would tell a caller without a write id to send
-/// it again), and it is applied once.
+/// it again), and it is applied at most once. Whether it commits is raft's to decide: the new
+/// leader holds the entry (and commits it) if it reached a follower before the old leader was
+/// cut off, and never if it reached none — both are set up. A retry of a named write with the
+/// same (client, sequence) is answered either way, and the write is then applied once.
 #[test]
 fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
+    deposed_leader(seed_for(3, 1));
+}
+
+fn deposed_leader(seed: u64) {
     // A named write (client 7, sequence 1) and an anonymous one (client 0: the etcd API's,
     // matched by its log index).
-    for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
-        let mut c = Cluster::new(3, 1, "deposed");
-        c.wait_for_leaders(2_000);
-        let old = c.agreed_leader(0).unwrap();
-        let id = c
-            .sim
-            .submit(old, |s, id| {
-                s.write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
-            })
-            .expect("the leader is up");
-        // One step: the leader sends the entry to its followers; then it is cut off before
-        // it hears back.
-        c.run(1);
-        c.sim.network().isolate(old);
-        c.run(600);
-        let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
-        let new = c.shard(others[0]).leader(0);
-        assert!(
-            new.is_some() && new != Some(old),
-            "seed {}: the others elected no new leader",
-            c.seed
-        );
-        c.sim.network().heal();
-        c.run(400);
-        let outcome = c
-            .sim
-            .take_answer(id)
-            .expect("the deposed leader answered the write");
-        assert!(
-            matches!(
-                outcome,
-                Outcome::Failed(RequestError::LeadershipLost { .. })
-            ),
-            "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
-            c.seed
-        );
-        c.assert_converged();
-        for m in c.ids() {
-            let kv = c
-                .shard(m)
-                .local_range(0, &RangeRequest::key(key))
-                .and_then(|r| r.kvs.into_iter().next())
-                .expect("the write committed under the new leader");
-            assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
+    for reached in [true, false] {
+        for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
+            deposed_leader_write(seed, reached, write_id, key);
         }
+    }
+}
+
+fn deposed_leader_write(seed: u64, reached: bool, write_id: (u64, u64, u64), key: &str) {
+    let mut c = Cluster::seeded(seed, 3, 1, "deposed");
+    c.wait_for_leaders(2_000);
+    // Leadership settles on the group's preferred member and its followers replicate: a new
+    // leader sends a follower nothing more until it answered the first append (probing),
+    // so a write proposed at once may reach no one.
+    c.run(600);
+    let old = c.agreed_leader(0).expect("a settled leader");
+    let id = c
+        .sim
+        .submit(old, |s, id| {
+            s.write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
+        })
+        .expect("the leader is up");
+    if reached {
+        // One step: the leader sends the entry to its followers (what is on its way when the
+        // cut comes still arrives); then it is cut off before it hears back.
+        c.run(1);
+    }
+    // Otherwise it is cut off before its next round: its append reaches no one.
+    c.sim.network().isolate(old);
+    c.run(600);
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
+    let new = c.shard(others[0]).leader(0);
+    assert!(
+        new.is_some() && new != Some(old),
+        "seed {}: the others elected no new leader",
+        c.seed
+    );
+    c.sim.network().heal();
+    c.run(400);
+    let outcome = c
+        .sim
+        .take_answer(id)
+        .expect("the deposed leader answered the write");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(RequestError::LeadershipLost { .. })
+        ),
+        "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
+        c.seed
+    );
+    c.assert_converged();
+    let versions = |c: &mut Cluster| -> Vec<Option<(u64, u64)>> {
+        c.ids()
+            .into_iter()
+            .map(|m| {
+                c.shard(m)
+                    .local_range(0, &RangeRequest::key(key))
+                    .and_then(|r| r.kvs.into_iter().next())
+                    .map(|kv| (kv.meta.version, kv.meta.mod_revision))
+            })
+            .collect()
+    };
+    let applied = versions(&mut c);
+    for v in &applied {
+        // Reached a follower: the new leader committed it, once. Reached none: it is gone.
+        assert_eq!(
+            v.map(|(version, _)| version),
+            reached.then_some(1),
+            "seed {}: the {key} write (entry reached a follower: {reached}) applied {applied:?}",
+            c.seed
+        );
+    }
+    if write_id.0 != 0 {
+        // The client sends it again with the same (client, sequence): answered from the
+        // session table if it committed, applied now if it did not — once either way.
+        let revision = written(&c.put(0, write_id.0, write_id.1, key, "v"));
+        c.assert_converged();
+        let after = versions(&mut c);
+        assert!(
+            after.iter().all(|&v| v == Some((1, revision))),
+            "seed {}: the retried {key} write (revision {revision}) applied {after:?}",
+            c.seed
+        );
     }
 }
 
