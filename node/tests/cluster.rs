@@ -3,9 +3,12 @@
 //! seeded network that delays, reorders and (optionally) drops messages and a simulated
 //! clock; crashes drop a member's shard and restart it from its log and checkpoints.
 //! Everything runs on one thread from a seed, with the snapshot helpers inline, so a failure
-//! replays (`KEEL_CLUSTER_SEED`).
+//! replays (`KEEL_CLUSTER_SEED=n`). The scenarios most sensitive to timing also run over many
+//! seeds (`KEEL_CLUSTER_SEEDS=n` of them, default [`SWEEP_SEEDS`]), and a failure there names
+//! the seed that replays it.
 #![allow(clippy::cast_possible_truncation)] // Test arithmetic on small values.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -51,23 +54,32 @@ fn checkpoint_dir() -> tempfile::TempDir {
     in_memory.unwrap_or_else(|| tempfile::tempdir().expect("a temporary directory"))
 }
 
-/// The seed of a test cluster: `KEEL_CLUSTER_SEED`, or one of the cluster's shape.
-fn seed_for(n: u64, groups: u64) -> u64 {
+thread_local! {
+    /// The seed the seed sweep runs a scenario with on this thread: every cluster the
+    /// scenario makes takes it.
+    static SWEEP_SEED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// `KEEL_CLUSTER_SEED`, if set.
+fn env_seed() -> Option<u64> {
     std::env::var("KEEL_CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
+}
+
+/// The seed of a test cluster: the sweep's, `KEEL_CLUSTER_SEED`, or one of the cluster's
+/// shape.
+fn seed_for(n: u64, groups: u64) -> u64 {
+    SWEEP_SEED
+        .get()
+        .or_else(env_seed)
         .unwrap_or(0x5EED ^ n ^ (groups << 8))
 }
 
 impl Cluster {
     /// A cluster whose groups do not snapshot.
     fn new(n: u64, groups: u64, name: &str) -> Cluster {
-        Cluster::seeded(seed_for(n, groups), n, groups, name)
-    }
-
-    /// A cluster whose groups do not snapshot, from `seed`.
-    fn seeded(seed: u64, n: u64, groups: u64, name: &str) -> Cluster {
-        Cluster::with_options(name, SimOptions::new(seed, n, groups), None)
+        Cluster::with_options(name, SimOptions::new(seed_for(n, groups), n, groups), None)
     }
 
     /// A cluster whose shards snapshot with `snapshots` (its `dir` is a temporary
@@ -462,21 +474,17 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
 /// same (client, sequence) is answered either way, and the write is then applied once.
 #[test]
 fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
-    deposed_leader(seed_for(3, 1));
-}
-
-fn deposed_leader(seed: u64) {
     // A named write (client 7, sequence 1) and an anonymous one (client 0: the etcd API's,
     // matched by its log index).
     for reached in [true, false] {
         for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
-            deposed_leader_write(seed, reached, write_id, key);
+            deposed_leader_write(reached, write_id, key);
         }
     }
 }
 
-fn deposed_leader_write(seed: u64, reached: bool, write_id: (u64, u64, u64), key: &str) {
-    let mut c = Cluster::seeded(seed, 3, 1, "deposed");
+fn deposed_leader_write(reached: bool, write_id: (u64, u64, u64), key: &str) {
+    let mut c = Cluster::new(3, 1, "deposed");
     c.wait_for_leaders(2_000);
     // Leadership settles on the group's preferred member and its followers replicate: a new
     // leader sends a follower nothing more until it answered the first append (probing),
@@ -556,11 +564,7 @@ fn deposed_leader_write(seed: u64, reached: bool, write_id: (u64, u64, u64), key
 
 #[test]
 fn a_retried_write_is_applied_once() {
-    retried_write(seed_for(3, 1));
-}
-
-fn retried_write(seed: u64) {
-    let mut c = Cluster::seeded(seed, 3, 1, "retries");
+    let mut c = Cluster::new(3, 1, "retries");
     c.wait_for_leaders(2_000);
     // Leadership settles on the group's preferred member first: the pipelined writes below
     // go to one leader (writes during a transfer: see
@@ -617,12 +621,8 @@ fn retried_write(seed: u64) {
 /// transfer is abandoned it is proposed and applied.
 #[test]
 fn a_write_during_a_leadership_transfer_waits_for_its_outcome() {
-    leadership_transfer(seed_for(3, 1));
-}
-
-fn leadership_transfer(seed: u64) {
     for abandoned in [false, true] {
-        let mut c = Cluster::seeded(seed, 3, 1, "transfer");
+        let mut c = Cluster::new(3, 1, "transfer");
         c.wait_for_leaders(2_000);
         c.run(600);
         let old = c.agreed_leader(0).expect("a settled leader");
@@ -1644,4 +1644,54 @@ fn a_seed_replays_exactly_with_snapshots_on() {
         "seeds {seed} and {}: the same trace",
         seed + 1
     );
+}
+
+/// Seeds the sweep runs by default.
+const SWEEP_SEEDS: u64 = 48;
+
+/// The scenarios most sensitive to timing — elections and leadership placement, transfers,
+/// failovers, deposed leaders, retries, lost messages, rounds held back — each over seeds 1 to
+/// `KEEL_CLUSTER_SEEDS` (default [`SWEEP_SEEDS`]), or over `KEEL_CLUSTER_SEED` alone when it
+/// is set. A failure names its scenario and seed; the scenario's own test replays it with
+/// `KEEL_CLUSTER_SEED`.
+#[test]
+fn timing_sensitive_scenarios_hold_over_many_seeds() {
+    // Each scenario by its test's name.
+    macro_rules! named {
+        ($($test:ident),* $(,)?) => { [$((stringify!($test), $test as fn())),*] };
+    }
+    let scenarios = named![
+        elections_spread_leadership_over_the_members,
+        writes_of_many_groups_share_one_durable_write,
+        failover_loses_no_acknowledged_write_and_reads_are_not_stale,
+        a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once,
+        a_retried_write_is_applied_once,
+        a_write_during_a_leadership_transfer_waits_for_its_outcome,
+        a_lossy_network_and_restarts_lose_no_acknowledged_write,
+        a_slow_log_holds_rounds_back_instead_of_failing,
+        a_commit_alone_costs_no_durable_write,
+    ];
+    let seeds = match env_seed() {
+        Some(seed) => seed..=seed,
+        None => {
+            let count = std::env::var("KEEL_CLUSTER_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(SWEEP_SEEDS);
+            1..=count
+        }
+    };
+    for seed in seeds {
+        SWEEP_SEED.set(Some(seed));
+        for (name, scenario) in scenarios {
+            if let Err(panic) = std::panic::catch_unwind(scenario) {
+                eprintln!(
+                    "seed sweep: {name} failed with seed {seed}; replay with \
+                     KEEL_CLUSTER_SEED={seed} cargo test -p keel-node --test cluster {name}"
+                );
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    SWEEP_SEED.set(None);
 }
