@@ -3,9 +3,12 @@
 //! seeded network that delays, reorders and (optionally) drops messages and a simulated
 //! clock; crashes drop a member's shard and restart it from its log and checkpoints.
 //! Everything runs on one thread from a seed, with the snapshot helpers inline, so a failure
-//! replays (`KEEL_CLUSTER_SEED`).
+//! replays (`KEEL_CLUSTER_SEED=n`). The scenarios most sensitive to timing also run over many
+//! seeds (`KEEL_CLUSTER_SEEDS=n` of them, default [`SWEEP_SEEDS`]), and a failure there names
+//! the seed that replays it.
 #![allow(clippy::cast_possible_truncation)] // Test arithmetic on small values.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -51,11 +54,25 @@ fn checkpoint_dir() -> tempfile::TempDir {
     in_memory.unwrap_or_else(|| tempfile::tempdir().expect("a temporary directory"))
 }
 
-/// The seed of a test cluster: `KEEL_CLUSTER_SEED`, or one of the cluster's shape.
-fn seed_for(n: u64, groups: u64) -> u64 {
+thread_local! {
+    /// The seed the seed sweep runs a scenario with on this thread: every cluster the
+    /// scenario makes takes it.
+    static SWEEP_SEED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// `KEEL_CLUSTER_SEED`, if set.
+fn env_seed() -> Option<u64> {
     std::env::var("KEEL_CLUSTER_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
+}
+
+/// The seed of a test cluster: the sweep's, `KEEL_CLUSTER_SEED`, or one of the cluster's
+/// shape.
+fn seed_for(n: u64, groups: u64) -> u64 {
+    SWEEP_SEED
+        .get()
+        .or_else(env_seed)
         .unwrap_or(0x5EED ^ n ^ (groups << 8))
 }
 
@@ -451,69 +468,150 @@ fn failover_loses_no_acknowledged_write_and_reads_are_not_stale() {
 
 /// A write the leader proposed and then lost leadership over may still commit: it is answered
 /// "leadership lost", never "not leader" (which would tell a caller without a write id to send
-/// it again), and it is applied once.
+/// it again), and it is applied at most once. Whether it commits is raft's to decide: the new
+/// leader holds the entry (and commits it) if it reached a follower before the old leader was
+/// cut off, and never if it reached none — both are set up. A retry of a named write with the
+/// same (client, sequence) is answered either way, and the write is then applied once.
 #[test]
 fn a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once() {
     // A named write (client 7, sequence 1) and an anonymous one (client 0: the etcd API's,
     // matched by its log index).
-    for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
-        let mut c = Cluster::new(3, 1, "deposed");
-        c.wait_for_leaders(2_000);
-        let old = c.agreed_leader(0).unwrap();
-        let id = c
-            .sim
-            .submit(old, |s, id| {
-                s.write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
-            })
-            .expect("the leader is up");
-        // One step: the leader sends the entry to its followers; then it is cut off before
-        // it hears back.
-        c.run(1);
-        c.sim.network().isolate(old);
-        c.run(600);
-        let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
-        let new = c.shard(others[0]).leader(0);
-        assert!(
-            new.is_some() && new != Some(old),
-            "seed {}: the others elected no new leader",
-            c.seed
-        );
-        c.sim.network().heal();
-        c.run(400);
-        let outcome = c
-            .sim
-            .take_answer(id)
-            .expect("the deposed leader answered the write");
-        assert!(
-            matches!(
-                outcome,
-                Outcome::Failed(RequestError::LeadershipLost { .. })
-            ),
-            "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
-            c.seed
-        );
-        c.assert_converged();
-        for m in c.ids() {
-            let kv = c
-                .shard(m)
-                .local_range(0, &RangeRequest::key(key))
-                .and_then(|r| r.kvs.into_iter().next())
-                .expect("the write committed under the new leader");
-            assert_eq!(kv.meta.version, 1, "seed {}: applied once", c.seed);
+    for reached in [true, false] {
+        for (write_id, key) in [((7, 1, 1), "named"), ((0, 0, 0), "anonymous")] {
+            deposed_leader_write(reached, write_id, key);
         }
     }
+}
+
+fn deposed_leader_write(reached: bool, write_id: (u64, u64, u64), key: &str) {
+    let mut c = Cluster::new(3, 1, "deposed");
+    c.wait_for_leaders(2_000);
+    // Leadership settles on the group's preferred member and its followers replicate: a new
+    // leader sends a follower nothing more until it answered the first append (probing),
+    // so a write proposed at once may reach no one.
+    c.run(600);
+    let old = c.agreed_leader(0).expect("a settled leader");
+    let id = c
+        .sim
+        .submit(old, |s, id| {
+            s.write(id, 0, write_id, Txn::batch(vec![Op::put(key, "v")]));
+        })
+        .expect("the leader is up");
+    if reached {
+        // One step: the leader sends the entry to its followers (what is on its way when the
+        // cut comes still arrives); then it is cut off before it hears back.
+        c.run(1);
+    }
+    // Otherwise it is cut off before its next round: its append reaches no one.
+    c.sim.network().isolate(old);
+    c.run(600);
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|&m| m != old).collect();
+    let new = c.shard(others[0]).leader(0);
+    assert!(
+        new.is_some() && new != Some(old),
+        "seed {}: the others elected no new leader",
+        c.seed
+    );
+    c.sim.network().heal();
+    c.run(400);
+    let outcome = c
+        .sim
+        .take_answer(id)
+        .expect("the deposed leader answered the write");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(RequestError::LeadershipLost { .. })
+        ),
+        "seed {}: a proposed {key} write whose leader was deposed got {outcome:?}",
+        c.seed
+    );
+    c.assert_converged();
+    let versions = |c: &mut Cluster| -> Vec<Option<(u64, u64)>> {
+        c.ids()
+            .into_iter()
+            .map(|m| {
+                c.shard(m)
+                    .local_range(0, &RangeRequest::key(key))
+                    .and_then(|r| r.kvs.into_iter().next())
+                    .map(|kv| (kv.meta.version, kv.meta.mod_revision))
+            })
+            .collect()
+    };
+    let applied = versions(&mut c);
+    for v in &applied {
+        // Reached a follower: the new leader committed it, once. Reached none: it is gone.
+        assert_eq!(
+            v.map(|(version, _)| version),
+            reached.then_some(1),
+            "seed {}: the {key} write (entry reached a follower: {reached}) applied {applied:?}",
+            c.seed
+        );
+    }
+    if write_id.0 != 0 {
+        // The client sends it again with the same (client, sequence): answered from the
+        // session table if it committed, applied now if it did not — once either way.
+        let revision = written(&c.put(0, write_id.0, write_id.1, key, "v"));
+        c.assert_converged();
+        let after = versions(&mut c);
+        assert!(
+            after.iter().all(|&v| v == Some((1, revision))),
+            "seed {}: the retried {key} write (revision {revision}) applied {after:?}",
+            c.seed
+        );
+    }
+}
+
+/// A write the store refuses (here a key over `key_bytes_max`) is answered by the leader
+/// with the store's error before it is proposed: nothing reaches the log, on any member.
+#[test]
+fn a_write_the_store_refuses_is_answered_without_being_logged() {
+    let mut c = Cluster::new(3, 1, "refused before the log");
+    c.wait_for_leaders(2_000);
+    c.run(600);
+    written(&c.put(0, 5, 1, "ok", "v"));
+    c.run(50);
+    let leader = c.agreed_leader(0).expect("a settled leader");
+    let commits = |c: &mut Cluster| -> Vec<u64> {
+        c.ids()
+            .into_iter()
+            .map(|id| c.shard(id).group_facts(0).expect("hosts group 0").commit)
+            .collect()
+    };
+    let before = commits(&mut c);
+    let huge = "k".repeat(9 * 1024);
+    let txn = Txn::batch(vec![Op::put(huge, "v")]);
+    let outcome = c.request(leader, |s, id| s.write(id, 0, (6, 1, 1), txn));
+    match outcome {
+        Outcome::Written(Err(e)) => assert!(e.contains("key"), "seed {}: {e}", c.seed),
+        other => panic!(
+            "seed {}: expected the store's refusal, got {other:?}",
+            c.seed
+        ),
+    }
+    c.run(50);
+    assert_eq!(
+        commits(&mut c),
+        before,
+        "seed {}: nothing was logged",
+        c.seed
+    );
 }
 
 #[test]
 fn a_retried_write_is_applied_once() {
     let mut c = Cluster::new(3, 1, "retries");
     c.wait_for_leaders(2_000);
+    // Leadership settles on the group's preferred member first: the pipelined writes below
+    // go to one leader (writes during a transfer: see
+    // `a_write_during_a_leadership_transfer_waits_for_its_outcome`).
+    c.run(600);
     let first = c.put(0, 42, 7, "kx", "v");
     let revision = written(&first);
     // The same (client, sequence) again, as a client that lost the answer would send it.
     let again = c.put(0, 42, 7, "kx", "v");
     assert_eq!(again, first, "the retry is answered with the first result");
-    let leader = c.agreed_leader(0).unwrap();
+    let leader = c.agreed_leader(0).expect("a settled leader");
     let kv = c
         .shard(leader)
         .local_range(0, &RangeRequest::key("kx"))
@@ -523,11 +621,11 @@ fn a_retried_write_is_applied_once() {
     assert_eq!(
         (kv.meta.mod_revision, kv.meta.version),
         (revision, 1),
-        "applied once"
+        "seed {}: applied once",
+        c.seed
     );
     // A pipelining client's writes may apply out of sequence order: both are applied, and
     // each retry is answered from its own result.
-    let leader = c.agreed_leader(0).unwrap();
     let pipelined = |c: &mut Cluster, seq: u64, key: &str| {
         let txn = Txn::batch(vec![Op::put(key, "p")]);
         c.request(leader, |s, id| s.write(id, 0, (42, seq, 8), txn))
@@ -539,15 +637,107 @@ fn a_retried_write_is_applied_once() {
     assert_eq!(
         pipelined(&mut c, 15, "kz"),
         early,
-        "a retry of an out-of-order write"
+        "seed {}: a retry of an out-of-order write",
+        c.seed
     );
     // Below the client's floor (its smallest unanswered write) a write is refused.
     let stale = c.put(0, 42, 7, "kx", "old");
     assert!(
         matches!(stale, Outcome::Failed(RequestError::StaleSequence { .. })),
-        "{stale:?}"
+        "seed {}: {stale:?}",
+        c.seed
     );
     c.assert_converged();
+}
+
+/// A write (or compaction) that reaches the leader while it hands leadership over is held,
+/// not refused `Busy` (raft takes no proposals during a transfer, and leadership moves to
+/// each group's preferred member routinely): once the transfer succeeds it is answered "not
+/// leader" (nothing was proposed, so sending it to the new leader is safe), and once the
+/// transfer is abandoned it is proposed and applied.
+#[test]
+fn a_write_during_a_leadership_transfer_waits_for_its_outcome() {
+    for abandoned in [false, true] {
+        let mut c = Cluster::new(3, 1, "transfer");
+        c.wait_for_leaders(2_000);
+        c.run(600);
+        let old = c.agreed_leader(0).expect("a settled leader");
+        let to = c.ids().into_iter().find(|&m| m != old).expect("a follower");
+        if abandoned {
+            // The target never hears that it should campaign: the leader gives up after an
+            // election timeout and leads on.
+            c.sim.network().isolate(to);
+        }
+        c.shard(old).transfer_leader(0, to);
+        let submit = |c: &mut Cluster, write_id, key: &str| {
+            let txn = Txn::batch(vec![Op::put(key, "v")]);
+            c.sim
+                .submit(old, |s, id| s.write(id, 0, write_id, txn))
+                .expect("the leader is up")
+        };
+        let named = submit(&mut c, (5, 1, 1), "held-named");
+        let anonymous = submit(&mut c, (0, 0, 0), "held-anonymous");
+        let compaction = c
+            .sim
+            .submit(old, |s, id| s.compact(id, 0, 1))
+            .expect("the leader is up");
+        let mut outcomes = Vec::new();
+        for id in [named, anonymous, compaction] {
+            for _ in 0..400 {
+                if c.sim.answer(id).is_some() {
+                    break;
+                }
+                c.run_step();
+            }
+            outcomes.push(c.sim.take_answer(id));
+        }
+        c.sim.network().heal();
+        if abandoned {
+            assert!(
+                matches!(
+                    outcomes[..],
+                    [
+                        Some(Outcome::Written(Ok(_))),
+                        Some(Outcome::Written(Ok(_))),
+                        Some(
+                            Outcome::Compaction { .. }
+                                | Outcome::Failed(RequestError::Compacted { .. })
+                        )
+                    ]
+                ),
+                "seed {}: requests held through an abandoned transfer got {outcomes:?}",
+                c.seed
+            );
+        } else {
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Some(Outcome::Failed(RequestError::NotLeader { .. })))),
+                "seed {}: requests held through a transfer to {to} got {outcomes:?}",
+                c.seed
+            );
+            // Nothing was proposed; the client sends the named write again.
+            written(&c.put(0, 5, 1, "held-named", "v"));
+        }
+        c.assert_converged();
+        for m in c.ids() {
+            let version = |c: &mut Cluster, key: &str| {
+                c.shard(m)
+                    .local_range(0, &RangeRequest::key(key))
+                    .and_then(|r| r.kvs.into_iter().next())
+                    .map(|kv| kv.meta.version)
+            };
+            assert_eq!(
+                (
+                    version(&mut c, "held-named"),
+                    version(&mut c, "held-anonymous")
+                ),
+                (Some(1), abandoned.then_some(1)),
+                "seed {}: member {m} (transfer abandoned: {abandoned})",
+                c.seed
+            );
+        }
+    }
 }
 
 #[test]
@@ -1490,4 +1680,54 @@ fn a_seed_replays_exactly_with_snapshots_on() {
         "seeds {seed} and {}: the same trace",
         seed + 1
     );
+}
+
+/// Seeds the sweep runs by default.
+const SWEEP_SEEDS: u64 = 48;
+
+/// The scenarios most sensitive to timing — elections and leadership placement, transfers,
+/// failovers, deposed leaders, retries, lost messages, rounds held back — each over seeds 1 to
+/// `KEEL_CLUSTER_SEEDS` (default [`SWEEP_SEEDS`]), or over `KEEL_CLUSTER_SEED` alone when it
+/// is set. A failure names its scenario and seed; the scenario's own test replays it with
+/// `KEEL_CLUSTER_SEED`.
+#[test]
+fn timing_sensitive_scenarios_hold_over_many_seeds() {
+    // Each scenario by its test's name.
+    macro_rules! named {
+        ($($test:ident),* $(,)?) => { [$((stringify!($test), $test as fn())),*] };
+    }
+    let scenarios = named![
+        elections_spread_leadership_over_the_members,
+        writes_of_many_groups_share_one_durable_write,
+        failover_loses_no_acknowledged_write_and_reads_are_not_stale,
+        a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once,
+        a_retried_write_is_applied_once,
+        a_write_during_a_leadership_transfer_waits_for_its_outcome,
+        a_lossy_network_and_restarts_lose_no_acknowledged_write,
+        a_slow_log_holds_rounds_back_instead_of_failing,
+        a_commit_alone_costs_no_durable_write,
+    ];
+    let seeds = match env_seed() {
+        Some(seed) => seed..=seed,
+        None => {
+            let count = std::env::var("KEEL_CLUSTER_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(SWEEP_SEEDS);
+            1..=count
+        }
+    };
+    for seed in seeds {
+        SWEEP_SEED.set(Some(seed));
+        for (name, scenario) in scenarios {
+            if let Err(panic) = std::panic::catch_unwind(scenario) {
+                eprintln!(
+                    "seed sweep: {name} failed with seed {seed}; replay with \
+                     KEEL_CLUSTER_SEED={seed} cargo test -p keel-node --test cluster {name}"
+                );
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    SWEEP_SEED.set(None);
 }

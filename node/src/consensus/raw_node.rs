@@ -19,7 +19,7 @@
 use super::config::Config;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
-    NodeId, Payload, Snapshot, Term, payload_bytes,
+    NO_NODE, NodeId, Payload, Snapshot, Term, payload_bytes,
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
@@ -418,6 +418,7 @@ impl<S: LogStorage> RawNode<S> {
             vote: r.vote,
             role: r.state,
             leader_id: r.leader_id,
+            lead_transferee: r.lead_transferee.unwrap_or(NO_NODE),
             commit: log.committed,
             applying: log.applying,
             applied: log.applied,

@@ -1,7 +1,7 @@
 //! One raft group hosted by a shard: its consensus core, its state machine (a memtable with
 //! etcd revisions of its own), its client sessions, and the requests waiting on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use keel_engine::log_backend::LogBackend;
 use keel_engine::txn::{RangeRequest, RangeResponse, TxnResponse};
@@ -15,6 +15,16 @@ use crate::consensus::{
     ConfChange, Entry, EntryType, HardState, LogStorage, NO_NODE, NodeId, RaftError, RawNode,
     ReadState, StateRole,
 };
+
+/// The most writes and compactions a group holds while its leader hands leadership over;
+/// more are refused `Busy`. A transfer lasts at most an election timeout.
+pub(super) const HELD_PROPOSALS_MAX: usize = 1024;
+
+/// A proposal that arrived while this member, leading the group, hands leadership over.
+enum Held {
+    Write(Command),
+    Compact { revision: u64 },
+}
 
 /// A group of the shard.
 pub(super) struct Group<B: LogBackend> {
@@ -49,6 +59,11 @@ pub(super) struct Group<B: LogBackend> {
     /// place in the log, so an entry applied at that index with another term is another
     /// leader's, and the proposal was lost.
     proposed_at: BTreeMap<u64, (u64, RequestId)>,
+    /// Writes and compactions that arrived while this member, leading, hands leadership
+    /// over (raft takes no proposals then), in arrival order, at most
+    /// [`HELD_PROPOSALS_MAX`]: proposed once the transfer is abandoned, answered "not
+    /// leader" (nothing was proposed) when it succeeds. Empty unless this member leads.
+    held: VecDeque<(RequestId, Held)>,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
     reads_new: Vec<(RequestId, RangeRequest)>,
     /// Lease reads that arrived this round; they share one lease read.
@@ -91,6 +106,7 @@ impl<B: LogBackend> Group<B> {
             removed: false,
             proposed: HashMap::new(),
             proposed_at: BTreeMap::new(),
+            held: VecDeque::new(),
             reads_new: Vec::new(),
             reads_lease: Vec::new(),
             reads_sent: HashMap::new(),
@@ -120,8 +136,58 @@ impl<B: LogBackend> Group<B> {
         }
     }
 
-    /// Takes a write: proposes it (the leader), answers a duplicate from the session table,
-    /// or refuses it (a follower names the leader).
+    /// Whether this member leads the group and hands leadership over, or still holds
+    /// proposals from such a transfer: a new proposal waits behind them.
+    fn handing_over(&self) -> bool {
+        !self.held.is_empty() || self.raw.basic_status().lead_transferee != NO_NODE
+    }
+
+    /// Holds a proposal while leadership is handed over (see `held`); `Busy` when the group
+    /// holds as many as it may.
+    fn hold(&mut self, id: RequestId, proposal: Held, out: &mut Vec<(RequestId, Outcome)>) {
+        if self.held.len() >= HELD_PROPOSALS_MAX {
+            out.push((id, Outcome::Failed(RequestError::Busy)));
+        } else {
+            self.held.push_back((id, proposal));
+        }
+    }
+
+    /// Whether held proposals can go now: the transfer was abandoned (this member leads and
+    /// hands leadership over no more), or this member leads no more.
+    pub(super) fn can_release_held(&self) -> bool {
+        !self.held.is_empty()
+            && (!self.is_leader() || self.raw.basic_status().lead_transferee == NO_NODE)
+    }
+
+    /// Proposes the held proposals, in arrival order, once the transfer was abandoned; once
+    /// this member leads no more, answers them "not leader" (they were never proposed).
+    pub(super) fn release_held(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
+        if !self.can_release_held() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        if !self.is_leader() {
+            let leader = self.raw.basic_status().leader_id;
+            let error = RequestError::NotLeader {
+                leader: (leader != NO_NODE).then_some(leader),
+            };
+            out.extend(
+                held.into_iter()
+                    .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
+            );
+            return;
+        }
+        for (id, proposal) in held {
+            match proposal {
+                Held::Write(command) => self.write(id, command, out),
+                Held::Compact { revision } => self.compact(id, revision, out),
+            }
+        }
+    }
+
+    /// Takes a write: proposes it (the leader), holds it while the leader hands leadership
+    /// over, answers a duplicate from the session table, or refuses it (a follower names
+    /// the leader).
     pub(super) fn write(
         &mut self,
         id: RequestId,
@@ -159,6 +225,12 @@ impl<B: LogBackend> Group<B> {
             out.push((id, Outcome::Written(Err(e.to_string()))));
             return;
         }
+        if self.handing_over() {
+            // Raft takes no proposals during a transfer, and the transfer may fail: a
+            // refusal would send the client away from a member that may lead on.
+            self.hold(id, Held::Write(command), out);
+            return;
+        }
         if command.client_id == 0 {
             self.propose_at(id, command.encode(), out);
             return;
@@ -178,8 +250,9 @@ impl<B: LogBackend> Group<B> {
         }
     }
 
-    /// Takes a compaction of the history below `revision`: proposes it (the leader) or
-    /// refuses it (a follower names the leader). It is answered when it applies.
+    /// Takes a compaction of the history below `revision`: proposes it (the leader; held
+    /// while it hands leadership over) or refuses it (a follower names the leader). It is
+    /// answered when it applies.
     pub(super) fn compact(
         &mut self,
         id: RequestId,
@@ -188,6 +261,10 @@ impl<B: LogBackend> Group<B> {
     ) {
         if !self.is_leader() {
             out.push((id, Outcome::Failed(self.not_leader())));
+            return;
+        }
+        if self.handing_over() {
+            self.hold(id, Held::Compact { revision }, out);
             return;
         }
         self.propose_at(id, Action::Compact { revision }.encode(), out);
@@ -312,9 +389,15 @@ impl<B: LogBackend> Group<B> {
 
     /// Leadership changed: what waited on this member's leadership cannot be answered here
     /// any more. Writes are refused (a client retries with the same sequence, so a write
-    /// that did commit is answered from the session table, not applied twice).
+    /// that did commit is answered from the session table, not applied twice); writes
+    /// held during a transfer were never proposed, so they are "not leader".
     pub(super) fn lost_leadership(&mut self, out: &mut Vec<(RequestId, Outcome)>) {
         let error = self.not_leader();
+        out.extend(
+            self.held
+                .drain(..)
+                .map(|(id, _)| (id, Outcome::Failed(error.clone()))),
+        );
         // Proposed writes may still commit under the new leader: they are not "not leader"
         // (which tells a caller that nothing was proposed and the request can go elsewhere).
         let lost = self.leadership_lost();

@@ -100,7 +100,7 @@ pub enum RequestError {
     /// The shard does not host the group.
     UnknownGroup(u64),
     /// The group's leader refused more proposals for now (uncommitted entries at their
-    /// bound); retry later.
+    /// bound, or as many held as it may while it hands leadership over); retry later.
     Busy,
     /// The client's write is below its floor: it was answered already, and its result is
     /// no longer kept.
@@ -784,7 +784,9 @@ impl<B: AsyncLogBackend> Shard<B> {
 
     /// Whether any group has work for a round.
     pub fn has_work(&self) -> bool {
-        self.groups.values().any(|g| g.raw.has_ready())
+        self.groups
+            .values()
+            .any(|g| g.raw.has_ready() || g.can_release_held())
     }
 
     /// One round: sends this round's reads, takes the Ready of every group with work,
@@ -806,6 +808,9 @@ impl<B: AsyncLogBackend> Shard<B> {
         let mut batch = WriteBatch::new();
         let mut acks = Vec::new();
         for (&group, g) in self.groups.iter_mut() {
+            // Writes held while a transfer of leadership was under way go once it was
+            // abandoned, in this round's Ready.
+            g.release_held(&mut self.answers);
             if !g.raw.has_ready() {
                 continue;
             }
