@@ -106,6 +106,9 @@ impl LocalCluster {
             if let Some(shards) = spec.shards {
                 args.extend(["--shards".to_owned(), shards.to_string()]);
             }
+            // The members share this machine's cores: pinned, each member's shard s would
+            // sit on core s, stacking the replicas of every group on one core.
+            args.push("--no-pin".to_owned());
             members.push(Member {
                 name: name.clone(),
                 args,
