@@ -655,6 +655,38 @@ fn a_retried_write_is_applied_once() {
 /// each group's preferred member routinely): once the transfer succeeds it is answered "not
 /// leader" (nothing was proposed, so sending it to the new leader is safe), and once the
 /// transfer is abandoned it is proposed and applied.
+/// A group's preferred member goes down just after leadership moved away from it, caught
+/// up: housekeeping keeps handing leadership to it (it looks caught up) and raft abandons
+/// each transfer after an election timeout. Writes arriving meanwhile are held; they must
+/// go through when a transfer is abandoned, and the leader must not start the next transfer
+/// to the dead member at once (it did, on the same tick, holding them forever).
+#[test]
+fn writes_go_through_while_the_preferred_member_is_down_and_looks_caught_up() {
+    let mut c = Cluster::new(3, 1, "transfers to a dead member");
+    c.wait_for_leaders(2_000);
+    c.run(600);
+    let preferred = c
+        .agreed_leader(0)
+        .expect("leadership settles on the preferred member");
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|&m| m != preferred)
+        .expect("a follower");
+    c.shard(preferred).transfer_leader(0, other);
+    c.run_until(400, "leadership moves away", |c| {
+        c.agreed_leader(0) == Some(other)
+    });
+    c.crash(preferred);
+    for seq in 1..=5u64 {
+        // Past a few housekeepings: the transfers to the dead member come and go.
+        c.run(120);
+        let txn = Txn::batch(vec![Op::put(format!("k{seq}"), "v")]);
+        let outcome = c.request(other, |s, id| s.write(id, 0, (9, seq, seq), txn));
+        written(&outcome);
+    }
+}
+
 #[test]
 fn a_write_during_a_leadership_transfer_waits_for_its_outcome() {
     for abandoned in [false, true] {
@@ -1703,6 +1735,8 @@ fn timing_sensitive_scenarios_hold_over_many_seeds() {
         a_write_whose_leader_is_deposed_is_answered_leadership_lost_and_applied_once,
         a_retried_write_is_applied_once,
         a_write_during_a_leadership_transfer_waits_for_its_outcome,
+        writes_go_through_while_the_preferred_member_is_down_and_looks_caught_up,
+        a_write_the_store_refuses_is_answered_without_being_logged,
         a_lossy_network_and_restarts_lose_no_acknowledged_write,
         a_slow_log_holds_rounds_back_instead_of_failing,
         a_commit_alone_costs_no_durable_write,

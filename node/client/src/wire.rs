@@ -131,7 +131,9 @@
 //!   `InvalidArgument` and not applied;
 //! - responses below the floor are dropped. The server bounds the clients it remembers
 //!   (evicting the least recently seen); a retry from an evicted client can apply twice,
-//!   which is why the bound is generous and the client id random.
+//!   which is why the bound is generous and the client id random. It also bounds each
+//!   client's kept results (4,096, and bytes); a client past them has its floor raised past
+//!   the results forgotten, so a retry of one is refused, never applied twice.
 //!
 //! Reads carry no write id: retrying them is harmless.
 //!

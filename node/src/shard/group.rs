@@ -20,6 +20,12 @@ use crate::consensus::{
 /// more are refused `Busy`. A transfer lasts at most an election timeout.
 pub(super) const HELD_PROPOSALS_MAX: usize = 1024;
 
+/// Housekeepings a leader waits, after a transfer of its leadership was abandoned (the
+/// target did not take over within an election timeout: down, cut off or slow), before it
+/// starts another (3 s at the default tick): without the pause, a transfer to a dead target
+/// would start again at once, and the group would take no proposals while it lasted.
+pub(super) const TRANSFER_BACKOFF_HOUSEKEEPINGS: u32 = 6;
+
 /// A proposal that arrived while this member, leading the group, hands leadership over.
 enum Held {
     Write(Command),
@@ -64,6 +70,12 @@ pub(super) struct Group<B: LogBackend> {
     /// [`HELD_PROPOSALS_MAX`]: proposed once the transfer is abandoned, answered "not
     /// leader" (nothing was proposed) when it succeeds. Empty unless this member leads.
     held: VecDeque<(RequestId, Held)>,
+    /// The member this one, leading, last started handing leadership to (`NO_NODE`: none
+    /// under way as far as housekeeping knows).
+    transfer_to: NodeId,
+    /// Housekeepings to wait before starting another transfer (see
+    /// [`TRANSFER_BACKOFF_HOUSEKEEPINGS`]).
+    transfer_backoff: u32,
     /// Linearizable reads that arrived this round; they share one ReadIndex request.
     reads_new: Vec<(RequestId, RangeRequest)>,
     /// Lease reads that arrived this round; they share one lease read.
@@ -107,6 +119,8 @@ impl<B: LogBackend> Group<B> {
             proposed: HashMap::new(),
             proposed_at: BTreeMap::new(),
             held: VecDeque::new(),
+            transfer_to: NO_NODE,
+            transfer_backoff: 0,
             reads_new: Vec::new(),
             reads_lease: Vec::new(),
             reads_sent: HashMap::new(),
@@ -149,6 +163,30 @@ impl<B: LogBackend> Group<B> {
             out.push((id, Outcome::Failed(RequestError::Busy)));
         } else {
             self.held.push_back((id, proposal));
+        }
+    }
+
+    /// On a housekeeping tick, before any transfer is started: notes how the last transfer
+    /// this member started ended — abandoned (it still leads) starts the backoff — and counts
+    /// the backoff down.
+    pub(super) fn note_transfer(&mut self, me: NodeId) {
+        self.transfer_backoff = self.transfer_backoff.saturating_sub(1);
+        if self.transfer_to != NO_NODE && self.raw.basic_status().lead_transferee == NO_NODE {
+            if self.is_leader() && self.leader == me {
+                self.transfer_backoff = TRANSFER_BACKOFF_HOUSEKEEPINGS;
+            }
+            self.transfer_to = NO_NODE;
+        }
+    }
+
+    /// Starts handing leadership to `to`, unless a transfer was abandoned lately (the
+    /// backoff) or one is under way.
+    pub(super) fn try_transfer(&mut self, to: NodeId) {
+        if self.transfer_backoff > 0 || self.raw.basic_status().lead_transferee != NO_NODE {
+            return;
+        }
+        if self.raw.transfer_leader(to).is_ok() {
+            self.transfer_to = to;
         }
     }
 
@@ -477,11 +515,11 @@ impl<B: LogBackend> Group<B> {
                     }
                     let result = match self.sessions.check(command.client_id, command.sequence) {
                         Duplicate::Answered(result) => result,
-                        Duplicate::Stale { floor } => Err(format!(
-                            "write {} of the client was answered already (its writes below \
-                             {floor} were)",
-                            command.sequence
-                        )),
+                        Duplicate::Stale { floor } => Err(RequestError::StaleSequence {
+                            sequence: command.sequence,
+                            floor,
+                        }
+                        .to_string()),
                         Duplicate::New => {
                             let result: Result<TxnResponse, String> =
                                 self.kv.txn(&command.txn).map_err(|e| e.to_string());

@@ -102,8 +102,10 @@ pub enum RequestError {
     /// The group's leader refused more proposals for now (uncommitted entries at their
     /// bound, or as many held as it may while it hands leadership over); retry later.
     Busy,
-    /// The client's write is below its floor: it was answered already, and its result is
-    /// no longer kept.
+    /// The client's write is below its floor: it was answered already, or (a client past
+    /// the session table's bounds) its result was forgotten and the floor raised past it,
+    /// which may also cover a write of its still in flight. Its result is not kept; it is
+    /// never applied now.
     StaleSequence {
         /// The write's sequence.
         sequence: u64,
@@ -156,7 +158,9 @@ impl std::fmt::Display for RequestError {
             RequestError::Busy => write!(f, "the group's leader is busy; retry"),
             RequestError::StaleSequence { sequence, floor } => write!(
                 f,
-                "write {sequence} was answered already (the client's writes below {floor} were)"
+                "write {sequence} is below the client's floor {floor}: it was answered \
+                 already, or its result was forgotten (past the session table's bounds); it is \
+                 not applied again — read the keys to see its effect"
             ),
             // etcd's messages first: its clients match them.
             RequestError::Compacted {
@@ -528,6 +532,7 @@ impl<B: AsyncLogBackend> Shard<B> {
     pub fn balance_leaders(&mut self) {
         let me = self.options.member;
         for (&group, g) in self.groups.iter_mut() {
+            g.note_transfer(me);
             if g.leader != me {
                 continue;
             }
@@ -559,7 +564,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                 .get(&preferred)
                 .is_some_and(|p| p.matched == status.basic.last_index);
             if caught_up {
-                let _ = g.raw.transfer_leader(preferred);
+                g.try_transfer(preferred);
             }
         }
     }
@@ -612,7 +617,7 @@ impl<B: AsyncLogBackend> Shard<B> {
                         to,
                         "handing leadership over before leaving the group"
                     );
-                    let _ = g.raw.transfer_leader(to);
+                    g.try_transfer(to);
                 }
             }
         }
@@ -668,6 +673,9 @@ impl<B: AsyncLogBackend> Shard<B> {
     pub fn tick(&mut self) {
         for g in self.groups.values_mut() {
             g.raw.tick();
+            // A transfer the tick abandoned releases its held proposals at once, before
+            // housekeeping may start another transfer on the same tick.
+            g.release_held(&mut self.answers);
         }
     }
 

@@ -222,8 +222,8 @@ impl Sessions {
     /// its bytes; when one client alone is over the bytes, its oldest results.
     fn enforce_bounds(&mut self) {
         self.enforce_count();
-        while self.bytes > TABLE_BYTES_MAX && self.sessions.len() > 1 {
-            self.forget_least_recent();
+        while self.bytes > TABLE_BYTES_MAX && self.sessions.len() > 1 && self.forget_least_recent()
+        {
         }
         if self.bytes <= TABLE_BYTES_MAX {
             return;
@@ -240,19 +240,18 @@ impl Sessions {
     /// Forgets the clients that wrote least recently while there are more than
     /// `sessions_max`.
     fn enforce_count(&mut self) {
-        while self.sessions.len() > self.sessions_max {
-            self.forget_least_recent();
-        }
+        while self.sessions.len() > self.sessions_max && self.forget_least_recent() {}
     }
 
-    /// Forgets the client that wrote least recently.
-    fn forget_least_recent(&mut self) {
+    /// Forgets the client that wrote least recently; false when there is none to forget.
+    fn forget_least_recent(&mut self) -> bool {
         let Some((_, oldest)) = self.by_index.pop_first() else {
-            return;
+            return false;
         };
         if let Some(gone) = self.sessions.remove(&oldest) {
             self.bytes -= gone.bytes;
         }
+        true
     }
 }
 
