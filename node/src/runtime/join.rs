@@ -280,8 +280,16 @@ pub fn answer(identity: &Identity, view: &Arc<ClusterView>, request: &JoinReques
     match view.leader(0) {
         Some(leader) if leader == identity.member_id => {}
         Some(leader) => {
+            let at = view
+                .member_list()
+                .and_then(|list| {
+                    list.get(leader)
+                        .map(|m| format!(" at peer URL http://{}", m.peer))
+                })
+                .unwrap_or_default();
             return JoinReply::NotNow(format!(
-                "this member does not lead group 0 (member {leader} does): ask it"
+                "this member does not lead group 0; member {leader:x}{at} does: ask it (add it \
+                 to --initial-cluster if it is not there)"
             ));
         }
         None => return JoinReply::NotNow("group 0 has no leader now".into()),
