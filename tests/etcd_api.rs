@@ -90,6 +90,16 @@ impl Cluster {
             .join(",");
         drop(held);
         let token = restore.as_ref().map_or("", |r| r.token);
+        let (groups_flag, shards_flag) = (groups.to_string(), SHARDS.to_string());
+        // What a restore and a member's start are both given.
+        let cluster_flags = [
+            "--initial-cluster-token",
+            token,
+            "--groups",
+            &groups_flag,
+            "--shards",
+            &shards_flag,
+        ];
         let mut members = Vec::new();
         for i in 0..count {
             let name = format!("m{}", i + 1);
@@ -107,13 +117,8 @@ impl Cluster {
                         &name,
                         "--initial-cluster",
                         &initial_cluster,
-                        "--initial-cluster-token",
-                        token,
-                        "--groups",
-                        &groups.to_string(),
-                        "--shards",
-                        &SHARDS.to_string(),
                     ])
+                    .args(cluster_flags)
                     .output()
                     .unwrap();
                 assert!(
@@ -130,18 +135,7 @@ impl Cluster {
                 peers[i],
                 clients[i],
                 &initial_cluster,
-                &[
-                    &[
-                        "--initial-cluster-token",
-                        token,
-                        "--groups",
-                        &groups.to_string(),
-                        "--shards",
-                        &SHARDS.to_string(),
-                    ],
-                    extra,
-                ]
-                .concat(),
+                &[&cluster_flags[..], extra].concat(),
             ));
         }
         Cluster {
@@ -2111,23 +2105,34 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // Starts `name` with `existing` and expects it to exit non-zero within `within`, saying
+    // each of `says`, leaving no identity in its data directory.
+    let refused = |name: &str, peer: u16, client: u16, initial: &str, within, says: &[&str]| {
+        let mut m = spawn_member(
+            &dir,
+            name,
+            peer,
+            client,
+            initial,
+            &["--initial-cluster-state", "existing"],
+        );
+        let (status, _) = wait_exit(&mut m, within);
+        let err = std::fs::read_to_string(&m.err_path).unwrap();
+        assert!(!status.success(), "{err}");
+        for said in says {
+            assert!(err.contains(said), "{name} should say {said:?}: {err}");
+        }
+        assert!(!dir.join(name).join("keel.meta").exists());
+    };
     let stray_cluster = format!("{},m9=http://127.0.0.1:{peer}", running.join(","));
-    let mut stray = spawn_member(
-        &dir,
+    refused(
         "m9",
         peer,
         client,
         &stray_cluster,
-        &["--initial-cluster-state", "existing"],
+        Duration::from_secs(20),
+        &["member not found", "m9"],
     );
-    let (status, _) = wait_exit(&mut stray, Duration::from_secs(20));
-    let err = std::fs::read_to_string(&stray.err_path).unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("member not found") && err.contains("m9"),
-        "{err}"
-    );
-    assert!(!dir.join("m9/keel.meta").exists());
 
     // A member that started before and lost its data directory is refused: under its old
     // id it would vote again without the term and vote it lost. m3 stops, its data is
@@ -2138,22 +2143,14 @@ fn joining_is_refused_for_a_member_never_added_and_gives_up_without_peers() {
     let mut held = Vec::new();
     let client3 = free_ports(1, &mut held);
     drop(held);
-    let mut lost = spawn_member(
-        &dir,
+    refused(
         "m3",
         m3_peer,
         client3,
         &running.join(","),
-        &["--initial-cluster-state", "existing"],
+        Duration::from_secs(40),
+        &["started before", "member remove"],
     );
-    let (status, _) = wait_exit(&mut lost, Duration::from_secs(40));
-    let err = std::fs::read_to_string(&lost.err_path).unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("started before") && err.contains("member remove"),
-        "{err}"
-    );
-    assert!(!dir.join("m3/keel.meta").exists());
 
     let lonely = format!("m1=http://127.0.0.1:{nobody},m8=http://127.0.0.1:{peer}");
     let mut alone = spawn_member(

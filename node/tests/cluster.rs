@@ -134,6 +134,18 @@ impl Cluster {
         self.sim.step();
     }
 
+    /// A member that leads no group (as every member agrees).
+    fn member_leading_nothing(&self) -> NodeId {
+        self.ids()
+            .into_iter()
+            .find(|&id| {
+                self.groups()
+                    .iter()
+                    .all(|&g| self.agreed_leader(g) != Some(id))
+            })
+            .expect("a member that leads nothing")
+    }
+
     fn run(&mut self, steps: u64) {
         self.sim.run(steps);
     }
@@ -919,11 +931,7 @@ fn follower_catches_up_by_snapshot(helpers: Helpers) {
     c.wait_for_leaders(2_000);
     c.run(300);
     // A member that leads no group goes down; the others write far past what they keep.
-    let down = c
-        .ids()
-        .into_iter()
-        .find(|&id| c.groups().iter().all(|&g| c.agreed_leader(g) != Some(id)))
-        .expect("a member that leads nothing");
+    let down = c.member_leading_nothing();
     c.crash(down);
     let mut acked = BTreeMap::new();
     for i in 0..120u64 {
@@ -1668,11 +1676,7 @@ fn snapshot_scenario(seed: u64) -> (u64, u64) {
     let mut c = Cluster::with_options("replay", options, Some(dir));
     c.wait_for_leaders(2_000);
     c.run(300);
-    let down = c
-        .ids()
-        .into_iter()
-        .find(|&id| c.groups().iter().all(|&g| c.agreed_leader(g) != Some(id)))
-        .expect("a member that leads nothing");
+    let down = c.member_leading_nothing();
     c.crash(down);
     for i in 0..80u64 {
         written(&c.put(i % 2, 12, i + 1, &format!("k{i:03}"), "v"));

@@ -556,16 +556,7 @@ fn identity(config: &ServerConfig) -> Result<Identity, String> {
             wanted.shards,
         ));
     }
-    if found.groups != config.groups || found.shards != config.shards {
-        tracing::warn!(
-            groups = found.groups,
-            shards = found.shards,
-            flag_groups = config.groups,
-            flag_shards = config.shards,
-            "the data directory's group and shard counts differ from the flags; the data \
-             directory's are used"
-        );
-    }
+    warn_counts_differ(found.groups, found.shards, config, "the data directory's");
     if joined {
         tracing::info!(
             member_id = found.member_id,
@@ -581,6 +572,20 @@ fn identity(config: &ServerConfig) -> Result<Identity, String> {
         wanted
     };
     Ok(identity_of(&meta, None))
+}
+
+/// Warns when the group and shard counts in use (`whose`: the data directory's, the
+/// cluster's) differ from `--groups`/`--shards`: those in use win.
+fn warn_counts_differ(groups: u32, shards: u32, config: &ServerConfig, whose: &str) {
+    if groups != config.groups || shards != config.shards {
+        tracing::warn!(
+            groups,
+            shards,
+            flag_groups = config.groups,
+            flag_shards = config.shards,
+            "{whose} group and shard counts differ from --groups/--shards; {whose} are used"
+        );
+    }
 }
 
 fn identity_of(meta: &Meta, joined_list: Option<MemberList>) -> Identity {
@@ -625,16 +630,7 @@ fn join_cluster(config: &ServerConfig) -> Result<Identity, String> {
     );
     let learned = join::learn(&config.name, own_peer, &others, config.join_wait_max)?;
     let facts = &learned.facts;
-    if facts.groups != config.groups || facts.shards != config.shards {
-        tracing::warn!(
-            groups = facts.groups,
-            shards = facts.shards,
-            flag_groups = config.groups,
-            flag_shards = config.shards,
-            "the cluster's group and shard counts differ from --groups/--shards; the \
-             cluster's are used"
-        );
-    }
+    warn_counts_differ(facts.groups, facts.shards, config, "the cluster's");
     let meta = Meta {
         cluster_id: facts.cluster_id,
         member_id: facts.member_id,
