@@ -265,10 +265,16 @@ impl MemberList {
         self.remove(id)
     }
 
-    /// The membership every group is driven toward.
+    /// The membership every group is driven toward. A member that has not started yet (no
+    /// name in the list: added, never run) is a learner whatever it was added as; it becomes
+    /// a voter once it has started and published its name. A voter that loses its data is
+    /// refused when it asks to join again under its name, so no member can vote in a group
+    /// before the list shows it started.
     pub fn membership(&self) -> Membership {
-        let (learners, voters): (Vec<&Member>, Vec<&Member>) =
-            self.members.iter().partition(|m| m.is_learner);
+        let (learners, voters): (Vec<&Member>, Vec<&Member>) = self
+            .members
+            .iter()
+            .partition(|m| m.is_learner || m.name.is_empty());
         Membership {
             voters: voters.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
             learners: learners.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
@@ -445,6 +451,29 @@ mod tests {
         // The last voter stays.
         let mut one = MemberList::bootstrap(&[("a".into(), addr(1))]).unwrap();
         assert_eq!(one.remove(1), Err(MemberError::LastVoter(1)));
+    }
+
+    #[test]
+    fn a_member_added_as_a_voter_is_a_learner_until_it_started() {
+        let mut list = MemberList::bootstrap(&[("m1".into(), addr(1))]).unwrap();
+        // etcd's MemberAdd names no member: the name comes when the member starts.
+        let added = list.add("", addr(2), false).unwrap();
+        assert_eq!(
+            list.membership(),
+            Membership {
+                voters: [1].into(),
+                learners: [added.id].into(),
+            }
+        );
+        let entry = list.members.iter_mut().find(|m| m.id == added.id).unwrap();
+        entry.name = "m2".into();
+        assert_eq!(
+            list.membership(),
+            Membership {
+                voters: [1, added.id].into(),
+                learners: BTreeSet::new(),
+            }
+        );
     }
 
     #[test]
