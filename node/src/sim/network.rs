@@ -148,6 +148,23 @@ struct Reports {
 }
 
 impl Net {
+    /// What `member`'s transport has to report next.
+    fn reports_of(&mut self, member: NodeId) -> &mut Reports {
+        self.reports.entry(member).or_default()
+    }
+
+    /// Takes one kind of `member`'s reports (`which` picks it).
+    fn take_reports(
+        &mut self,
+        member: NodeId,
+        which: fn(&mut Reports) -> &mut BTreeSet<(NodeId, u64)>,
+    ) -> Vec<(NodeId, u64)> {
+        self.reports
+            .get_mut(&member)
+            .map(|r| std::mem::take(which(r)).into_iter().collect())
+            .unwrap_or_default()
+    }
+
     fn cut(&self, from: NodeId, to: NodeId) -> bool {
         if self.isolated.contains(&from) || self.isolated.contains(&to) {
             return true;
@@ -237,11 +254,7 @@ impl SimNetwork {
             if let Packet::Chunk(c) = &packet {
                 net.chunk_left(c.from, c.to);
                 net.stats.lost += 1;
-                net.reports
-                    .entry(c.from)
-                    .or_default()
-                    .lost
-                    .insert((c.to, c.group_id));
+                net.reports_of(c.from).lost.insert((c.to, c.group_id));
             }
         }
     }
@@ -349,9 +362,7 @@ impl PeerTransport for SimTransport {
             net.stats.sent += 1;
             if !net.up.contains(&m.to) {
                 net.stats.refused += 1;
-                net.reports
-                    .entry(self.member)
-                    .or_default()
+                net.reports_of(self.member)
                     .unreachable
                     .insert((m.to, m.group_id));
                 continue;
@@ -411,19 +422,15 @@ impl PeerTransport for SimTransport {
     }
 
     fn take_lost_snapshot_chunks(&self) -> Vec<(NodeId, u64)> {
-        let mut net = self.net.borrow_mut();
-        net.reports
-            .get_mut(&self.member)
-            .map(|r| std::mem::take(&mut r.lost).into_iter().collect())
-            .unwrap_or_default()
+        self.net
+            .borrow_mut()
+            .take_reports(self.member, |r| &mut r.lost)
     }
 
     fn take_unreachable(&self) -> Vec<(NodeId, u64)> {
-        let mut net = self.net.borrow_mut();
-        net.reports
-            .get_mut(&self.member)
-            .map(|r| std::mem::take(&mut r.unreachable).into_iter().collect())
-            .unwrap_or_default()
+        self.net
+            .borrow_mut()
+            .take_reports(self.member, |r| &mut r.unreachable)
     }
 }
 
