@@ -284,13 +284,23 @@ impl MemberList {
     /// The write that replaces the list in group 0 with this one only if the list there is
     /// still the one read at `mod_revision` (a compare-and-swap).
     pub fn replace_txn(&self, mod_revision: u64) -> keel_engine::txn::Txn {
-        use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, Txn};
+        self.write_if(keel_engine::txn::CompareTarget::ModRevision(mod_revision))
+    }
+
+    /// The write that puts this list in group 0 only if group 0 holds none yet.
+    pub fn create_txn(&self) -> keel_engine::txn::Txn {
+        self.write_if(keel_engine::txn::CompareTarget::Version(0))
+    }
+
+    /// The write of this list to group 0 if the list key's `target` is as given.
+    fn write_if(&self, target: keel_engine::txn::CompareTarget) -> keel_engine::txn::Txn {
+        use keel_engine::txn::{Compare, CompareOp, Op, Txn};
         Txn {
             compares: vec![Compare {
                 key: MEMBERS_KEY.to_vec(),
                 end: keel_engine::txn::RangeEnd::Single,
                 op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(mod_revision),
+                target,
             }],
             success: vec![Op::put(MEMBERS_KEY, self.encode())],
             failure: Vec::new(),

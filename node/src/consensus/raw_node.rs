@@ -19,7 +19,7 @@
 use super::config::Config;
 use super::message::{
     ConfChange, ConfState, Entry, EntryId, EntryType, HardState, Index, Message, MessageType,
-    NO_NODE, NodeId, Payload, Snapshot, Term, payload_bytes,
+    NodeId, Payload, Snapshot, Term, payload_bytes,
 };
 use super::raft::{Raft, RaftError, SoftState, StateRole};
 use super::read_only::ReadState;
@@ -407,6 +407,12 @@ impl<S: LogStorage> RawNode<S> {
         self.raft.state
     }
 
+    /// The member this node, leading, is handing leadership to, if a transfer is under way
+    /// (it takes no proposals meanwhile, for at most an election timeout).
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.raft.lead_transferee
+    }
+
     /// The plain numbers of this node's state (no allocation).
     pub fn basic_status(&self) -> BasicStatus {
         let r = &self.raft;
@@ -418,7 +424,6 @@ impl<S: LogStorage> RawNode<S> {
             vote: r.vote,
             role: r.state,
             leader_id: r.leader_id,
-            lead_transferee: r.lead_transferee.unwrap_or(NO_NODE),
             commit: log.committed,
             applying: log.applying,
             applied: log.applied,

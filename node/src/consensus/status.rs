@@ -52,10 +52,6 @@ pub struct BasicStatus {
     pub role: StateRole,
     /// The known leader of `term`, or [`NO_NODE`](super::message::NO_NODE).
     pub leader_id: NodeId,
-    /// On a leader handing leadership over, the member it hands it to (it takes no
-    /// proposals meanwhile, for at most an election timeout); otherwise
-    /// [`NO_NODE`](super::message::NO_NODE).
-    pub lead_transferee: NodeId,
     /// The highest index known to be committed.
     pub commit: Index,
     /// The highest index handed to the state machine.

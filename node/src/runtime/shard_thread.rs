@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_engine::log_backend::AsyncLogBackend;
-use keel_engine::txn::{Compare, CompareOp, CompareTarget, Op, RangeRequest, Txn};
+use keel_engine::txn::{Op, RangeRequest, Txn};
 use keel_engine::{LogStore, LogStoreOptions};
 use keel_wal::{Wal, WalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -645,17 +645,7 @@ fn read_member_list<B: AsyncLogBackend>(shard: &mut Shard<B>, ctx: &ShardContext
                 .collect::<Vec<_>>(),
         ) {
             Ok(list) => {
-                let txn = Txn {
-                    compares: vec![Compare {
-                        key: MEMBERS_KEY.to_vec(),
-                        end: keel_engine::txn::RangeEnd::Single,
-                        op: CompareOp::Equal,
-                        target: CompareTarget::Version(0),
-                    }],
-                    success: vec![Op::put(MEMBERS_KEY, list.encode())],
-                    failure: Vec::new(),
-                };
-                shard.propose_anywhere(0, txn);
+                shard.propose_anywhere(0, list.create_txn());
             }
             Err(error) => tracing::warn!(%error, "no bootstrap member list"),
         },

@@ -107,12 +107,10 @@ pub fn key_value(kv: keel_engine::KeyValue) -> wire::KeyValue {
     }
 }
 
-/// The protocol result of one operation. The native protocol carries no nested
-/// transactions (its `TxnOp` has no kind for one, and a request naming an unknown kind is
-/// refused when decoded), so a nested result is never the answer to a native request; it is
-/// an error rather than a result in the wrong shape.
-fn op_response(r: kv::OpResponse) -> Result<wire::OpResponse, String> {
-    Ok(match r {
+/// The protocol result of one operation; `None` for a nested transaction's, which the
+/// native protocol cannot carry (see [`txn_response`]).
+fn op_response(r: kv::OpResponse) -> Option<wire::OpResponse> {
+    Some(match r {
         kv::OpResponse::Put { prev_kv, .. } => wire::OpResponse::Put {
             prev_kv: prev_kv.map(key_value),
         },
@@ -125,16 +123,14 @@ fn op_response(r: kv::OpResponse) -> Result<wire::OpResponse, String> {
             count: r.count,
             more: r.more,
         },
-        kv::OpResponse::Txn(_) => {
-            return Err(
-                "a nested transaction's result cannot travel in the native protocol".into(),
-            );
-        }
+        kv::OpResponse::Txn(_) => return None,
     })
 }
 
-/// The protocol response to `request` from the engine's transaction result; an error when
-/// the result holds what the protocol cannot carry (see `op_response`).
+/// The protocol response to `request` from the engine's transaction result. The native
+/// protocol carries no nested transactions (its `TxnOp` has no kind for one, and a request
+/// naming an unknown kind is refused when decoded), so a nested result is never the answer
+/// to a native request; it is an error rather than a result in the wrong shape.
 pub fn txn_response(
     request: &wire::Request,
     header: wire::ResponseHeader,
@@ -144,12 +140,14 @@ pub fn txn_response(
         revision: resp.revision,
         ..header
     };
-    let mut responses = resp
+    if resp
         .responses
-        .into_iter()
-        .map(op_response)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter();
+        .iter()
+        .any(|r| matches!(r, kv::OpResponse::Txn(_)))
+    {
+        return Err("a nested transaction's result cannot travel in the native protocol".into());
+    }
+    let mut responses = resp.responses.into_iter().filter_map(op_response);
     Ok(match request {
         wire::Request::Put(..) => {
             let prev_kv = match responses.next() {

@@ -70,9 +70,9 @@ pub(super) struct Group<B: LogBackend> {
     /// [`HELD_PROPOSALS_MAX`]: proposed once the transfer is abandoned, answered "not
     /// leader" (nothing was proposed) when it succeeds. Empty unless this member leads.
     held: VecDeque<(RequestId, Held)>,
-    /// The member this one, leading, last started handing leadership to (`NO_NODE`: none
-    /// under way as far as housekeeping knows).
-    transfer_to: NodeId,
+    /// Whether this member, leading, started handing leadership over and housekeeping has
+    /// not seen the transfer end yet.
+    transfer_started: bool,
     /// Housekeepings to wait before starting another transfer (see
     /// [`TRANSFER_BACKOFF_HOUSEKEEPINGS`]).
     transfer_backoff: u32,
@@ -119,7 +119,7 @@ impl<B: LogBackend> Group<B> {
             proposed: HashMap::new(),
             proposed_at: BTreeMap::new(),
             held: VecDeque::new(),
-            transfer_to: NO_NODE,
+            transfer_started: false,
             transfer_backoff: 0,
             reads_new: Vec::new(),
             reads_lease: Vec::new(),
@@ -153,7 +153,7 @@ impl<B: LogBackend> Group<B> {
     /// Whether this member leads the group and hands leadership over, or still holds
     /// proposals from such a transfer: a new proposal waits behind them.
     fn handing_over(&self) -> bool {
-        !self.held.is_empty() || self.raw.basic_status().lead_transferee != NO_NODE
+        !self.held.is_empty() || self.raw.lead_transferee().is_some()
     }
 
     /// Holds a proposal while leadership is handed over (see `held`); `Busy` when the group
@@ -171,30 +171,29 @@ impl<B: LogBackend> Group<B> {
     /// the backoff down.
     pub(super) fn note_transfer(&mut self, me: NodeId) {
         self.transfer_backoff = self.transfer_backoff.saturating_sub(1);
-        if self.transfer_to != NO_NODE && self.raw.basic_status().lead_transferee == NO_NODE {
+        if self.transfer_started && self.raw.lead_transferee().is_none() {
             if self.is_leader() && self.leader == me {
                 self.transfer_backoff = TRANSFER_BACKOFF_HOUSEKEEPINGS;
             }
-            self.transfer_to = NO_NODE;
+            self.transfer_started = false;
         }
     }
 
     /// Starts handing leadership to `to`, unless a transfer was abandoned lately (the
     /// backoff) or one is under way.
     pub(super) fn try_transfer(&mut self, to: NodeId) {
-        if self.transfer_backoff > 0 || self.raw.basic_status().lead_transferee != NO_NODE {
+        if self.transfer_backoff > 0 || self.raw.lead_transferee().is_some() {
             return;
         }
         if self.raw.transfer_leader(to).is_ok() {
-            self.transfer_to = to;
+            self.transfer_started = true;
         }
     }
 
     /// Whether held proposals can go now: the transfer was abandoned (this member leads and
     /// hands leadership over no more), or this member leads no more.
     pub(super) fn can_release_held(&self) -> bool {
-        !self.held.is_empty()
-            && (!self.is_leader() || self.raw.basic_status().lead_transferee == NO_NODE)
+        !self.held.is_empty() && (!self.is_leader() || self.raw.lead_transferee().is_none())
     }
 
     /// Proposes the held proposals, in arrival order, once the transfer was abandoned; once

@@ -158,7 +158,7 @@ pub(super) fn in_conf(cs: &crate::consensus::ConfState, id: NodeId) -> bool {
 mod tests {
     use super::*;
     use crate::consensus::{
-        BasicStatus, ConfState, NO_NODE, PeerStatus, ProgressState, StateRole, UnstableStatus,
+        BasicStatus, ConfState, PeerStatus, ProgressState, StateRole, UnstableStatus,
     };
 
     fn status(
@@ -174,7 +174,6 @@ mod tests {
             vote: me,
             role: StateRole::Leader,
             leader_id: me,
-            lead_transferee: NO_NODE,
             commit: 500,
             applying: 500,
             applied: 500,

@@ -186,17 +186,18 @@ impl Sessions {
         if client == 0 {
             return;
         }
-        let size = result_bytes(&result);
-        let result = if size > RESULT_BYTES_MAX {
-            Err(format!(
-                "write {sequence} of this client was applied; its answer ({size} bytes) is over \
-                 the {RESULT_BYTES_MAX} bytes kept for a retry (result_bytes_max), so it cannot \
-                 be repeated: read the keys to see the write's effect"
-            ))
-        } else {
-            result
+        let (result, size) = match result_bytes(&result) {
+            size if size > RESULT_BYTES_MAX => {
+                let note = Err(format!(
+                    "write {sequence} of this client was applied; its answer ({size} bytes) is \
+                     over the {RESULT_BYTES_MAX} bytes kept for a retry (result_bytes_max), so \
+                     it cannot be repeated: read the keys to see the write's effect"
+                ));
+                let note_size = result_bytes(&note);
+                (note, note_size)
+            }
+            size => (result, size),
         };
-        let size = result_bytes(&result);
         let session = self.sessions.entry(client).or_insert_with(|| Session {
             floor: 0,
             results: BTreeMap::new(),
@@ -208,8 +209,9 @@ impl Sessions {
         // The floor never exceeds the write's own sequence (it is still unanswered).
         session.floor = session.floor.max(floor.min(sequence));
         if let Some(old) = session.results.insert(sequence, result) {
-            session.bytes -= result_bytes(&old);
-            self.bytes -= result_bytes(&old);
+            let old_size = result_bytes(&old);
+            session.bytes -= old_size;
+            self.bytes -= old_size;
         }
         session.bytes += size;
         self.bytes += size;
