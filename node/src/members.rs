@@ -143,11 +143,18 @@ pub fn parse_peer_url(url: &str) -> Result<SocketAddr, MemberError> {
 
 /// A name is at most [`NAME_BYTES_MAX`] bytes; it is empty for a member added and not
 /// started yet (as etcd lists one).
-fn check_name(name: &str) -> Result<(), MemberError> {
+/// Checks a member's name: at most [`NAME_BYTES_MAX`] bytes, no control characters (names
+/// are written one per line in a member's identity file).
+pub fn check_name(name: &str) -> Result<(), MemberError> {
     if name.len() > NAME_BYTES_MAX {
         return Err(MemberError::Invalid(format!(
             "a member name has at most {NAME_BYTES_MAX} bytes, {name:?} has {}",
             name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(MemberError::Invalid(format!(
+            "a member name has no control characters, {name:?} has"
         )));
     }
     Ok(())

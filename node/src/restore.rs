@@ -225,14 +225,9 @@ pub fn restore_backup(
     let target = &options.data_dir;
     check_target(target)?;
     let tmp = temporary_dir(target)?;
-    let meta = Meta {
-        cluster_id,
-        member_id,
-        name: options.name.clone(),
-        groups,
-        shards: options.shards,
-        origin: config.new_meta().origin,
-    };
+    // The identity a new member of this cluster starts with (`config` has the restore's
+    // name, groups, shards and token).
+    let meta = config.new_meta();
     let voters: Vec<u64> = config.member_ids().values().copied().collect();
     let built = build(&tmp, options, &meta, &voters, &per_group, &revisions)
         .and_then(|()| publish(&tmp, target));

@@ -425,12 +425,14 @@ proptest! {
         }
     }
 
-    /// Random bytes never panic; behind a valid header, random bodies of every kind reach
-    /// the body decoder and either fail or decode canonically.
+    /// Random bytes never panic; behind a valid header, random bodies of every kind (and of
+    /// kinds no version defines) reach the body decoder and either fail or decode
+    /// canonically — but a JoinReply, which is read as far as its reason whatever join
+    /// version it names and written with this build's, so it only must not panic.
     #[test]
     fn arbitrary_bytes_never_panic(
         junk in vec(any::<u8>(), 0..600),
-        kind in 0u8..6,
+        kind in 0u8..9,
         body in vec(any::<u8>(), 0..600),
     ) {
         let _ = decode_all(&junk, WireLimits::default());
@@ -439,7 +441,9 @@ proptest! {
         let _ = decode_all(&prefixed, WireLimits::default());
         let frame = raw_frame(kind, &body);
         if let Ok(Some(decoded)) = decode_one(&frame) {
-            prop_assert_eq!(reencode(&decoded), frame);
+            if kind != FRAME_KIND_JOIN_REPLY {
+                prop_assert_eq!(reencode(&decoded), frame);
+            }
         }
     }
 

@@ -14,7 +14,8 @@
 //! The tests pin known values: a change to this function moves data between groups and is a
 //! breaking change of the cluster format.
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64's starting hash (its offset basis).
+pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The part of `key` that decides its group: the non-empty bytes between the first `{` and
@@ -33,7 +34,13 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 
 /// 64-bit FNV-1a of `bytes`.
 pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, &b| {
+    fnv1a_64_extend(FNV_OFFSET_BASIS, bytes)
+}
+
+/// FNV-1a 64 continued over `bytes` from `hash` (a hash of earlier bytes, or
+/// [`FNV_OFFSET_BASIS`] to start): `fnv1a_64(a ++ b) == fnv1a_64_extend(fnv1a_64(a), b)`.
+pub fn fnv1a_64_extend(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME)
     })
 }

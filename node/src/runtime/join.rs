@@ -226,6 +226,13 @@ fn check(own_peer: SocketAddr, facts: &JoinFacts) -> Result<MemberList, String> 
             super::SHARDS_MAX
         ));
     }
+    if facts.bootstrap.len() > crate::members::MEMBERS_MAX {
+        return Err(format!(
+            "{} bootstrap voters (a cluster has at most {})",
+            facts.bootstrap.len(),
+            crate::members::MEMBERS_MAX
+        ));
+    }
     if facts.bootstrap.is_empty() || facts.bootstrap.contains(&0) {
         return Err("no bootstrap voters, or a voter id of zero".into());
     }

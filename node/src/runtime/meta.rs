@@ -71,6 +71,9 @@ pub struct Meta {
 }
 
 const FILE: &str = "keel.meta";
+/// The largest member file read or written (64 KiB; one holds at most MEMBERS_MAX short
+/// member lines, a few KiB).
+const META_BYTES_MAX: u64 = 64 << 10;
 const HEADER_V1: &str = "keel-meta 1";
 const HEADER: &str = "keel-meta 2";
 
@@ -110,12 +113,25 @@ impl Meta {
     /// Reads the directory's meta file; `Ok(None)` when there is none (a new member).
     pub fn load(dir: &Path) -> Result<Option<Meta>, String> {
         let path = dir.join(FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
+        let bad = |why: &str| format!("{} is not a valid member file: {why}", path.display());
+        match fs::metadata(&path) {
+            Ok(m) if m.len() > META_BYTES_MAX => {
+                return Err(bad(&format!(
+                    "{} bytes, more than a member file holds ({META_BYTES_MAX})",
+                    m.len()
+                )));
+            }
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading {}: {e}", path.display())),
-        };
-        let bad = |why: &str| format!("{} is not a valid member file: {why}", path.display());
+        }
+        let text =
+            fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Meta::parse(&text, &bad).map(Some)
+    }
+
+    /// Parses a meta file's text; `bad` words an error.
+    fn parse(text: &str, bad: &dyn Fn(&str) -> String) -> Result<Meta, String> {
         let (body, sum) = text
             .rsplit_once("checksum ")
             .ok_or_else(|| bad("no checksum line"))?;
@@ -183,13 +199,25 @@ impl Meta {
         if lines.next().is_some() {
             return Err(bad("lines after the last field"));
         }
-        Ok(Some(meta))
+        Ok(meta)
     }
 
-    /// Writes the meta file durably.
+    /// Writes the meta file durably. A meta that would not read back as itself (too many
+    /// members, a name with a line break) is refused before anything is written.
     pub fn store(&self, dir: &Path) -> Result<(), String> {
         let body = self.body();
         let text = format!("{body}checksum {:08x}\n", crc32fast::hash(body.as_bytes()));
+        let refused = |why: &str| {
+            format!(
+                "refusing to write {}: it would not read back ({why})",
+                dir.join(FILE).display()
+            )
+        };
+        if text.len() as u64 > META_BYTES_MAX || Meta::parse(&text, &refused)? != *self {
+            return Err(refused(
+                "it would read back as another identity, or is too long",
+            ));
+        }
         let tmp = dir.join(format!("{FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
@@ -262,6 +290,42 @@ mod tests {
         }
         cases.push(vec![0xFF; 300]);
         cases.push(b"checksum zz\n".to_vec());
+        // Bodies whose checksum is right but whose fields are not: each line of a good
+        // body replaced by a wrong one, and lines added or removed.
+        let body = meta().body();
+        let lines: Vec<&str> = body.lines().collect();
+        let wrong = [
+            "keel-meta 3",
+            "origin maybe",
+            "bootstrap ",
+            "bootstrap 1,x",
+            "members 65",
+            "members 3",
+            "member 4 not-an-address m4",
+            "member 4 127.0.0.1:4",
+            "groups 99999999999",
+            "name",
+        ];
+        let with_sum = |body: &str| {
+            format!("{body}checksum {:08x}\n", crc32fast::hash(body.as_bytes())).into_bytes()
+        };
+        for at in 0..lines.len() {
+            for w in wrong {
+                let mut edited = lines.clone();
+                edited[at] = w;
+                cases.push(with_sum(&(edited.join("\n") + "\n")));
+            }
+            let mut dropped = lines.clone();
+            dropped.remove(at);
+            cases.push(with_sum(&(dropped.join("\n") + "\n")));
+        }
+        cases.push(with_sum(&format!("{body}extra 1\n")));
+        let many: String = (0..65).map(|i| format!("{i},")).collect();
+        cases.push(with_sum(
+            &body.replace("bootstrap 1,2,3", &format!("bootstrap {many}1")),
+        ));
+        // Oversized: refused by its size before it is read.
+        cases.push(vec![b'a'; 70 << 10]);
         for bad in cases {
             fs::write(&path, &bad).unwrap();
             match Meta::load(dir.path()) {
@@ -271,5 +335,19 @@ mod tests {
                 Ok(found) => assert_eq!(found, Some(meta())),
             }
         }
+    }
+
+    #[test]
+    fn a_meta_that_would_not_read_back_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broken = meta();
+        broken.name = "m2\ngroups 1".into();
+        assert!(broken.store(dir.path()).unwrap_err().contains("refusing"));
+        let mut crowded = meta();
+        if let Some(o) = crowded.origin.as_mut() {
+            o.bootstrap = (1..=65).collect();
+        }
+        assert!(crowded.store(dir.path()).is_err());
+        assert_eq!(Meta::load(dir.path()).unwrap(), None, "nothing was written");
     }
 }

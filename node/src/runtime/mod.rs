@@ -260,6 +260,16 @@ impl ServerConfig {
         if ids.len() != self.initial_cluster.len() {
             return Err("--initial-cluster names a member twice".into());
         }
+        if self.initial_cluster.len() > crate::members::MEMBERS_MAX {
+            return Err(format!(
+                "--initial-cluster names {} members; a cluster has at most {}",
+                self.initial_cluster.len(),
+                crate::members::MEMBERS_MAX
+            ));
+        }
+        for (name, _) in &self.initial_cluster {
+            crate::members::check_name(name).map_err(|e| format!("--initial-cluster: {e}"))?;
+        }
         if self.groups == 0 || self.groups > GROUPS_MAX {
             return Err(format!(
                 "--groups {} must be in 1..={GROUPS_MAX}",

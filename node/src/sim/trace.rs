@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use keel_client::route::{FNV_OFFSET_BASIS, fnv1a_64_extend};
+
 /// A running 64-bit FNV-1a digest of everything written into it (with `write!`, usually
 /// the `Debug` form of a packet or an answer). Two simulations that did the same things in
 /// the same order have the same digest.
@@ -12,13 +14,10 @@ pub struct TraceDigest {
     events: u64,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
 impl Default for TraceDigest {
     fn default() -> Self {
         TraceDigest {
-            hash: FNV_OFFSET,
+            hash: FNV_OFFSET_BASIS,
             events: 0,
         }
     }
@@ -48,10 +47,7 @@ impl TraceDigest {
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(FNV_PRIME);
-        }
+        self.hash = fnv1a_64_extend(self.hash, bytes);
     }
 }
 

@@ -289,7 +289,7 @@ const _: () = assert!(
     JOIN_REPLY_FIXED_BYTES
         + DEFAULT_REASON_BYTES_MAX as u64
         + JOIN_FACTS_FIXED_BYTES
-        + (1 << 10) * MEMBER_ID_BYTES
+        + DEFAULT_VOTERS_MAX as u64 * MEMBER_ID_BYTES
         + JOIN_MEMBER_LIST_BYTES_MAX as u64
         <= DEFAULT_FRAME_BYTES_MAX as u64
 );
@@ -324,6 +324,8 @@ const DEFAULT_FRAME_BYTES_MAX: u32 = 16 << 20;
 const DEFAULT_ENTRY_BYTES_MAX: u32 = 8 << 20;
 const DEFAULT_CONTEXT_BYTES_MAX: u32 = 64 << 10;
 const DEFAULT_REASON_BYTES_MAX: u32 = 1 << 10;
+// The default voters_max.
+const DEFAULT_VOTERS_MAX: u32 = 1 << 10;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES_MAX: u32 = 1 << 20;
 // The defaults pass `validate`: the largest entry, the largest context and the longest
 // reason each fit in a frame.
@@ -353,7 +355,7 @@ impl Default for WireLimits {
             entry_bytes_max: DEFAULT_ENTRY_BYTES_MAX,
             context_bytes_max: DEFAULT_CONTEXT_BYTES_MAX,
             reason_bytes_max: DEFAULT_REASON_BYTES_MAX,
-            voters_max: 1 << 10,
+            voters_max: DEFAULT_VOTERS_MAX,
             snapshot_chunk_bytes_max: DEFAULT_SNAPSHOT_CHUNK_BYTES_MAX,
         }
     }
