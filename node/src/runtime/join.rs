@@ -30,7 +30,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ClusterView;
+use super::{ClusterView, Identity};
 use crate::members::MemberList;
 use crate::transport::wire::{FrameDecoder, FrameEncoder, JOIN_VERSION, WireLimits};
 use crate::transport::{Frame, JoinFacts, JoinReply, JoinRequest};
@@ -167,11 +167,15 @@ fn ask(addr: SocketAddr, request: &JoinRequest) -> Result<JoinReply, String> {
     encoder
         .encode_join_request(request, &mut out)
         .map_err(|e| format!("the join request does not encode: {e}"))?;
+    // One deadline for connecting, sending and the reply.
+    let deadline = Instant::now() + JOIN_ASK_TIMEOUT;
     let mut stream = TcpStream::connect_timeout(&addr, JOIN_ASK_TIMEOUT)
         .map_err(|e| format!("connecting: {e}"))?;
-    let deadline = Instant::now() + JOIN_ASK_TIMEOUT;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     stream
-        .set_write_timeout(Some(JOIN_ASK_TIMEOUT))
+        .set_write_timeout(Some(left))
         .and_then(|()| stream.write_all(&out))
         .map_err(|e| format!("sending the join request: {e}"))?;
     let mut decoder = FrameDecoder::new(limits).map_err(|e| e.to_string())?;
@@ -260,24 +264,13 @@ fn warn_unlisted(peers: &[(String, SocketAddr)], list: &MemberList) {
     }
 }
 
-/// What a running member tells joiners besides its member list.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// The cluster's id.
-    pub cluster_id: u64,
-    /// This member's id.
-    pub member_id: u64,
-    /// Raft groups.
-    pub groups: u32,
-    /// Shards of every member.
-    pub shards: u32,
-    /// Every group's voters at creation.
-    pub bootstrap: Vec<u64>,
-}
-
 /// The running member's answer to `request`, from the member list in `view` (see the
 /// module doc for who is found).
-pub fn answer(identity: &Identity, view: &Arc<ClusterView>, request: &JoinRequest) -> JoinReply {
+pub(super) fn answer(
+    identity: &Identity,
+    view: &Arc<ClusterView>,
+    request: &JoinRequest,
+) -> JoinReply {
     if request.join_version != JOIN_VERSION {
         return JoinReply::Refused(format!(
             "the joiner speaks join version {}, this member {JOIN_VERSION}",

@@ -277,13 +277,7 @@ async fn serve(mut ctx: ShardContext) -> Result<(), String> {
     }
     if index == 0 {
         // Joiners dial the peer address of shard 0, the one the member list holds.
-        let identity = super::join::Identity {
-            cluster_id,
-            member_id,
-            groups: config.groups,
-            shards: config.shards,
-            bootstrap: ctx.identity.bootstrap.clone(),
-        };
+        let identity = ctx.identity.clone();
         let view = ctx.view.clone();
         transport_options.join_answers = Some(JoinAnswers(Arc::new(move |request| {
             super::join::answer(&identity, &view, request)
