@@ -763,6 +763,40 @@ fn lying_counts_above_their_limits_are_refused() {
         limit_exceeded(&decode_err(&reason)),
         ("reason bytes", u64::from(m), "reason_bytes_max")
     );
+    // Join frames: version (u16), then their fields.
+    let join = |kind: u8, body: BodyWriter| {
+        let mut b = JOIN_VERSION.to_le_bytes().to_vec();
+        b.extend_from_slice(&body.0);
+        raw_frame(kind, &b)
+    };
+    let peer = join(
+        FRAME_KIND_JOIN_REQUEST,
+        BodyWriter::new().u8(2).u8(b'm').u8(b'1').u8(200),
+    );
+    assert_eq!(
+        limit_exceeded(&decode_err(&peer)),
+        ("peer address bytes", 200, "JOIN_PEER_BYTES_MAX")
+    );
+    let reason = join(FRAME_KIND_JOIN_REPLY, BodyWriter::new().u8(2).u32(m));
+    assert_eq!(
+        limit_exceeded(&decode_err(&reason)),
+        ("reason bytes", u64::from(m), "reason_bytes_max")
+    );
+    let accepted = || BodyWriter::new().u8(1).u32(0).u64(7).u64(4).u32(8).u32(2);
+    let bootstrap = join(FRAME_KIND_JOIN_REPLY, accepted().u32(m));
+    assert_eq!(
+        limit_exceeded(&decode_err(&bootstrap)),
+        ("bootstrap voters", u64::from(m), "voters_max")
+    );
+    let list = join(FRAME_KIND_JOIN_REPLY, accepted().u32(0).u32(m));
+    assert_eq!(
+        limit_exceeded(&decode_err(&list)),
+        (
+            "member list bytes",
+            u64::from(m),
+            "JOIN_MEMBER_LIST_BYTES_MAX"
+        )
+    );
 }
 
 #[test]
